@@ -1,0 +1,221 @@
+"""Links between the nodes of one cluster: exactly one TCP connection per pair of nodes.
+
+The node with the lower id dials, the higher one accepts, and both send over the one
+connection. That rule gives one connection per pair without a tie-break protocol; a dialer
+that loses its connection redials with capped, jittered exponential backoff.
+
+Messages are opaque bodies here. Raft tolerates loss, so a message for a peer that is not
+connected, or whose connection is congested, is dropped and counted rather than queued without
+bound; the owner is told the peer is unreachable so the core can fall back to probing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from eventstream.transport.connection import WRITE_BUFFER_HIGH_BYTES, FramedConnection
+from eventstream.transport.frames import CrcFunction, FrameError
+from eventstream.transport.hello import ROLE_PEER, Hello
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class PeerStats:
+    connects: int = 0
+    disconnects: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    dropped_unconnected: int = 0
+    dropped_congested: int = 0
+    dropped_blocked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial_s: float = 0.05
+    max_s: float = 1.0
+    multiplier: float = 2.0
+
+
+class PeerNetwork:
+    """Owns the connections to every other node of the cluster.
+
+    on_messages(peer_id, bodies) receives every batch of message bodies a peer sent, in order.
+    on_unreachable(peer_id) is called when a message to the peer had to be dropped.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, tuple[str, int]],
+        crc: CrcFunction,
+        frame_bytes_max: int,
+        on_messages: Callable[[int, list[bytes]], None],
+        on_unreachable: Callable[[int], None] | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if node_id in peers:
+            raise ValueError(f"peer map must not contain this node's own id {node_id}")
+        self.node_id = node_id
+        self.peers = dict(peers)
+        self._crc = crc
+        self._frame_bytes_max = frame_bytes_max
+        self._on_messages = on_messages
+        self._on_unreachable = on_unreachable
+        self._backoff = backoff or Backoff()
+        self._rng = rng or random.Random()
+        self._conns: dict[int, FramedConnection] = {}
+        self._dialers: dict[int, asyncio.Task[None]] = {}
+        self._connected_events: dict[int, asyncio.Event] = {}
+        # Fault hook for tests: messages to and from these peers vanish, as on a cut link.
+        self.blocked: set[int] = set()
+        self.stats: dict[int, PeerStats] = {pid: PeerStats() for pid in peers}
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        for peer_id in self.peers:
+            self._connected_events[peer_id] = asyncio.Event()
+            if peer_id > self.node_id:
+                self._dialers[peer_id] = asyncio.get_running_loop().create_task(
+                    self._dial_forever(peer_id), name=f"dial-peer-{peer_id}"
+                )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._dialers.values():
+            task.cancel()
+        for task in self._dialers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for conn in list(self._conns.values()):
+            conn.close("node stopping")
+        self._conns.clear()
+
+    def is_connected(self, peer_id: int) -> bool:
+        conn = self._conns.get(peer_id)
+        return conn is not None and not conn.closed
+
+    async def wait_connected(self, peer_id: int) -> None:
+        await self._connected_events[peer_id].wait()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, peer_id: int, bodies: list[bytes] | list[bytes | memoryview]) -> None:
+        """Send message bodies to one peer with a single write, or drop them all."""
+        stats = self.stats[peer_id]
+        if peer_id in self.blocked:
+            stats.dropped_blocked += len(bodies)
+            return
+        conn = self._conns.get(peer_id)
+        if conn is None or conn.closed:
+            stats.dropped_unconnected += len(bodies)
+            self._report_unreachable(peer_id)
+            return
+        if conn.write_buffer_bytes > WRITE_BUFFER_HIGH_BYTES:
+            stats.dropped_congested += len(bodies)
+            self._report_unreachable(peer_id)
+            return
+        try:
+            sent = conn.send_many(bodies)
+        except FrameError:
+            log.exception("message to peer %d exceeds the frame limit; dropped", peer_id)
+            stats.dropped_congested += len(bodies)
+            return
+        if sent:
+            stats.messages_out += len(bodies)
+        else:
+            stats.dropped_unconnected += len(bodies)
+            self._report_unreachable(peer_id)
+
+    def _report_unreachable(self, peer_id: int) -> None:
+        if self._on_unreachable is not None:
+            self._on_unreachable(peer_id)
+
+    # -- receiving --------------------------------------------------------------------------
+    def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
+        """Take over an accepted connection whose hello says it is a peer. False = refused."""
+        peer_id = hello.sender_id
+        if hello.role != ROLE_PEER or peer_id not in self.peers:
+            log.warning("refusing peer hello from %s: unknown node id %d", conn.peername, peer_id)
+            return False
+        if hello.target_id != self.node_id:
+            log.warning(
+                "refusing peer %d from %s: it dialled node %d but this is node %d",
+                peer_id, conn.peername, hello.target_id, self.node_id,
+            )
+            return False
+        if peer_id < self.node_id:
+            conn.rebind(self._on_frames, self._on_conn_closed)
+            self._install(peer_id, conn)
+            return True
+        log.warning(
+            "refusing peer %d from %s: the lower id dials, and %d > %d",
+            peer_id, conn.peername, peer_id, self.node_id,
+        )
+        return False
+
+    def _install(self, peer_id: int, conn: FramedConnection) -> None:
+        old = self._conns.get(peer_id)
+        if old is not None and old is not conn:
+            old.close("replaced by a newer connection from the same peer")
+        conn.tag = peer_id
+        self._conns[peer_id] = conn
+        self.stats[peer_id].connects += 1
+        self._connected_events[peer_id].set()
+
+    def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
+        peer_id = conn.tag
+        assert isinstance(peer_id, int)
+        if peer_id in self.blocked:
+            self.stats[peer_id].dropped_blocked += len(bodies)
+            return
+        self.stats[peer_id].messages_in += len(bodies)
+        self._on_messages(peer_id, bodies)
+
+    def _on_conn_closed(self, conn: FramedConnection, reason: str) -> None:
+        peer_id = conn.tag
+        if isinstance(peer_id, int) and self._conns.get(peer_id) is conn:
+            del self._conns[peer_id]
+            self.stats[peer_id].disconnects += 1
+            self._connected_events[peer_id].clear()
+            if not self._stopping:
+                log.info("link to peer %d closed: %s", peer_id, reason)
+
+    # -- dialling ---------------------------------------------------------------------------
+    async def _dial_forever(self, peer_id: int) -> None:
+        host, port = self.peers[peer_id]
+        loop = asyncio.get_running_loop()
+        delay = self._backoff.initial_s
+        while not self._stopping:
+            closed = loop.create_future()
+
+            def on_close(conn: FramedConnection, reason: str, closed: asyncio.Future[str] = closed) -> None:
+                self._on_conn_closed(conn, reason)
+                if not closed.done():
+                    closed.set_result(reason)
+
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: FramedConnection(self._crc, self._frame_bytes_max, self._on_frames, on_close),
+                    host,
+                    port,
+                )
+            except OSError as exc:
+                log.debug("dial peer %d at %s:%d failed: %s", peer_id, host, port, exc)
+            else:
+                conn.send(Hello(ROLE_PEER, self.node_id, peer_id).encode())
+                self._install(peer_id, conn)
+                delay = self._backoff.initial_s
+                await closed
+            if self._stopping:
+                return
+            # Jitter spreads the redials of several nodes that lost a peer at the same moment.
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(delay * self._backoff.multiplier, self._backoff.max_s)
