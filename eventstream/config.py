@@ -1,0 +1,198 @@
+"""Node configuration: one TOML file, every key also a command-line flag, validated at start.
+
+Precedence, lowest first: built-in defaults, the --profile row of the seed's tuning table, the
+TOML file, explicit flags. Every value is checked here, with relationships between keys, so a
+bad config stops the node with one clear line before it touches its data directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The seed's "Recommended settings by use case" table.
+PROFILES: dict[str, dict[str, Any]] = {
+    "financial": {"wal_sync": True, "batch_size": 1},
+    "iot": {"wal_sync": False, "batch_size": 100},
+    "logging": {"wal_sync": False, "batch_size": 1000},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that the node refuses; the message names the key."""
+
+
+def parse_address(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not host:port with a port in 1..65535")
+    return host.strip("[]"), int(port)
+
+
+def parse_peers(value: str | dict[Any, Any]) -> dict[int, str]:
+    """'1=127.0.0.1:7101,2=...' or a TOML table {1 = "..."} -> {1: '127.0.0.1:7101', ...}."""
+    items: list[tuple[str, str]]
+    if isinstance(value, dict):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        items = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            node, sep, addr = part.partition("=")
+            if not sep:
+                raise ConfigError(f"peers: {part!r} is not id=host:port")
+            items.append((node.strip(), addr.strip()))
+    peers: dict[int, str] = {}
+    for node, addr in items:
+        if not node.isdigit() or int(node) < 1:
+            raise ConfigError(f"peers: node id {node!r} must be a positive integer")
+        parse_address(f"peers[{node}]", addr)
+        if int(node) in peers:
+            raise ConfigError(f"peers: node id {node} appears twice")
+        peers[int(node)] = addr
+    return peers
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    id: int = 1
+    listen: str = "127.0.0.1:7101"
+    peers: dict[int, str] = field(default_factory=dict)
+    data_dir: str = "./esc-data"
+    http: str | None = None
+    # Durability: true = an ack means a majority fdatasync'ed the event (the safe default).
+    wal_sync: bool = True
+    # Events per Raft entry the leader coalesces from concurrent clients, and its byte cap.
+    batch_size: int = 1000
+    batch_bytes_max: int = 4 * 1024 * 1024
+    tick_ms: int = 10
+    election_ticks: int = 50
+    heartbeat_ticks: int = 5
+    snapshot_threshold: int = 100_000
+    segment_bytes: int = 64 * 1024 * 1024
+    max_inflight: int = 64
+    queue_count: int = 16
+    dedup_window: float = 600.0  # seconds
+    # How often the leader proposes DEDUP_EXPIRE; 0 disables.
+    dedup_expire_interval: float = 5.0
+    # Bytes of proposed-but-uncommitted entries the leader accepts before answering Overloaded.
+    max_uncommitted_bytes: int = 256 * 1024 * 1024
+    frame_bytes_max: int = 64 * 1024 * 1024
+    log_level: str = "info"
+
+    def validate(self) -> NodeConfig:
+        if self.id < 1:
+            raise ConfigError(f"id: must be a positive integer, got {self.id}")
+        parse_address("listen", self.listen)
+        if self.http is not None:
+            parse_address("http", self.http)
+        if not self.peers:
+            self.peers = {self.id: self.listen}
+        if self.id not in self.peers:
+            raise ConfigError(f"peers: must include this node's own id {self.id}")
+        if self.peers[self.id] != self.listen:
+            raise ConfigError(
+                f"peers[{self.id}] is {self.peers[self.id]!r} but listen is {self.listen!r}: they must match"
+            )
+        if len(set(self.peers.values())) != len(self.peers):
+            raise ConfigError("peers: two nodes share one address")
+        _positive("batch_size", self.batch_size, 1, 100_000)
+        _positive("batch_bytes_max", self.batch_bytes_max, 1024, self.frame_bytes_max // 2)
+        _positive("tick_ms", self.tick_ms, 1, 10_000)
+        _positive("heartbeat_ticks", self.heartbeat_ticks, 1, 1_000_000)
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError(
+                f"election_ticks ({self.election_ticks}) must be greater than heartbeat_ticks ({self.heartbeat_ticks})"
+            )
+        _positive("snapshot_threshold", self.snapshot_threshold, 1, 1 << 40)
+        _positive("segment_bytes", self.segment_bytes, 64 * 1024, 1 << 34)
+        _positive("max_inflight", self.max_inflight, 1, 1 << 16)
+        _positive("queue_count", self.queue_count, 1, 1 << 16)
+        if not 0 < self.dedup_window <= 7 * 24 * 3600:
+            raise ConfigError(f"dedup_window: must be in (0, 604800] seconds, got {self.dedup_window}")
+        if self.dedup_expire_interval < 0:
+            raise ConfigError("dedup_expire_interval: must be >= 0 seconds")
+        _positive("max_uncommitted_bytes", self.max_uncommitted_bytes, 1024, 1 << 40)
+        _positive("frame_bytes_max", self.frame_bytes_max, 64 * 1024, 1 << 31)
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _positive(key: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}: must be an integer in [{low}, {high}], got {value!r}")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key == "peers":
+        return parse_peers(value)
+    if value is None:
+        return None
+    kind = _FIELDS[key].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from None
+    return str(value)
+
+
+def load_config(
+    path: str | Path | None = None, profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> NodeConfig:
+    """Build a validated config from defaults, a profile, a TOML file and flag overrides."""
+    values: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
+        values.update(PROFILES[profile])
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in table.items():
+            key = key.replace("-", "_")
+            if key == "profile":
+                if value not in PROFILES:
+                    raise ConfigError(f"profile: {value!r} is not one of {', '.join(PROFILES)}")
+                values = {**PROFILES[value], **values}
+                continue
+            values[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key.replace("-", "_")] = value
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(_FIELDS))}")
+    config = NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return config.validate()
