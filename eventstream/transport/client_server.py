@@ -1,0 +1,102 @@
+"""Server side of the client protocol: decodes requests and hands them to the node's service.
+
+The service answers through ClientSession.reply() whenever it is ready (an append is answered
+after commit and apply), so a slow request never holds up the ones behind it on the same
+connection. Per connection, requests in flight are bounded; past the bound the server answers
+Overloaded at once instead of queueing without limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from eventstream.transport.client_protocol import (
+    ProtocolError,
+    Request,
+    Status,
+    decode_request,
+    encode_error,
+)
+from eventstream.transport.connection import FramedConnection
+from eventstream.transport.hello import ROLE_CLIENT, Hello
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_PER_CONNECTION_MAX = 4096
+
+
+class ClientService(Protocol):
+    def on_request(self, session: ClientSession, request: Request) -> None: ...
+
+
+class ClientSession:
+    """One client connection. reply() may be called once per request, from any callback."""
+
+    __slots__ = ("conn", "in_flight", "requests", "_server")
+
+    def __init__(self, server: ClientServer, conn: FramedConnection) -> None:
+        self._server = server
+        self.conn = conn
+        self.in_flight = 0
+        self.requests = 0
+
+    def reply(self, body: bytes) -> None:
+        self.in_flight -= 1
+        if not self.conn.closed:
+            self.conn.send(body)
+
+    def reply_error(self, status: Status, request_id: int, message: str, leader_id: int = 0) -> None:
+        self.reply(encode_error(status, request_id, message, leader_id))
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+
+class ClientServer:
+    def __init__(self, service: ClientService) -> None:
+        self._service = service
+        self.sessions: set[ClientSession] = set()
+        self.protocol_errors = 0
+
+    def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
+        if hello.role != ROLE_CLIENT:
+            return False
+        session = ClientSession(self, conn)
+        conn.tag = session
+        conn.rebind(self._on_frames, self._on_close)
+        self.sessions.add(session)
+        return True
+
+    def _on_close(self, conn: FramedConnection, reason: str) -> None:
+        if isinstance(conn.tag, ClientSession):
+            self.sessions.discard(conn.tag)
+
+    def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
+        session = conn.tag
+        assert isinstance(session, ClientSession)
+        for body in bodies:
+            try:
+                request = decode_request(body)
+            except ProtocolError as exc:
+                self.protocol_errors += 1
+                log.warning("closing client %s: %s", conn.peername, exc)
+                conn.close(f"protocol error: {exc}")
+                return
+            session.requests += 1
+            session.in_flight += 1
+            if session.in_flight > IN_FLIGHT_PER_CONNECTION_MAX:
+                session.reply_error(
+                    Status.OVERLOADED,
+                    request.request_id,
+                    f"more than {IN_FLIGHT_PER_CONNECTION_MAX} requests in flight on one connection",
+                )
+                continue
+            try:
+                self._service.on_request(session, request)
+            except ProtocolError as exc:
+                session.reply_error(Status.INVALID_ARGUMENT, request.request_id, str(exc))
+            except Exception as exc:  # a bug in one request must not take the node down
+                log.exception("request %d (%s) failed", request.request_id, request.op.name)
+                session.reply_error(Status.INTERNAL, request.request_id, f"internal error: {exc}")

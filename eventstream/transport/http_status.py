@@ -1,0 +1,80 @@
+"""The node's small HTTP endpoint: GET /status (JSON) and GET /metrics (Prometheus text).
+
+Operators and scrapers poll it a few times a second at most, so a plain asyncio stream server
+is enough; it reads at most HEADER_BYTES_MAX of a request and answers GET only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+HEADER_BYTES_MAX = 8192
+READ_TIMEOUT_S = 5.0
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+
+
+class HttpStatusServer:
+    def __init__(self, status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
+        self._status = status
+        self._metrics = metrics
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                await self._respond(writer, 400, "text/plain", b"bad request\n")
+                return
+            if len(head) > HEADER_BYTES_MAX:
+                await self._respond(writer, 400, "text/plain", b"request header too large\n")
+                return
+            parts = head.split(b"\r\n", 1)[0].split()
+            if len(parts) != 3:
+                await self._respond(writer, 400, "text/plain", b"bad request line\n")
+                return
+            method, target = parts[0], parts[1].split(b"?", 1)[0]
+            if method != b"GET":
+                await self._respond(writer, 405, "text/plain", b"only GET is served\n")
+            elif target == b"/status":
+                body = json.dumps(self._status(), indent=1, sort_keys=True).encode() + b"\n"
+                await self._respond(writer, 200, "application/json", body)
+            elif target == b"/metrics":
+                await self._respond(writer, 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics())
+            else:
+                await self._respond(writer, 404, "text/plain", b"try /status or /metrics\n")
+        except Exception:
+            log.exception("HTTP request failed")
+            with contextlib.suppress(Exception):
+                await self._respond(writer, 500, "text/plain", b"internal error\n")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 {code} {_REASONS[code]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body)
+        await writer.drain()

@@ -1,0 +1,36 @@
+import asyncio
+import json
+
+from eventstream.metrics import NodeMetrics
+from eventstream.transport.http_status import HttpStatusServer
+
+
+async def fetch(port: int, request: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_status_metrics_and_errors() -> None:
+    metrics = NodeMetrics(1)
+    metrics.proposals.inc(3)
+
+    async def main() -> None:
+        server = HttpStatusServer(lambda: {"id": 1, "role": "leader"}, metrics.render)
+        _, port = await server.start("127.0.0.1", 0)
+        try:
+            code, body = await fetch(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert code == 200 and json.loads(body) == {"id": 1, "role": "leader"}
+            code, body = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+            assert code == 200 and b"esc_proposals_total 3.0" in body and b"esc_process_rss_bytes" in body
+            assert (await fetch(port, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
+            assert (await fetch(port, b"POST /status HTTP/1.1\r\n\r\n"))[0] == 405
+            assert (await fetch(port, b"garbage\r\n\r\n"))[0] == 400
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
