@@ -1,0 +1,19 @@
+"""Durable storage: CRC-32C, the segmented Raft log, hard state and the event batch codec."""
+
+from eventstream._crc32c import crc32c
+from eventstream.storage.errors import (
+    CodecError,
+    CompactedError,
+    CorruptionError,
+    StorageError,
+    UnavailableError,
+)
+
+__all__ = [
+    "CodecError",
+    "CompactedError",
+    "CorruptionError",
+    "StorageError",
+    "UnavailableError",
+    "crc32c",
+]
