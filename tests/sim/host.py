@@ -18,8 +18,8 @@ from eventstream.raft import (
     Message,
     RaftConfig,
     RaftNode,
-    Ready,
     ReadState,
+    Ready,
     SnapshotMeta,
 )
 from eventstream.raft.storage import MemoryStorage

@@ -397,9 +397,13 @@ class Simulation:
     def _live_leader(self) -> RaftNode | None:
         best = None
         for node_id, host in self.hosts.items():
-            if node_id not in self.down and host.node.role == Role.LEADER:
-                if best is None or host.node.term > best.term:
-                    best = host.node
+            node = host.node
+            if (
+                node_id not in self.down
+                and node.role == Role.LEADER
+                and (best is None or node.term > best.term)
+            ):
+                best = node
         return best
 
     def _propose(self, data: bytes | None = None) -> int:
