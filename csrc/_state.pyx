@@ -99,6 +99,10 @@ cdef class DedupTable:
     def ids_max(self):
         return self.table.ids_max
 
+    def set_ids_max(self, uint64_t ids_max):
+        """Change the cap; below the current count, adds are refused until enough expire."""
+        self.table.ids_max = ids_max if 0 < ids_max <= ESC_DEDUP_IDS_MAX else ESC_DEDUP_IDS_MAX
+
     @property
     def memory_bytes(self):
         """Bytes held by the table's slots and entry chunks."""
