@@ -16,8 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eventstream.state.config import canonical_json
-
-DIGEST_READ_BYTES = 1 << 20
+from eventstream.state.queues import segment_prefix_pieces
 
 
 def state_digest(
@@ -51,19 +50,10 @@ def state_digest(
             h.update(
                 struct.pack("<qQ?", segment["base_offset"], segment["bytes"], segment["sealed"])
             )
-            feed_file_prefix(h, os.path.join(root, segment["file"]), segment["bytes"])
+            for piece in segment_prefix_pieces(
+                os.path.join(root, segment["file"]), segment["bytes"]
+            ):
+                h.update(piece)
     h.update(struct.pack("<Q", len(dedup_image)))
     h.update(dedup_image)
     return h.hexdigest()
-
-
-def feed_file_prefix(h: Any, path: str, length: int) -> None:
-    """Hash exactly the first `length` bytes of a file (an active segment may have grown since)."""
-    with open(path, "rb") as f:
-        remaining = length
-        while remaining:
-            piece = f.read(min(remaining, DIGEST_READ_BYTES))
-            if not piece:
-                raise OSError(f"{path}: ends {remaining} bytes before the expected {length}")
-            h.update(piece)
-            remaining -= len(piece)

@@ -252,13 +252,12 @@ class StateMachine:
                     f"{folder}: restored state digest {digest} differs from the manifest's "
                     f"{manifest['digest']}"
                 )
-        except (ConfigError, KeyError, TypeError, DedupFullError) as e:
+        except BaseException as e:
             store.close()
             shutil.rmtree(live_root, ignore_errors=True)
-            raise SnapshotError(f"{folder}: inconsistent snapshot: {e!r}") from e
-        except BaseException:
-            store.close()
-            shutil.rmtree(live_root, ignore_errors=True)
+            inconsistent = (ConfigError, KeyError, TypeError, DedupFullError, StateError)
+            if isinstance(e, inconsistent) and not isinstance(e, SnapshotError):
+                raise SnapshotError(f"{folder}: inconsistent snapshot: {e!r}") from e
             raise
         old_root = self.live_root
         self.queues.close()

@@ -80,6 +80,19 @@ def queue_folder(queue: int) -> str:
     return os.path.join("queues", f"{queue:05d}")
 
 
+def segment_prefix_pieces(path: str, length: int, piece_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The first `length` bytes of a segment file in pieces; an active segment may have grown
+    past `length` since it was described, and only that prefix belongs to the description."""
+    with open(path, "rb") as f:
+        remaining = length
+        while remaining:
+            piece = f.read(min(remaining, piece_bytes))
+            if not piece:
+                raise StateError(f"{path}: ends {remaining} bytes before the expected {length}")
+            yield piece
+            remaining -= len(piece)
+
+
 def write_all(fd: int, data: memoryview) -> None:
     while data:
         written = os.write(fd, data)

@@ -32,13 +32,13 @@ import lz4.frame
 from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable
 from eventstream.state.digest import state_digest
 from eventstream.state.errors import SnapshotError
+from eventstream.state.queues import segment_prefix_pieces
 from eventstream.storage import crc32c
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "MANIFEST.json"
 DEDUP_NAME = "dedup.lz4"
 SNAPSHOT_PREFIX = "snap-"
-FILE_READ_BYTES = 1 << 20
 MANIFEST_BYTES_MAX = 64 << 20
 
 
@@ -56,14 +56,8 @@ def fsync_path(path: str) -> None:
 
 def file_prefix_crc32c(path: str, length: int) -> int:
     crc = 0
-    with open(path, "rb") as f:
-        remaining = length
-        while remaining:
-            piece = f.read(min(remaining, FILE_READ_BYTES))
-            if not piece:
-                raise SnapshotError(f"{path}: ends {remaining} bytes before the expected {length}")
-            crc = crc32c(piece, crc)
-            remaining -= len(piece)
+    for piece in segment_prefix_pieces(path, length):
+        crc = crc32c(piece, crc)
     return crc
 
 
@@ -226,16 +220,9 @@ def materialize_queues(snapshot_path: str, manifest: dict[str, Any], live_root: 
 
 
 def copy_prefix(source: str, target: str, length: int) -> None:
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        remaining = length
-        while remaining:
-            piece = src.read(min(remaining, FILE_READ_BYTES))
-            if not piece:
-                raise SnapshotError(
-                    f"{source}: ends {remaining} bytes before the expected {length}"
-                )
+    with open(target, "wb") as dst:
+        for piece in segment_prefix_pieces(source, length):
             dst.write(piece)
-            remaining -= len(piece)
 
 
 def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> DedupTable:
