@@ -163,7 +163,7 @@ class StateMachine:
         self, queue: int, offset: int, limit: int = 1000, max_bytes: int = 1 << 20
     ) -> list[StoredEvent]:
         """Events of one queue from `offset`; OffsetRangeError states the valid range."""
-        return self.queues.read(queue, offset, limit, max_bytes)
+        return self.queues.read(queue, offset, limit, max_bytes, self.config["queue_count"])
 
     def queue_range(self, queue: int) -> tuple[int, int]:
         """(retention floor, next offset) of a queue."""

@@ -276,14 +276,17 @@ class QueueStore:
         for queue, log in self.logs.items():
             log.enforce_retention(*retention_limits(config, queue))
 
-    def read(self, queue: int, offset: int, limit: int, max_bytes: int) -> list[StoredEvent]:
+    def read(
+        self, queue: int, offset: int, limit: int, max_bytes: int, queue_count: int
+    ) -> list[StoredEvent]:
         if not 1 <= limit <= READ_EVENTS_MAX:
             raise ValueError(f"limit must be in [1, {READ_EVENTS_MAX}], got {limit}")
         if not 1 <= max_bytes <= READ_BYTES_MAX:
             raise ValueError(f"max_bytes must be in [1, {READ_BYTES_MAX}], got {max_bytes}")
-        if queue < 0 or queue >= max(len(self.next_offsets), 1):
+        queues = max(len(self.next_offsets), queue_count)
+        if not 0 <= queue < queues:
             raise OffsetRangeError(
-                f"queue {queue} does not exist; queues are numbered [0, {len(self.next_offsets)})"
+                f"queue {queue} does not exist; queues are numbered [0, {queues})"
             )
         return self.log(queue).read(offset, limit, max_bytes)
 

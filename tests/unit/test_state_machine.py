@@ -7,6 +7,7 @@ import json
 import os
 import random
 import struct
+import threading
 from typing import Any
 
 import pytest
@@ -141,6 +142,7 @@ def test_invalid_config_is_refused_before_proposal(update: Any, message: str) ->
 
 def test_reads_limits_and_clear_range_errors(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
+    assert machine.read(15, 0) == []  # a configured queue that has no event yet
     machine.apply(1, 1, encode_set_event([Event(None, None, 0, i, b"p%d" % i) for i in range(50)]))
     page = machine.read(0, 10, limit=5)
     assert [e.offset for e in page] == [10, 11, 12, 13, 14]
@@ -324,3 +326,23 @@ def test_dedup_add_body_limits() -> None:
     with pytest.raises(ValueError, match="carries 1..65536 ids"):
         encode_dedup_add([])
     assert encode_dedup_add([(b"a", 2)]) == b"\x02" + struct.pack("<IHq", 1, 1, 2) + b"a"
+
+
+def test_snapshot_write_runs_while_apply_goes_on(tmp_path: Any) -> None:
+    """Only the cut pauses apply: the slow part may run on another thread meanwhile, and the
+    snapshot still holds exactly the state at the cut."""
+    machine = open_machine(tmp_path)
+    stream = command_stream(13, 80)
+    for index, data in enumerate(stream[:40], start=1):
+        machine.apply(index, 1, data)
+    digest_at_cut = machine.digest()
+    cut = machine.begin_snapshot()
+    done: list[str] = []
+    writer = threading.Thread(target=lambda: done.append(cut.write()))
+    writer.start()
+    for index, data in enumerate(stream[40:], start=41):
+        machine.apply(index, 1, data)
+    writer.join()
+    target = open_machine(tmp_path, "target")
+    target.restore(done[0])
+    assert target.applied_index == 40 and target.digest() == digest_at_cut
