@@ -1,0 +1,542 @@
+# distutils: sources = csrc/dedup_table.c csrc/murmur3.c csrc/crc32c.c
+"""Native core of the EventStreamCore state machine (eventstream.state).
+
+Holds the compact dedup table (dedup_table.c), the MurmurHash3 functions used for queue routing
+and id digests, the SET_EVENT / DEDUP_ADD apply loops and the queue record codec
+(queue_record.h). The Python side (eventstream/state/) calls these once per batch or per read;
+no per-event Python object is built on the apply path.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcpy, memset
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+
+from batch_codec_h cimport *
+
+
+cdef extern from "murmur3.h":
+    uint32_t esc_murmur3_32(const uint8_t *data, size_t len, uint32_t seed) nogil
+    void esc_murmur3_128(const uint8_t *data, size_t len, uint32_t seed,
+                         uint64_t *h1, uint64_t *h2) nogil
+
+
+cdef extern from "dedup_table.h":
+    ctypedef struct esc_dedup_entry:
+        uint64_t h1
+        uint64_t h2
+        int64_t offset
+        int64_t first_seen_us
+        int32_t queue
+
+    ctypedef struct esc_dedup_table:
+        uint64_t head
+        uint64_t tail
+        uint64_t ids_max
+
+    int ESC_DEDUP_CHUNK_SHIFT
+    uint64_t ESC_DEDUP_CHUNK_ENTRIES
+    uint64_t ESC_DEDUP_IDS_MAX
+    int ESC_DEDUP_ENTRY_BYTES
+    int ESC_DEDUP_INSERTED
+    int ESC_DEDUP_PRESENT
+    int ESC_DEDUP_NO_MEMORY
+    int ESC_DEDUP_FULL
+
+    void esc_dedup_init(esc_dedup_table *t, uint64_t ids_max) nogil
+    void esc_dedup_free(esc_dedup_table *t) nogil
+    uint64_t esc_dedup_count(const esc_dedup_table *t) nogil
+    const esc_dedup_entry *esc_dedup_find(const esc_dedup_table *t, uint64_t h1, uint64_t h2) nogil
+    int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue,
+                         int64_t offset, int64_t first_seen_us,
+                         const esc_dedup_entry **existing) nogil
+    uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) nogil
+    const esc_dedup_entry *esc_dedup_at(const esc_dedup_table *t, uint64_t i) nogil
+    uint64_t esc_dedup_bytes(const esc_dedup_table *t) nogil
+
+
+DEDUP_ENTRY_BYTES = ESC_DEDUP_ENTRY_BYTES
+DEDUP_IDS_MAX = ESC_DEDUP_IDS_MAX
+
+
+class DedupFullError(Exception):
+    """The dedup table holds its configured maximum of ids; expire some before adding more."""
+
+
+def routing_hash(const uint8_t[::1] key):
+    """MurmurHash3 x86_32 of `key`, seed 0, unsigned: equals mmh3.hash(key, signed=False)."""
+    return esc_murmur3_32(&key[0] if key.shape[0] else <const uint8_t *>b"", key.shape[0], 0)
+
+
+def id_digest(const uint8_t[::1] event_id):
+    """(h1, h2) of MurmurHash3 x64_128, seed 0: mmh3.hash128(id) == h2 << 64 | h1."""
+    cdef uint64_t h1, h2
+    esc_murmur3_128(&event_id[0] if event_id.shape[0] else <const uint8_t *>b"",
+                    event_id.shape[0], 0, &h1, &h2)
+    return h1, h2
+
+
+cdef class DedupTable:
+    """Remembered event ids: 128-bit digests with their original (queue, offset), in arrival order.
+
+    Invariant: at most `ids_max` ids; a full table refuses adds (DedupFullError) rather than
+    forgetting an id early, because forgetting early would let a retry apply twice.
+    """
+
+    cdef esc_dedup_table table
+
+    def __cinit__(self, uint64_t ids_max=0):
+        esc_dedup_init(&self.table, ids_max)
+
+    def __dealloc__(self):
+        esc_dedup_free(&self.table)
+
+    def __len__(self):
+        return esc_dedup_count(&self.table)
+
+    @property
+    def ids_max(self):
+        return self.table.ids_max
+
+    def set_ids_max(self, uint64_t ids_max):
+        """Change the cap; below the current count, adds are refused until enough expire."""
+        self.table.ids_max = ids_max if 0 < ids_max <= ESC_DEDUP_IDS_MAX else ESC_DEDUP_IDS_MAX
+
+    @property
+    def memory_bytes(self):
+        """Bytes held by the table's slots and entry chunks."""
+        return esc_dedup_bytes(&self.table)
+
+    cdef int add_digest(self, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
+                        int64_t first_seen_us, const esc_dedup_entry **existing) noexcept nogil:
+        return esc_dedup_insert(&self.table, h1, h2, queue, offset, first_seen_us, existing)
+
+    def add(self, const uint8_t[::1] event_id, int32_t queue, int64_t offset,
+            int64_t first_seen_us):
+        """Check-and-add: None when the id is new (now remembered), else the original
+        (queue, offset)."""
+        cdef uint64_t h1, h2
+        cdef const esc_dedup_entry *existing = NULL
+        esc_murmur3_128(&event_id[0] if event_id.shape[0] else <const uint8_t *>b"",
+                        event_id.shape[0], 0, &h1, &h2)
+        rc = esc_dedup_insert(&self.table, h1, h2, queue, offset, first_seen_us, &existing)
+        return self._add_result(rc, existing)
+
+    cdef object _add_result(self, int rc, const esc_dedup_entry *existing):
+        if rc == ESC_DEDUP_INSERTED:
+            return None
+        if rc == ESC_DEDUP_PRESENT:
+            return (existing.queue, existing.offset)
+        if rc == ESC_DEDUP_FULL:
+            raise DedupFullError(f"dedup table holds its maximum of {self.table.ids_max} ids")
+        raise MemoryError("dedup table could not grow")
+
+    def lookup(self, const uint8_t[::1] event_id):
+        """The original (queue, offset) of a remembered id, or None."""
+        cdef uint64_t h1, h2
+        esc_murmur3_128(&event_id[0] if event_id.shape[0] else <const uint8_t *>b"",
+                        event_id.shape[0], 0, &h1, &h2)
+        cdef const esc_dedup_entry *e = esc_dedup_find(&self.table, h1, h2)
+        if e == NULL:
+            return None
+        return (e.queue, e.offset)
+
+    def expire(self, int64_t cutoff_us):
+        """Forget ids, oldest arrival first, while first seen before cutoff_us; returns the count.
+
+        An older id that arrived after a newer one waits for it: ids are kept a little longer,
+        never forgotten early, and the result depends only on the applied commands.
+        """
+        cdef uint64_t n
+        with nogil:
+            n = esc_dedup_expire(&self.table, cutoff_us)
+        return n
+
+    def export_entries(self):
+        """All entries in arrival order as packed 36-byte little-endian records:
+        h1 u64, h2 u64, offset i64, first_seen_us i64, queue i32."""
+        cdef uint64_t count = esc_dedup_count(&self.table)
+        out = PyBytes_FromStringAndSize(NULL, count * ESC_DEDUP_ENTRY_BYTES)
+        cdef char *dst = PyBytes_AS_STRING(out)
+        cdef uint64_t i = 0, run
+        cdef uint64_t seq
+        with nogil:
+            while i < count:
+                seq = self.table.head + i
+                # Entries are contiguous inside a chunk: copy a chunk's run at once.
+                run = ESC_DEDUP_CHUNK_ENTRIES - (seq & (ESC_DEDUP_CHUNK_ENTRIES - 1))
+                if run > count - i:
+                    run = count - i
+                memcpy(dst + i * ESC_DEDUP_ENTRY_BYTES, esc_dedup_at(&self.table, i),
+                       run * ESC_DEDUP_ENTRY_BYTES)
+                i += run
+        return out
+
+    def import_entries(self, const uint8_t[::1] packed):
+        """Append entries exported by export_entries (arrival order kept). Refuses a partial
+        record or a digest already present, which only a damaged image can contain."""
+        cdef Py_ssize_t n = packed.shape[0]
+        if n % ESC_DEDUP_ENTRY_BYTES:
+            raise ValueError(f"dedup image of {n} bytes is not a whole number of "
+                             f"{ESC_DEDUP_ENTRY_BYTES}-byte entries")
+        cdef Py_ssize_t i
+        cdef int rc = ESC_DEDUP_INSERTED
+        cdef esc_dedup_entry e
+        cdef const esc_dedup_entry *existing = NULL
+        with nogil:
+            i = 0
+            while i < n:
+                memcpy(&e, &packed[i], ESC_DEDUP_ENTRY_BYTES)
+                rc = esc_dedup_insert(&self.table, e.h1, e.h2, e.queue, e.offset,
+                                      e.first_seen_us, &existing)
+                if rc != ESC_DEDUP_INSERTED:
+                    break
+                i += ESC_DEDUP_ENTRY_BYTES
+        if rc == ESC_DEDUP_PRESENT:
+            raise ValueError(f"dedup image repeats a digest at byte {i}")
+        self._add_result(rc, existing)
+
+
+cdef extern from "queue_record.h" nogil:
+    enum:
+        ESC_QREC_HEADER_BYTES
+        ESC_QREC_OK
+    const char *esc_qrec_status_text(int status)
+    size_t esc_qrec_write(uint8_t *dst, uint64_t offset, const uint8_t *event,
+                          uint32_t event_bytes)
+    int esc_qrec_read(const uint8_t *buf, size_t length, size_t pos, uint64_t offset,
+                      esc_event_t *ev, size_t *next_pos)
+
+
+# Per-event outcome of SET_EVENT (and per-id outcome of DEDUP_ADD).
+cdef enum:
+    ST_STORED = 0
+    ST_DUPLICATE = 1       # id already remembered: (queue, offset) are the original ones
+    ST_BAD_QUEUE = 2       # explicit queue not below queue_count at apply time: not stored
+    ST_DEDUP_FULL = 3      # dedup table at dedup_ids_max: not stored, the client may retry
+
+STATUS_STORED = ST_STORED
+STATUS_DUPLICATE = ST_DUPLICATE
+STATUS_BAD_QUEUE = ST_BAD_QUEUE
+STATUS_DEDUP_FULL = ST_DEDUP_FULL
+QUEUE_RECORD_HEADER_BYTES = ESC_QREC_HEADER_BYTES
+
+
+class MalformedCommandError(ValueError):
+    """A command body that does not parse; in a committed entry this means corruption."""
+
+
+class QueueDataError(ValueError):
+    """Queue segment bytes that fail their checks; the message names the byte position."""
+
+
+cdef inline const uint8_t *data_ptr(const uint8_t[::1] view) noexcept nogil:
+    return &view[0] if view.shape[0] else <const uint8_t *>b""
+
+
+def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable dedup,
+                    int64_t[::1] next_offsets):
+    """Apply one SET_EVENT batch (batch_codec.h layout) to the dedup table and offsets.
+
+    Routes each event (explicit queue, else mmh3(key) mod queue_count), checks-and-adds its id,
+    assigns offsets from next_offsets (updated in place), and builds the queue records grouped by
+    queue so the caller writes each touched queue once. The batch is validated whole before
+    anything changes. Returns (statuses u8[n], queues i32[n], offsets i64[n], records,
+    positions u32[stored], touched) where touched lists (queue, byte_start, byte_end,
+    position_start, count, max_timestamp_us) in queue order and positions are relative to the
+    queue's byte_start.
+    """
+    cdef size_t length = batch.shape[0]
+    cdef const uint8_t *buf = data_ptr(batch)
+    cdef uint32_t count = 0
+    cdef size_t error_offset = 0
+    if queue_count == 0 or <size_t>next_offsets.shape[0] < queue_count:
+        raise ValueError(f"next_offsets holds {next_offsets.shape[0]} queues, "
+                         f"queue_count is {queue_count}")
+    cdef int status = esc_batch_read_header(buf, length, &count)
+    if status != ESC_BATCH_OK:
+        raise MalformedCommandError(
+            f"SET_EVENT batch: {esc_batch_status_text(status).decode()} at byte 0")
+    cdef uint32_t *starts = <uint32_t *>malloc((<size_t>count + 1) * sizeof(uint32_t))
+    cdef uint32_t *q_count = <uint32_t *>calloc(queue_count, sizeof(uint32_t))
+    cdef uint64_t *q_bytes = <uint64_t *>calloc(queue_count, sizeof(uint64_t))
+    cdef int64_t *q_ts = <int64_t *>malloc(queue_count * sizeof(int64_t))
+    if starts == NULL or q_count == NULL or q_bytes == NULL or q_ts == NULL:
+        free(starts); free(q_count); free(q_bytes); free(q_ts)
+        raise MemoryError()
+    try:
+        status = esc_batch_validate(buf, length, &count, starts, &error_offset)
+        if status != ESC_BATCH_OK:
+            raise MalformedCommandError(
+                f"SET_EVENT batch: {esc_batch_status_text(status).decode()} "
+                f"at byte {error_offset}")
+        starts[count] = <uint32_t>length
+        return _apply_validated(buf, length, count, starts, queue_count, dedup,
+                                next_offsets, q_count, q_bytes, q_ts)
+    finally:
+        free(starts); free(q_count); free(q_bytes); free(q_ts)
+
+
+cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
+                             const uint32_t *starts, uint32_t queue_count, DedupTable dedup,
+                             int64_t[::1] next_offsets, uint32_t *q_count, uint64_t *q_bytes,
+                             int64_t *q_ts):
+    statuses_obj = PyBytes_FromStringAndSize(NULL, count)
+    queues_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 4)
+    offsets_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 8)
+    cdef uint8_t *statuses = <uint8_t *>PyBytes_AS_STRING(statuses_obj)
+    cdef int32_t *queues = <int32_t *>PyBytes_AS_STRING(queues_obj)
+    cdef int64_t *offsets = <int64_t *>PyBytes_AS_STRING(offsets_obj)
+    cdef esc_event_t ev
+    memset(&ev, 0, sizeof(ev))
+    cdef size_t next_pos
+    cdef uint32_t i, q
+    cdef uint64_t h1, h2
+    cdef int rc
+    cdef bint out_of_memory = False
+    cdef const esc_dedup_entry *existing = NULL
+    cdef uint64_t stored = 0, total_bytes = 0
+
+    with nogil:
+        for i in range(count):
+            esc_batch_read_event(buf, length, starts[i], &ev, &next_pos)
+            if ev.flags & ESC_EVENT_HAS_QUEUE:
+                if ev.queue >= queue_count:
+                    statuses[i] = ST_BAD_QUEUE
+                    queues[i] = -1
+                    offsets[i] = -1
+                    continue
+                q = ev.queue
+            else:
+                q = esc_murmur3_32(ev.key if ev.key != NULL else <const uint8_t *>b"",
+                                   ev.key_len, 0) % queue_count
+            if ev.flags & ESC_EVENT_HAS_ID:
+                esc_murmur3_128(ev.event_id, ev.id_len, 0, &h1, &h2)
+                rc = esc_dedup_insert(&dedup.table, h1, h2, <int32_t>q, next_offsets[q],
+                                      ev.timestamp_us, &existing)
+                if rc == ESC_DEDUP_PRESENT:
+                    statuses[i] = ST_DUPLICATE
+                    queues[i] = existing.queue
+                    offsets[i] = existing.offset
+                    continue
+                if rc == ESC_DEDUP_FULL:
+                    statuses[i] = ST_DEDUP_FULL
+                    queues[i] = -1
+                    offsets[i] = -1
+                    continue
+                if rc != ESC_DEDUP_INSERTED:
+                    out_of_memory = True
+                    break
+            statuses[i] = ST_STORED
+            queues[i] = <int32_t>q
+            offsets[i] = next_offsets[q]
+            next_offsets[q] += 1
+            if q_count[q] == 0 or ev.timestamp_us > q_ts[q]:
+                q_ts[q] = ev.timestamp_us
+            q_count[q] += 1
+            q_bytes[q] += ESC_QREC_HEADER_BYTES + (starts[i + 1] - starts[i])
+            stored += 1
+            total_bytes += ESC_QREC_HEADER_BYTES + (starts[i + 1] - starts[i])
+    if out_of_memory:
+        # Ids before this one are already added: the state is no longer trustworthy.
+        raise MemoryError("dedup table could not grow while applying SET_EVENT")
+
+    records_obj = PyBytes_FromStringAndSize(NULL, total_bytes)
+    positions_obj = PyBytes_FromStringAndSize(NULL, stored * 4)
+    cdef uint8_t *records = <uint8_t *>PyBytes_AS_STRING(records_obj)
+    cdef uint32_t *positions = <uint32_t *>PyBytes_AS_STRING(positions_obj)
+    # Reuse q_bytes as each queue's write cursor and q_count as its position cursor, after
+    # remembering where each queue's slice starts.
+    touched = []
+    cdef uint64_t byte_start = 0, byte_len
+    cdef uint32_t pos_start = 0, pos_len
+    cdef uint64_t *slice_start = <uint64_t *>malloc(queue_count * sizeof(uint64_t))
+    if slice_start == NULL:
+        raise MemoryError()
+    try:
+        for q in range(queue_count):
+            if q_count[q] == 0:
+                continue
+            byte_len = q_bytes[q]
+            pos_len = q_count[q]
+            touched.append((q, byte_start, byte_start + byte_len, pos_start, pos_len, q_ts[q]))
+            slice_start[q] = byte_start
+            q_bytes[q] = byte_start
+            q_count[q] = pos_start
+            byte_start += byte_len
+            pos_start += pos_len
+        with nogil:
+            for i in range(count):
+                if statuses[i] != ST_STORED:
+                    continue
+                q = <uint32_t>queues[i]
+                positions[q_count[q]] = <uint32_t>(q_bytes[q] - slice_start[q])
+                q_count[q] += 1
+                q_bytes[q] += esc_qrec_write(records + q_bytes[q], <uint64_t>offsets[i],
+                                             buf + starts[i], starts[i + 1] - starts[i])
+    finally:
+        free(slice_start)
+    return statuses_obj, queues_obj, offsets_obj, records_obj, positions_obj, touched
+
+
+def apply_dedup_add(const uint8_t[::1] body, DedupTable dedup):
+    """Apply a DEDUP_ADD body: u32 count, then per id: u16 id_len, i64 first_seen_us, id bytes.
+
+    Remembered ids get (queue, offset) = (-1, -1): no event was stored for them. The body is
+    validated whole before any id is added. Returns one status byte per id.
+    """
+    cdef size_t length = body.shape[0]
+    cdef const uint8_t *buf = data_ptr(body)
+    if length < 4:
+        raise MalformedCommandError("DEDUP_ADD body shorter than its 4-byte count")
+    cdef uint32_t count
+    memcpy(&count, buf, 4)
+    cdef size_t pos = 4
+    cdef uint32_t i
+    cdef uint16_t id_len
+    for i in range(count):
+        if length - pos < 10:
+            raise MalformedCommandError(f"DEDUP_ADD id {i} header runs past the body at byte {pos}")
+        memcpy(&id_len, buf + pos, 2)
+        if id_len == 0 or id_len > ESC_EVENT_ID_BYTES_MAX:
+            raise MalformedCommandError(f"DEDUP_ADD id {i} has length {id_len}, allowed "
+                                        f"1..{ESC_EVENT_ID_BYTES_MAX}")
+        if length - pos - 10 < id_len:
+            raise MalformedCommandError(f"DEDUP_ADD id {i} runs past the body at byte {pos}")
+        pos += 10 + id_len
+    if pos != length:
+        raise MalformedCommandError(f"DEDUP_ADD body has {length - pos} bytes after its last id")
+    statuses_obj = PyBytes_FromStringAndSize(NULL, count)
+    cdef uint8_t *statuses = <uint8_t *>PyBytes_AS_STRING(statuses_obj)
+    cdef int64_t first_seen_us
+    cdef uint64_t h1, h2
+    cdef int rc = ESC_DEDUP_INSERTED
+    cdef const esc_dedup_entry *existing = NULL
+    pos = 4
+    with nogil:
+        for i in range(count):
+            memcpy(&id_len, buf + pos, 2)
+            memcpy(&first_seen_us, buf + pos + 2, 8)
+            esc_murmur3_128(buf + pos + 10, id_len, 0, &h1, &h2)
+            pos += 10 + id_len
+            rc = esc_dedup_insert(&dedup.table, h1, h2, -1, -1, first_seen_us, &existing)
+            if rc == ESC_DEDUP_INSERTED:
+                statuses[i] = ST_STORED
+            elif rc == ESC_DEDUP_PRESENT:
+                statuses[i] = ST_DUPLICATE
+            elif rc == ESC_DEDUP_FULL:
+                statuses[i] = ST_DEDUP_FULL
+            else:
+                break
+    if rc == ESC_DEDUP_NO_MEMORY:
+        raise MemoryError("dedup table could not grow while applying DEDUP_ADD")
+    return statuses_obj
+
+
+cdef class PositionIndex:
+    """Byte position of each record in one queue segment file, in offset order.
+
+    Invariant: positions strictly increase; the segment file is below 4 GiB (u32 positions), which
+    queue_segment_bytes (at most 1 GiB, plus one batch) guarantees.
+    """
+
+    cdef uint32_t *data
+    cdef size_t used
+    cdef size_t capacity
+
+    def __dealloc__(self):
+        free(self.data)
+
+    def __len__(self):
+        return self.used
+
+    cdef int reserve(self, size_t more) except -1:
+        cdef size_t want = self.used + more
+        if want <= self.capacity:
+            return 0
+        cdef size_t cap = self.capacity * 2 if self.capacity else 1024
+        while cap < want:
+            cap *= 2
+        cdef uint32_t *grown = <uint32_t *>realloc(self.data, cap * sizeof(uint32_t))
+        if grown == NULL:
+            raise MemoryError()
+        self.data = grown
+        self.capacity = cap
+        return 0
+
+    def extend(self, const uint8_t[::1] positions, uint64_t base):
+        """Append native-endian u32 positions, each shifted by `base` (the file size they were
+        written at)."""
+        cdef size_t n = positions.shape[0] // 4
+        if positions.shape[0] % 4:
+            raise ValueError("positions must be whole u32 values")
+        self.reserve(n)
+        cdef const uint32_t *src = <const uint32_t *>data_ptr(positions)
+        cdef size_t i
+        for i in range(n):
+            self.data[self.used + i] = <uint32_t>(src[i] + base)
+        self.used += n
+
+    def position(self, size_t i):
+        if i >= self.used:
+            raise IndexError(f"record {i} of a segment holding {self.used}")
+        return self.data[i]
+
+
+def scan_queue_segment(const uint8_t[::1] data, uint64_t base_offset, PositionIndex index):
+    """Check every record of a segment file image and fill `index` with their positions.
+
+    Returns (count, max_timestamp_us); raises QueueDataError naming the byte position of the
+    first record that fails a check, because a snapshot or restored segment must be whole.
+    """
+    cdef size_t length = data.shape[0]
+    cdef const uint8_t *buf = data_ptr(data)
+    cdef size_t pos = 0, next_pos = 0
+    cdef uint64_t n = 0
+    cdef int64_t max_ts = 0
+    cdef int status = ESC_QREC_OK
+    cdef esc_event_t ev
+    memset(&ev, 0, sizeof(ev))
+    while pos < length:
+        index.reserve(1)
+        with nogil:
+            status = esc_qrec_read(buf, length, pos, base_offset + n, &ev, &next_pos)
+        if status != ESC_QREC_OK:
+            raise QueueDataError(f"record {base_offset + n} at byte {pos}: "
+                                 f"{esc_qrec_status_text(status).decode()}")
+        index.data[index.used] = <uint32_t>pos
+        index.used += 1
+        if n == 0 or ev.timestamp_us > max_ts:
+            max_ts = ev.timestamp_us
+        n += 1
+        pos = next_pos
+    return n, max_ts
+
+
+def decode_queue_records(const uint8_t[::1] data, uint64_t first_offset, object factory):
+    """Decode the records filling `data` (offsets from first_offset), checking each; returns
+    [factory(offset, event_id, key, queue, timestamp_us, payload), ...]."""
+    cdef size_t length = data.shape[0]
+    cdef const uint8_t *buf = data_ptr(data)
+    cdef size_t pos = 0, next_pos = 0
+    cdef uint64_t offset = first_offset
+    cdef int status
+    cdef esc_event_t ev
+    out = []
+    while pos < length:
+        status = esc_qrec_read(buf, length, pos, offset, &ev, &next_pos)
+        if status != ESC_QREC_OK:
+            raise QueueDataError(f"record {offset} at byte {pos} of the read: "
+                                 f"{esc_qrec_status_text(status).decode()}")
+        out.append(factory(
+            offset,
+            ev.event_id[:ev.id_len] if ev.event_id != NULL else None,
+            ev.key[:ev.key_len] if ev.key != NULL else None,
+            ev.queue if ev.flags & ESC_EVENT_HAS_QUEUE else None,
+            ev.timestamp_us,
+            ev.payload[:ev.payload_len],
+        ))
+        offset += 1
+        pos = next_pos
+    return out

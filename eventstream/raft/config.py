@@ -1,0 +1,74 @@
+"""Configuration of one Raft node, validated once at construction (CONVENTIONS 12)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration value or relationship that cannot work; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Tunables of the consensus core. Times are in ticks of the host's clock.
+
+    Invariant: election_ticks > heartbeat_ticks >= 1, so a healthy leader's heartbeats always
+    arrive before a follower's election timeout (§5.2: broadcastTime << electionTimeout).
+    """
+
+    id: int
+    # Voters used when storage holds no configuration yet (a brand-new cluster).
+    voters: tuple[int, ...]
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    # In-flight AppendEntries per follower in replicate state (pipelining window), by count and bytes.
+    max_inflight: int = 256
+    max_inflight_bytes: int = 64 << 20
+    # Upper bound on the entry bytes of one AppendEntries message (one entry may exceed it alone).
+    max_append_bytes: int = 1 << 20
+    # Largest payload `propose` accepts.
+    max_entry_bytes: int = 4 << 20
+    # Proposals are refused while the leader's uncommitted tail holds more than this.
+    max_uncommitted_bytes: int = 64 << 20
+    # Size of one InstallSnapshot chunk.
+    snapshot_chunk_bytes: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    # Index the host's state machine had already applied when this node starts (0: use storage's
+    # snapshot index).
+    applied: int = 0
+
+    def __post_init__(self) -> None:
+        if self.id <= 0:
+            raise ConfigError(f"id must be a positive integer, got {self.id}")
+        if not self.voters:
+            raise ConfigError("voters must name at least one node")
+        if len(set(self.voters)) != len(self.voters):
+            raise ConfigError(f"voters contains duplicates: {self.voters}")
+        if any(v <= 0 for v in self.voters):
+            raise ConfigError(f"voter ids must be positive integers: {self.voters}")
+        if self.heartbeat_ticks < 1:
+            raise ConfigError(f"heartbeat_ticks must be >= 1, got {self.heartbeat_ticks}")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError(
+                f"election_ticks ({self.election_ticks}) must be greater than heartbeat_ticks "
+                f"({self.heartbeat_ticks})"
+            )
+        for name in (
+            "max_inflight",
+            "max_inflight_bytes",
+            "max_append_bytes",
+            "max_entry_bytes",
+            "max_uncommitted_bytes",
+            "snapshot_chunk_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_uncommitted_bytes < self.max_entry_bytes:
+            raise ConfigError(
+                f"max_uncommitted_bytes ({self.max_uncommitted_bytes}) must be >= max_entry_bytes "
+                f"({self.max_entry_bytes}), or a maximal entry could never be proposed"
+            )
+        if self.applied < 0:
+            raise ConfigError(f"applied must be >= 0, got {self.applied}")

@@ -1,0 +1,960 @@
+"""RaftNode: the consensus core as a pure state machine (CONVENTIONS 1).
+
+Inputs: tick(), step(message), propose(data), read_index(context), campaign(),
+transfer_leadership(target), compact(index). Output: ready() -> Ready, which the host carries out
+and then confirms with advance(ready). The node never touches a socket, file, clock or thread;
+its only randomness is the injected random.Random (election jitter, §5.2).
+
+Host loop, in this order (the Ready docstring states why):
+
+    rd = node.ready()
+    send(rd.messages)                                   # may overlap with the write below
+    stage(rd.snapshot_chunks); install(rd.snapshot)     # snapshot first, then
+    log.append(rd.entries); save(rd.hard_state)         # entries, then hard state
+    if rd.must_sync: fsync
+    send(rd.persisted_messages)
+    apply(rd.committed_entries); serve(rd.read_states)
+    if rd.compact_index: log.compact_through(rd.compact_index)
+    node.advance(rd)
+
+Snapshots taken by the application: after applying through index i, the host writes its state
+machine image with metadata (i, term(i), voters) where the Storage's snapshot()/snapshot_chunk()
+can read it, then calls node.compact(i); the next Ready's compact_index tells it when the log
+prefix may go. A leader whose follower needs compacted entries reads that snapshot back through
+Storage and streams it in chunks of snapshot_chunk_bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from eventstream.raft.config import RaftConfig
+from eventstream.raft.log import RaftLog
+from eventstream.raft.messages import (
+    NONE,
+    Entry,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    SnapshotChunk,
+    SnapshotMeta,
+)
+from eventstream.raft.progress import Progress, ProgressState
+from eventstream.raft.quorum import MajorityConfig, VoteResult
+from eventstream.raft.read_only import ReadOnlyQueue
+from eventstream.raft.storage import (
+    CompactedError,
+    SnapshotUnavailableError,
+    Storage,
+)
+
+MT = MessageType
+TRANSFER_CONTEXT = b"transfer"
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+class ProposalError(Exception):
+    """A proposal or request the node cannot take now. Nothing was appended."""
+
+
+class NotLeaderError(ProposalError):
+    """Only the leader takes proposals; `leader` is the known leader's id, or NONE (0)."""
+
+    def __init__(self, leader: int) -> None:
+        hint = f"try node {leader}" if leader != NONE else "no leader is known"
+        super().__init__(f"this node is not the leader ({hint})")
+        self.leader = leader
+
+
+class EntryTooLargeError(ProposalError):
+    pass
+
+
+class UncommittedLimitError(ProposalError):
+    """The leader's uncommitted tail is full: retry after commits catch up."""
+
+
+class TransferInProgressError(ProposalError):
+    """Leadership is being handed over; proposals wait for the new leader."""
+
+
+@dataclass(slots=True)
+class Ready:
+    """Work for the host, produced by RaftNode.ready() and confirmed with advance().
+
+    The host handles the fields in this order; each rule says why.
+
+    messages: send now, even before the writes below are durable. Only a leader's messages land
+        here (AppendEntries, heartbeats, snapshot chunks, TimeoutNow, ReadIndex answers): they
+        depend on nothing in this Ready being durable (thesis §10.2.1 — the leader writes its log
+        in parallel with replication; it counts itself toward commit only after advance()).
+    snapshot_chunks: chunks of a snapshot the leader is streaming; stage them durably, in order.
+    snapshot: when set, the staged snapshot with this metadata is complete and accepted: restore
+        the state machine from it and replace the whole log by it (entries up to snapshot.index
+        are gone). Do this before appending `entries`, which follow it.
+    entries: append to the durable log, first deleting any existing entries at or after
+        entries[0].index (a conflicting suffix, §5.3).
+    hard_state: when set, persist it (after the entries, so commit never points past the log).
+    must_sync: whether the writes above must be synced (fdatasync) before persisted_messages go
+        out. False when only the commit index changed: losing that in a crash is harmless.
+    persisted_messages: send only after everything above is durable. Votes, vote requests and
+        append acknowledgements promise durable state (Figure 2: "respond after updating stable
+        storage").
+    committed_entries: committed (§5.3), may be applied in order once the writes above are done.
+        Entries with empty data are leader no-ops: skip them, but count their index as applied.
+    read_states: reads confirmed by a quorum (ReadIndex): serve each once applied >= its index.
+    dropped_reads: contexts of this node's pending reads that can no longer be confirmed here
+        (leadership was lost); the host fails or retries them.
+    compact_index: when non-zero, the host may drop log entries through this index (its snapshot
+        covers them; requested with RaftNode.compact).
+    """
+
+    messages: list[Message] = field(default_factory=list)
+    snapshot_chunks: list[SnapshotChunk] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+    entries: list[Entry] = field(default_factory=list)
+    hard_state: HardState | None = None
+    must_sync: bool = False
+    persisted_messages: list[Message] = field(default_factory=list)
+    committed_entries: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    dropped_reads: list[bytes] = field(default_factory=list)
+    compact_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: int
+    role: Role
+    term: int
+    vote: int
+    leader: int
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    lead_transferee: int
+    # For a leader: node id -> (state, match, next_index); empty otherwise.
+    progress: dict[int, tuple[str, int, int]]
+
+
+class RaftNode:
+    """One member of a Raft group. See the module docstring for the host loop."""
+
+    __slots__ = (
+        "id",
+        "config",
+        "log",
+        "rng",
+        "term",
+        "vote",
+        "leader",
+        "role",
+        "voters",
+        "progress",
+        "votes",
+        "election_elapsed",
+        "heartbeat_elapsed",
+        "randomized_election_timeout",
+        "lead_transferee",
+        "read_only",
+        "pending_leader_reads",
+        "uncommitted_bytes",
+        "_uncommitted",
+        "incoming_snapshot",
+        "incoming_offset",
+        "_messages",
+        "_persisted_messages",
+        "_chunks",
+        "_read_states",
+        "_dropped_reads",
+        "_compact_index",
+        "_prev_hard_state",
+        "_ready_out",
+    )
+
+    def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
+        self.id = config.id
+        self.config = config
+        self.rng = rng
+        hard_state, stored_voters = storage.initial_state()
+        self.log = RaftLog(storage, hard_state.commit, config.applied)
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.leader = NONE
+        self.role = Role.FOLLOWER
+        self.voters = MajorityConfig(stored_voters or config.voters)
+        self.progress: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_ticks
+        self.lead_transferee = NONE
+        self.read_only = ReadOnlyQueue()
+        # ReadIndex requests that wait for the first commit of this leader's term (§8: until
+        # then the leader does not know the latest commit index).
+        self.pending_leader_reads: list[tuple[bytes, int]] = []
+        self.uncommitted_bytes = 0
+        self._uncommitted: deque[tuple[int, int]] = deque()
+        # Follower side of a chunked InstallSnapshot in progress.
+        self.incoming_snapshot: SnapshotMeta | None = None
+        self.incoming_offset = 0
+        self._messages: list[Message] = []
+        self._persisted_messages: list[Message] = []
+        self._chunks: list[SnapshotChunk] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[bytes] = []
+        self._compact_index = 0
+        self._prev_hard_state = hard_state
+        self._ready_out = False
+        self._reset_election_timeout()
+
+    # ------------------------------------------------------------------ public API
+
+    def tick(self) -> None:
+        """Advance the node's logical clock by one tick."""
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.election_elapsed >= self.randomized_election_timeout and self.id in self.voters:
+                self.election_elapsed = 0
+                self.campaign()
+
+    def campaign(self) -> None:
+        """Start an election now (with a pre-vote round first when pre_vote is on)."""
+        if self.role == Role.LEADER or self.id not in self.voters:
+            return
+        if self.log.pending_snapshot is not None:
+            # Its log is being replaced; vote requests would describe a log it may not keep.
+            return
+        self._campaign(pre=self.config.pre_vote, transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append one entry with opaque `data` (leader only). Returns its index. Never blocks;
+        raises a ProposalError subclass when the entry cannot be taken."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if self.lead_transferee != NONE:
+            raise TransferInProgressError(
+                f"leadership is moving to node {self.lead_transferee}; retry there"
+            )
+        size = len(data)
+        if size > self.config.max_entry_bytes:
+            raise EntryTooLargeError(
+                f"entry of {size} bytes exceeds max_entry_bytes={self.config.max_entry_bytes}"
+            )
+        if (
+            self.uncommitted_bytes
+            and self.uncommitted_bytes + size > self.config.max_uncommitted_bytes
+        ):
+            raise UncommittedLimitError(
+                f"{self.uncommitted_bytes} uncommitted bytes; limit is "
+                f"max_uncommitted_bytes={self.config.max_uncommitted_bytes}"
+            )
+        index = self._append_entry(data)
+        self._bcast_append()
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        """Request a linearizable read tagged `context` (thesis §6.4). The answer arrives as a
+        ReadState in a later Ready; raises NotLeaderError when no leader is known."""
+        if self.role == Role.LEADER:
+            self._leader_read(context, self.id)
+        elif self.leader != NONE:
+            self._send(Message(MT.READ_INDEX, self.leader, self.id, self.term, context=context))
+        else:
+            raise NotLeaderError(NONE)
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to `target` (thesis §3.10): catch it up, then send TimeoutNow."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if target == self.id or target not in self.voters:
+            raise ValueError(f"cannot transfer leadership to {target}: not another voter")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        # The transfer must finish within one election timeout, or it is abandoned.
+        self.election_elapsed = 0
+        progress = self.progress[target]
+        if progress.match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, target, self.id, self.term))
+        else:
+            self._send_append(target)
+
+    def compact(self, index: int) -> None:
+        """The host has durably saved a snapshot of its state machine through `index` (visible
+        through Storage.snapshot()); the log through index may be discarded."""
+        if index > self.log.applied:
+            raise ValueError(f"cannot compact through {index}: only {self.log.applied} applied")
+        if index < self.log.first_index() - 1:
+            raise ValueError(f"index {index} is already compacted")
+        self._compact_index = max(self._compact_index, index)
+
+    def step(self, m: Message) -> None:
+        """Handle a message from a peer."""
+        if m.term > self.term:
+            if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
+                in_lease = (
+                    self.config.check_quorum
+                    and self.leader != NONE
+                    and self.election_elapsed < self.config.election_ticks
+                )
+                if in_lease and m.context != TRANSFER_CONTEXT:
+                    # Thesis §4.2.3: a server that heard from a live leader within the minimum
+                    # election timeout ignores vote requests, so a rejoining node cannot
+                    # disrupt it.
+                    return
+            if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESPONSE and not m.reject):
+                # A pre-vote changes no term: it asks about term + 1 without claiming it.
+                pass
+            elif m.type in (MT.APPEND, MT.HEARTBEAT, MT.SNAPSHOT):
+                self._become_follower(m.term, m.sender)
+            else:
+                self._become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if (self.config.check_quorum or self.config.pre_vote) and m.type in (
+                MT.APPEND,
+                MT.HEARTBEAT,
+            ):
+                # A stale leader (or a node that bumped its term while partitioned) must learn
+                # the current term, or it would keep disrupting the cluster.
+                self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term))
+            elif m.type == MT.PRE_VOTE:
+                self._send(Message(MT.PRE_VOTE_RESPONSE, m.sender, self.id, self.term, reject=True))
+            return
+
+        if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
+            self._handle_vote_request(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role == Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._messages
+            or self._persisted_messages
+            or self._chunks
+            or self._read_states
+            or self._dropped_reads
+            or self._compact_index
+            or self.log.unstable
+            or self.log.pending_snapshot is not None
+            or self.log.has_committed_entries()
+            or self._hard_state() != self._prev_hard_state
+        )
+
+    def ready(self) -> Ready:
+        """Collect pending work. Call advance() with it before the next ready()."""
+        if self._ready_out:
+            raise RuntimeError("ready() called again before advance() of the previous Ready")
+        self._ready_out = True
+        log = self.log
+        rd = Ready(
+            messages=self._messages,
+            persisted_messages=self._persisted_messages,
+            snapshot_chunks=self._chunks,
+            read_states=self._read_states,
+            dropped_reads=self._dropped_reads,
+            compact_index=self._compact_index,
+        )
+        self._messages = []
+        self._persisted_messages = []
+        self._chunks = []
+        self._read_states = []
+        self._dropped_reads = []
+        self._compact_index = 0
+        rd.snapshot = log.pending_snapshot
+        rd.entries = list(log.unstable)
+        if log.has_committed_entries():
+            committed = log.next_committed_entries()
+            rd.committed_entries = list(committed)
+            log.applying = committed[-1].index
+        hard_state = self._hard_state()
+        if hard_state != self._prev_hard_state:
+            rd.hard_state = hard_state
+        prev = self._prev_hard_state
+        rd.must_sync = bool(
+            rd.entries
+            or rd.snapshot is not None
+            or rd.snapshot_chunks
+            or hard_state.term != prev.term
+            or hard_state.vote != prev.vote
+        )
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The host has carried out `rd` (persisted, sent, applied)."""
+        if not self._ready_out:
+            raise RuntimeError("advance() without an outstanding ready()")
+        self._ready_out = False
+        log = self.log
+        if rd.hard_state is not None:
+            self._prev_hard_state = rd.hard_state
+        if rd.snapshot is not None:
+            log.stable_snapshot(rd.snapshot.index)
+            log.applied_to(rd.snapshot.index)
+        if rd.committed_entries:
+            log.applied_to(rd.committed_entries[-1].index)
+        if rd.entries:
+            last = rd.entries[-1]
+            log.stable_to(last.index, last.term)
+            # The leader's own write is now durable: only now does it count toward commit
+            # (thesis §10.2.1).
+            if (
+                self.role == Role.LEADER
+                and self.progress[self.id].maybe_update(log.offset - 1)
+                and self._maybe_commit()
+            ):
+                self._bcast_append()
+
+    def status(self) -> Status:
+        progress: dict[int, tuple[str, int, int]] = {}
+        if self.role == Role.LEADER:
+            progress = {
+                node: (pr.state.name, pr.match, pr.next_index) for node, pr in self.progress.items()
+            }
+        return Status(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            vote=self.vote,
+            leader=self.leader,
+            commit=self.log.committed,
+            applied=self.log.applied,
+            first_index=self.log.first_index(),
+            last_index=self.log.last_index(),
+            lead_transferee=self.lead_transferee,
+            progress=progress,
+        )
+
+    # ------------------------------------------------------------------ roles
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NONE
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_election_timeout()
+        self.votes = {}
+        self.lead_transferee = NONE
+        self.uncommitted_bytes = 0
+        self._uncommitted.clear()
+        dropped = self.read_only.drain()
+        self._dropped_reads.extend(r.context for r in dropped if r.requester == self.id)
+        self._dropped_reads.extend(
+            ctx for ctx, requester in self.pending_leader_reads if requester == self.id
+        )
+        self.pending_leader_reads = []
+
+    def _reset_election_timeout(self) -> None:
+        # §5.2: randomized in [election_ticks, 2 * election_ticks) so split votes are rare.
+        ticks = self.config.election_ticks
+        self.randomized_election_timeout = ticks + self.rng.randrange(ticks)
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader = leader
+
+    def _campaign(self, pre: bool, transfer: bool) -> None:
+        if pre:
+            self._reset(self.term)
+            self.role = Role.PRE_CANDIDATE
+            vote_type = MT.PRE_VOTE
+            term = self.term + 1
+        else:
+            self._reset(self.term + 1)
+            self.role = Role.CANDIDATE
+            self.vote = self.id
+            vote_type = MT.VOTE
+            term = self.term
+        self.votes[self.id] = True
+        if self.voters.vote_result(self.votes) == VoteResult.WON:
+            # A single-voter group wins at once.
+            if pre:
+                self._campaign(pre=False, transfer=transfer)
+            else:
+                self._become_leader()
+            return
+        last_index = self.log.last_index()
+        last_term = self.log.term(last_index)
+        context = TRANSFER_CONTEXT if transfer else b""
+        for peer in self.voters.voters:
+            if peer != self.id:
+                self._send(
+                    Message(
+                        vote_type,
+                        peer,
+                        self.id,
+                        term,
+                        index=last_index,
+                        log_term=last_term,
+                        context=context,
+                    )
+                )
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader = self.id
+        last_index = self.log.last_index()
+        config = self.config
+        self.progress = {}
+        for peer in self.voters.voters:
+            pr = Progress(last_index + 1, config.max_inflight, config.max_inflight_bytes)
+            self.progress[peer] = pr
+        # Only durable entries count toward commit for the leader itself.
+        own = self.progress.setdefault(
+            self.id, Progress(last_index + 1, config.max_inflight, config.max_inflight_bytes)
+        )
+        own.match = self.log.offset - 1 if self.log.pending_snapshot is None else 0
+        own.become_replicate()
+        own.next_index = last_index + 1
+        # §8: a new leader commits a blank entry of its own term, which also commits every
+        # earlier entry (Figure 8 forbids counting replicas of older terms directly).
+        self._append_entry(b"")
+        self._bcast_append()
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_ticks:
+            self.election_elapsed = 0
+            if self.config.check_quorum:
+                active = {node for node, pr in self.progress.items() if pr.recent_active}
+                active.add(self.id)
+                for node, pr in self.progress.items():
+                    if node != self.id:
+                        pr.recent_active = False
+                if not self.voters.has_quorum(active):
+                    # Thesis §6.2: a leader cut off from a majority steps down, so clients
+                    # go looking for the real one.
+                    self._become_follower(self.term, NONE)
+                    return
+            # An unfinished transfer is abandoned after an election timeout (thesis §3.10).
+            self.lead_transferee = NONE
+        if self.role == Role.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    # ------------------------------------------------------------------ votes
+
+    def _handle_vote_request(self, m: Message) -> None:
+        pre = m.type == MT.PRE_VOTE
+        response_type = MT.PRE_VOTE_RESPONSE if pre else MT.VOTE_RESPONSE
+        # §5.2: at most one vote per term, first-come-first-served; a pre-vote for a future
+        # term promises nothing.
+        can_vote = (
+            self.vote == m.sender
+            or (self.vote == NONE and self.leader == NONE)
+            or (pre and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            # A granted pre-vote answers with the term asked about, so the pre-candidate
+            # counts it; a real vote is for the current term.
+            self._send(Message(response_type, m.sender, self.id, m.term))
+            if not pre:
+                self.election_elapsed = 0
+                self.vote = m.sender
+        else:
+            self._send(Message(response_type, m.sender, self.id, self.term, reject=True))
+
+    def _step_candidate(self, m: Message) -> None:
+        t = m.type
+        if t == MT.APPEND or t == MT.HEARTBEAT or t == MT.SNAPSHOT:
+            # §5.2: a candidate that hears from a leader of its term returns to follower.
+            self._become_follower(m.term, m.sender)
+            self._step_follower(m)
+            return
+        expected = MT.PRE_VOTE_RESPONSE if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESPONSE
+        if t != expected:
+            return
+        self.votes.setdefault(m.sender, not m.reject)
+        result = self.voters.vote_result(self.votes)
+        if result == VoteResult.WON:
+            if self.role == Role.PRE_CANDIDATE:
+                self._campaign(pre=False, transfer=False)
+            else:
+                self._become_leader()
+        elif result == VoteResult.LOST:
+            self._become_follower(self.term, NONE)
+
+    # ------------------------------------------------------------------ follower
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MT.APPEND:
+            self.election_elapsed = 0
+            self.leader = m.sender
+            self._handle_append(m)
+        elif t == MT.HEARTBEAT:
+            self.election_elapsed = 0
+            self.leader = m.sender
+            self.log.commit_to(min(m.commit, self.log.last_index()))
+            self._send(
+                Message(MT.HEARTBEAT_RESPONSE, m.sender, self.id, self.term, read_seq=m.read_seq)
+            )
+        elif t == MT.SNAPSHOT:
+            self.election_elapsed = 0
+            self.leader = m.sender
+            self._handle_snapshot_chunk(m)
+        elif t == MT.TIMEOUT_NOW:
+            # Thesis §3.10: the leader handed over; skip pre-vote, the old leader agrees.
+            if self.id in self.voters and self.log.pending_snapshot is None:
+                self._campaign(pre=False, transfer=True)
+        elif t == MT.READ_INDEX_RESPONSE:
+            self._read_states.append(ReadState(m.index, m.context))
+        elif t == MT.READ_INDEX and self.leader != NONE:
+            # Forwarded to us while we thought we led; pass it on to the leader we know now.
+            self._send(Message(MT.READ_INDEX, self.leader, m.sender, self.term, context=m.context))
+
+    def _handle_append(self, m: Message) -> None:
+        log = self.log
+        if m.index < log.committed:
+            # Everything through our commit index matches any leader's log (§5.4).
+            self._send(
+                Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.committed)
+            )
+            return
+        last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=last_new))
+            return
+        # Fast backtracking hint: the largest index at or below the leader's prevLogIndex whose
+        # term is <= the leader's prevLogTerm; no entry after it can match.
+        hint_index, hint_term = log.find_conflict_by_term(
+            min(m.index, log.last_index()), m.log_term
+        )
+        self._send(
+            Message(
+                MT.APPEND_RESPONSE,
+                m.sender,
+                self.id,
+                self.term,
+                index=m.index,
+                reject=True,
+                hint_index=hint_index,
+                log_term=hint_term,
+            )
+        )
+
+    def _handle_snapshot_chunk(self, m: Message) -> None:
+        log = self.log
+        meta = SnapshotMeta(m.index, m.log_term, m.voters)
+        if m.index <= log.committed:
+            # We already have everything it covers; tell the leader where we are.
+            self.incoming_snapshot = None
+            self._send(
+                Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.committed)
+            )
+            return
+        if m.offset == 0:
+            self.incoming_snapshot = meta
+            self.incoming_offset = 0
+        if self.incoming_snapshot != meta or m.offset != self.incoming_offset:
+            expected = self.incoming_offset if self.incoming_snapshot == meta else 0
+            self._send(
+                Message(
+                    MT.SNAPSHOT_RESPONSE,
+                    m.sender,
+                    self.id,
+                    self.term,
+                    index=m.index,
+                    offset=expected,
+                    reject=True,
+                )
+            )
+            return
+        self._chunks.append(SnapshotChunk(meta, m.offset, m.data, m.done))
+        self.incoming_offset += len(m.data)
+        if not m.done:
+            self._send(
+                Message(
+                    MT.SNAPSHOT_RESPONSE,
+                    m.sender,
+                    self.id,
+                    self.term,
+                    index=m.index,
+                    offset=self.incoming_offset,
+                )
+            )
+            return
+        self.incoming_snapshot = None
+        if log.match_term(meta.index, meta.term):
+            # §7: "If existing log entry has same index and term as snapshot's last included
+            # entry, retain log entries following it" — only the commit index moves.
+            log.commit_to(meta.index)
+        else:
+            log.restore(meta)
+            self.voters = MajorityConfig(meta.voters)
+        self._send(
+            Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.last_index())
+        )
+
+    # ------------------------------------------------------------------ leader
+
+    def _step_leader(self, m: Message) -> None:
+        t = m.type
+        if t == MT.READ_INDEX:
+            self._leader_read(m.context, m.sender)
+            return
+        pr = self.progress.get(m.sender)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if t == MT.APPEND_RESPONSE:
+            self._handle_append_response(m, pr)
+        elif t == MT.HEARTBEAT_RESPONSE:
+            if pr.state == ProgressState.SNAPSHOT:
+                # The chunk in flight may have been lost: resend from the acknowledged offset.
+                self._send_snapshot_chunk(m.sender, pr)
+            else:
+                pr.probe_sent = False
+                if pr.inflights.full():
+                    # Appends may have been lost; make room for one that exposes the gap.
+                    pr.inflights.free_first()
+                if pr.match < self.log.last_index():
+                    self._send_append(m.sender)
+            if m.read_seq:
+                for read in self.read_only.ack(self.id, m.sender, m.read_seq, self.voters):
+                    self._release_read(read.index, read.context, read.requester)
+        elif t == MT.SNAPSHOT_RESPONSE:
+            if pr.state != ProgressState.SNAPSHOT or m.index != pr.snapshot_index:
+                return
+            if m.reject or m.offset > pr.snapshot_offset:
+                pr.snapshot_offset = m.offset
+                self._send_snapshot_chunk(m.sender, pr)
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        to = m.sender
+        if m.reject:
+            next_probe = m.hint_index
+            if m.log_term > 0:
+                # Skip every entry of ours whose term is above the follower's term at the hint.
+                next_probe, _ = self.log.find_conflict_by_term(m.hint_index, m.log_term)
+            if pr.maybe_decrease_to(m.index, next_probe):
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(to)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT:
+            if pr.match + 1 >= self.log.first_index():
+                pr.become_probe()
+                pr.become_replicate()
+        else:
+            pr.inflights.free_through(m.index)
+        if self._maybe_commit():
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(to)
+        # Pipelining: keep the window full while there is something to send.
+        while self._send_append(to, send_empty=False):
+            pass
+        if to == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
+
+    def _maybe_commit(self) -> bool:
+        index = self.voters.committed_index({n: pr.match for n, pr in self.progress.items()})
+        if index > self.log.committed and self._may_commit_at(index):
+            self.log.commit_to(index)
+            self._on_commit()
+            return True
+        return False
+
+    def _may_commit_at(self, index: int) -> bool:
+        # Figure 8 / §5.4.2: only an entry of the current term is committed by counting
+        # replicas; earlier entries are committed indirectly with it.
+        return self.log.term(index) == self.term
+
+    def _on_commit(self) -> None:
+        committed = self.log.committed
+        pending = self._uncommitted
+        while pending and pending[0][0] <= committed:
+            self.uncommitted_bytes -= pending.popleft()[1]
+        if self.pending_leader_reads:
+            reads = self.pending_leader_reads
+            self.pending_leader_reads = []
+            for context, requester in reads:
+                self._leader_read(context, requester)
+
+    def _append_entry(self, data: bytes) -> int:
+        index = self.log.last_index() + 1
+        self.log.append([Entry(index, self.term, data)])
+        own = self.progress[self.id]
+        own.next_index = index + 1
+        if data:
+            self.uncommitted_bytes += len(data)
+            self._uncommitted.append((index, len(data)))
+        return index
+
+    def _leader_read(self, context: bytes, requester: int) -> None:
+        log = self.log
+        if log.term(log.committed) != self.term:
+            # §8: a fresh leader learns the commit index only once its no-op commits.
+            self.pending_leader_reads.append((context, requester))
+            return
+        if len(self.voters.voters) == 1:
+            self._release_read(log.committed, context, requester)
+            return
+        seq = self.read_only.add(log.committed, context, requester)
+        self._bcast_heartbeat(seq)
+
+    def _release_read(self, index: int, context: bytes, requester: int) -> None:
+        if requester == self.id:
+            self._read_states.append(ReadState(index, context))
+        else:
+            self._send(
+                Message(
+                    MT.READ_INDEX_RESPONSE,
+                    requester,
+                    self.id,
+                    self.term,
+                    index=index,
+                    context=context,
+                )
+            )
+
+    def _bcast_append(self) -> None:
+        for peer in self.progress:
+            if peer != self.id:
+                self._send_append(peer)
+
+    def _bcast_heartbeat(self, read_seq: int = 0) -> None:
+        if not read_seq:
+            read_seq = self.read_only.last_seq if len(self.read_only) else 0
+        committed = self.log.committed
+        for peer, pr in self.progress.items():
+            if peer != self.id:
+                # A heartbeat skips the log-matching check, so it may only carry a commit
+                # index the follower is known to match.
+                self._send(
+                    Message(
+                        MT.HEARTBEAT,
+                        peer,
+                        self.id,
+                        self.term,
+                        commit=min(pr.match, committed),
+                        read_seq=read_seq,
+                    )
+                )
+
+    def _send_append(self, to: int, send_empty: bool = True) -> bool:
+        """Send the follower what it needs next; returns whether a message went out."""
+        pr = self.progress[to]
+        if pr.is_paused():
+            return False
+        log = self.log
+        prev_index = pr.next_index - 1
+        entries: list[Entry] = []
+        try:
+            prev_term = log.term(prev_index)
+            last = log.last_index()
+            if pr.next_index <= last:
+                entries = list(log.entries(pr.next_index, last + 1, self.config.max_append_bytes))
+        except CompactedError:
+            return self._start_snapshot(to, pr)
+        if not entries and not send_empty:
+            return False
+        if entries:
+            last_sent = entries[-1].index
+            size = sum(len(e.data) for e in entries)
+        else:
+            last_sent = 0
+            size = 0
+        self._send(
+            Message(
+                MT.APPEND,
+                to,
+                self.id,
+                self.term,
+                index=prev_index,
+                log_term=prev_term,
+                entries=entries,
+                commit=log.committed,
+            )
+        )
+        pr.sent_entries(last_sent, size)
+        return True
+
+    def _start_snapshot(self, to: int, pr: Progress) -> bool:
+        # §7: the follower needs entries we discarded; send it our latest snapshot instead.
+        if not pr.recent_active:
+            return False
+        try:
+            meta = self.log.storage.snapshot()
+        except SnapshotUnavailableError:
+            return False
+        pr.become_snapshot(meta.index, meta.term, meta.voters)
+        self._send_snapshot_chunk(to, pr)
+        return True
+
+    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
+        size = self.config.snapshot_chunk_bytes
+        try:
+            data = self.log.storage.snapshot_chunk(pr.snapshot_index, pr.snapshot_offset, size)
+        except SnapshotUnavailableError:
+            # Replaced by a newer snapshot: start over with that one on the next response.
+            pr.become_probe()
+            return
+        self._send(
+            Message(
+                MT.SNAPSHOT,
+                to,
+                self.id,
+                self.term,
+                index=pr.snapshot_index,
+                log_term=pr.snapshot_term,
+                voters=pr.snapshot_voters,
+                offset=pr.snapshot_offset,
+                data=data,
+                done=len(data) < size,
+            )
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def _send(self, m: Message) -> None:
+        # A leader's messages never depend on its own unsynced writes (see Ready.messages);
+        # everything else waits for this Ready's writes to be durable.
+        if self.role == Role.LEADER:
+            self._messages.append(m)
+        else:
+            self._persisted_messages.append(m)
+
+
+__all__ = [
+    "EntryTooLargeError",
+    "NotLeaderError",
+    "ProposalError",
+    "RaftNode",
+    "Ready",
+    "Role",
+    "Status",
+    "TransferInProgressError",
+    "UncommittedLimitError",
+]

@@ -1,0 +1,74 @@
+"""State machine commands: the bytes inside a Raft entry (issue 4, "Commands").
+
+Contract with the node and the leader:
+  * A Raft entry's data IS the command: byte 0 is the command type, the rest is its body.
+  * An EMPTY entry is the Raft leader's no-op (Raft paper section 8: a leader commits an entry of
+    its own term at the start of its term): nothing is applied, the applied index advances.
+  * Bodies, all integers little-endian:
+      SET_EVENT      (1)  one event batch in the csrc/batch_codec.h layout.
+      DEDUP_ADD      (2)  u32 count, then per id: u16 id_len (1..256), i64 first_seen_us, id.
+      DEDUP_EXPIRE   (3)  i64 cutoff_us: forget ids first seen before it. The LEADER computes it
+                          from its clock (dedup_cutoff_us); apply never reads a clock.
+      CONFIG_UPDATE  (4)  UTF-8 JSON object, keys sorted, validated before it is proposed.
+  * Any other first byte, or a body that does not parse, in a COMMITTED entry is corruption or a
+    version mismatch: apply stops with an error naming the index (never skips).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from enum import IntEnum
+from typing import Any
+
+from eventstream.state.config import canonical_json, validate_config
+from eventstream.storage.codec import EVENT_ID_BYTES_MAX, Event, encode_batch
+
+
+class CommandType(IntEnum):
+    SET_EVENT = 1
+    DEDUP_ADD = 2
+    DEDUP_EXPIRE = 3
+    CONFIG_UPDATE = 4
+
+
+DEDUP_ADD_IDS_MAX = 65536
+_SET_EVENT = bytes([CommandType.SET_EVENT])
+
+
+def encode_set_event(events: Sequence[Event]) -> bytes:
+    """SET_EVENT for a list of events (codec limits apply; CodecError names a bad event)."""
+    return _SET_EVENT + encode_batch(events)
+
+
+def encode_set_event_batch(batch: bytes | memoryview) -> bytes:
+    """SET_EVENT around a batch the leader's batcher already encoded."""
+    return _SET_EVENT + bytes(batch)
+
+
+def encode_dedup_add(ids: Iterable[tuple[bytes, int]]) -> bytes:
+    """DEDUP_ADD for (event_id, first_seen_us) pairs."""
+    parts = []
+    count = 0
+    for event_id, first_seen_us in ids:
+        if not isinstance(event_id, bytes) or not 1 <= len(event_id) <= EVENT_ID_BYTES_MAX:
+            raise ValueError(f"event id must be 1..{EVENT_ID_BYTES_MAX} bytes, got {event_id!r}")
+        parts.append(struct.pack("<Hq", len(event_id), first_seen_us) + event_id)
+        count += 1
+    if not 1 <= count <= DEDUP_ADD_IDS_MAX:
+        raise ValueError(f"DEDUP_ADD carries 1..{DEDUP_ADD_IDS_MAX} ids, got {count}")
+    return bytes([CommandType.DEDUP_ADD]) + struct.pack("<I", count) + b"".join(parts)
+
+
+def encode_dedup_expire(cutoff_us: int) -> bytes:
+    return bytes([CommandType.DEDUP_EXPIRE]) + struct.pack("<q", cutoff_us)
+
+
+def dedup_cutoff_us(leader_now_us: int, config: Mapping[str, Any]) -> int:
+    """The cutoff the leader writes into DEDUP_EXPIRE: its clock minus the dedup window."""
+    return leader_now_us - config["dedup_window_ms"] * 1000
+
+
+def encode_config_update(update: Mapping[str, Any]) -> bytes:
+    """CONFIG_UPDATE; raises ConfigError before anything is built for an invalid value."""
+    return bytes([CommandType.CONFIG_UPDATE]) + canonical_json(validate_config(update))

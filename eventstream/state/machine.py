@@ -1,0 +1,271 @@
+"""The EventStreamCore state machine that committed Raft entries are applied to (issue 4).
+
+Contract with the node:
+  * `StateMachine.open(directory)` rebuilds the state from the newest complete local snapshot
+    (or starts empty); `applied_index` then says where the node must replay the log from.
+    Queue files written after that snapshot are discarded: the log is the durable copy.
+  * `apply(index, term, data)` applies ONE committed entry; indexes must follow each other.
+    `data` is a command (eventstream.state.commands); an empty entry is the leader's no-op.
+    Returns an ApplyResult; for SET_EVENT it carries parallel per-event arrays (statuses,
+    queues, offsets) rather than per-event objects. A bad entry raises ApplyStoppedError naming
+    the index, and every later apply raises too.
+  * `read(queue, offset, limit, max_bytes)` reads one queue; `digest()` hashes the full state.
+  * `snapshot()` = `begin_snapshot()` (short pause, between two applies) + `SnapshotCut.write()`
+    (may run on another thread while apply goes on). After a snapshot at index i the node may
+    compact the Raft log through i (storage's `compact_through`).
+  * `snapshot_chunks(...)` streams a snapshot for InstallSnapshot; the receiving side feeds the
+    chunks to `snapshot_receiver()` and calls `restore(receiver)`. A truncated or corrupt
+    snapshot raises SnapshotError and leaves the previous state as it was.
+  * `validate_config(mapping)` is what the leader runs before proposing CONFIG_UPDATE.
+Apply never reads a clock or global random state (seed: "Deterministic execution").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
+from eventstream.state import snapshot as snapshots
+from eventstream.state.commands import CommandType
+from eventstream.state.config import (
+    ConfigError,
+    default_config,
+    merge_config,
+    validate_config,
+)
+from eventstream.state.digest import state_digest
+from eventstream.state.errors import ApplyStoppedError, SnapshotError, StateError
+from eventstream.state.queues import QueueStore, StoredEvent
+from eventstream.state.snapshot_stream import SnapshotReceiver, stream_snapshot
+
+LIVE_PREFIX = "live-"
+SNAPSHOTS_KEPT = 2
+
+
+class ApplyResult(NamedTuple):
+    """Outcome of one applied entry. Per-event arrays are set for SET_EVENT (statuses are the
+    STATUS_* values of eventstream._state) and per-id statuses for DEDUP_ADD."""
+
+    log_index: int
+    command: CommandType | None  # None for the leader's no-op
+    statuses: memoryview | None = None
+    queues: memoryview | None = None
+    offsets: memoryview | None = None
+    expired_count: int = 0
+
+
+class StateMachine:
+    def __init__(self, directory: str) -> None:
+        """Use StateMachine.open()."""
+        self.directory = directory
+        self.snapshots_root = os.path.join(directory, "snapshots")
+        self.applied_index = 0
+        self.applied_term = 0
+        self.config: dict[str, Any] = default_config()
+        self.dedup = DedupTable(self.config["dedup_ids_max"])
+        self._generation = 0
+        self.live_root = ""
+        self.queues = QueueStore("")
+        self._stopped: str | None = None
+
+    # ----- lifecycle -----
+
+    @classmethod
+    def open(cls, directory: str) -> StateMachine:
+        machine = cls(directory)
+        os.makedirs(machine.snapshots_root, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.startswith(LIVE_PREFIX):
+                shutil.rmtree(os.path.join(directory, name))
+                suffix = name[len(LIVE_PREFIX) :]
+                if suffix.isdigit():
+                    machine._generation = max(machine._generation, int(suffix))
+        for name in os.listdir(machine.snapshots_root):
+            if not name.startswith(snapshots.SNAPSHOT_PREFIX):  # unfinished work folders
+                shutil.rmtree(os.path.join(machine.snapshots_root, name), ignore_errors=True)
+        available = snapshots.list_snapshots(machine.snapshots_root)
+        if available:
+            machine._install(available[-1][1])
+        else:
+            machine.live_root = machine._new_live_root()
+            machine.queues = QueueStore(machine.live_root)
+        return machine
+
+    def close(self) -> None:
+        self.queues.close()
+
+    def _new_live_root(self) -> str:
+        self._generation += 1
+        path = os.path.join(self.directory, f"{LIVE_PREFIX}{self._generation}")
+        os.makedirs(path)
+        return path
+
+    # ----- apply -----
+
+    def apply(self, index: int, term: int, data: bytes | memoryview) -> ApplyResult:
+        if self._stopped is not None:
+            raise ApplyStoppedError(f"apply is stopped: {self._stopped}")
+        if index != self.applied_index + 1:
+            raise StateError(
+                f"entry {index} applied out of order: last applied is {self.applied_index}"
+            )
+        view = memoryview(data)
+        try:
+            result = self._apply_command(index, view)
+        except (MalformedCommandError, ConfigError, ValueError) as e:
+            self._stopped = f"entry {index} (term {term}) is corrupt or from another version: {e}"
+            raise ApplyStoppedError(self._stopped) from e
+        self.applied_index = index
+        self.applied_term = term
+        return result
+
+    def _apply_command(self, index: int, view: memoryview) -> ApplyResult:
+        if len(view) == 0:
+            return ApplyResult(index, None)
+        kind = view[0]
+        body = view[1:]
+        if kind == CommandType.SET_EVENT:
+            statuses, queues, offsets = self.queues.apply_set_event(body, self.config, self.dedup)
+            return ApplyResult(index, CommandType.SET_EVENT, statuses, queues, offsets)
+        if kind == CommandType.DEDUP_ADD:
+            statuses = memoryview(apply_dedup_add(body, self.dedup))
+            return ApplyResult(index, CommandType.DEDUP_ADD, statuses)
+        if kind == CommandType.DEDUP_EXPIRE:
+            if len(body) != 8:
+                raise MalformedCommandError(f"DEDUP_EXPIRE body is {len(body)} bytes, not 8")
+            (cutoff_us,) = struct.unpack("<q", body)
+            expired = self.dedup.expire(cutoff_us)
+            return ApplyResult(index, CommandType.DEDUP_EXPIRE, expired_count=expired)
+        if kind == CommandType.CONFIG_UPDATE:
+            try:
+                update = json.loads(bytes(body))
+            except ValueError as e:
+                raise MalformedCommandError(f"CONFIG_UPDATE body is not JSON: {e}") from e
+            self._apply_config(validate_config(update))
+            return ApplyResult(index, CommandType.CONFIG_UPDATE)
+        raise MalformedCommandError(f"unknown command type {kind}")
+
+    def _apply_config(self, update: dict[str, Any]) -> None:
+        self.config = merge_config(self.config, update)
+        if "dedup_ids_max" in update:
+            self.dedup.set_ids_max(update["dedup_ids_max"])
+        if any(k.startswith("retention") or k == "queue_retention" for k in update):
+            self.queues.enforce_retention_all(self.config)
+
+    # ----- reads and checks -----
+
+    def read(
+        self, queue: int, offset: int, limit: int = 1000, max_bytes: int = 1 << 20
+    ) -> list[StoredEvent]:
+        """Events of one queue from `offset`; OffsetRangeError states the valid range."""
+        return self.queues.read(queue, offset, limit, max_bytes, self.config["queue_count"])
+
+    def queue_range(self, queue: int) -> tuple[int, int]:
+        """(retention floor, next offset) of a queue."""
+        log = self.queues.logs.get(queue)
+        return (log.floor_offset, log.next_offset) if log else (0, 0)
+
+    @staticmethod
+    def validate_config(update: Any) -> dict[str, Any]:
+        return validate_config(update)
+
+    def digest(self) -> str:
+        return state_digest(
+            self.applied_index,
+            self.config,
+            self.queues.describe(),
+            self.live_root,
+            self.dedup.export_entries(),
+        )
+
+    # ----- snapshots -----
+
+    def begin_snapshot(self) -> snapshots.SnapshotCut:
+        """Cut a snapshot at the applied index: hard links and one copy of the dedup entries."""
+        manifest = {
+            "format": snapshots.FORMAT_VERSION,
+            "last_index": self.applied_index,
+            "last_term": self.applied_term,
+            "config": self.config,
+            "queue_slots": len(self.queues.next_offsets),
+            "queues": self.queues.describe(),
+        }
+        manifest = json.loads(json.dumps(manifest))  # a deep copy the writer may own
+        return snapshots.cut(self.live_root, self.snapshots_root, manifest, self.dedup)
+
+    def snapshot(self) -> str:
+        """Take a complete snapshot now; returns its folder and prunes older ones."""
+        folder = self.begin_snapshot().write()
+        self.prune_snapshots()
+        return folder
+
+    def prune_snapshots(self, keep: int = SNAPSHOTS_KEPT) -> None:
+        for _, folder in snapshots.list_snapshots(self.snapshots_root)[:-keep]:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def latest_snapshot(self) -> str | None:
+        available = snapshots.list_snapshots(self.snapshots_root)
+        return available[-1][1] if available else None
+
+    def snapshot_chunks(
+        self, folder: str | None = None, chunk_bytes: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """The newest (or given) snapshot as a stream of chunks of at most chunk_bytes."""
+        folder = folder or self.latest_snapshot()
+        if folder is None:
+            raise SnapshotError("no complete snapshot to send")
+        return stream_snapshot(folder, chunk_bytes)
+
+    def snapshot_receiver(self) -> SnapshotReceiver:
+        return SnapshotReceiver(self.snapshots_root)
+
+    def restore(self, source: SnapshotReceiver | str) -> None:
+        """Replace the whole state with a snapshot (a finished receiver or a local folder).
+
+        Everything is rebuilt and checked (records, dedup image, digest) beside the current
+        state; only when all checks pass does the new state replace it.
+        """
+        folder = source.finish() if isinstance(source, SnapshotReceiver) else source
+        self._install(folder)
+        self._stopped = None
+        self.prune_snapshots()
+
+    def _install(self, folder: str) -> None:
+        manifest = snapshots.read_manifest(folder)
+        live_root = self._new_live_root()
+        store = QueueStore(live_root)
+        try:
+            config = merge_config(default_config(), validate_config(manifest["config"]))
+            snapshots.materialize_queues(folder, manifest, live_root)
+            store.load(manifest["queues"], manifest["queue_slots"])
+            dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
+            digest = state_digest(
+                manifest["last_index"], config, store.describe(), live_root, dedup.export_entries()
+            )
+            if digest != manifest["digest"]:
+                raise SnapshotError(
+                    f"{folder}: restored state digest {digest} differs from the manifest's "
+                    f"{manifest['digest']}"
+                )
+        except BaseException as e:
+            store.close()
+            shutil.rmtree(live_root, ignore_errors=True)
+            inconsistent = (ConfigError, KeyError, TypeError, DedupFullError, StateError)
+            if isinstance(e, inconsistent) and not isinstance(e, SnapshotError):
+                raise SnapshotError(f"{folder}: inconsistent snapshot: {e!r}") from e
+            raise
+        old_root = self.live_root
+        self.queues.close()
+        self.queues = store
+        self.live_root = live_root
+        self.dedup = dedup
+        self.config = config
+        self.applied_index = manifest["last_index"]
+        self.applied_term = manifest["last_term"]
+        if old_root:
+            shutil.rmtree(old_root, ignore_errors=True)

@@ -1,0 +1,369 @@
+"""Queue storage: each queue is an ordered log with dense offsets from 0, kept in segment files.
+
+On disk, a queue is the folder `queues/<queue:05d>/` of segment files `<base_offset:020d>.qseg`,
+each a run of records in the layout of csrc/queue_record.h (16-byte header with CRC-32C and the
+offset, then the event's batch_codec.h bytes unchanged). The newest segment is the active one and
+is only appended to; once it reaches `queue_segment_bytes` after a batch it is sealed and never
+changes again, which is what lets snapshots hard-link it.
+
+Determinism (issue 4, "Retention trims whole segments deterministically at apply time"):
+segments roll only after a whole batch, and retention runs right after, dropping whole sealed
+segments oldest first while the queue is over its byte cap or the segment's newest event is
+older than the queue's newest event minus the age cap. Both depend only on applied entries and
+replicated config, so every replica cuts and drops the same segments. The newest segment is
+always kept, so a queue's byte total may exceed its cap by up to one segment.
+
+Memory: a u32 byte position per stored event (PositionIndex), nothing else per event.
+Durability: segment writes are not synced at apply; the Raft log is the durable copy, and a
+snapshot syncs what it links. After a restart the state is rebuilt from the newest snapshot and
+the log is replayed from there.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from array import array
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from eventstream._state import (
+    PositionIndex,
+    QueueDataError,
+    apply_set_event,
+    decode_queue_records,
+    scan_queue_segment,
+)
+from eventstream.state.config import retention_limits
+from eventstream.state.errors import OffsetRangeError, SnapshotError, StateError
+
+SEGMENT_SUFFIX = ".qseg"
+READ_EVENTS_MAX = 100_000
+READ_BYTES_MAX = 64 << 20
+
+
+class StoredEvent(NamedTuple):
+    """An event as read back from a queue, with its offset."""
+
+    offset: int
+    event_id: bytes | None
+    key: bytes | None
+    queue: int | None  # the explicit queue the client named, None when routed by key
+    timestamp_us: int
+    payload: bytes
+
+
+@dataclass
+class QueueSegment:
+    base_offset: int
+    path: str
+    index: PositionIndex
+    size_bytes: int
+    max_timestamp_us: int
+    sealed: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.index)
+
+    def end_position(self, i: int) -> int:
+        """Byte position where record i ends (the next record's start, or the file end)."""
+        return self.index.position(i + 1) if i + 1 < self.count else self.size_bytes
+
+
+def segment_name(base_offset: int) -> str:
+    return f"{base_offset:020d}{SEGMENT_SUFFIX}"
+
+
+def queue_folder(queue: int) -> str:
+    return os.path.join("queues", f"{queue:05d}")
+
+
+def segment_prefix_pieces(path: str, length: int, piece_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The first `length` bytes of a segment file in pieces; an active segment may have grown
+    past `length` since it was described, and only that prefix belongs to the description."""
+    with open(path, "rb") as f:
+        remaining = length
+        while remaining:
+            piece = f.read(min(remaining, piece_bytes))
+            if not piece:
+                raise StateError(f"{path}: ends {remaining} bytes before the expected {length}")
+            yield piece
+            remaining -= len(piece)
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+class QueueLog:
+    """One queue: its segments, offsets and retention."""
+
+    def __init__(self, root: str, queue: int) -> None:
+        self.queue = queue
+        self.folder = os.path.join(root, queue_folder(queue))
+        self.segments: list[QueueSegment] = []
+        self.next_offset = 0
+        self.newest_timestamp_us = 0
+        self.bytes_total = 0
+        self._active_fd: int | None = None
+
+    @property
+    def floor_offset(self) -> int:
+        return self.segments[0].base_offset if self.segments else self.next_offset
+
+    def close(self) -> None:
+        if self._active_fd is not None:
+            os.close(self._active_fd)
+            self._active_fd = None
+
+    def append(
+        self, records: memoryview, positions: memoryview, count: int, max_ts: int, roll_bytes: int
+    ) -> None:
+        if not self.segments or self.segments[-1].sealed:
+            os.makedirs(self.folder, exist_ok=True)
+            path = os.path.join(self.folder, segment_name(self.next_offset))
+            self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            self.segments.append(
+                QueueSegment(self.next_offset, path, PositionIndex(), 0, max_ts, False)
+            )
+        segment = self.segments[-1]
+        if self._active_fd is None:
+            self._active_fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
+        write_all(self._active_fd, records)
+        segment.index.extend(positions, segment.size_bytes)
+        segment.size_bytes += len(records)
+        segment.max_timestamp_us = max(segment.max_timestamp_us, max_ts)
+        self.bytes_total += len(records)
+        self.newest_timestamp_us = (
+            max(self.newest_timestamp_us, max_ts) if self.next_offset else max_ts
+        )
+        self.next_offset += count
+        if segment.size_bytes >= roll_bytes:
+            segment.sealed = True
+            self.close()
+
+    def enforce_retention(self, bytes_max: int, age_ms_max: int) -> int:
+        """Drop whole old segments over the caps (0 = no cap); returns how many were dropped."""
+        dropped = 0
+        age_us_max = age_ms_max * 1000
+        while len(self.segments) > 1:
+            oldest = self.segments[0]
+            over_bytes = bytes_max > 0 and self.bytes_total > bytes_max
+            too_old = (
+                age_us_max > 0 and oldest.max_timestamp_us < self.newest_timestamp_us - age_us_max
+            )
+            if not (over_bytes or too_old):
+                break
+            os.unlink(oldest.path)
+            self.bytes_total -= oldest.size_bytes
+            self.segments.pop(0)
+            dropped += 1
+        return dropped
+
+    def read(self, offset: int, limit: int, max_bytes: int) -> list[StoredEvent]:
+        """Events from `offset`: at most `limit` and, past the first, at most `max_bytes` of
+        stored records (the first event is always returned, so a reader always progresses)."""
+        floor, end = self.floor_offset, self.next_offset
+        if not floor <= offset <= end:
+            raise OffsetRangeError(
+                f"queue {self.queue}: offset {offset} is outside the readable range "
+                f"[{floor}, {end}] (retention floor to end)"
+            )
+        out: list[StoredEvent] = []
+        budget = max_bytes
+        for segment in self._segments_from(offset):
+            if len(out) >= limit:
+                break
+            first = offset + len(out) - segment.base_offset
+            start = segment.index.position(first)
+            last = self._last_fitting(segment, first, limit - len(out), budget, not out)
+            if last < first:
+                break
+            stop = segment.end_position(last)
+            with open(segment.path, "rb") as f:
+                data = os.pread(f.fileno(), stop - start, start)
+            try:
+                out.extend(decode_queue_records(data, segment.base_offset + first, StoredEvent))
+            except QueueDataError as e:
+                raise StateError(f"{segment.path}: {e}") from e
+            budget -= stop - start
+            if offset + len(out) < segment.base_offset + segment.count:
+                break  # stopped inside this segment: limit or byte budget reached
+        return out
+
+    def _segments_from(self, offset: int) -> Iterator[QueueSegment]:
+        for segment in self.segments:
+            if offset < segment.base_offset + segment.count:
+                yield segment
+
+    @staticmethod
+    def _last_fitting(
+        segment: QueueSegment, first: int, limit: int, budget: int, must: bool
+    ) -> int:
+        """Largest record number i in [first, first+limit) whose span from `first` fits the
+        budget; `first` itself when `must`, first - 1 when nothing fits."""
+        start = segment.index.position(first)
+        low, high = first - 1, min(segment.count, first + limit) - 1
+        while low < high:  # binary search: spans grow with i
+            mid = (low + high + 1) // 2
+            if segment.end_position(mid) - start <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        return max(low, first) if must else low
+
+
+class QueueStore:
+    """All queues of one state machine, under `root`."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.logs: dict[int, QueueLog] = {}
+        # Next offset per queue number, shared with the native apply loop (updated in place).
+        self.next_offsets = array("q")
+
+    def close(self) -> None:
+        for log in self.logs.values():
+            log.close()
+
+    def log(self, queue: int) -> QueueLog:
+        log = self.logs.get(queue)
+        if log is None:
+            log = self.logs[queue] = QueueLog(self.root, queue)
+        return log
+
+    def _ensure_slots(self, queue_count: int) -> None:
+        if len(self.next_offsets) < queue_count:
+            self.next_offsets.extend([0] * (queue_count - len(self.next_offsets)))
+
+    def apply_set_event(
+        self, batch: memoryview, config: Mapping[str, Any], dedup: Any
+    ) -> tuple[memoryview, memoryview, memoryview]:
+        """Store one SET_EVENT batch; returns per-event (statuses u8, queues i32, offsets i64)."""
+        queue_count = config["queue_count"]
+        self._ensure_slots(queue_count)
+        statuses, queues, offsets, records, positions, touched = apply_set_event(
+            batch, queue_count, dedup, self.next_offsets
+        )
+        records_view = memoryview(records)
+        positions_view = memoryview(positions)
+        for queue, byte_start, byte_end, position_start, count, max_ts in touched:
+            log = self.log(queue)
+            log.append(
+                records_view[byte_start:byte_end],
+                positions_view[position_start * 4 : (position_start + count) * 4],
+                count,
+                max_ts,
+                config["queue_segment_bytes"],
+            )
+            if log.next_offset != self.next_offsets[queue]:
+                raise StateError(
+                    f"queue {queue}: stored through {log.next_offset} but the apply loop "
+                    f"assigned through {self.next_offsets[queue]}"
+                )
+            log.enforce_retention(*retention_limits(config, queue))
+        return (
+            memoryview(statuses),
+            memoryview(queues).cast("i"),
+            memoryview(offsets).cast("q"),
+        )
+
+    def enforce_retention_all(self, config: Mapping[str, Any]) -> None:
+        for queue, log in self.logs.items():
+            log.enforce_retention(*retention_limits(config, queue))
+
+    def read(
+        self, queue: int, offset: int, limit: int, max_bytes: int, queue_count: int
+    ) -> list[StoredEvent]:
+        if not 1 <= limit <= READ_EVENTS_MAX:
+            raise ValueError(f"limit must be in [1, {READ_EVENTS_MAX}], got {limit}")
+        if not 1 <= max_bytes <= READ_BYTES_MAX:
+            raise ValueError(f"max_bytes must be in [1, {READ_BYTES_MAX}], got {max_bytes}")
+        queues = max(len(self.next_offsets), queue_count)
+        if not 0 <= queue < queues:
+            raise OffsetRangeError(
+                f"queue {queue} does not exist; queues are numbered [0, {queues})"
+            )
+        return self.log(queue).read(offset, limit, max_bytes)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per queue that ever held an event: offsets, newest timestamp and segments, in queue
+        order. This is what a snapshot manifest records and what the digest covers."""
+        out = []
+        for queue in sorted(self.logs):
+            log = self.logs[queue]
+            if log.next_offset == 0:
+                continue
+            out.append(
+                {
+                    "queue": queue,
+                    "next_offset": log.next_offset,
+                    "newest_timestamp_us": log.newest_timestamp_us,
+                    "segments": [
+                        {
+                            "file": os.path.relpath(s.path, self.root),
+                            "base_offset": s.base_offset,
+                            "bytes": s.size_bytes,
+                            "count": s.count,
+                            "max_timestamp_us": s.max_timestamp_us,
+                            "sealed": s.sealed,
+                        }
+                        for s in log.segments
+                    ],
+                }
+            )
+        return out
+
+    def load(self, queues: list[dict[str, Any]], queue_slots: int) -> None:
+        """Rebuild the in-memory view from segment files already placed under root (a restore),
+        checking every record against the description; raises SnapshotError on a mismatch."""
+        self._ensure_slots(queue_slots)
+        for entry in queues:
+            queue = entry["queue"]
+            log = self.log(queue)
+            log.next_offset = entry["next_offset"]
+            log.newest_timestamp_us = entry["newest_timestamp_us"]
+            if queue >= len(self.next_offsets):
+                self._ensure_slots(queue + 1)
+            self.next_offsets[queue] = log.next_offset
+            for s in entry["segments"]:
+                path = os.path.join(self.root, s["file"])
+                segment = QueueSegment(
+                    s["base_offset"], path, PositionIndex(), s["bytes"], 0, s["sealed"]
+                )
+                count, max_ts = scan_segment_file(path, segment)
+                if count != s["count"] or (count and max_ts != s["max_timestamp_us"]):
+                    raise SnapshotError(
+                        f"{path}: holds {count} events (newest {max_ts}), the manifest says "
+                        f"{s['count']} (newest {s['max_timestamp_us']})"
+                    )
+                segment.max_timestamp_us = s["max_timestamp_us"]
+                log.segments.append(segment)
+                log.bytes_total += segment.size_bytes
+            if log.floor_offset + sum(s.count for s in log.segments) != log.next_offset:
+                raise SnapshotError(
+                    f"queue {queue}: segments do not cover [{log.floor_offset}, {log.next_offset})"
+                )
+
+
+def scan_segment_file(path: str, segment: QueueSegment) -> tuple[int, int]:
+    """Check every record of a segment file and index it; raises SnapshotError on damage."""
+    try:
+        size = os.path.getsize(path)
+        if size != segment.size_bytes:
+            raise SnapshotError(f"{path}: {size} bytes, expected {segment.size_bytes}")
+        if size == 0:
+            return 0, 0
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                count, max_ts = scan_queue_segment(view, segment.base_offset, segment.index)
+            finally:
+                view.release()
+        return count, max_ts
+    except QueueDataError as e:
+        raise SnapshotError(f"{path}: {e}") from e

@@ -1,0 +1,264 @@
+"""Snapshots as file sets (issue 4, "Snapshots"; Raft paper section 7).
+
+A complete snapshot is a folder `snapshots/snap-<index:020d>/`:
+
+    MANIFEST.json            written last; its presence is what makes the snapshot complete
+    dedup.lz4                the dedup entries (DedupTable.export_entries image) as lz4 frames
+    queues/<q>/<base>.qseg   hard links to the live queue segments at the cut
+
+MANIFEST.json holds: format, last_index, last_term (the index/term of the last applied entry),
+config, queue_slots, queues (QueueStore.describe() plus each segment's crc32c of its first
+`bytes` bytes), dedup {file, count, image_bytes, file_bytes, crc32c} and the state digest at the
+cut. A segment that was the active one at the cut keeps growing in the live folder, and so
+through its hard link here: only its first `bytes` bytes belong to the snapshot.
+
+Taking a snapshot is split so apply pauses only briefly (`cut`): the cut hard-links every live
+segment (one link() per segment file, no data copied) and copies the dedup entries in memory
+(36 bytes per remembered id, a memcpy). Everything slow (fsync, checksums, lz4, digest, manifest)
+happens in `SnapshotCut.write`, which may run on another thread while apply goes on: sealed
+segments never change and the active one is read only up to its length at the cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import lz4.frame
+
+from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable
+from eventstream.state.digest import state_digest
+from eventstream.state.errors import SnapshotError
+from eventstream.state.queues import segment_prefix_pieces
+from eventstream.storage import crc32c
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "MANIFEST.json"
+DEDUP_NAME = "dedup.lz4"
+SNAPSHOT_PREFIX = "snap-"
+MANIFEST_BYTES_MAX = 64 << 20
+
+
+def snapshot_folder(snapshots_root: str, index: int) -> str:
+    return os.path.join(snapshots_root, f"{SNAPSHOT_PREFIX}{index:020d}")
+
+
+def fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_prefix_crc32c(path: str, length: int) -> int:
+    crc = 0
+    for piece in segment_prefix_pieces(path, length):
+        crc = crc32c(piece, crc)
+    return crc
+
+
+@dataclass
+class SnapshotCut:
+    """What `cut` captured; `write` turns it into a complete snapshot folder."""
+
+    work_path: str
+    final_path: str
+    manifest: dict[str, Any]
+    dedup_image: bytes
+
+    def write(self) -> str:
+        """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
+        try:
+            for queue in self.manifest["queues"]:
+                for segment in queue["segments"]:
+                    path = os.path.join(self.work_path, segment["file"])
+                    fsync_path(path)
+                    segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
+            compressed = lz4.frame.compress(self.dedup_image)
+            dedup_path = os.path.join(self.work_path, DEDUP_NAME)
+            write_synced(dedup_path, compressed)
+            self.manifest["dedup"] = {
+                "file": DEDUP_NAME,
+                "count": len(self.dedup_image) // DEDUP_ENTRY_BYTES,
+                "image_bytes": len(self.dedup_image),
+                "file_bytes": len(compressed),
+                "crc32c": crc32c(compressed),
+            }
+            self.manifest["digest"] = state_digest(
+                self.manifest["last_index"],
+                self.manifest["config"],
+                self.manifest["queues"],
+                self.work_path,
+                self.dedup_image,
+            )
+            write_synced(
+                os.path.join(self.work_path, MANIFEST_NAME),
+                json.dumps(self.manifest, sort_keys=True).encode(),
+            )
+            fsync_path(self.work_path)
+            os.rename(self.work_path, self.final_path)
+            fsync_path(os.path.dirname(self.final_path))
+        except BaseException:
+            shutil.rmtree(self.work_path, ignore_errors=True)
+            raise
+        return self.final_path
+
+
+def write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut(
+    live_root: str,
+    snapshots_root: str,
+    manifest: dict[str, Any],
+    dedup: DedupTable,
+) -> SnapshotCut:
+    """The short part of a snapshot, run between two applies: links and an in-memory copy."""
+    index = manifest["last_index"]
+    final_path = snapshot_folder(snapshots_root, index)
+    if os.path.exists(final_path):
+        raise SnapshotError(f"a snapshot at index {index} already exists: {final_path}")
+    work_path = os.path.join(snapshots_root, f"tmp-{index:020d}")
+    shutil.rmtree(work_path, ignore_errors=True)
+    os.makedirs(work_path)
+    for queue in manifest["queues"]:
+        for segment in queue["segments"]:
+            target = os.path.join(work_path, segment["file"])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(os.path.join(live_root, segment["file"]), target)
+    return SnapshotCut(work_path, final_path, manifest, dedup.export_entries())
+
+
+def read_manifest(folder: str) -> dict[str, Any]:
+    """The manifest of a snapshot folder, checked for shape; SnapshotError when unusable."""
+    path = os.path.join(folder, MANIFEST_NAME)
+    try:
+        if os.path.getsize(path) > MANIFEST_BYTES_MAX:
+            raise SnapshotError(f"{path}: larger than {MANIFEST_BYTES_MAX} bytes")
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise SnapshotError(f"{path}: unreadable snapshot manifest: {e}") from e
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(manifest: Any, where: str) -> None:
+    required = {
+        "format": int,
+        "last_index": int,
+        "last_term": int,
+        "config": dict,
+        "queue_slots": int,
+        "queues": list,
+        "dedup": dict,
+        "digest": str,
+    }
+    if not isinstance(manifest, dict):
+        raise SnapshotError(f"{where}: manifest is not a JSON object")
+    for key, kind in required.items():
+        if not isinstance(manifest.get(key), kind):
+            raise SnapshotError(f"{where}: manifest field {key!r} missing or not {kind.__name__}")
+    if manifest["format"] != FORMAT_VERSION:
+        raise SnapshotError(
+            f"{where}: snapshot format {manifest['format']}, this build reads {FORMAT_VERSION}"
+        )
+    for name in snapshot_files(manifest):
+        check_relative_name(name, where)
+
+
+def check_relative_name(name: Any, where: str) -> None:
+    """File names come from a peer during restore: only plain relative paths below the folder."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith("/")
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or "\\" in name
+        or "\x00" in name
+    ):
+        raise SnapshotError(f"{where}: unsafe file name {name!r} in snapshot")
+
+
+def snapshot_files(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """{relative name: (bytes, crc32c)} of every data file a snapshot holds."""
+    files: dict[str, tuple[int, int]] = {}
+    try:
+        for queue in manifest["queues"]:
+            for segment in queue["segments"]:
+                files[segment["file"]] = (segment["bytes"], segment["crc32c"])
+        dedup = manifest["dedup"]
+        files[dedup["file"]] = (dedup["file_bytes"], dedup["crc32c"])
+    except (KeyError, TypeError) as e:
+        raise SnapshotError(f"snapshot manifest lacks a file field: {e!r}") from e
+    return files
+
+
+def materialize_queues(snapshot_path: str, manifest: dict[str, Any], live_root: str) -> None:
+    """Place the snapshot's segments under a fresh live folder: sealed ones by hard link (they
+    never change), the active one as a copy of its prefix (it will be appended to)."""
+    for queue in manifest["queues"]:
+        for segment in queue["segments"]:
+            source = os.path.join(snapshot_path, segment["file"])
+            target = os.path.join(live_root, segment["file"])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                if segment["sealed"] and os.path.getsize(source) == segment["bytes"]:
+                    os.link(source, target)
+                else:
+                    copy_prefix(source, target, segment["bytes"])
+            except OSError as e:
+                raise SnapshotError(f"{source}: cannot place segment: {e}") from e
+
+
+def copy_prefix(source: str, target: str, length: int) -> None:
+    with open(target, "wb") as dst:
+        for piece in segment_prefix_pieces(source, length):
+            dst.write(piece)
+
+
+def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> DedupTable:
+    info = manifest["dedup"]
+    path = os.path.join(snapshot_path, info["file"])
+    try:
+        with open(path, "rb") as f:
+            compressed = f.read()
+    except OSError as e:
+        raise SnapshotError(f"{path}: {e}") from e
+    if len(compressed) != info["file_bytes"] or crc32c(compressed) != info["crc32c"]:
+        raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
+    try:
+        image = lz4.frame.decompress(compressed)
+    except RuntimeError as e:
+        raise SnapshotError(f"{path}: lz4 frame does not decode: {e}") from e
+    if len(image) != info["image_bytes"] or len(image) != info["count"] * DEDUP_ENTRY_BYTES:
+        raise SnapshotError(f"{path}: dedup image of {len(image)} bytes, manifest differs")
+    table = DedupTable(ids_max)
+    try:
+        table.import_entries(image)
+    except (ValueError, MemoryError) as e:
+        raise SnapshotError(f"{path}: {e}") from e
+    return table
+
+
+def list_snapshots(snapshots_root: str) -> list[tuple[int, str]]:
+    """Complete snapshots (those with a manifest) as (index, folder), oldest first."""
+    out: list[tuple[int, str]] = []
+    if not os.path.isdir(snapshots_root):
+        return out
+    for name in os.listdir(snapshots_root):
+        if not name.startswith(SNAPSHOT_PREFIX):
+            continue
+        folder = os.path.join(snapshots_root, name)
+        suffix = name[len(SNAPSHOT_PREFIX) :]
+        if suffix.isdigit() and os.path.exists(os.path.join(folder, MANIFEST_NAME)):
+            out.append((int(suffix), folder))
+    return sorted(out)

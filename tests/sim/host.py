@@ -1,0 +1,183 @@
+"""A host for one RaftNode in memory: it carries out Ready records against MemoryStorage and a tiny
+state machine, in the order node.Ready prescribes. Shared by the simulator, the interaction
+tests and the core benchmark.
+
+The state machine folds every applied entry into a CRC-32 chain, so two replicas that applied
+the same entries in the same order have the same digest at every index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import zlib
+from collections.abc import Callable
+
+from eventstream.raft import (
+    Entry,
+    Message,
+    RaftConfig,
+    RaftNode,
+    ReadState,
+    Ready,
+    SnapshotMeta,
+)
+from eventstream.raft.storage import MemoryStorage
+
+# Snapshot image: b"<applied index>:<digest>:" padded so that it spans several chunks.
+SNAPSHOT_PADDING = b"#" * 200
+
+
+def encode_image(index: int, digest: int) -> bytes:
+    return b"%d:%d:" % (index, digest) + SNAPSHOT_PADDING
+
+
+def decode_image(image: bytes) -> tuple[int, int]:
+    index, digest, _ = image.split(b":", 2)
+    return int(index), int(digest)
+
+
+class MemoryHost:
+    """One node with its durable storage (MemoryStorage) and volatile state machine.
+
+    `synced_commit` is the commit index as of the last synced write: a crash may lose commit
+    advances written without sync (Ready.must_sync False), and nothing else that was persisted.
+    """
+
+    __slots__ = (
+        "node_id",
+        "config",
+        "storage",
+        "node",
+        "applied",
+        "digest",
+        "staged",
+        "synced_commit",
+        "on_apply",
+        "on_restore",
+        "compact_wanted",
+        "read_states",
+        "snapshot_every",
+        "applied_since_snapshot",
+        "keep_entries",
+        "node_class",
+    )
+
+    def __init__(
+        self,
+        config: RaftConfig,
+        storage: MemoryStorage,
+        seed: int,
+        node_class: type[RaftNode] = RaftNode,
+    ) -> None:
+        self.node_id = config.id
+        self.config = config
+        self.storage = storage
+        self.on_apply: Callable[[MemoryHost, Entry, int], None] | None = None
+        self.on_restore: Callable[[MemoryHost, SnapshotMeta, int], None] | None = None
+        self.compact_wanted = 0
+        self.read_states: list[ReadState] = []
+        # Take a snapshot after this many applied entries (0: never), keeping this many entries.
+        self.snapshot_every = 0
+        self.keep_entries = 0
+        self.staged = bytearray()
+        # The mutation check swaps in a deliberately broken subclass here.
+        self.node_class = node_class
+        self.start(seed)
+
+    def start(self, seed: int) -> None:
+        """(Re)start from durable state: the state machine is rebuilt from the snapshot."""
+        self.synced_commit = self.storage.hard_state.commit
+        try:
+            meta = self.storage.snapshot()
+            self.applied, self.digest = decode_image(self.storage.snapshot_data())
+            assert self.applied == meta.index
+        except Exception:
+            self.applied, self.digest = 0, 0
+        self.applied_since_snapshot = 0
+        self.compact_wanted = 0
+        self.staged = bytearray()
+        config = dataclasses.replace(self.config, applied=self.applied)
+        self.node = self.node_class(config, self.storage, random.Random(seed))
+
+    def crash(self) -> None:
+        """Lose everything volatile, and the commit index written without sync."""
+        hs = self.storage.hard_state
+        if hs.commit > self.synced_commit:
+            self.storage.hard_state = hs._replace(commit=max(self.synced_commit, 0))
+
+    def persist(self, rd: Ready) -> None:
+        storage = self.storage
+        for chunk in rd.snapshot_chunks:
+            if chunk.offset == 0:
+                self.staged = bytearray()
+            assert chunk.offset == len(self.staged), "snapshot chunks out of order"
+            self.staged += chunk.data
+        if rd.snapshot is not None:
+            self._install(rd.snapshot)
+        if rd.entries:
+            storage.append(rd.entries)
+        if rd.hard_state is not None:
+            storage.set_hard_state(rd.hard_state)
+        if rd.must_sync:
+            self.synced_commit = storage.hard_state.commit
+
+    def _install(self, meta: SnapshotMeta) -> None:
+        image = bytes(self.staged)
+        index, digest = decode_image(image)
+        assert index == meta.index, f"staged snapshot at {index}, asked to install {meta.index}"
+        self.storage.apply_snapshot(meta, image)
+        self.applied, self.digest = index, digest
+        self.staged = bytearray()
+        if self.on_restore is not None:
+            self.on_restore(self, meta, digest)
+
+    def apply(self, rd: Ready) -> None:
+        for entry in rd.committed_entries:
+            assert entry.index == self.applied + 1, (
+                f"node {self.node_id} applies {entry.index} after {self.applied}"
+            )
+            self.applied = entry.index
+            self.digest = zlib.crc32(entry.data, zlib.crc32(b"%d" % entry.term, self.digest))
+            if self.on_apply is not None:
+                self.on_apply(self, entry, self.digest)
+        self.read_states.extend(rd.read_states)
+        if rd.committed_entries and self.snapshot_every:
+            self.applied_since_snapshot += len(rd.committed_entries)
+            if self.applied_since_snapshot >= self.snapshot_every:
+                self.take_snapshot()
+
+    def take_snapshot(self) -> None:
+        self.applied_since_snapshot = 0
+        try:
+            current = self.storage.snapshot().index
+        except Exception:
+            current = 0
+        if self.applied <= current:
+            return
+        self.storage.create_snapshot(
+            self.applied, encode_image(self.applied, self.digest), self.node.voters.voters
+        )
+        # The node learns the new applied index at advance(); ask for compaction after that.
+        self.compact_wanted = self.applied - self.keep_entries
+
+    def handle_ready(self, send: Callable[[Message], None]) -> Ready | None:
+        """Carry out one Ready in full; returns it (None if there was nothing to do)."""
+        node = self.node
+        if not node.has_ready():
+            return None
+        rd = node.ready()
+        for m in rd.messages:
+            send(m)
+        self.persist(rd)
+        for m in rd.persisted_messages:
+            send(m)
+        self.apply(rd)
+        if rd.compact_index:
+            self.storage.compact(rd.compact_index)
+        node.advance(rd)
+        if self.compact_wanted:
+            if self.compact_wanted >= node.log.first_index():
+                node.compact(self.compact_wanted)
+            self.compact_wanted = 0
+        return rd

@@ -1,0 +1,518 @@
+"""Seeded deterministic simulation of whole Raft clusters (CONVENTIONS 18).
+
+One seed fixes everything: cluster size, fault rates, the workload and every scheduling choice,
+so a failing seed replays exactly (`python tools/simulate.py --seeds 1 --start SEED`).
+
+Fault model, during the fault phase:
+  network   each message is dropped, duplicated, and delayed by 1..max_delay ticks (so messages
+            are reordered); symmetric partitions (two sides) and asymmetric ones (a random set of
+            one-way links down) come and go.
+  crashes   a node stops: every volatile thing is lost (its RaftNode, state machine, staged
+            snapshot chunks, messages addressed to it) and its storage keeps only what was
+            persisted; a commit index written without sync (Ready.must_sync False) is lost too.
+            Crashes also strike in the middle of a Ready, after its `messages` went out but before
+            anything was persisted. A crashed node restarts later from its storage.
+  workload  proposals to whichever node the client believes leads, ReadIndex requests on leaders
+            and followers, leadership transfers, and snapshots + log compaction on every node.
+Then the faults stop (network healed, every node restarted) and liveness is measured: a leader
+must be elected and a fresh proposal must be applied on every node within LIVENESS_BUDGET_TICKS.
+
+Checked at every step (after each message delivery, tick and Ready):
+  election safety      at most one leader per term (§5.2)
+  leader append-only   a leader never overwrites or deletes entries of its own log (§5.3)
+  log matching         equal (index, term) means equal data and equal term at index - 1, which by
+                       induction makes the logs identical up to there (§5.3)
+  leader completeness  a new leader holds the highest entry any node has applied (§5.4)
+  state machine safety no two nodes apply different entries, or reach different digests, at one
+                       index; a restored snapshot has the digest the others had at its index
+  committed stays      follows from the two above: an applied (acknowledged) entry is in every
+                       later leader and is never applied differently
+  linearizable reads   a ReadState's index is at least the highest index applied anywhere when
+                       the read was requested (no completed write is missed)
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from eventstream.raft import (
+    Entry,
+    Message,
+    ProposalError,
+    RaftConfig,
+    RaftNode,
+    Role,
+    SnapshotMeta,
+)
+from eventstream.raft.storage import MemoryStorage, StorageError
+from tests.sim.host import MemoryHost
+
+LIVENESS_BUDGET_TICKS = 400
+ELECTION_TICKS = 10
+
+
+class Violation(AssertionError):
+    """A safety or liveness property failed."""
+
+
+@dataclass(slots=True)
+class FaultRates:
+    """Per-seed fault and workload parameters, drawn from the seed."""
+
+    nodes: int
+    fault_ticks: int
+    drop: float
+    duplicate: float
+    max_delay: int
+    partition: float
+    crash: float
+    crash_in_ready: float
+    propose: float
+    read: float
+    transfer: float
+    snapshot_every: int
+    keep_entries: int
+    pre_vote: bool
+    check_quorum: bool
+    heartbeat_ticks: int
+    max_inflight: int
+    max_append_bytes: int
+    max_uncommitted_bytes: int
+
+    @classmethod
+    def draw(cls, rng: random.Random, nodes: int | None, fault_ticks: int) -> FaultRates:
+        return cls(
+            nodes=nodes or rng.choice((3, 5)),
+            fault_ticks=fault_ticks,
+            drop=rng.choice((0.0, 0.02, 0.1, 0.3)),
+            duplicate=rng.choice((0.0, 0.02, 0.1)),
+            max_delay=rng.choice((1, 2, 4)),
+            partition=rng.choice((0.0, 0.01, 0.03)),
+            crash=rng.choice((0.0, 0.005, 0.02)),
+            crash_in_ready=rng.choice((0.0, 0.002, 0.01)),
+            propose=rng.choice((0.1, 0.3, 0.8)),
+            read=rng.choice((0.0, 0.05)),
+            transfer=rng.choice((0.0, 0.01)),
+            snapshot_every=rng.choice((0, 4, 16)),
+            keep_entries=rng.choice((0, 3)),
+            pre_vote=rng.random() < 0.8,
+            check_quorum=rng.random() < 0.8,
+            heartbeat_ticks=rng.choice((1, 2, 3)),
+            max_inflight=rng.choice((1, 3, 64)),
+            max_append_bytes=rng.choice((24, 1 << 20)),
+            max_uncommitted_bytes=rng.choice((200, 1 << 20)),
+        )
+
+
+@dataclass(slots=True)
+class SimResult:
+    seed: int
+    nodes: int
+    steps: int
+    ticks: int
+    recovery_ticks: int
+    committed: int
+    elections: int
+    violations: list[str] = field(default_factory=list)
+
+
+class Simulation:
+    """One seeded run of a cluster; `run()` returns a SimResult (violations listed, not raised)."""
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int | None = None,
+        fault_ticks: int = 250,
+        node_class: type[RaftNode] = RaftNode,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.rates = FaultRates.draw(self.rng, nodes, fault_ticks)
+        rates = self.rates
+        self.ids = tuple(range(1, rates.nodes + 1))
+        self.hosts: dict[int, MemoryHost] = {}
+        for node_id in self.ids:
+            config = RaftConfig(
+                id=node_id,
+                voters=self.ids,
+                election_ticks=ELECTION_TICKS,
+                heartbeat_ticks=rates.heartbeat_ticks,
+                max_inflight=rates.max_inflight,
+                max_append_bytes=rates.max_append_bytes,
+                max_entry_bytes=64,
+                max_uncommitted_bytes=rates.max_uncommitted_bytes,
+                snapshot_chunk_bytes=64,
+                pre_vote=rates.pre_vote,
+                check_quorum=rates.check_quorum,
+            )
+            host = MemoryHost(config, MemoryStorage(), self._node_seed(), node_class)
+            host.snapshot_every = rates.snapshot_every
+            host.keep_entries = rates.keep_entries
+            host.on_apply = self._on_apply
+            host.on_restore = self._on_restore
+            self.hosts[node_id] = host
+        self.down: dict[int, int] = {}  # crashed node -> tick at which it restarts
+        self.blocked: set[tuple[int, int]] = set()  # (sender, receiver) links that drop all
+        self.network: list[tuple[int, float, int, Message]] = []
+        self.now = 0
+        self.steps = 0
+        self.sent = 0
+        self.faults_on = True
+        self.proposal_seq = 0
+        self.leader_guess = self.ids[0]
+        # Checker state.
+        self.leader_of_term: dict[int, int] = {}
+        self.leader_term_seen: dict[int, int] = {}  # node -> term it was last seen leading
+        self.entry_ids: dict[tuple[int, int], tuple[bytes, int]] = {}
+        self.applied_at: dict[int, tuple[int, bytes, int]] = {}
+        self.max_applied = 0
+        self.reads_required: dict[bytes, int] = {}
+        self.violations: list[str] = []
+
+    def _node_seed(self) -> int:
+        return self.rng.getrandbits(32)
+
+    # ------------------------------------------------------------------ checks
+
+    def _violate(self, what: str) -> None:
+        self.violations.append(f"tick {self.now}: {what}")
+        raise Violation(what)
+
+    def _on_apply(self, host: MemoryHost, entry: Entry, digest: int) -> None:
+        seen = self.applied_at.get(entry.index)
+        if seen is None:
+            self.applied_at[entry.index] = (entry.term, bytes(entry.data), digest)
+            if entry.index > self.max_applied:
+                self.max_applied = entry.index
+        elif seen[0] != entry.term or seen[1] != entry.data or seen[2] != digest:
+            self._violate(
+                f"state machine safety: node {host.node_id} applied {entry.index}/{entry.term} "
+                f"{entry.data!r} digest {digest}, another node applied {seen[0]} {seen[1]!r} "
+                f"digest {seen[2]}"
+            )
+
+    def _on_restore(self, host: MemoryHost, meta: SnapshotMeta, digest: int) -> None:
+        seen = self.applied_at.get(meta.index)
+        if seen is not None and (seen[0] != meta.term or seen[2] != digest):
+            self._violate(
+                f"state machine safety: node {host.node_id} restored a snapshot at "
+                f"{meta.index}/{meta.term} with digest {digest}, others applied {seen[0]} "
+                f"digest {seen[2]}"
+            )
+
+    def _check_leader(self, host: MemoryHost) -> None:
+        node = host.node
+        if node.role != Role.LEADER:
+            return
+        term = node.term
+        holder = self.leader_of_term.get(term)
+        if holder is None:
+            self.leader_of_term[term] = node.id
+            self._check_completeness(node)
+        elif holder != node.id:
+            self._violate(f"election safety: nodes {holder} and {node.id} both lead term {term}")
+
+    def _check_completeness(self, node: RaftNode) -> None:
+        index = self.max_applied
+        if index == 0 or index < node.log.first_index():
+            return
+        term = self.applied_at[index][0]
+        if not node.log.match_term(index, term):
+            self._violate(
+                f"leader completeness: node {node.id} leads term {node.term} without the "
+                f"committed entry {index}/{term} (last index {node.log.last_index()})"
+            )
+
+    def _check_persist(
+        self, host: MemoryHost, entries: list[Entry], snapshot: SnapshotMeta | None
+    ) -> None:
+        node = host.node
+        storage = host.storage
+        if node.role == Role.LEADER and self.leader_term_seen.get(node.id) == node.term:
+            if snapshot is not None:
+                self._violate(f"leader append-only: leader {node.id} installs a snapshot")
+            if entries and entries[0].index <= storage.last_index():
+                self._violate(
+                    f"leader append-only: leader {node.id} of term {node.term} rewrites its log "
+                    f"from {entries[0].index} (last {storage.last_index()})"
+                )
+        if node.role == Role.LEADER:
+            self.leader_term_seen[node.id] = node.term
+        if not entries:
+            return
+        first = entries[0].index
+        if snapshot is not None and first - 1 == snapshot.index:
+            prev_term = snapshot.term
+        else:
+            try:
+                prev_term = storage.term(first - 1)
+            except StorageError:
+                prev_term = -1  # below the snapshot: the snapshot digest check covers it
+        ids = self.entry_ids
+        for entry in entries:
+            key = (entry.index, entry.term)
+            seen = ids.get(key)
+            if seen is None:
+                ids[key] = (bytes(entry.data), prev_term)
+            elif seen[0] != entry.data or (
+                prev_term >= 0 and seen[1] >= 0 and seen[1] != prev_term
+            ):
+                self._violate(
+                    f"log matching: node {node.id} holds {entry.index}/{entry.term} "
+                    f"{entry.data!r} after term {prev_term}; elsewhere it is {seen[0]!r} after "
+                    f"term {seen[1]}"
+                )
+            prev_term = entry.term
+
+    # ------------------------------------------------------------------ network
+
+    def _send(self, m: Message) -> None:
+        self.sent += 1
+        rng = self.rng
+        rates = self.rates
+        if self.faults_on:
+            if rates.drop and rng.random() < rates.drop:
+                return
+            copies = 2 if rates.duplicate and rng.random() < rates.duplicate else 1
+            max_delay = rates.max_delay
+        else:
+            copies = 1
+            max_delay = 2
+        for _ in range(copies):
+            at = self.now + rng.randint(1, max_delay)
+            heapq.heappush(self.network, (at, rng.random(), self.sent, m))
+
+    def _deliver_due(self) -> None:
+        network = self.network
+        hosts = self.hosts
+        while network and network[0][0] <= self.now:
+            m = heapq.heappop(network)[3]
+            if m.to in self.down:
+                continue
+            if (m.sender, m.to) in self.blocked:
+                continue
+            host = hosts[m.to]
+            self.steps += 1
+            host.node.step(m)
+            self._process_ready(host)
+
+    # ------------------------------------------------------------------ nodes
+
+    def _process_ready(self, host: MemoryHost) -> None:
+        node = host.node
+        self._check_leader(host)
+        if not node.has_ready():
+            return
+        rd = node.ready()
+        for m in rd.messages:
+            self._send(m)
+        if (
+            self.faults_on
+            and self.rates.crash_in_ready
+            and self.rng.random() < self.rates.crash_in_ready
+        ):
+            # Crash with this Ready's writes not yet durable: they are lost.
+            self._crash(host.node_id)
+            return
+        self._check_persist(host, rd.entries, rd.snapshot)
+        host.persist(rd)
+        for m in rd.persisted_messages:
+            self._send(m)
+        host.apply(rd)
+        if rd.read_states:
+            self._check_reads(host)
+        if rd.compact_index:
+            host.storage.compact(rd.compact_index)
+        node.advance(rd)
+        if host.compact_wanted:
+            if host.compact_wanted >= node.log.first_index():
+                node.compact(host.compact_wanted)
+            host.compact_wanted = 0
+        self._check_leader(host)
+
+    def _check_reads(self, host: MemoryHost) -> None:
+        for state in host.read_states:
+            required = self.reads_required.pop(state.context, None)
+            if required is not None and state.index < required:
+                self._violate(
+                    f"linearizable read: node {host.node_id} served read {state.context!r} at "
+                    f"{state.index}, but {required} was applied before it was requested"
+                )
+        host.read_states.clear()
+
+    def _crash(self, node_id: int) -> None:
+        host = self.hosts[node_id]
+        host.crash()
+        self.down[node_id] = self.now + self.rng.randint(5, 60)
+
+    def _restart(self, node_id: int) -> None:
+        del self.down[node_id]
+        self.hosts[node_id].start(self._node_seed())
+
+    # ------------------------------------------------------------------ schedule
+
+    def _inject_faults(self) -> None:
+        rng = self.rng
+        rates = self.rates
+        if rates.crash and rng.random() < rates.crash:
+            live = [i for i in self.ids if i not in self.down]
+            if live:
+                self._crash(rng.choice(live))
+        if rates.partition and rng.random() < rates.partition:
+            shape = rng.random()
+            if shape < 0.4:
+                self.blocked = set()
+            elif shape < 0.8:
+                side = set(rng.sample(self.ids, rng.randint(1, len(self.ids) // 2)))
+                self.blocked = {
+                    (a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)
+                }
+            else:
+                pairs = [(a, b) for a in self.ids for b in self.ids if a != b]
+                self.blocked = set(rng.sample(pairs, rng.randint(1, len(pairs) // 2)))
+
+    def _workload(self) -> None:
+        rng = self.rng
+        rates = self.rates
+        if rng.random() < rates.propose:
+            self._propose()
+        if rates.read and rng.random() < rates.read:
+            target = rng.choice(self.ids)
+            if target not in self.down:
+                context = b"r%d" % self.steps
+                try:
+                    self.hosts[target].node.read_index(context)
+                    self.reads_required[context] = self.max_applied
+                except ProposalError:
+                    pass
+        if rates.transfer and rng.random() < rates.transfer:
+            leader = self._live_leader()
+            if leader is not None:
+                target = rng.choice([i for i in self.ids if i != leader.id])
+                leader.transfer_leadership(target)
+
+    def _live_leader(self) -> RaftNode | None:
+        best = None
+        for node_id, host in self.hosts.items():
+            node = host.node
+            if (
+                node_id not in self.down
+                and node.role == Role.LEADER
+                and (best is None or node.term > best.term)
+            ):
+                best = node
+        return best
+
+    def _propose(self, data: bytes | None = None) -> int:
+        """Propose through the node the client believes leads; follow NotLeader hints."""
+        guess = self.leader_guess
+        if guess in self.down:
+            live = [i for i in self.ids if i not in self.down]
+            if not live:
+                return 0
+            guess = self.rng.choice(live)
+        self.proposal_seq += 1
+        if data is None:
+            data = b"s%d-%d" % (self.seed, self.proposal_seq)
+        host = self.hosts[guess]
+        try:
+            index = host.node.propose(data)
+        except ProposalError as error:
+            hint = getattr(error, "leader", 0)
+            self.leader_guess = hint if hint else self.rng.choice(self.ids)
+            return 0
+        self._process_ready(host)
+        return index
+
+    def _tick_all(self) -> None:
+        for node_id in self.ids:
+            if node_id in self.down:
+                continue
+            host = self.hosts[node_id]
+            host.node.tick()
+            self.steps += 1
+            self._process_ready(host)
+
+    def _one_tick(self) -> None:
+        self.now += 1
+        if self.faults_on:
+            for node_id, at in list(self.down.items()):
+                if at <= self.now:
+                    self._restart(node_id)
+            self._inject_faults()
+            self._workload()
+        self._tick_all()
+        self._deliver_due()
+
+    def _heal(self) -> None:
+        self.faults_on = False
+        self.blocked = set()
+        for node_id in list(self.down):
+            self._restart(node_id)
+
+    def _recover(self) -> int:
+        """Run fault-free until a fresh proposal is applied everywhere; returns the ticks taken."""
+        start = self.now
+        marker = b"marker-%d" % self.seed
+        marker_index = 0
+        marker_term = 0
+        while self.now - start < LIVENESS_BUDGET_TICKS:
+            self._one_tick()
+            leader = self._live_leader()
+            if leader is None:
+                continue
+            if marker_index:
+                seen = self.applied_at.get(marker_index)
+                if seen is not None and seen[1] != marker:
+                    marker_index = 0  # overwritten before commit: propose again
+                elif leader.term != marker_term and seen is None:
+                    marker_index = 0
+            if not marker_index:
+                try:
+                    marker_index = leader.propose(marker)
+                    marker_term = leader.term
+                    self._process_ready(self.hosts[leader.id])
+                except ProposalError:
+                    continue
+            if all(h.applied >= marker_index for h in self.hosts.values()):
+                seen = self.applied_at.get(marker_index)
+                if seen is not None and seen[1] == marker:
+                    return self.now - start
+        self._violate(
+            f"liveness: no fresh proposal applied on all nodes within {LIVENESS_BUDGET_TICKS} "
+            f"ticks after faults stopped (applied "
+            f"{ {i: h.applied for i, h in self.hosts.items()} }, roles "
+            f"{ {i: h.node.role.name for i, h in self.hosts.items()} })"
+        )
+        return LIVENESS_BUDGET_TICKS
+
+    def run(self) -> SimResult:
+        recovery = 0
+        try:
+            while self.now < self.rates.fault_ticks:
+                self._one_tick()
+            self._heal()
+            recovery = self._recover()
+        except Violation:
+            pass
+        except AssertionError as error:
+            # The core's own assertions (e.g. overwriting a committed entry) are violations too.
+            self.violations.append(f"tick {self.now}: core assertion: {error}")
+        return SimResult(
+            seed=self.seed,
+            nodes=self.rates.nodes,
+            steps=self.steps,
+            ticks=self.now,
+            recovery_ticks=recovery,
+            committed=self.max_applied,
+            elections=len(self.leader_of_term),
+            violations=self.violations,
+        )
+
+
+def replay_command(seed: int, nodes: int | None) -> str:
+    nodes_flag = f" --nodes {nodes}" if nodes else ""
+    return f"python tools/simulate.py --seeds 1 --start {seed}{nodes_flag}"

@@ -1,0 +1,348 @@
+"""StateMachine behaviour: commands, errors naming the index, reads, retention, determinism,
+snapshots that restore exactly and refuse damage without touching the current state."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import threading
+from typing import Any
+
+import pytest
+
+from eventstream.state import (
+    STATUS_BAD_QUEUE,
+    STATUS_DUPLICATE,
+    STATUS_STORED,
+    ApplyStoppedError,
+    CommandType,
+    ConfigError,
+    OffsetRangeError,
+    SnapshotError,
+    StateError,
+    StateMachine,
+    dedup_cutoff_us,
+    encode_config_update,
+    encode_dedup_add,
+    encode_dedup_expire,
+    encode_set_event,
+    validate_config,
+)
+from eventstream.storage.codec import Event
+
+
+def open_machine(tmp_path: Any, name: str = "sm") -> StateMachine:
+    return StateMachine.open(str(tmp_path / name))
+
+
+def events(count: int, start: int = 0, with_ids: bool = True, size: int = 100) -> list[Event]:
+    return [
+        Event(b"id-%d" % i if with_ids else None, b"key-%d" % (i % 7), None, 1_000 + i, b"x" * size)
+        for i in range(start, start + count)
+    ]
+
+
+def test_noop_entry_advances_the_applied_index(tmp_path: Any) -> None:
+    """Raft section 8: the leader's empty entry of its term has nothing to apply."""
+    machine = open_machine(tmp_path)
+    before = machine.digest()
+    result = machine.apply(1, 3, b"")
+    assert result.command is None and machine.applied_index == 1 and machine.applied_term == 3
+    assert machine.digest() != before  # the applied index is part of the state
+
+
+def test_exactly_once_across_batches_and_expiry(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    first = machine.apply(1, 1, encode_set_event(events(10)))
+    assert list(first.statuses) == [STATUS_STORED] * 10
+    retry = machine.apply(2, 1, encode_set_event(events(10)))
+    assert list(retry.statuses) == [STATUS_DUPLICATE] * 10
+    assert list(retry.queues) == list(first.queues) and list(retry.offsets) == list(first.offsets)
+    # Ids first seen at 1000..1004 expire; the rest stay remembered.
+    expired = machine.apply(3, 1, encode_dedup_expire(1_005))
+    assert expired.expired_count == 5
+    again = machine.apply(4, 1, encode_set_event(events(10)))
+    assert list(again.statuses) == [STATUS_STORED] * 5 + [STATUS_DUPLICATE] * 5
+    assert dedup_cutoff_us(10_000_000, machine.config) == 10_000_000 - 3_600_000_000
+
+
+def test_dedup_add_then_set_event_is_a_duplicate(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_dedup_add([(b"id-0", 5)]))
+    result = machine.apply(2, 1, encode_set_event(events(1)))
+    assert list(result.statuses) == [STATUS_DUPLICATE]
+    assert (result.queues[0], result.offsets[0]) == (-1, -1)
+
+
+def test_explicit_queue_and_queue_count_change(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"queue_count": 4}))
+    result = machine.apply(
+        2, 1, encode_set_event([Event(None, None, 3, 1, b"a"), Event(None, None, 4, 2, b"b")])
+    )
+    assert list(result.statuses) == [STATUS_STORED, STATUS_BAD_QUEUE]
+    machine.apply(3, 1, encode_config_update({"queue_count": 2}))
+    # Queue 3 stays readable after the count shrank; new events can no longer name it.
+    assert [e.payload for e in machine.read(3, 0)] == [b"a"]
+    late = machine.apply(4, 1, encode_set_event([Event(None, None, 3, 3, b"c")]))
+    assert list(late.statuses) == [STATUS_BAD_QUEUE]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x09abc", "unknown command type 9"),
+        (bytes([CommandType.SET_EVENT]) + b"\x01\x00", "SET_EVENT batch"),
+        (bytes([CommandType.DEDUP_EXPIRE]) + b"\x00" * 7, "DEDUP_EXPIRE body is 7 bytes"),
+        (bytes([CommandType.CONFIG_UPDATE]) + b"{not json", "not JSON"),
+        (bytes([CommandType.CONFIG_UPDATE]) + b'{"queue_count": 0}', "queue_count=0"),
+        (bytes([CommandType.DEDUP_ADD]) + b"\x01", "DEDUP_ADD"),
+    ],
+)
+def test_corrupt_entry_stops_apply_naming_the_index(
+    tmp_path: Any, data: bytes, message: str
+) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_set_event(events(3)))
+    before = machine.digest()
+    with pytest.raises(ApplyStoppedError, match=f"entry 2 \\(term 4\\).*{message}"):
+        machine.apply(2, 4, data)
+    assert machine.applied_index == 1 and machine.digest() == before
+    with pytest.raises(ApplyStoppedError, match="entry 2"):
+        machine.apply(2, 4, b"")
+
+
+def test_out_of_order_apply_is_refused(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    with pytest.raises(StateError, match="entry 2 applied out of order: last applied is 0"):
+        machine.apply(2, 1, b"")
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"queue_count": 0}, r"queue_count=0 is out of range: number of queues must be in \[1,"),
+        ({"queue_count": True}, "queue_count must be an integer"),
+        ({"batch_size": "100"}, "batch_size must be an integer"),
+        ({"no_such_key": 1}, "unknown config key 'no_such_key'"),
+        ({}, "non-empty mapping"),
+        ({"queue_retention": {"x": {"bytes_max": 1}}}, "must be a queue number"),
+        ({"queue_retention": {"1": {"size": 1}}}, "unknown field 'size'"),
+        ({"queue_segment_bytes": 10}, "queue_segment_bytes=10 is out of range"),
+    ],
+)
+def test_invalid_config_is_refused_before_proposal(update: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(update)
+    with pytest.raises(ConfigError, match=message):
+        encode_config_update(update)
+
+
+def test_reads_limits_and_clear_range_errors(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    assert machine.read(15, 0) == []  # a configured queue that has no event yet
+    machine.apply(1, 1, encode_set_event([Event(None, None, 0, i, b"p%d" % i) for i in range(50)]))
+    page = machine.read(0, 10, limit=5)
+    assert [e.offset for e in page] == [10, 11, 12, 13, 14]
+    assert [e.payload for e in page][:2] == [b"p10", b"p11"]
+    one_record = 16 + 24 + 3
+    assert len(machine.read(0, 10, limit=100, max_bytes=2 * one_record)) == 2
+    assert len(machine.read(0, 10, limit=100, max_bytes=1)) == 1  # always progresses
+    assert machine.read(0, 50) == []  # the end is a valid place to wait for more
+    with pytest.raises(
+        OffsetRangeError, match=r"offset 51 is outside the readable range \[0, 50\]"
+    ):
+        machine.read(0, 51)
+    with pytest.raises(OffsetRangeError, match="queue 99 does not exist"):
+        machine.read(99, 0)
+    with pytest.raises(ValueError, match="limit must be in"):
+        machine.read(0, 0, limit=0)
+
+
+def test_retention_trims_whole_segments_by_bytes_and_age(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"queue_segment_bytes": 4096}))
+    index = 2
+    for batch in range(20):  # 20 batches of 10 records of 140 bytes: a segment per 3 batches
+        machine.apply(index, 1, encode_set_event([Event(None, None, 0, batch, b"x" * 100)] * 10))
+        index += 1
+    floor, end = machine.queue_range(0)
+    assert (floor, end) == (0, 200)
+    machine.apply(index, 1, encode_config_update({"queue_retention": {"0": {"bytes_max": 9000}}}))
+    index += 1
+    floor, end = machine.queue_range(0)
+    log = machine.queues.logs[0]
+    assert floor > 0 and end == 200 and floor == log.segments[0].base_offset
+    assert log.bytes_total <= 9000 + 4096 + 1400
+    with pytest.raises(OffsetRangeError, match=f"range \\[{floor}, 200\\]"):
+        machine.read(0, floor - 1)
+    # Age: the newest event has timestamp 19 (us); a cap of 0.001 ms keeps only recent segments.
+    machine.apply(index, 1, encode_config_update({"queue_retention": {"0": {"age_ms_max": 1}}}))
+    assert machine.queue_range(0)[0] >= floor
+
+
+def command_stream(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = [encode_config_update({"queue_segment_bytes": 4096, "queue_count": 4})]
+    for i in range(count - 1):
+        roll = rng.random()
+        if roll < 0.7:
+            out.append(
+                encode_set_event(
+                    [
+                        Event(
+                            b"id-%d" % rng.randrange(300) if rng.random() < 0.5 else None,
+                            b"k%d" % rng.randrange(9),
+                            None,
+                            i * 1000 + j,
+                            rng.randbytes(rng.randrange(200)),
+                        )
+                        for j in range(rng.randrange(1, 40))
+                    ]
+                )
+            )
+        elif roll < 0.8:
+            out.append(encode_dedup_expire(i * 1000 - 20_000))
+        elif roll < 0.9:
+            out.append(encode_config_update({"retention_bytes_max": rng.choice([0, 10_000])}))
+        else:
+            out.append(b"")
+    return out
+
+
+def test_three_replicas_have_equal_digests_at_every_index(tmp_path: Any) -> None:
+    replicas = [open_machine(tmp_path, f"r{i}") for i in range(3)]
+    for index, data in enumerate(command_stream(7, 60), start=1):
+        digests = {r.apply(index, 2, data) and r.digest() for r in replicas}
+        assert len(digests) == 1, index
+        if index == 30:  # one replica restarts from a snapshot mid-way and catches up
+            replicas[1].snapshot()
+            replicas[1].close()
+            replicas[1] = open_machine(tmp_path, "r1")
+            assert replicas[1].applied_index == 30
+            assert replicas[1].digest() == replicas[0].digest()
+
+
+def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    for index, data in enumerate(command_stream(3, 40), start=1):
+        machine.apply(index, 1, data)
+    folder = machine.snapshot()
+    manifest = json.loads((tmp_path / "sm" / "snapshots" / folder / "MANIFEST.json").read_text())
+    segment = manifest["queues"][0]["segments"][0]
+    assert os.stat(os.path.join(folder, segment["file"])).st_nlink == 2  # snapshot + live
+    assert manifest["last_index"] == machine.applied_index
+    assert manifest["digest"] == machine.digest()
+
+
+def snapshot_stream(tmp_path: Any) -> tuple[StateMachine, list[bytes]]:
+    machine = open_machine(tmp_path, "source")
+    for index, data in enumerate(command_stream(11, 40), start=1):
+        machine.apply(index, 1, data)
+    machine.snapshot()
+    # The source keeps applying after the cut; the snapshot must not see it.
+    machine.apply(41, 1, encode_set_event(events(50)))
+    return machine, list(machine.snapshot_chunks(chunk_bytes=4096))
+
+
+def test_streamed_snapshot_restores_exact_state(tmp_path: Any) -> None:
+    source, chunks = snapshot_stream(tmp_path)
+    assert max(len(c) for c in chunks) <= 4096
+    target = open_machine(tmp_path, "target")
+    target.apply(1, 1, encode_set_event(events(5)))
+    receiver = target.snapshot_receiver()
+    for chunk in chunks:
+        receiver.feed(chunk)
+    target.restore(receiver)
+    assert target.applied_index == 40
+    reference = open_machine(tmp_path, "reference")
+    for index, data in enumerate(command_stream(11, 40), start=1):
+        reference.apply(index, 1, data)
+    assert target.digest() == reference.digest()
+    # The restored machine keeps applying like any other replica.
+    data = encode_set_event(events(50))
+    target.apply(41, 1, data)
+    reference.apply(41, 1, data)
+    assert target.digest() == reference.digest() == source.digest()
+
+
+def corrupt(chunks: list[bytes], at: int) -> list[bytes]:
+    joined = bytearray(b"".join(chunks))
+    joined[at] ^= 0x40
+    return [bytes(joined)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-early", "flip-middle", "flip-late", "junk"])
+def test_damaged_snapshot_is_refused_and_state_kept(tmp_path: Any, damage: str) -> None:
+    _, chunks = snapshot_stream(tmp_path)
+    stream = b"".join(chunks)
+    if damage == "truncate":
+        bad = [stream[: len(stream) // 2]]
+    elif damage == "junk":
+        bad = [stream + b"more"]
+    else:
+        where = {"flip-early": 20, "flip-middle": len(stream) // 2, "flip-late": len(stream) - 7}
+        bad = corrupt(chunks, where[damage])
+    target = open_machine(tmp_path, "target")
+    target.apply(1, 1, encode_set_event(events(5)))
+    before = target.digest()
+    with pytest.raises(SnapshotError):
+        receiver = target.snapshot_receiver()
+        for chunk in bad:
+            receiver.feed(chunk)
+        target.restore(receiver)
+    assert target.digest() == before and target.applied_index == 1
+    assert sum(len(target.read(q, 0)) for q in range(16)) == 5
+    target.apply(2, 1, b"")  # and it keeps applying
+    assert sorted(os.listdir(target.snapshots_root)) == []
+
+
+def test_snapshot_with_damaged_segment_on_disk_is_refused(tmp_path: Any) -> None:
+    source = open_machine(tmp_path, "source")
+    for index, data in enumerate(command_stream(5, 30), start=1):
+        source.apply(index, 1, data)
+    folder = source.snapshot()
+    with open(os.path.join(folder, "MANIFEST.json")) as f:
+        manifest = json.load(f)
+    segment = manifest["queues"][0]["segments"][0]
+    path = os.path.join(folder, segment["file"])
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    os.unlink(path)  # break the hard link so the live file stays intact
+    data[30] ^= 1
+    with open(path, "wb") as f:
+        f.write(data)
+    target = open_machine(tmp_path, "target")
+    with pytest.raises(SnapshotError, match="CRC"):
+        target.restore(folder)
+    assert target.applied_index == 0
+
+
+def test_dedup_add_body_limits() -> None:
+    with pytest.raises(ValueError, match="1..256 bytes"):
+        encode_dedup_add([(b"", 1)])
+    with pytest.raises(ValueError, match="carries 1..65536 ids"):
+        encode_dedup_add([])
+    assert encode_dedup_add([(b"a", 2)]) == b"\x02" + struct.pack("<IHq", 1, 1, 2) + b"a"
+
+
+def test_snapshot_write_runs_while_apply_goes_on(tmp_path: Any) -> None:
+    """Only the cut pauses apply: the slow part may run on another thread meanwhile, and the
+    snapshot still holds exactly the state at the cut."""
+    machine = open_machine(tmp_path)
+    stream = command_stream(13, 80)
+    for index, data in enumerate(stream[:40], start=1):
+        machine.apply(index, 1, data)
+    digest_at_cut = machine.digest()
+    cut = machine.begin_snapshot()
+    done: list[str] = []
+    writer = threading.Thread(target=lambda: done.append(cut.write()))
+    writer.start()
+    for index, data in enumerate(stream[40:], start=41):
+        machine.apply(index, 1, data)
+    writer.join()
+    target = open_machine(tmp_path, "target")
+    target.restore(done[0])
+    assert target.applied_index == 40 and target.digest() == digest_at_cut

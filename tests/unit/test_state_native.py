@@ -1,0 +1,234 @@
+"""Native parts of the state machine: MurmurHash3, the dedup table, SET_EVENT apply, queue records.
+
+Each native structure is checked against an obviously correct Python model (CONVENTIONS 19).
+"""
+
+from __future__ import annotations
+
+import array
+import struct
+
+import mmh3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstream._state import (
+    DEDUP_ENTRY_BYTES,
+    STATUS_BAD_QUEUE,
+    STATUS_DEDUP_FULL,
+    STATUS_DUPLICATE,
+    STATUS_STORED,
+    DedupFullError,
+    DedupTable,
+    MalformedCommandError,
+    PositionIndex,
+    QueueDataError,
+    apply_dedup_add,
+    apply_set_event,
+    decode_queue_records,
+    id_digest,
+    routing_hash,
+    scan_queue_segment,
+)
+from eventstream.storage import crc32c
+from eventstream.storage.codec import Event, encode_batch
+
+
+@given(st.binary(max_size=80))
+def test_murmur3_matches_mmh3(data: bytes) -> None:
+    assert routing_hash(data) == mmh3.hash(data, signed=False)
+    h1, h2 = id_digest(data)
+    assert h2 << 64 | h1 == mmh3.hash128(data)
+
+
+# Operations for the dedup differential test: add an id (from a small pool, so repeats happen)
+# with a timestamp, or expire up to a cutoff.
+dedup_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 60), st.integers(0, 1000)),
+        st.tuples(st.just("expire"), st.integers(0, 1000)),
+    ),
+    max_size=300,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dedup_ops)
+def test_dedup_table_matches_dict_model(ops: list[tuple]) -> None:
+    table = DedupTable()
+    model: dict[bytes, tuple[int, int, int]] = {}  # insertion-ordered: arrival order
+    for n, op in enumerate(ops):
+        if op[0] == "add":
+            event_id = b"id-%d" % op[1]
+            got = table.add(event_id, n % 7, n, op[2])
+            if event_id in model:
+                assert got == model[event_id][:2]
+            else:
+                assert got is None
+                model[event_id] = (n % 7, n, op[2])
+        else:
+            expired = 0
+            for event_id, (_, _, seen) in list(model.items()):
+                if seen >= op[1]:
+                    break
+                del model[event_id]
+                expired += 1
+            assert table.expire(op[1]) == expired
+        assert len(table) == len(model)
+    for i in range(61):
+        event_id = b"id-%d" % i
+        want = model.get(event_id)
+        assert table.lookup(event_id) == (want[:2] if want else None)
+
+
+def test_dedup_table_many_ids_grow_expire_and_chunks() -> None:
+    """Crosses several 65,536-entry chunks and slot-table growths, then expires most of it."""
+    table = DedupTable()
+    count = 200_000
+    for i in range(count):
+        assert table.add(i.to_bytes(8, "little"), 1, i, i) is None
+    assert table.expire(150_000) == 150_000
+    assert len(table) == 50_000
+    assert table.lookup((149_999).to_bytes(8, "little")) is None
+    assert table.lookup((150_000).to_bytes(8, "little")) == (1, 150_000)
+    assert table.add((199_999).to_bytes(8, "little"), 0, 0, 0) == (1, 199_999)
+    assert table.memory_bytes / len(table) < 200  # slots stay at the peak size after expiry
+
+
+def test_dedup_export_import_roundtrip_and_damage() -> None:
+    table = DedupTable()
+    for i in range(1000):
+        table.add(b"e%d" % i, i % 3, i, 10 * i)
+    image = table.export_entries()
+    assert len(image) == 1000 * DEDUP_ENTRY_BYTES
+    h1, h2, offset, seen, queue = struct.unpack_from("<QQqqi", image, 0)
+    assert (h1, h2) == id_digest(b"e0") and (offset, seen, queue) == (0, 0, 0)
+    copy = DedupTable()
+    copy.import_entries(image)
+    assert copy.export_entries() == image
+    with pytest.raises(ValueError, match="whole number"):
+        DedupTable().import_entries(image[:-1])
+    with pytest.raises(ValueError, match="repeats a digest"):
+        DedupTable().import_entries(image[:DEDUP_ENTRY_BYTES] * 2)
+
+
+def test_dedup_full_refuses_instead_of_forgetting() -> None:
+    table = DedupTable(1000)
+    for i in range(1000):
+        table.add(b"%d" % i, 0, i, i)
+    with pytest.raises(DedupFullError, match="maximum of 1000"):
+        table.add(b"one more", 0, 0, 0)
+    assert table.lookup(b"0") == (0, 0)
+
+
+def apply(events: list[Event], queue_count: int, table: DedupTable, offsets: array.array):
+    statuses, queues, offs, records, positions, touched = apply_set_event(
+        encode_batch(events), queue_count, table, offsets
+    )
+    return (
+        list(statuses),
+        list(memoryview(queues).cast("i")),
+        list(memoryview(offs).cast("q")),
+        records,
+        memoryview(positions).cast("I"),
+        touched,
+    )
+
+
+def test_set_event_routing_dedup_and_rejection() -> None:
+    table = DedupTable()
+    offsets = array.array("q", [0] * 8)
+    events = [
+        Event(b"a", b"user-1", None, 100, b"first"),
+        Event(None, b"user-1", None, 101, b"second"),
+        Event(b"a", b"user-2", None, 102, b"retry of first"),
+        Event(None, None, 5, 103, b"explicit"),
+        Event(None, None, 8, 104, b"queue past queue_count"),
+    ]
+    statuses, queues, offs, records, positions, touched = apply(events, 8, table, offsets)
+    home = mmh3.hash(b"user-1", signed=False) % 8
+    assert statuses == [
+        STATUS_STORED,
+        STATUS_STORED,
+        STATUS_DUPLICATE,
+        STATUS_STORED,
+        STATUS_BAD_QUEUE,
+    ]
+    assert queues == [home, home, home, 5, -1]
+    assert offs == [0, 1, 0, 0, -1]
+    assert offsets[home] == 2 and offsets[5] == 1
+    assert sorted(t[0] for t in touched) == sorted({home, 5})
+    for queue, start, end, pos_start, count, max_ts in touched:
+        part = records[start:end]
+        stored = decode_queue_records(part, 0, lambda *f: f)
+        assert len(stored) == count
+        assert [positions[pos_start + i] for i in range(count)] == [
+            0,
+            *([16 + 24 + 1 + 6 + 5] if count == 2 else []),
+        ]
+        if queue == home:
+            assert [s[5] for s in stored] == [b"first", b"second"] and max_ts == 101
+    # A later batch sees the id remembered across batches.
+    statuses, queues, offs, *_ = apply([Event(b"a", b"zzz", None, 1, b"")], 8, table, offsets)
+    assert (statuses, queues, offs) == ([STATUS_DUPLICATE], [home], [0])
+
+
+def test_set_event_full_dedup_table_rejects_per_event() -> None:
+    table = DedupTable(1000)
+    offsets = array.array("q", [0])
+    events = [Event(b"%d" % i, None, None, i, b"") for i in range(1001)]
+    statuses, *_ = apply(events, 1, table, offsets)
+    assert statuses[:1000] == [STATUS_STORED] * 1000 and statuses[1000] == STATUS_DEDUP_FULL
+    assert offsets[0] == 1000
+
+
+def test_malformed_batch_changes_nothing() -> None:
+    table = DedupTable()
+    offsets = array.array("q", [0, 0])
+    good = encode_batch([Event(b"x", b"k", None, 1, b"p"), Event(b"y", b"k", None, 2, b"q")])
+    with pytest.raises(MalformedCommandError, match="at byte"):
+        apply_set_event(good[:-1], 2, table, offsets)
+    with pytest.raises(MalformedCommandError, match="at byte 0"):
+        apply_set_event(b"\x07" + good[1:], 2, table, offsets)
+    assert len(table) == 0 and list(offsets) == [0, 0]
+
+
+def test_queue_record_golden_bytes() -> None:
+    """Layout of csrc/queue_record.h, pinned: header + the event's codec bytes unchanged."""
+    table = DedupTable()
+    offsets = array.array("q", [41])
+    _, _, _, records, _, _ = apply([Event(None, b"k", None, 7, b"pay")], 1, table, offsets)
+    event = encode_batch([Event(None, b"k", None, 7, b"pay")])[12:]
+    body = struct.pack("<Q", 41) + event
+    assert records == struct.pack("<II", len(event), crc32c(body)) + body
+
+
+def test_scan_and_decode_catch_damage() -> None:
+    table = DedupTable()
+    offsets = array.array("q", [0])
+    events = [Event(None, None, None, i, b"payload %d" % i) for i in range(5)]
+    _, _, _, records, _, _ = apply(events, 1, table, offsets)
+    index = PositionIndex()
+    assert scan_queue_segment(records, 0, index) == (5, 4)
+    assert len(index) == 5 and index.position(0) == 0
+    damaged = bytearray(records)
+    damaged[-1] ^= 1
+    with pytest.raises(QueueDataError, match="record 4 at byte .*CRC"):
+        scan_queue_segment(bytes(damaged), 0, PositionIndex())
+    with pytest.raises(QueueDataError, match="record 4 .*past the end"):
+        scan_queue_segment(records[:-1], 0, PositionIndex())
+    with pytest.raises(QueueDataError, match="different offset"):
+        decode_queue_records(records, 3, lambda *f: f)
+
+
+def test_dedup_add_body() -> None:
+    table = DedupTable()
+    body = struct.pack("<I", 2) + struct.pack("<Hq", 1, 5) + b"a" + struct.pack("<Hq", 1, 6) + b"a"
+    assert list(apply_dedup_add(body, table)) == [STATUS_STORED, STATUS_DUPLICATE]
+    assert table.lookup(b"a") == (-1, -1)
+    with pytest.raises(MalformedCommandError, match="after its last id"):
+        apply_dedup_add(body + b"x", table)
+    with pytest.raises(MalformedCommandError, match="length 0"):
+        apply_dedup_add(struct.pack("<IHq", 1, 0, 0), table)
+    assert len(table) == 1
