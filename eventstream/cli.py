@@ -1,16 +1,359 @@
-"""`esc`: the operator's command line. Later capabilities add their commands to this group."""
+"""`esc`: run a node or a local cluster, and talk to a cluster from the shell.
+
+Every operator-facing failure (bad flag, unreachable cluster, refused value, damaged file) is
+one clear line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from eventstream import __version__
+from eventstream.config import PROFILES, ConfigError, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _one_line_errors(fn: F) -> F:
+    """Turn the errors an operator can cause into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from eventstream.errors import EscError
+        from eventstream.state import StateError
+        from eventstream.storage import StorageError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"esc: config error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except EscError as exc:
+            click.echo(f"esc: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except (StorageError, StateError) as exc:
+            click.echo(f"esc: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except OSError as exc:
+            click.echo(f"esc: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="esc")
 def main() -> None:
     """EventStreamCore: Raft-replicated event ingestion."""
+
+
+# ------------------------------------------------------------------------------- esc node
+def _node_options(fn: F) -> F:
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file with any of the keys below"),
+        click.option("--profile", type=click.Choice(sorted(PROFILES)), help="the seed's tuning row: financial, iot, logging"),
+        click.option("--id", "node_id", type=int, help="this node's id (a key of --peers)"),
+        click.option("--listen", help="host:port for peers and clients"),
+        click.option("--peers", help="every node as id=host:port, comma-separated, this one included"),
+        click.option("--data-dir", help="directory for the log, hard state, snapshots and queues"),
+        click.option("--http", help="host:port for GET /status and /metrics"),
+        click.option("--wal-sync/--no-wal-sync", default=None, help="fdatasync before acknowledging (default: on)"),
+        click.option("--batch-size", type=int, help="events the leader coalesces into one entry"),
+        click.option("--tick-ms", type=int, help="Raft tick interval"),
+        click.option("--election-ticks", type=int),
+        click.option("--heartbeat-ticks", type=int),
+        click.option("--snapshot-threshold", type=int, help="applied entries between snapshots"),
+        click.option("--segment-bytes", type=int, help="Raft log segment size"),
+        click.option("--max-inflight", type=int, help="AppendEntries in flight per follower"),
+        click.option("--queue-count", type=int, help="queues of a new cluster (then: esc config set)"),
+        click.option("--dedup-window", type=float, help="seconds an event id is remembered (new cluster)"),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+    names = {"node_id": "id"}
+    return {names.get(k, k): v for k, v in kwargs.items() if v is not None}
+
+
+def _setup_logging(level: str, node_id: int) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@_node_options
+@_one_line_errors
+def node(config_path: str | None, profile: str | None, **kwargs: Any) -> None:
+    """Run one node in the foreground until SIGTERM or Ctrl-C."""
+    config = load_config(config_path, profile, _overrides(kwargs))
+    _setup_logging(config.log_level, config.id)
+    from eventstream.node import run_node
+
+    try:
+        import uvloop
+
+        runner: Callable[..., int] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    sys.exit(runner(run_node(config)))
+
+
+# ------------------------------------------------------------------------------- esc local
+def local_node_args(k: int, nodes: int, data_dir: Path, port: int, http_port: int) -> list[str]:
+    peers = ",".join(f"{i}=127.0.0.1:{port + i - 1}" for i in range(1, nodes + 1))
+    return [
+        "--id", str(k), "--listen", f"127.0.0.1:{port + k - 1}", "--peers", peers,
+        "--data-dir", str(data_dir / f"node{k}"), "--http", f"127.0.0.1:{http_port + k - 1}",
+    ]
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default="./esc-local", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65000), default=7101, show_default=True, help="node k listens on port+k-1")
+@click.option("--http-port", type=click.IntRange(1, 65000), default=8101, show_default=True)
+@click.option("--wal-sync/--no-wal-sync", default=None)
+@click.option("--profile", type=click.Choice(sorted(PROFILES)))
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@_one_line_errors
+def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool | None, profile: str | None, log_level: str) -> None:
+    """Run a cluster of N node processes on loopback in the foreground (Ctrl-C stops all).
+
+    Restarting on the same --data-dir resumes the same cluster."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    extra: list[str] = ["--log-level", log_level]
+    if wal_sync is not None:
+        extra.append("--wal-sync" if wal_sync else "--no-wal-sync")
+    if profile:
+        extra += ["--profile", profile]
+    for k in range(1, nodes + 1):
+        args = [sys.executable, "-m", "eventstream.cli", "node", *local_node_args(k, nodes, root, port, http_port), *extra]
+        log_path = root / f"node{k}.log"
+        with open(log_path, "ab") as log_file:
+            procs.append(subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT))
+    cluster = ",".join(f"127.0.0.1:{port + k - 1}" for k in range(1, nodes + 1))
+    click.echo(f"esc local: {nodes} nodes, data in {root}/node*, logs in {root}/node*.log")
+    for k in range(1, nodes + 1):
+        click.echo(f"  node {k}: client/peer 127.0.0.1:{port + k - 1}   http://127.0.0.1:{http_port + k - 1}/status   pid {procs[k - 1].pid}")
+    click.echo(f"  --cluster {cluster}")
+    stop = {"requested": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    exited: dict[int, int] = {}
+    while not stop["requested"] and len(exited) < nodes:
+        time.sleep(0.2)
+        for k, proc in enumerate(procs, start=1):
+            if k not in exited and proc.poll() is not None:
+                exited[k] = proc.returncode
+                click.echo(f"esc local: node {k} exited with code {proc.returncode} (see {root}/node{k}.log)", err=True)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    click.echo("esc local: all nodes stopped")
+
+
+# ------------------------------------------------------------------------------- clients
+def _cluster_option(fn: F) -> F:
+    return click.option(
+        "--cluster", default=lambda: os.environ.get("ESC_CLUSTER", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"),
+        show_default="ESC_CLUSTER or 127.0.0.1:7101-7103", help="client addresses host:port,...",
+    )(click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds, retries included")(fn))
+
+
+def _client(cluster: str, timeout: float) -> Any:
+    from eventstream.client import Client
+
+    return Client(cluster, timeout_s=timeout, attempt_timeout_s=min(3.0, timeout))
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+@main.command()
+@_cluster_option
+@click.option("--all", "all_nodes", is_flag=True, help="ask every address, not just one")
+@_one_line_errors
+def status(cluster: str, timeout: float, all_nodes: bool) -> None:
+    """Show a node's (or every node's) view of the cluster."""
+    with _client(cluster, timeout) as c:
+        if all_nodes:
+            out = {}
+            for address in c._async.addresses:
+                try:
+                    out[address] = c.status(address)
+                except Exception as exc:  # one node down must not hide the others
+                    out[address] = {"error": str(exc)}
+            _echo_json(out)
+        else:
+            _echo_json(c.status())
+
+
+@main.command()
+@_cluster_option
+@click.argument("payload")
+@click.option("--key", help="routing key (queue = mmh3(key) mod queue_count)")
+@click.option("--id", "event_id", help="event id for exactly-once (default: a random one)")
+@click.option("--queue", type=click.IntRange(0, 2**31 - 1), help="explicit queue instead of the key's")
+@_one_line_errors
+def append(cluster: str, timeout: float, payload: str, key: str | None, event_id: str | None, queue: int | None) -> None:
+    """Append one event (PAYLOAD; '-' reads it from stdin)."""
+    data = sys.stdin.buffer.read() if payload == "-" else payload.encode()
+    with _client(cluster, timeout) as c:
+        r = c.append(data, key=key, event_id=event_id, queue=queue)
+    _echo_json({"queue": r.queue, "offset": r.offset, "index": r.index, "duplicate": r.duplicate,
+                "event_id": r.event_id.hex()})
+
+
+def _event_json(e: Any) -> dict[str, Any]:
+    return {
+        "offset": e.offset,
+        "event_id": None if e.event_id is None else e.event_id.decode(errors="backslashreplace"),
+        "key": None if e.key is None else e.key.decode(errors="backslashreplace"),
+        "timestamp_us": e.timestamp,
+        "payload": e.payload.decode(errors="backslashreplace"),
+    }
+
+
+@main.command()
+@_cluster_option
+@click.option("--queue", type=click.IntRange(0, 2**31 - 1), required=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--stale", is_flag=True, help="read any node's local state (not linearizable)")
+@_one_line_errors
+def read(cluster: str, timeout: float, queue: int, offset: int, limit: int, stale: bool) -> None:
+    """Read events of one queue from an offset, one JSON object per line."""
+    with _client(cluster, timeout) as c:
+        events = c.read(queue, offset, limit, consistency="stale" if stale else "linearizable")
+    for e in events:
+        click.echo(json.dumps(_event_json(e)))
+
+
+@main.command()
+@_cluster_option
+@click.option("--queue", type=click.IntRange(0, 2**31 - 1), required=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@click.option("-f", "--follow", is_flag=True, help="keep waiting for new events")
+@click.option("--poll", type=float, default=0.2, show_default=True, help="seconds between polls when caught up")
+@_one_line_errors
+def tail(cluster: str, timeout: float, queue: int, offset: int, follow: bool, poll: float) -> None:
+    """Print a queue's events from an offset; with -f, follow it until Ctrl-C."""
+    with _client(cluster, timeout) as c:
+        try:
+            while True:
+                events, offset = c.read_page(queue, offset, 1000)
+                for e in events:
+                    click.echo(json.dumps(_event_json(e)))
+                if not events:
+                    if not follow:
+                        return
+                    time.sleep(poll)
+        except KeyboardInterrupt:
+            return
+
+
+@main.group()
+def config() -> None:
+    """Read or change the replicated runtime configuration."""
+
+
+@config.command("get")
+@_cluster_option
+@_one_line_errors
+def config_get(cluster: str, timeout: float) -> None:
+    with _client(cluster, timeout) as c:
+        _echo_json(c.config_get())
+
+
+@config.command("set")
+@_cluster_option
+@click.argument("assignments", nargs=-1, required=True)
+@_one_line_errors
+def config_set(cluster: str, timeout: float, assignments: tuple[str, ...]) -> None:
+    """Set KEY=VALUE ... (VALUE is JSON: 32, "x", {"0": {"bytes_max": 1000}})."""
+    from eventstream.errors import InvalidArgument
+
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"{item!r} is not KEY=VALUE")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    with _client(cluster, timeout) as c:
+        _echo_json(c.config_update(changes))
+
+
+@main.command()
+@_cluster_option
+@_one_line_errors
+def snapshot(cluster: str, timeout: float) -> None:
+    """Ask the leader to take a snapshot now."""
+    with _client(cluster, timeout) as c:
+        _echo_json(c.snapshot())
+
+
+@main.group()
+def wal() -> None:
+    """Inspect a node's Raft log offline."""
+
+
+@wal.command("inspect")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--records", is_flag=True, help="list every record, not just the segments")
+@_one_line_errors
+def wal_inspect(directory: str, records: bool) -> None:
+    """Segments, index ranges, terms and CRC status of a log directory (a node's data dir or
+    its log/ folder)."""
+    from eventstream.storage.inspect import inspect_log
+
+    path = Path(directory)
+    if (path / "log").is_dir():
+        path = path / "log"
+    report = inspect_log(str(path), list_records=records)
+    for line in report.lines:
+        click.echo(line)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -192,13 +192,19 @@ def decode_error(body: bytes | memoryview) -> ErrorBody:
     return ErrorBody(leader_id, bytes(body[_LEADER_HINT.size :]).decode(errors="replace"))
 
 
-def encode_append_ok(index: int, queues: array, offsets: array, duplicates: bytes) -> bytes:  # type: ignore[type-arg]
-    n = len(queues)
-    if not (len(offsets) == n == len(duplicates)):
+def encode_append_ok(
+    index: int, queues: memoryview | array, offsets: memoryview | array, duplicates: bytes  # type: ignore[type-arg]
+) -> bytes:
+    """queues: 4-byte integers, offsets: 8-byte integers (arrays or memoryview slices of the
+    state machine's result columns, sent as they are: this protocol is little-endian only)."""
+    q = memoryview(queues)
+    o = memoryview(offsets)
+    n = len(q)
+    if not (len(o) == n == len(duplicates)):
         raise ValueError("append result arrays differ in length")
-    if queues.typecode != "I" or offsets.typecode != "Q":
-        raise ValueError("queues must be array('I') and offsets array('Q')")
-    return b"".join((_APPEND_OK.pack(index, n), _le(queues), _le(offsets), bytes(duplicates)))
+    if q.itemsize != 4 or o.itemsize != 8:
+        raise ValueError("queues must be 4-byte and offsets 8-byte integers")
+    return b"".join((_APPEND_OK.pack(index, n), q.tobytes(), o.tobytes(), bytes(duplicates)))
 
 
 def decode_append_ok(body: bytes | memoryview) -> AppendOk:
@@ -214,9 +220,6 @@ def decode_append_ok(body: bytes | memoryview) -> AppendOk:
     offsets = array("Q")
     offsets.frombytes(bytes(body[start + 4 * n : start + 12 * n]))
     duplicates = bytes(body[start + 12 * n : need])
-    if _BIG_ENDIAN:
-        queues.byteswap()
-        offsets.byteswap()
     return AppendOk(index, queues, offsets, duplicates)
 
 
@@ -231,11 +234,5 @@ def decode_read_ok(body: bytes | memoryview) -> ReadOk:
     return ReadOk(first_offset, next_offset, body[_READ_OK.size :])
 
 
-_BIG_ENDIAN = struct.pack("=I", 1) != struct.pack("<I", 1)
-
-
-def _le(values: array) -> bytes:  # type: ignore[type-arg]
-    if _BIG_ENDIAN:
-        values = array(values.typecode, values)
-        values.byteswap()
-    return values.tobytes()
+if struct.pack("=I", 1) != struct.pack("<I", 1):
+    raise ImportError("the client protocol sends native integer arrays: little-endian hosts only")

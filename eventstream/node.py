@@ -1,0 +1,836 @@
+"""The Node: one `esc` process. It drives the pure Raft core with time and I/O.
+
+It owns the durable files (NodeStorage), the state machine, the peer links and the client
+server, all on one asyncio loop. The core decides; the node carries out each Ready in the
+order its contract demands (eventstream/raft/node.py, class Ready):
+
+    send messages            leader traffic may overlap its own write (thesis 10.2.1)
+    stage snapshot chunks, install a finished snapshot
+    append entries, save hard state
+    fdatasync                only when wal_sync and the Ready says must_sync; runs in a worker
+                             thread, so ticks, peer messages and new client appends go on
+    send persisted messages  votes and acks promise durable state
+    apply committed entries, answer the clients waiting on them, serve confirmed reads
+    compact the log, advance
+
+Group commit falls out of this loop: everything clients send while one fdatasync runs is
+proposed as one entry in the next cycle and shares the next fdatasync.
+
+Durability per wal_sync (issue 5): with true, an acknowledged append is in the fdatasync'ed
+log of a majority (the leader acks after commit, and followers ack AppendEntries after their
+fdatasync). With false, every node's write reaches the OS page cache before it acks, and a
+background thread syncs at most sync_interval_ms (200 ms) later: a crash of the esc process
+loses nothing, but a power loss or kernel crash on a majority of machines within that window
+can lose acknowledged events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from eventstream import __version__
+from eventstream.batcher import PendingAppend, ProposalBatcher
+from eventstream.config import NodeConfig, parse_address
+from eventstream.metrics import NodeMetrics
+from eventstream.node_storage import NodeStorage
+from eventstream.raft.config import RaftConfig
+from eventstream.raft.messages import NONE, Entry, HardState, Message, SnapshotChunk
+from eventstream.raft.node import (
+    NotLeaderError,
+    ProposalError,
+    RaftNode,
+    Ready,
+    Role,
+    TransferInProgressError,
+    UncommittedLimitError,
+)
+from eventstream.state import (
+    STATUS_BAD_QUEUE,
+    STATUS_DEDUP_FULL,
+    STATUS_DUPLICATE,
+    ApplyStoppedError,
+    CommandType,
+    ConfigError,
+    OffsetRangeError,
+    SnapshotReceiver,
+    StateMachine,
+    dedup_cutoff_us,
+    encode_config_update,
+    encode_dedup_expire,
+    validate_config,
+)
+from eventstream.storage import SegmentLog, crc32c
+from eventstream.storage.codec import CodecError
+from eventstream.transport.client_protocol import (
+    Consistency,
+    Op,
+    ProtocolError,
+    Request,
+    Status,
+    decode_json_object,
+    decode_read,
+    encode_append_ok,
+    encode_json,
+    encode_read_ok,
+    encode_response,
+)
+from eventstream.transport.client_server import ClientServer, ClientSession
+from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER
+from eventstream.transport.http_status import HttpStatusServer
+from eventstream.transport.listener import Listener
+from eventstream.transport.peer_codec import PeerCodecError, decode_message, encode_message
+from eventstream.transport.peers import PeerNetwork
+
+log = logging.getLogger(__name__)
+
+# Statuses of the state machine's per-event results, as byte translation tables: one
+# bytes.translate() per request instead of a Python loop per event.
+_DUPLICATE_FLAGS = bytes(1 if s == STATUS_DUPLICATE else 0 for s in range(256))
+_REFUSED_FLAGS = bytes(1 if s in (STATUS_BAD_QUEUE, STATUS_DEDUP_FULL) else 0 for s in range(256))
+
+# Appends wait at most this long for commit and apply before they are answered Timeout; the
+# client then retries with the same event ids, which the dedup table makes safe.
+APPEND_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 5.0
+READ_BYTES_MAX = 16 * 1024 * 1024
+READ_EVENTS_MAX = 100_000
+# Reads kept waiting for their ReadIndex confirmation or for apply to catch up.
+PENDING_READS_MAX = 100_000
+
+
+@dataclass(slots=True)
+class _EntryWaiters:
+    term: int
+    waiters: list[PendingAppend]
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    session: ClientSession
+    request_id: int
+    queue: int
+    offset: int
+    limit: int
+    max_bytes: int
+    deadline: float
+    index: int = 0  # set once the read index is confirmed
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.id = config.id
+        self.metrics = NodeMetrics(config.id)
+        self.peer_ids = tuple(sorted(config.peers))
+        self.storage: NodeStorage | None = None
+        self.raft: RaftNode | None = None
+        self.state: StateMachine | None = None
+        self.seg_log: SegmentLog | None = None
+        self.batcher = ProposalBatcher(config.batch_size, config.batch_bytes_max)
+        self._waiting: dict[int, _EntryWaiters] = {}
+        self._config_waiters: dict[int, list[tuple[ClientSession, int]]] = {}
+        self._reads_by_context: dict[bytes, _PendingRead] = {}
+        self._reads_confirmed: deque[_PendingRead] = deque()
+        self._read_seq = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._listener: Listener | None = None
+        self._peers: PeerNetwork | None = None
+        self._clients: ClientServer | None = None
+        self._http: HttpStatusServer | None = None
+        self._receiver: SnapshotReceiver | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._last_snapshot_index = 0
+        self._saved_term_vote = (0, 0)
+        self._commit_saved = 0
+        self._role = Role.FOLLOWER
+        self._leader = NONE
+        self._bootstrap_config_proposed = False
+        self.fatal: str | None = None
+        self.listen_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+        self.leader_since: float | None = None
+        self.started_at = time.time()
+
+    # ----------------------------------------------------------------- lifecycle
+    def open_storage(self) -> None:
+        data = self.config.data_path
+        os.makedirs(data, exist_ok=True)
+        self.state = StateMachine.open(str(data / "state"))
+        # The node syncs the log itself (must_sync, in a worker thread), so the log is opened
+        # without per-append sync; with wal_sync=false its background flusher bounds the window.
+        self.seg_log = SegmentLog.open(str(data / "log"), segment_bytes=self.config.segment_bytes, wal_sync=False)
+        cut = self.seg_log.recovery
+        if cut is not None:
+            log.warning("raft log recovery cut a torn tail: %s", cut)
+        self.storage = NodeStorage(str(data), self.seg_log, self.state, self.peer_ids)
+        applied = self.state.applied_index
+        if applied > self.seg_log.last_index:
+            # A snapshot was installed but the crash came before the log was reset to it.
+            self.seg_log.compact_through(applied, self.state.applied_term)
+        self._last_snapshot_index = applied
+        hard, _ = self.storage.initial_state()
+        self._saved_term_vote = (hard.term, hard.vote)
+        self._commit_saved = hard.commit
+        raft_config = RaftConfig(
+            id=self.id,
+            voters=self.peer_ids,
+            election_ticks=self.config.election_ticks,
+            heartbeat_ticks=self.config.heartbeat_ticks,
+            max_inflight=self.config.max_inflight,
+            max_entry_bytes=self.config.batch_bytes_max + 64 * 1024,
+            max_uncommitted_bytes=max(self.config.max_uncommitted_bytes, self.config.batch_bytes_max + 64 * 1024),
+            max_append_bytes=min(4 << 20, self.config.frame_bytes_max // 4),
+            snapshot_chunk_bytes=min(1 << 20, self.config.frame_bytes_max // 4),
+            applied=applied,
+        )
+        import random
+
+        # Election jitter only; the core never reads global random state.
+        self.raft = RaftNode(raft_config, self.storage, random.Random())
+
+    async def start(self) -> None:
+        if self.raft is None:
+            self.open_storage()
+        cfg = self.config
+        self._listener = Listener(crc32c, cfg.frame_bytes_max)
+        host, port = parse_address("listen", cfg.listen)
+        self.listen_address = await self._listener.start(host, port)
+        peers = {pid: parse_address(f"peers[{pid}]", addr) for pid, addr in cfg.peers.items() if pid != self.id}
+        self._peers = PeerNetwork(
+            self.id, peers, crc32c, cfg.frame_bytes_max, self._on_peer_messages, self._on_peer_unreachable
+        )
+        self._clients = ClientServer(self)
+        self._listener.set_owner(ROLE_PEER, self._peers)
+        self._listener.set_owner(ROLE_CLIENT, self._clients)
+        self._peers.start()
+        if cfg.http:
+            self._http = HttpStatusServer(self.status, self.metrics.render)
+            h, p = parse_address("http", cfg.http)
+            self.http_address = await self._http.start(h, p)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ready_loop(), name="ready-loop"),
+            loop.create_task(self._tick_loop(), name="tick-loop"),
+            loop.create_task(self._housekeeping_loop(), name="housekeeping"),
+        ]
+        log.info(
+            "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
+            self.id, __version__, *self.listen_address, cfg.peers, cfg.data_dir, cfg.wal_sync,
+        )
+        self._wake.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def shutdown(self, transfer: bool = True) -> None:
+        """Stop serving. A leader first hands leadership to the most caught-up follower
+        (thesis 3.10) so clients see a new leader within a round trip, not an election timeout."""
+        if transfer and self.raft is not None and self.raft.role == Role.LEADER and len(self.peer_ids) > 1:
+            await self._transfer_leadership()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("task %s failed during shutdown", task.get_name())
+        if self._snapshot_task is not None:
+            try:
+                await self._snapshot_task
+            except Exception:
+                log.exception("snapshot failed during shutdown")
+        self._fail_all_waiters(Status.UNAVAILABLE, "node is shutting down")
+        if self._http is not None:
+            await self._http.stop()
+        if self._peers is not None:
+            await self._peers.stop()
+        if self._listener is not None:
+            await self._listener.stop()
+        if self.seg_log is not None:
+            self.seg_log.close()
+        if self.state is not None:
+            self.state.close()
+        log.info("node %d stopped", self.id)
+
+    async def _transfer_leadership(self) -> None:
+        raft = self.raft
+        assert raft is not None
+        progress = raft.status().progress
+        candidates = sorted(
+            ((match, pid) for pid, (_, match, _) in progress.items() if pid != self.id and self._peers and self._peers.is_connected(pid)),
+            reverse=True,
+        )
+        if not candidates:
+            return
+        target = candidates[0][1]
+        log.info("handing leadership to node %d before stopping", target)
+        try:
+            raft.transfer_leadership(target)
+        except (ProposalError, ValueError) as exc:
+            log.warning("leadership transfer not started: %s", exc)
+            return
+        self._wake.set()
+        deadline = time.monotonic() + self.config.election_ticks * self.config.tick_ms / 1000
+        while time.monotonic() < deadline and raft.role == Role.LEADER:
+            await asyncio.sleep(self.config.tick_ms / 1000)
+
+    # ----------------------------------------------------------------- time
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_ms / 1000
+        next_at = time.monotonic()
+        raft = self.raft
+        assert raft is not None
+        while True:
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                next_at = time.monotonic()  # fell behind (paused process): do not burst ticks
+            raft.tick()
+            self._wake.set()
+
+    async def _housekeeping_loop(self) -> None:
+        """Timers that live outside the core: dedup expiry, request deadlines, lazy commit save."""
+        last_expire = time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            self._expire_requests(now)
+            raft = self.raft
+            assert raft is not None and self.state is not None
+            interval = self.config.dedup_expire_interval
+            if raft.role == Role.LEADER and interval > 0 and now - last_expire >= interval:
+                last_expire = now
+                cutoff = dedup_cutoff_us(time.time_ns() // 1000, self.state.config)
+                self._propose_command(encode_dedup_expire(cutoff))
+
+    def _expire_requests(self, now: float) -> None:
+        for index in [i for i, w in self._waiting.items() if w.waiters and now - w.waiters[0].received_at > APPEND_TIMEOUT_S]:
+            entry = self._waiting.pop(index)
+            for waiter in entry.waiters:
+                self._reply_error(waiter.session, waiter.request_id, Status.TIMEOUT,
+                                  f"entry {index} not committed within {APPEND_TIMEOUT_S:.0f} s; retry with the same event ids")
+        expired = [ctx for ctx, r in self._reads_by_context.items() if r.deadline < now]
+        for ctx in expired:
+            r = self._reads_by_context.pop(ctx)
+            self._reply_error(r.session, r.request_id, Status.TIMEOUT, "read not confirmed by a quorum in time")
+        while self._reads_confirmed and self._reads_confirmed[0].deadline < now:
+            r = self._reads_confirmed.popleft()
+            self._reply_error(r.session, r.request_id, Status.TIMEOUT, "read index not applied in time")
+
+    # ----------------------------------------------------------------- the Ready loop
+    async def _ready_loop(self) -> None:
+        raft = self.raft
+        assert raft is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._flush_proposals()
+                while raft.has_ready():
+                    rd = raft.ready()
+                    await self._handle_ready(rd)
+                    raft.advance(rd)
+                    self._after_advance()
+                    self._flush_proposals()
+            except ApplyStoppedError as exc:
+                self.fatal = str(exc)
+                log.critical("stopping: %s", exc)
+                self.request_stop()
+                return
+            except Exception as exc:
+                self.fatal = f"ready loop failed: {exc!r}"
+                log.critical("stopping: ready loop failed", exc_info=True)
+                self.request_stop()
+                return
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        seg_log = self.seg_log
+        storage = self.storage
+        assert seg_log is not None and storage is not None
+        if rd.messages:
+            self._send(rd.messages)
+        if rd.snapshot_chunks:
+            self._stage_snapshot_chunks(rd.snapshot_chunks)
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot.index, rd.snapshot.term)
+        if rd.entries:
+            self._append_entries(rd.entries)
+        if rd.hard_state is not None:
+            self._save_hard_state(rd.hard_state)
+        if rd.must_sync and self.config.wal_sync and (rd.entries or rd.snapshot is not None):
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(None, seg_log.sync)
+            self.metrics.fsyncs.inc()
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        if rd.persisted_messages:
+            self._send(rd.persisted_messages)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            pending = self._reads_by_context.pop(rs.context, None)
+            if pending is not None:
+                pending.index = rs.index
+                self._reads_confirmed.append(pending)
+        for ctx in rd.dropped_reads:
+            pending = self._reads_by_context.pop(ctx, None)
+            if pending is not None:
+                self._reply_not_leader(pending.session, pending.request_id)
+        self._serve_confirmed_reads()
+        if rd.compact_index:
+            seg_log.compact_through(rd.compact_index)
+
+    def _after_advance(self) -> None:
+        raft = self.raft
+        assert raft is not None
+        role, leader = raft.role, raft.leader
+        if role != self._role or leader != self._leader:
+            self._on_role_change(self._role, role, leader)
+            self._role, self._leader = role, leader
+        self.metrics.term.set(raft.term)
+        self._maybe_snapshot()
+
+    def _on_role_change(self, old: Role, new: Role, leader: int) -> None:
+        log.info("node %d: %s -> %s (term %d, leader %d)", self.id, old.name, new.name, self.raft.term if self.raft else 0, leader)
+        self.metrics.is_leader.set(1 if new == Role.LEADER else 0)
+        if new == Role.LEADER:
+            self.metrics.elections.inc()
+            self.leader_since = time.time()
+            self._maybe_bootstrap_config()
+        elif old == Role.LEADER:
+            self.leader_since = None
+            # Entries this node proposed may still commit under the next leader; the clients
+            # retry with the same event ids and the dedup table answers with the original
+            # result, so failing them here loses nothing and applies nothing twice.
+            self._fail_all_waiters(Status.NOT_LEADER, "leadership changed; retry at the new leader")
+
+    def _maybe_bootstrap_config(self) -> None:
+        """A brand-new cluster takes its first replicated config from its leader's flags."""
+        assert self.seg_log is not None and self.state is not None
+        if self._bootstrap_config_proposed or self.seg_log.last_index > 1 or self.state.applied_index > 1:
+            return
+        self._bootstrap_config_proposed = True
+        initial = {
+            "queue_count": self.config.queue_count,
+            "dedup_window_ms": int(self.config.dedup_window * 1000),
+            "batch_size": self.config.batch_size,
+            "snapshot_threshold": self.config.snapshot_threshold,
+        }
+        self._propose_command(encode_config_update(initial))
+
+    # ----------------------------------------------------------------- persistence
+    def _append_entries(self, entries: list[Entry]) -> None:
+        seg_log = self.seg_log
+        assert seg_log is not None
+        first = entries[0].index
+        if first <= seg_log.last_index:
+            # A conflicting suffix (5.3): the leader's entries replace it.
+            seg_log.truncate_after(first - 1)
+        seg_log.append([(e.index, e.term, e.data) for e in entries])
+
+    def _save_hard_state(self, hs: HardState) -> None:
+        storage = self.storage
+        assert storage is not None
+        # Term and vote must be durable before any vote or ack goes out (Figure 2). The commit
+        # index alone is saved at most every second: a stale commit after a crash is safe (the
+        # leader re-sends it), and saving it each cycle would add two fsyncs per commit.
+        if (hs.term, hs.vote) != self._saved_term_vote or time.monotonic() - self._commit_saved_at > 1.0:
+            storage.save_hard_state(hs)
+            self._saved_term_vote = (hs.term, hs.vote)
+            self._commit_saved = hs.commit
+            self._commit_saved_at = time.monotonic()
+
+    _commit_saved_at = 0.0
+
+    # ----------------------------------------------------------------- snapshots
+    def _stage_snapshot_chunks(self, chunks: list[SnapshotChunk]) -> None:
+        state = self.state
+        assert state is not None
+        for chunk in chunks:
+            if chunk.offset == 0 or self._receiver is None:
+                if self._receiver is not None:
+                    self._receiver.abort()
+                self._receiver = state.snapshot_receiver()
+            self._receiver.feed(chunk.data)
+
+    def _install_snapshot(self, index: int, term: int) -> None:
+        state, seg_log, storage = self.state, self.seg_log, self.storage
+        assert state is not None and seg_log is not None and storage is not None
+        receiver, self._receiver = self._receiver, None
+        if receiver is None:
+            raise RuntimeError(f"snapshot {index} accepted but no chunks were staged")
+        state.restore(receiver)
+        if state.applied_index != index:
+            raise RuntimeError(f"installed snapshot is at {state.applied_index}, Raft said {index}")
+        if index <= seg_log.last_index:
+            seg_log.truncate_after(index)
+        seg_log.compact_through(index, term)
+        storage.refresh_snapshot()
+        self._last_snapshot_index = index
+        self.metrics.snapshots_installed.inc()
+        self.metrics.applied_index.set(index)
+        log.info("installed snapshot at index %d (term %d) from the leader", index, term)
+
+    def _maybe_snapshot(self) -> None:
+        state = self.state
+        assert state is not None
+        threshold = state.config.get("snapshot_threshold", self.config.snapshot_threshold)
+        if self._snapshot_task is not None or state.applied_index - self._last_snapshot_index < threshold:
+            return
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
+
+    def trigger_snapshot(self) -> bool:
+        state = self.state
+        assert state is not None
+        if self._snapshot_task is not None or state.applied_index <= self._last_snapshot_index:
+            return False
+        self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
+        return True
+
+    async def _take_snapshot(self) -> None:
+        """Cut between two applies (short: hard links and a copy of the dedup table), write in a
+        worker thread while apply goes on, then let the core compact the log through it."""
+        state, storage, raft = self.state, self.storage, self.raft
+        assert state is not None and storage is not None and raft is not None
+        try:
+            cut = state.begin_snapshot()
+            index = cut.manifest["last_index"]
+            await asyncio.get_running_loop().run_in_executor(None, cut.write)
+            state.prune_snapshots()
+            storage.refresh_snapshot()
+            self._last_snapshot_index = index
+            raft.compact(index)
+            self.metrics.snapshots_taken.inc()
+            log.info("snapshot at index %d written; log compaction through it requested", index)
+            self._wake.set()
+        except Exception:
+            log.exception("snapshot failed; will retry at the next threshold")
+            self._last_snapshot_index = state.applied_index
+        finally:
+            self._snapshot_task = None
+
+    # ----------------------------------------------------------------- apply
+    def _apply(self, entries: list[Entry]) -> None:
+        state = self.state
+        assert state is not None
+        metrics = self.metrics
+        for entry in entries:
+            if entry.index <= state.applied_index:
+                continue  # already in the state machine's snapshot (replay after restart)
+            result = state.apply(entry.index, entry.term, entry.data)
+            waiting = self._waiting.pop(entry.index, None)
+            if result.command == CommandType.SET_EVENT:
+                assert result.statuses is not None and result.queues is not None and result.offsets is not None
+                metrics.events_applied.inc(len(result.statuses))
+                if waiting is not None:
+                    if waiting.term == entry.term:
+                        self._answer_appends(entry.index, waiting.waiters, result.statuses, result.queues, result.offsets)
+                    else:
+                        self._fail_waiters(waiting.waiters, Status.NOT_LEADER, "entry replaced by a new leader; retry")
+            elif waiting is not None:
+                self._fail_waiters(waiting.waiters, Status.INTERNAL, f"entry {entry.index} held another command")
+            if result.command == CommandType.CONFIG_UPDATE and self._config_waiters:
+                for session, request_id in self._config_waiters.pop(entry.index, ()):
+                    session.reply(encode_response(Status.OK, request_id, encode_json(state.config)))
+        metrics.applies.inc(len(entries))
+        metrics.applied_index.set(state.applied_index)
+        metrics.commit_index.set(entries[-1].index)
+
+    def _answer_appends(self, index: int, waiters: list[PendingAppend], statuses: memoryview,
+                        queues: memoryview, offsets: memoryview) -> None:
+        now = time.monotonic()
+        for w in waiters:
+            a, b = w.first_event, w.first_event + w.event_count
+            st = statuses[a:b].tobytes()
+            if st.translate(_REFUSED_FLAGS).count(1):
+                self._reply_error(w.session, w.request_id, Status.INVALID_ARGUMENT,
+                                  f"entry {index}: some events were refused (explicit queue out of range after a "
+                                  "queue_count change, or the dedup table is full); the rest were stored")
+                continue
+            dups = st.translate(_DUPLICATE_FLAGS)
+            ndup = dups.count(1)
+            if ndup:
+                self.metrics.duplicates.inc(ndup)
+            session = w.session
+            assert isinstance(session, ClientSession)
+            session.reply(encode_response(Status.OK, w.request_id, encode_append_ok(index, queues[a:b], offsets[a:b], dups)))
+            self.metrics.append_seconds.observe(now - w.received_at)
+
+    # ----------------------------------------------------------------- proposals
+    def _flush_proposals(self) -> None:
+        raft = self.raft
+        assert raft is not None
+        if not len(self.batcher):
+            return
+        if raft.role != Role.LEADER:
+            self._fail_waiters(self.batcher.drain(), Status.NOT_LEADER, "leadership changed; retry")
+            return
+        while len(self.batcher):
+            built = self.batcher.take()
+            assert built is not None
+            try:
+                index = raft.propose(built.data)
+            except UncommittedLimitError as exc:
+                self._fail_waiters(built.waiters, Status.OVERLOADED, str(exc))
+                continue
+            except TransferInProgressError as exc:
+                self._fail_waiters(built.waiters, Status.UNAVAILABLE, str(exc))
+                continue
+            except NotLeaderError:
+                self._fail_waiters(built.waiters, Status.NOT_LEADER, "leadership changed; retry")
+                continue
+            self._waiting[index] = _EntryWaiters(raft.term, built.waiters)
+            self.metrics.proposals.inc()
+            self.metrics.events_proposed.inc(built.event_count)
+
+    def _propose_command(self, data: bytes) -> int | None:
+        raft = self.raft
+        assert raft is not None
+        try:
+            index = raft.propose(data)
+        except ProposalError as exc:
+            log.info("command not proposed: %s", exc)
+            return None
+        self.metrics.proposals.inc()
+        self._wake.set()
+        return index
+
+    # ----------------------------------------------------------------- client requests
+    def on_request(self, session: ClientSession, request: Request) -> None:
+        op = request.op
+        if op == Op.APPEND:
+            self._on_append(session, request)
+        elif op == Op.READ:
+            self._on_read(session, request)
+        elif op == Op.STATUS:
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status())))
+        elif op == Op.CONFIG_GET:
+            assert self.state is not None
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.state.config)))
+        elif op == Op.CONFIG_UPDATE:
+            self._on_config_update(session, request)
+        elif op == Op.SNAPSHOT:
+            started = self.trigger_snapshot()
+            assert self.state is not None
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(
+                {"started": started, "applied": self.state.applied_index, "last_snapshot": self._last_snapshot_index})))
+        else:  # decode_request only yields known ops; a new op must be handled above
+            self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, f"unsupported op {op}")
+
+    def _leader_check(self, session: ClientSession, request_id: int) -> bool:
+        raft = self.raft
+        assert raft is not None
+        if raft.role == Role.LEADER:
+            if raft.lead_transferee != NONE:
+                self._reply_error(session, request_id, Status.UNAVAILABLE, "leadership is being transferred; retry")
+                return False
+            return True
+        self._reply_not_leader(session, request_id)
+        return False
+
+    def _on_append(self, session: ClientSession, request: Request) -> None:
+        if not self._leader_check(session, request.request_id):
+            return
+        assert self.state is not None
+        try:
+            count = ProposalBatcher.validate(request.body, self.state.config["queue_count"])
+        except (CodecError, ValueError) as exc:
+            self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, f"bad append: {exc}")
+            return
+        if self.batcher.pending_bytes > self.config.max_uncommitted_bytes:
+            self._reply_error(session, request.request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
+            return
+        self.batcher.add(request.body, PendingAppend(session, request.request_id, count, time.monotonic()))
+        self._wake.set()
+
+    def _on_read(self, session: ClientSession, request: Request) -> None:
+        req = decode_read(request.body)
+        limit = min(req.limit, READ_EVENTS_MAX)
+        max_bytes = min(req.max_bytes, READ_BYTES_MAX)
+        pending = _PendingRead(session, request.request_id, req.queue, req.offset, limit, max_bytes,
+                               time.monotonic() + READ_TIMEOUT_S)
+        if req.consistency == Consistency.STALE:
+            self._serve_read(pending)
+            return
+        raft = self.raft
+        assert raft is not None
+        if len(self._reads_by_context) + len(self._reads_confirmed) >= PENDING_READS_MAX:
+            self._reply_error(session, request.request_id, Status.OVERLOADED, "too many reads waiting")
+            return
+        context = next(self._read_seq).to_bytes(8, "little")
+        try:
+            raft.read_index(context)
+        except NotLeaderError:
+            self._reply_not_leader(session, request.request_id)
+            return
+        self._reads_by_context[context] = pending
+        self._wake.set()
+
+    def _serve_confirmed_reads(self) -> None:
+        state = self.state
+        assert state is not None
+        while self._reads_confirmed and self._reads_confirmed[0].index <= state.applied_index:
+            self._serve_read(self._reads_confirmed.popleft())
+
+    def _serve_read(self, r: _PendingRead) -> None:
+        state = self.state
+        assert state is not None
+        try:
+            events = state.read(r.queue, r.offset, r.limit, r.max_bytes)
+        except OffsetRangeError as exc:
+            self._reply_error(r.session, r.request_id, Status.OUT_OF_RANGE, str(exc))
+            return
+        except (ValueError, KeyError) as exc:
+            self._reply_error(r.session, r.request_id, Status.INVALID_ARGUMENT, str(exc))
+            return
+        from eventstream.storage.codec import encode_batch
+
+        rows = [(e.event_id, e.key, None, e.timestamp_us, e.payload) for e in events]
+        batch = encode_batch(rows)
+        next_offset = events[-1].offset + 1 if events else r.offset
+        r.session.reply(encode_response(Status.OK, r.request_id, encode_read_ok(r.offset if not events else events[0].offset, next_offset, batch)))
+
+    def _on_config_update(self, session: ClientSession, request: Request) -> None:
+        if not self._leader_check(session, request.request_id):
+            return
+        try:
+            changes = decode_json_object(request.body)
+            checked = validate_config(changes)
+            data = encode_config_update(checked)
+        except (ProtocolError, ConfigError) as exc:
+            self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, str(exc))
+            return
+        index = self._propose_command(data)
+        if index is None:
+            self._reply_error(session, request.request_id, Status.UNAVAILABLE, "config change not proposed; retry")
+            return
+        # Answered once applied: the reply shows the config in force after the change.
+        self._config_waiters.setdefault(index, []).append((session, request.request_id))
+
+    # ----------------------------------------------------------------- replies
+    def _reply_error(self, session: object, request_id: int, status: Status, message: str, leader_id: int = 0) -> None:
+        assert isinstance(session, ClientSession)
+        self.metrics.client_errors.labels(status.name).inc()
+        session.reply_error(status, request_id, message, leader_id)
+
+    def _reply_not_leader(self, session: ClientSession, request_id: int) -> None:
+        raft = self.raft
+        assert raft is not None
+        leader = raft.leader
+        if leader == NONE or leader == self.id:
+            self._reply_error(session, request_id, Status.UNAVAILABLE, "no leader is known (election in progress or no quorum)")
+        else:
+            # The message is the leader's client address: the client follows it directly.
+            self._reply_error(session, request_id, Status.NOT_LEADER, self.config.peers[leader], leader)
+
+    def _fail_waiters(self, waiters: list[PendingAppend], status: Status, message: str) -> None:
+        for w in waiters:
+            self._reply_error(w.session, w.request_id, status, message)
+
+    def _fail_all_waiters(self, status: Status, message: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for entry in waiting.values():
+            self._fail_waiters(entry.waiters, status, message)
+        self._fail_waiters(self.batcher.drain(), status, message)
+        config_waiters, self._config_waiters = self._config_waiters, {}
+        for waiters in config_waiters.values():
+            for session, request_id in waiters:
+                self._reply_error(session, request_id, status, message)
+        for r in list(self._reads_by_context.values()) + list(self._reads_confirmed):
+            self._reply_error(r.session, r.request_id, status, message)
+        self._reads_by_context.clear()
+        self._reads_confirmed.clear()
+
+    # ----------------------------------------------------------------- peers
+    def _send(self, messages: list[Message]) -> None:
+        peers = self._peers
+        assert peers is not None
+        by_peer: dict[int, list[bytes]] = {}
+        for m in messages:
+            by_peer.setdefault(m.to, []).append(encode_message(m))
+        for peer_id, bodies in by_peer.items():
+            if peer_id in peers.peers:
+                peers.send(peer_id, bodies)
+
+    def _on_peer_messages(self, peer_id: int, bodies: list[bytes]) -> None:
+        raft = self.raft
+        assert raft is not None
+        for body in bodies:
+            try:
+                msg = decode_message(body)
+            except PeerCodecError as exc:
+                log.warning("dropping a malformed message from peer %d: %s", peer_id, exc)
+                continue
+            if msg.sender != peer_id or msg.to != self.id:
+                log.warning("dropping a message from peer %d that claims sender %d, to %d", peer_id, msg.sender, msg.to)
+                continue
+            raft.step(msg)
+        self._wake.set()
+
+    def _on_peer_unreachable(self, peer_id: int) -> None:
+        # The core needs no report: a lost append shows as a gap on the follower's next
+        # heartbeat response, and the leader falls back to probing (raft/node.py).
+        self.metrics.peer_frames_dropped.inc()
+
+    # ----------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        raft, state, seg_log = self.raft, self.state, self.seg_log
+        assert raft is not None and state is not None and seg_log is not None
+        st = raft.status()
+        queues = {str(q): {"first": lo, "next": hi} for q in sorted(state.queues.logs) for lo, hi in [state.queue_range(q)]}
+        followers = {str(pid): {"state": s, "match": m, "next": n} for pid, (s, m, n) in st.progress.items() if pid != self.id}
+        return {
+            "id": self.id,
+            "version": __version__,
+            "role": st.role.name.lower(),
+            "term": st.term,
+            "leader": st.leader,
+            "leader_address": self.config.peers.get(st.leader),
+            "commit": st.commit,
+            "applied": state.applied_index,
+            "first_index": seg_log.first_index,
+            "last_index": seg_log.last_index,
+            "digest": state.digest(),
+            "queues": queues,
+            "followers": followers,
+            "last_snapshot": self._last_snapshot_index,
+            "wal_sync": self.config.wal_sync,
+            "fatal": self.fatal,
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+
+def _install_signal_handlers(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, node.request_stop)
+
+
+async def run_node(config: NodeConfig) -> int:
+    """Run one node until SIGTERM/SIGINT (graceful) or a fatal error; returns the exit code."""
+    node = Node(config)
+    node.open_storage()
+    await node.start()
+    _install_signal_handlers(node)
+    await node.wait_stopped()
+    await node.shutdown(transfer=node.fatal is None)
+    if node.fatal:
+        log.critical("node %d stopped on a fatal error: %s", node.id, node.fatal)
+        return 3
+    return 0
