@@ -207,7 +207,8 @@ class Node:
         self.listen_address = await self._listener.start(host, port)
         peers = {pid: parse_address(f"peers[{pid}]", addr) for pid, addr in cfg.peers.items() if pid != self.id}
         self._peers = PeerNetwork(
-            self.id, peers, crc32c, cfg.frame_bytes_max, self._on_peer_messages, self._on_peer_unreachable
+            self.id, peers, crc32c, cfg.frame_bytes_max, self._on_peer_messages, self._on_peer_unreachable,
+            local_host=host, on_connected=self._on_peer_connected,
         )
         self._clients = ClientServer(self)
         self._listener.set_owner(ROLE_PEER, self._peers)
@@ -781,6 +782,12 @@ class Node:
                 log.warning("dropping a message from peer %d that claims sender %d, to %d", peer_id, msg.sender, msg.to)
                 continue
             raft.step(msg)
+        self._wake.set()
+
+    def _on_peer_connected(self, peer_id: int) -> None:
+        raft = self.raft
+        assert raft is not None
+        raft.report_reconnected(peer_id)
         self._wake.set()
 
     def _on_peer_unreachable(self, peer_id: int) -> None:

@@ -442,6 +442,21 @@ class RaftNode:
             progress=progress,
         )
 
+    def report_reconnected(self, peer: int) -> None:
+        """The host re-established its link to `peer`, which may have restarted and lost the
+        unsynced tail of its log (or, after disk damage, more). A leader forgets what it knew of
+        that follower and probes it afresh from its own last index, exactly as a new leader
+        does (§5.3): `match` is soft state, so lowering it can delay commit but never undo one.
+        Without this, a follower whose log shrank below `match` would reject every probe at
+        `match` forever."""
+        if self.role != Role.LEADER or peer == self.id or peer not in self.progress:
+            return
+        pr = self.progress[peer]
+        pr.match = 0
+        pr.become_probe()
+        pr.next_index = self.log.last_index() + 1
+        self._send_append(peer)
+
     # ------------------------------------------------------------------ roles
 
     def _hard_state(self) -> HardState:

@@ -48,6 +48,7 @@ class PeerNetwork:
 
     on_messages(peer_id, bodies) receives every batch of message bodies a peer sent, in order.
     on_unreachable(peer_id) is called when a message to the peer had to be dropped.
+    on_connected(peer_id) is called each time a link to the peer is (re)established.
     """
 
     def __init__(
@@ -60,6 +61,8 @@ class PeerNetwork:
         on_unreachable: Callable[[int], None] | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        local_host: str | None = None,
+        on_connected: Callable[[int], None] | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peer map must not contain this node's own id {node_id}")
@@ -71,6 +74,10 @@ class PeerNetwork:
         self._on_unreachable = on_unreachable
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()
+        # Dial from this node's own address, so a link between two nodes is identified by their
+        # two addresses (a partition test cuts it with one firewall rule per direction).
+        self._local_host = local_host
+        self._on_connected = on_connected
         self._conns: dict[int, FramedConnection] = {}
         self._dialers: dict[int, asyncio.Task[None]] = {}
         self._connected_events: dict[int, asyncio.Event] = {}
@@ -169,6 +176,8 @@ class PeerNetwork:
         self._conns[peer_id] = conn
         self.stats[peer_id].connects += 1
         self._connected_events[peer_id].set()
+        if self._on_connected is not None:
+            self._on_connected(peer_id)
 
     def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
         peer_id = conn.tag
@@ -206,6 +215,7 @@ class PeerNetwork:
                     lambda: FramedConnection(self._crc, self._frame_bytes_max, self._on_frames, on_close),
                     host,
                     port,
+                    local_addr=(self._local_host, 0) if self._local_host else None,
                 )
             except OSError as exc:
                 log.debug("dial peer %d at %s:%d failed: %s", peer_id, host, port, exc)

@@ -1,0 +1,197 @@
+"""Real 3-node clusters on loopback: one OS process per node, real sockets and fsync."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from eventstream.client import Client
+from eventstream.errors import EscError, InvalidArgument, OutOfRange
+from tests.cluster.harness import LocalCluster, local_cluster
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def read_all(client: Client, queue_count: int) -> list:
+    events = []
+    for q in range(queue_count):
+        offset = 0
+        while True:
+            page, offset = client.read_page(q, offset, 1000)
+            if not page:
+                break
+            events.extend(page)
+    return events
+
+
+def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3, queue_count=4) as cluster:
+        leader = cluster.leader()
+        with Client(cluster.addresses) as c:
+            r1 = c.append(b"first", key="user-1", event_id="id-1")
+            r2 = c.append(b"second", key="user-1", event_id="id-2")
+            assert (r1.queue, r1.duplicate) == (r2.queue, False)
+            assert r2.offset == r1.offset + 1 and r2.index > r1.index
+            again = c.append(b"first", key="user-1", event_id="id-1")
+            assert again.duplicate and (again.queue, again.offset) == (r1.queue, r1.offset)
+            explicit = c.append(b"third", queue=3)
+            assert explicit.queue == 3
+            batch = c.append_batch([{"payload": b"b%d" % i, "key": b"k"} for i in range(50)])
+            assert len({r.index for r in batch}) == 1  # one request, one entry
+            events = c.read(r1.queue, r1.offset, 10)
+            assert [e.payload for e in events[:2]] == [b"first", b"second"]
+            assert events[0].event_id == b"id-1" and events[0].key == b"user-1"
+            with pytest.raises(OutOfRange, match="valid|range"):
+                c.read(r1.queue, 10_000, 10)
+            with pytest.raises(InvalidArgument):
+                c.append(b"x", queue=99)
+            statuses = cluster.wait_converged()
+            assert {s["leader"] for s in statuses.values()} == {leader}
+            # A follower serves a stale read from its own applied state.
+            follower = next(n for k, n in cluster.nodes.items() if k != leader)
+            with Client([follower.address]) as fc:
+                stale = fc.read(r1.queue, r1.offset, 2, consistency="stale")
+                assert [e.payload for e in stale] == [b"first", b"second"]
+                # A linearizable read sent to a follower is forwarded through ReadIndex.
+                linear = fc.read(r1.queue, r1.offset, 2)
+                assert [e.payload for e in linear] == [b"first", b"second"]
+
+
+def test_sigkill_leader_under_load_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3, queue_count=8) as cluster:
+        old_leader = cluster.leader()
+        acked: list[tuple[bytes, int, int]] = []
+        errors: Counter[str] = Counter()
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def writer(w: int) -> None:
+            with Client(cluster.addresses, timeout_s=15.0) as c:
+                k = 0
+                while not stop.is_set():
+                    event_id = f"w{w}-{k}".encode()
+                    try:
+                        r = c.append(b"payload-" + event_id, key=f"key-{k % 13}", event_id=event_id)
+                    except EscError as exc:
+                        errors[type(exc).__name__] += 1
+                        continue
+                    with lock:
+                        acked.append((event_id, r.queue, r.offset))
+                    k += 1
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        cluster.nodes[old_leader].kill()
+        new_leader = cluster.leader(timeout=10.0, exclude=(old_leader,))
+        failover_s = time.monotonic() - killed_at
+        acked_at_kill = len(acked)
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert new_leader != old_leader
+        assert failover_s < 3.0, f"new leader after {failover_s:.2f} s"
+        assert len(acked) > acked_at_kill, "clients did not carry on after the failover"
+        cluster.nodes[old_leader].start()
+        statuses = cluster.wait_converged(30)
+        assert len({s["digest"] for s in statuses.values()}) == 1
+        with Client(cluster.addresses) as c:
+            events = read_all(c, 8)
+        ids = Counter(e.event_id for e in events)
+        twice = [i for i, n in ids.items() if n > 1]
+        assert not twice, f"ids applied twice: {twice[:5]}"
+        stored = {(e.event_id): e.offset for e in events}
+        lost = [a for a in acked if a[0] not in stored]
+        assert not lost, f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
+        print(f"failover {failover_s:.2f} s, {len(acked)} acked, errors {dict(errors)}")
+
+
+def test_follower_behind_a_compacted_log_catches_up_by_snapshot(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3, snapshot_threshold=20, segment_bytes=64 * 1024, queue_count=2) as cluster:
+        leader = cluster.leader()
+        lagging = next(k for k in cluster.nodes if k != leader)
+        cluster.nodes[lagging].kill()
+        with Client(cluster.addresses) as c:
+            for i in range(200):
+                c.append(b"x" * 200, key=f"k{i}", event_id=f"snap-{i}")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = cluster.nodes[leader].status()
+            if st and st["first_index"] > 30:
+                break
+            time.sleep(0.1)
+        assert st and st["first_index"] > 30, f"leader did not compact its log: {st}"
+        cluster.nodes[lagging].start()
+        statuses = cluster.wait_converged(30)
+        assert len({s["digest"] for s in statuses.values()}) == 1
+        assert "installed snapshot" in cluster.nodes[lagging].log_text()
+        # Stale reads are served from the restored node's own state, so this checks its copy.
+        with Client([cluster.nodes[lagging].address]) as c:
+            local = []
+            for q in range(2):
+                local += c.read(q, 0, 1000, consistency="stale")
+        assert sorted(e.event_id for e in local) == sorted(f"snap-{i}".encode() for i in range(200))
+
+
+def test_torn_wal_tail_is_cut_reported_and_the_node_rejoins(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        victim = next(k for k in cluster.nodes if k != leader)
+        with Client(cluster.addresses) as c:
+            for i in range(30):
+                c.append(b"y" * 100, event_id=f"torn-{i}")
+        cluster.wait_converged()
+        cluster.nodes[victim].kill()
+        log_dir = cluster.nodes[victim].data_dir / "log"
+        last = sorted(p for p in os.listdir(log_dir) if p.endswith(".wal"))[-1]
+        path = log_dir / last
+        size = path.stat().st_size
+        with open(path, "r+b") as fh:
+            fh.truncate(size - 37)  # inside the last record
+        cluster.nodes[victim].start()
+        statuses = cluster.wait_converged(30)
+        assert len({s["digest"] for s in statuses.values()}) == 1
+        text = cluster.nodes[victim].log_text()
+        assert "recovery cut a torn tail" in text, text[-2000:]
+
+
+def test_invalid_config_is_refused_at_start_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "eventstream.cli", "node", "--batch-size", "0", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["esc: config error: batch_size: must be an integer in [1, 100000], got 0"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cluster_restart_keeps_log_term_and_vote(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, 3).start()
+    try:
+        cluster.leader()
+        with Client(cluster.addresses) as c:
+            first = c.append(b"before restart", event_id="r-1")
+        before = cluster.wait_converged()
+    finally:
+        cluster.stop()
+    cluster.start()
+    try:
+        cluster.leader()
+        with Client(cluster.addresses) as c:
+            again = c.append(b"before restart", event_id="r-1")
+            assert again.duplicate and (again.queue, again.offset) == (first.queue, first.offset)
+        after = cluster.wait_converged()
+        assert min(s["term"] for s in after.values()) >= max(s["term"] for s in before.values())
+    finally:
+        cluster.stop()
