@@ -1,6 +1,6 @@
 """Real clusters for tests: one `esc node` OS process per node, on loopback, bounded in time.
 
-Nodes listen on 127.0.0.k (k = node id) so that, inside a private network namespace
+Nodes listen on 127.0.0.(10+k) (k = node id) so that, inside a private network namespace
 (NetNamespace below), one firewall rule per direction cuts the link between two nodes.
 Without a namespace they all use 127.0.0.1 and distinct ports.
 """
@@ -135,7 +135,9 @@ class LocalCluster:
         self.nodes = {k: NodeProcess(self, k) for k in range(1, size + 1)}
 
     def host_of(self, node_id: int) -> str:
-        return f"127.0.0.{node_id}" if self.distinct_hosts else "127.0.0.1"
+        # Node k on 127.0.0.(10+k): the test process itself talks from 127.0.0.1, which a cut
+        # between nodes must never include.
+        return f"127.0.0.{10 + node_id}" if self.distinct_hosts else "127.0.0.1"
 
     @property
     def addresses(self) -> list[str]:
@@ -202,7 +204,7 @@ def netns_unavailable_reason() -> str | None:
 
 class NetNamespace:
     """A private network namespace that the calling thread (and every thread and process it
-    starts afterwards) enters; its loopback carries 127.0.0.0/8, so nodes on 127.0.0.k talk
+    starts afterwards) enters; its loopback carries 127.0.0.0/8, so nodes on 127.0.0.(10+k) talk
     over it, and iptables rules here never touch the root namespace's."""
 
     def __init__(self, name: str) -> None:

@@ -1,0 +1,71 @@
+"""Partitions: a 3-node cluster in a private network namespace, links cut with iptables there.
+
+The test process enters the namespace itself (setns on its thread), so the nodes it starts
+and the clients it opens all live in it; the root namespace's rules are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from eventstream.client import Client
+from eventstream.errors import Unavailable
+from tests.cluster.harness import LocalCluster, NetNamespace, netns_unavailable_reason
+
+pytestmark = pytest.mark.timeout(180)
+
+_reason = netns_unavailable_reason()
+
+
+@pytest.fixture
+def netns() -> NetNamespace:
+    if _reason is not None:
+        pytest.skip(_reason)
+    with NetNamespace(f"esc-test-{os.getpid()}") as ns:
+        yield ns
+
+
+def test_minority_partition_keeps_serving_and_majority_loss_is_unavailable_until_healed(
+    netns: NetNamespace, tmp_path: Path
+) -> None:
+    cluster = LocalCluster(tmp_path, 3, distinct_hosts=True).start()
+    try:
+        leader = cluster.leader()
+        others = [k for k in cluster.nodes if k != leader]
+        with Client(cluster.addresses, timeout_s=10.0) as c:
+            c.append(b"before", event_id="p-0")
+            # Cut one follower off from both others: the majority (leader + one) keeps serving.
+            isolated = others[0]
+            for k in cluster.nodes:
+                if k != isolated:
+                    netns.cut(cluster.host_of(isolated), cluster.host_of(k))
+            for i in range(1, 21):
+                r = c.append(b"minority cut", event_id=f"p-{i}")
+                assert not r.duplicate
+            assert cluster.leader(exclude=(isolated,)) == leader
+            # Now cut the leader from the remaining follower too: no majority anywhere.
+            netns.cut(cluster.host_of(leader), cluster.host_of(others[1]))
+        with Client(cluster.addresses, timeout_s=4.0) as c:
+            started = time.monotonic()
+            # check-quorum: the old leader steps down instead of holding writes it cannot
+            # commit, and every node then answers Unavailable (no leader known).
+            with pytest.raises(Unavailable):
+                c.append(b"no quorum", event_id="p-lost")
+            assert time.monotonic() - started < 10.0
+        netns.heal()
+        with Client(cluster.addresses, timeout_s=15.0) as c:
+            healed = c.append(b"after heal", event_id="p-21")
+            assert not healed.duplicate
+            # The write that failed during the partition may or may not have committed; its
+            # retry is answered once either way.
+            retry = c.append(b"no quorum", event_id="p-lost")
+            again = c.append(b"no quorum", event_id="p-lost")
+            assert again.duplicate and (again.queue, again.offset) == (retry.queue, retry.offset)
+        statuses = cluster.wait_converged(30)
+        assert len({s["digest"] for s in statuses.values()}) == 1
+    finally:
+        cluster.stop()
