@@ -43,7 +43,7 @@ bench-compare: build
 		--benchmark-compare --benchmark-compare-fail=median:25%
 
 demo: build
-	$(VENV)/bin/esc-bench storage
+	$(VENV)/bin/esc demo
 
 clean:
 	rm -rf build $(VENV) *.egg-info eventstream/*.so eventstream/**/*.so

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -122,14 +121,6 @@ def node(config_path: str | None, profile: str | None, **kwargs: Any) -> None:
 
 
 # ------------------------------------------------------------------------------- esc local
-def local_node_args(k: int, nodes: int, data_dir: Path, port: int, http_port: int) -> list[str]:
-    peers = ",".join(f"{i}=127.0.0.1:{port + i - 1}" for i in range(1, nodes + 1))
-    return [
-        "--id", str(k), "--listen", f"127.0.0.1:{port + k - 1}", "--peers", peers,
-        "--data-dir", str(data_dir / f"node{k}"), "--http", f"127.0.0.1:{http_port + k - 1}",
-    ]
-
-
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default="./esc-local", show_default=True)
@@ -143,24 +134,14 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
     """Run a cluster of N node processes on loopback in the foreground (Ctrl-C stops all).
 
     Restarting on the same --data-dir resumes the same cluster."""
-    root = Path(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    extra: list[str] = ["--log-level", log_level]
+    from eventstream.local_cluster import LocalCluster
+
+    options: dict[str, Any] = {"log_level": log_level}
     if wal_sync is not None:
-        extra.append("--wal-sync" if wal_sync else "--no-wal-sync")
+        options["wal_sync"] = wal_sync
     if profile:
-        extra += ["--profile", profile]
-    for k in range(1, nodes + 1):
-        args = [sys.executable, "-m", "eventstream.cli", "node", *local_node_args(k, nodes, root, port, http_port), *extra]
-        log_path = root / f"node{k}.log"
-        with open(log_path, "ab") as log_file:
-            procs.append(subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT))
-    cluster = ",".join(f"127.0.0.1:{port + k - 1}" for k in range(1, nodes + 1))
-    click.echo(f"esc local: {nodes} nodes, data in {root}/node*, logs in {root}/node*.log")
-    for k in range(1, nodes + 1):
-        click.echo(f"  node {k}: client/peer 127.0.0.1:{port + k - 1}   http://127.0.0.1:{http_port + k - 1}/status   pid {procs[k - 1].pid}")
-    click.echo(f"  --cluster {cluster}")
+        options["profile"] = profile
+    cluster = LocalCluster(Path(data_dir), nodes, port=port, http_port=http_port, **options)
     stop = {"requested": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -168,23 +149,21 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    exited: dict[int, int] = {}
+    cluster.start()
+    click.echo(f"esc local: {nodes} nodes, data in {cluster.root}/node*, logs in {cluster.root}/node*.log")
+    for k, n in cluster.nodes.items():
+        pid = n.proc.pid if n.proc else "?"
+        click.echo(f"  node {k}: client/peer {n.address}   http://{n.http}/status   pid {pid}")
+    click.echo(f"  --cluster {','.join(cluster.addresses)}")
+    exited: set[int] = set()
     while not stop["requested"] and len(exited) < nodes:
         time.sleep(0.2)
-        for k, proc in enumerate(procs, start=1):
-            if k not in exited and proc.poll() is not None:
-                exited[k] = proc.returncode
-                click.echo(f"esc local: node {k} exited with code {proc.returncode} (see {root}/node{k}.log)", err=True)
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for k, n in cluster.nodes.items():
+            if k not in exited and not n.alive:
+                exited.add(k)
+                code = n.proc.returncode if n.proc else None
+                click.echo(f"esc local: node {k} exited with code {code} (see {n.log_path})", err=True)
+    cluster.stop()
     click.echo("esc local: all nodes stopped")
 
 
@@ -354,6 +333,19 @@ def wal_inspect(directory: str, records: bool) -> None:
         click.echo(line)
     if not report.ok:
         sys.exit(EXIT_FAILED)
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(5, 600), default=20.0, show_default=True, help="seconds of load")
+@click.option("--clients", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 1000), default=10, show_default=True, help="events per append")
+@click.option("--keep", is_flag=True, help="keep the cluster's data and logs")
+@_one_line_errors
+def demo(duration: float, clients: int, batch: int, keep: bool) -> None:
+    """The seed's Write Sequence on a real 3-node cluster, with a leader crash midway."""
+    from eventstream.demo import run_demo
+
+    sys.exit(run_demo(duration, clients, batch, keep))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,194 @@
+"""Local clusters of real `esc node` processes on loopback, for `esc local`, the demo, the
+load generator and the cluster tests. Each node is its own OS process with its own data dir.
+
+With distinct_hosts, node k listens on 127.0.0.(10+k) so that a firewall rule naming two
+addresses cuts exactly one link (the partition tests); otherwise all nodes share 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """A base port such that base..base+count-1 are free now (best effort, bounded tries)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base + count >= 65000:
+            continue
+        ok = True
+        for p in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind((host, p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free block of ports found")
+
+
+class NodeProcess:
+    def __init__(self, cluster: LocalCluster, node_id: int) -> None:
+        self.cluster = cluster
+        self.id = node_id
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.data_dir = cluster.root / f"node{node_id}"
+        self.log_path = cluster.root / f"node{node_id}.log"
+
+    @property
+    def host(self) -> str:
+        return self.cluster.host_of(self.id)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.cluster.port + self.id - 1}"
+
+    @property
+    def http(self) -> str:
+        return f"{self.host}:{self.cluster.http_port + self.id - 1}"
+
+    def args(self) -> list[str]:
+        c = self.cluster
+        peers = ",".join(f"{k}={c.nodes[k].address}" for k in sorted(c.nodes))
+        args = [
+            sys.executable, "-m", "eventstream.cli", "node",
+            "--id", str(self.id), "--listen", self.address, "--peers", peers,
+            "--data-dir", str(self.data_dir), "--http", self.http,
+        ]
+        for key, value in c.options.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(flag if value else "--no-" + key.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case; nothing is flushed or handed over."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}/status", timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError):
+            return None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class LocalCluster:
+    """Node k (1-based) listens on port + k - 1 and serves HTTP on http_port + k - 1; free
+    ports are picked when none are given. options become `esc node` flags (wal_sync=False
+    becomes --no-wal-sync)."""
+
+    def __init__(self, root: Path, size: int = 3, distinct_hosts: bool = False, port: int | None = None,
+                 http_port: int | None = None, **options: Any) -> None:
+        self.root = Path(root)
+        self.size = size
+        self.distinct_hosts = distinct_hosts
+        self.options = {"log_level": "info", **options}
+        if distinct_hosts:
+            self.port = port or 7101
+            self.http_port = http_port or 8101
+        else:
+            self.port = port or free_port_block(size)
+            self.http_port = http_port or free_port_block(size)
+        self.nodes = {k: NodeProcess(self, k) for k in range(1, size + 1)}
+
+    def host_of(self, node_id: int) -> str:
+        # Node k on 127.0.0.(10+k): the test process itself talks from 127.0.0.1, which a cut
+        # between nodes must never include.
+        return f"127.0.0.{10 + node_id}" if self.distinct_hosts else "127.0.0.1"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [n.address for n in self.nodes.values()]
+
+    def start(self) -> LocalCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def leader(self, timeout: float = 10.0, exclude: tuple[int, ...] = ()) -> int:
+        """Id of the node that all live nodes agree leads (polls; raises on timeout)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            views = {k: n.status(0.5) for k, n in self.nodes.items() if n.alive and k not in exclude}
+            leaders = {v["leader"] for v in views.values() if v is not None}
+            roles = [k for k, v in views.items() if v is not None and v["role"] == "leader"]
+            if len(roles) == 1 and leaders == {roles[0]} and all(v is not None for v in views.values()):
+                return roles[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"no agreed leader within {timeout} s; logs in {self.root}")
+
+    def wait_converged(self, timeout: float = 20.0) -> dict[int, dict[str, Any]]:
+        """Wait until every live node applied the same index with the same digest."""
+        deadline = time.monotonic() + timeout
+        last: dict[int, Any] = {}
+        while time.monotonic() < deadline:
+            last = {k: n.status(1.0) for k, n in self.nodes.items() if n.alive}
+            if all(v is not None for v in last.values()):
+                applied = {v["applied"] for v in last.values()}
+                commits = {v["commit"] for v in last.values()}
+                digests = {v["digest"] for v in last.values()}
+                if len(applied) == 1 and len(digests) == 1 and applied == commits:
+                    return last
+            time.sleep(0.1)
+        raise TimeoutError(f"nodes did not converge within {timeout} s: "
+                           + json.dumps({k: v and {f: v[f] for f in ('applied', 'commit', 'digest', 'role')} for k, v in last.items()}))
+
+
+@contextlib.contextmanager
+def local_cluster(root: Path, size: int = 3, **options: Any) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(root, size, **options).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
