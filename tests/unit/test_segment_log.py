@@ -128,6 +128,19 @@ def test_append_packed(log: SegmentLog) -> None:
         log.append_packed(200, 2, b"", array.array("I"))
 
 
+def test_large_packed_records_are_written_without_copies(tmp_path: Path) -> None:
+    """Payloads of 16 KiB and more take the vectored (pwritev) path."""
+    with SegmentLog.open(str(tmp_path), segment_bytes=100_000, wal_sync=False) as log:
+        sizes = array.array("I", [20_000, 30_000, 17_000, 40_000])
+        buffer = bytes(range(256)) * (sum(sizes) // 256) + bytes(sum(sizes) % 256)
+        log.append_packed(1, 1, buffer, sizes)
+        log.append([(5, 1, b"z" * 50_000)])
+        got = log.entries(1, 6)
+        assert b"".join(bytes(p) for _, _, p in got[:4]) == buffer
+        assert bytes(got[4][2]) == b"z" * 50_000
+        assert log.stats()["segment_count"] == 2
+
+
 def test_truncate_after_and_append_again(log: SegmentLog) -> None:
     log.append(records(1, 100, term=1))
     log.truncate_after(40)
