@@ -28,11 +28,11 @@ def _rounds(batch: int, payload_bytes: int, wal_sync: bool) -> int:
 
 def _record_rates(benchmark: Any, batch: int, payload_bytes: int, syncs: int = 0,
                   rounds: int = 0) -> None:
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info["records_per_s"] = round(batch / mean)
-    benchmark.extra_info["payload_mb_per_s"] = round(batch * payload_bytes / mean / 1e6, 1)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["records_per_s"] = round(batch / median)
+    benchmark.extra_info["payload_mb_per_s"] = round(batch * payload_bytes / median / 1e6, 1)
     if syncs:
-        benchmark.extra_info["fdatasync_per_s"] = round(syncs / (mean * rounds))
+        benchmark.extra_info["fdatasync_per_s"] = round(syncs / (median * rounds))
         benchmark.extra_info["records_per_fdatasync"] = round(batch * rounds / syncs, 1)
 
 

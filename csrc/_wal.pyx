@@ -153,8 +153,7 @@ cdef class PreparedRecords:
                     sparse_count += 1
                 if item.length:
                     memcpy(out + offset + ESC_WAL_HEADER_BYTES, item.payload, item.length)
-                offset += esc_wal_seal_header(out + offset, ESC_WAL_TYPE_ENTRY,
-                                              out + offset + ESC_WAL_HEADER_BYTES,
+                offset += esc_wal_seal_record(out + offset, ESC_WAL_TYPE_ENTRY,
                                               <uint32_t>item.length, item.index, item.term)
         return framed, end - start, sparse
 

@@ -97,6 +97,16 @@ static inline size_t esc_wal_seal_header(uint8_t *dst, uint8_t type, const uint8
 }
 
 /*
+ * esc_wal_seal_header for the common case: the payload was already copied right after the
+ * header, at dst + ESC_WAL_HEADER_BYTES. Returns the record size.
+ */
+static inline size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t payload_len,
+                                         uint64_t index, uint64_t term)
+{
+    return esc_wal_seal_header(dst, type, dst + ESC_WAL_HEADER_BYTES, payload_len, index, term);
+}
+
+/*
  * Parses and CRC-checks the record at `offset`; never reads at or past `len`. On success fills
  * `rec` and `*next`. Sequence checks (index, term) are the caller's, since only it knows the
  * previous record.

@@ -298,3 +298,42 @@ def test_wal_sync_off_close_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert calls == []
     log.close()
     assert len(calls) == 1
+
+
+def test_concurrent_appenders_keep_every_record(tmp_path: Path) -> None:
+    """Threads order their appends under their own lock and share fdatasyncs outside it."""
+    order = threading.Lock()
+    path = str(tmp_path)
+    with SegmentLog.open(path, segment_bytes=4096, wal_sync=True) as log:
+        def worker(name: int) -> None:
+            for _ in range(25):
+                with order:
+                    first = log.last_index + 1
+                    ticket = log.append_nowait([(first, 1, b"%d:%d" % (name, first))])
+                log.wait_durable(ticket)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert log.stats()["fdatasync_count"] <= 100 + log.stats()["segment_count"]
+    with SegmentLog.open(path, segment_bytes=4096) as log:
+        assert log.last_index == 100
+        for index, _, payload in log.entries(1, 101):
+            assert bytes(payload).endswith(b":%d" % index)
+
+
+def test_sealed_segments_are_synced_before_they_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=False,
+                         sync_interval_ms=600_000) as log:
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+        log.append(records(1, 100))
+        assert synced == []  # rolling segments does not wait for the disk
+        sealed = log.sealed_segments()
+        assert len(sealed) >= 2
+        assert len(synced) >= len(sealed)
