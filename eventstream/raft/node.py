@@ -181,6 +181,7 @@ class RaftNode:
         "_compact_index",
         "_prev_hard_state",
         "_ready_out",
+        "_append_pending",
     )
 
     def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
@@ -217,6 +218,7 @@ class RaftNode:
         self._compact_index = 0
         self._prev_hard_state = hard_state
         self._ready_out = False
+        self._append_pending = False
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API
@@ -263,7 +265,10 @@ class RaftNode:
                 f"max_uncommitted_bytes={self.config.max_uncommitted_bytes}"
             )
         index = self._append_entry(data)
-        self._bcast_append()
+        # Replication of proposals waits for the next ready(), so that many proposals made
+        # between two Readies travel in one AppendEntries per follower (batching, not
+        # reacting per entry).
+        self._append_pending = True
         return index
 
     def read_index(self, context: bytes) -> None:
@@ -346,7 +351,8 @@ class RaftNode:
 
     def has_ready(self) -> bool:
         return bool(
-            self._messages
+            self._append_pending
+            or self._messages
             or self._persisted_messages
             or self._chunks
             or self._read_states
@@ -363,6 +369,12 @@ class RaftNode:
         if self._ready_out:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
         self._ready_out = True
+        if self._append_pending:
+            self._append_pending = False
+            if self.role == Role.LEADER:
+                for peer in self.progress:
+                    if peer != self.id:
+                        self._send_append(peer, send_empty=False)
         log = self.log
         rd = Ready(
             messages=self._messages,
