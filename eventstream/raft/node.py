@@ -76,6 +76,11 @@ class NotLeaderError(ProposalError):
         self.leader = leader
 
 
+class MalformedMessageError(ValueError):
+    """A peer message that violates the protocol's shape (wrong recipient, entries that do not
+    follow prevLogIndex). The transport should drop the connection that produced it."""
+
+
 class EntryTooLargeError(ProposalError):
     pass
 
@@ -308,7 +313,17 @@ class RaftNode:
         self._compact_index = max(self._compact_index, index)
 
     def step(self, m: Message) -> None:
-        """Handle a message from a peer."""
+        """Handle a message from a peer. Raises MalformedMessageError, changing nothing, for a
+        message that cannot have come from a correct peer."""
+        if m.to != self.id:
+            raise MalformedMessageError(f"message for node {m.to} delivered to node {self.id}")
+        if m.entries:
+            first, last = m.entries[0].index, m.entries[-1].index
+            if first != m.index + 1 or last != m.index + len(m.entries):
+                raise MalformedMessageError(
+                    f"{m.type.name} from {m.sender}: entries {first}..{last} do not follow "
+                    f"prevLogIndex {m.index} contiguously"
+                )
         if m.term > self.term:
             if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
                 in_lease = (
@@ -961,6 +976,7 @@ class RaftNode:
 
 __all__ = [
     "EntryTooLargeError",
+    "MalformedMessageError",
     "NotLeaderError",
     "ProposalError",
     "RaftNode",

@@ -7,7 +7,10 @@ import pytest
 
 from eventstream.raft import (
     NONE,
+    Entry,
     EntryTooLargeError,
+    MalformedMessageError,
+    Message,
     MessageType,
     NotLeaderError,
     Role,
@@ -368,6 +371,17 @@ def test_commit_only_change_does_not_need_sync() -> None:
     assert rd.hard_state is not None and rd.hard_state.commit == leader.log.committed
     assert not rd.entries and not rd.must_sync
     follower.advance(rd)
+
+
+def test_malformed_messages_are_refused_without_change() -> None:
+    cluster = Cluster((1, 2, 3))
+    node = cluster.node(2)
+    with pytest.raises(MalformedMessageError, match="delivered to node 2"):
+        node.step(Message(MT.APPEND, 3, 1, 1))
+    gap = Message(MT.APPEND, 2, 1, 1, index=0, log_term=0, entries=[Entry(5, 1, b"x")])
+    with pytest.raises(MalformedMessageError, match="contiguously"):
+        node.step(gap)
+    assert node.term == 0 and node.log.last_index() == 0
 
 
 def test_ready_twice_without_advance_is_an_error() -> None:
