@@ -51,6 +51,14 @@ def test_no_violations(nodes: int) -> None:
     assert all(r.committed > 0 for r in results)
 
 
+@pytest.mark.slow
+def test_no_violations_many_seeds() -> None:
+    """The long run (about 5 minutes on one core); tools/simulate.py runs it in parallel."""
+    results = _run(range(CI_SEEDS, CI_SEEDS + 10_000))
+    failures = _failures(results)
+    assert not failures, "\n".join(failures[:10])
+
+
 def test_fault_model_is_exercised() -> None:
     """A green run means something only if the faults and features actually happened."""
     events: collections.Counter[str] = collections.Counter()

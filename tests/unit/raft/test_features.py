@@ -373,6 +373,19 @@ def test_commit_only_change_does_not_need_sync() -> None:
     follower.advance(rd)
 
 
+def test_entry_data_may_be_a_memoryview() -> None:
+    """Entries' data is opaque: a memoryview over a storage buffer passes through uncopied."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    buffer = bytearray(b"....payload....")
+    view = memoryview(buffer)[4:11]
+    index = cluster.node(1).propose(view)
+    cluster.stabilize()
+    assert all(h.applied == index for h in cluster.hosts.values())
+    stored = cluster.hosts[1].storage.entries(index, index + 1)[0].data
+    assert stored is view
+
+
 def test_malformed_messages_are_refused_without_change() -> None:
     cluster = Cluster((1, 2, 3))
     node = cluster.node(2)
