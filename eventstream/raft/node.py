@@ -248,8 +248,10 @@ class RaftNode:
         self._campaign(pre=self.config.pre_vote, transfer=False)
 
     def propose(self, data: bytes) -> int:
-        """Append one entry with opaque `data` (leader only). Returns its index. Never blocks;
-        raises a ProposalError subclass when the entry cannot be taken."""
+        """Append one entry with opaque `data` (leader only). Returns its index; the entry is
+        the one proposed if the committed entry at that index has the term this node had when
+        proposing (a leader change may replace it before it commits). Never blocks; raises a
+        ProposalError subclass when the entry cannot be taken."""
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader)
         if self.lead_transferee != NONE:
@@ -408,7 +410,7 @@ class RaftNode:
         rd.snapshot = log.pending_snapshot
         rd.entries = list(log.unstable)
         if log.has_committed_entries():
-            committed = log.next_committed_entries()
+            committed = log.next_committed_entries(self.config.max_apply_bytes)
             rd.committed_entries = list(committed)
             log.applying = committed[-1].index
         hard_state = self._hard_state()

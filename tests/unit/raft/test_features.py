@@ -373,6 +373,35 @@ def test_commit_only_change_does_not_need_sync() -> None:
     follower.advance(rd)
 
 
+def test_committed_entries_per_ready_are_bounded() -> None:
+    """max_apply_bytes caps one Ready's committed_entries, so a node catching up applies in
+    bounded steps."""
+    cluster = Cluster((1, 2, 3), max_apply_bytes=25, max_entry_bytes=10)
+    cluster.elect(1)
+    cluster.cut = {3}
+    for i in range(6):
+        cluster.node(1).propose(b"%010d" % i)
+    cluster.stabilize()
+    cluster.cut = set()
+    cluster.node(1).tick()
+    applied_bytes_per_ready = []
+    for _ in range(100):
+        moved = False
+        for node_id in cluster.ids:
+            rd = cluster.hosts[node_id].handle_ready(cluster.send)
+            if rd is None:
+                continue
+            moved = True
+            if node_id == 3 and rd.committed_entries:
+                applied_bytes_per_ready.append(sum(len(e.data) for e in rd.committed_entries))
+        if not moved and not cluster.queue:
+            break
+        cluster.deliver()
+    assert cluster.hosts[3].applied == cluster.hosts[1].applied
+    assert max(applied_bytes_per_ready) <= 25
+    assert len(applied_bytes_per_ready) >= 3
+
+
 def test_entry_data_may_be_a_memoryview() -> None:
     """Entries' data is opaque: a memoryview over a storage buffer passes through uncopied."""
     cluster = Cluster((1, 2, 3))
