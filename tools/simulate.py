@@ -10,6 +10,7 @@ any violation was found.
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing
 import os
 import sys
@@ -17,12 +18,26 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.sim.simulator import SimResult, Simulation, replay_command  # noqa: E402
+from eventstream.raft import RaftNode  # noqa: E402
+from tests.sim.mutations import MUTATIONS  # noqa: E402
+from tests.sim.simulator import DEFAULT_FAULT_TICKS, SimResult, Simulation  # noqa: E402
 
 
-def run_seed(args: tuple[int, int | None, int]) -> SimResult:
-    seed, nodes, fault_ticks = args
-    return Simulation(seed, nodes=nodes, fault_ticks=fault_ticks).run()
+def run_seed(args: tuple[int, int | None, int, str | None]) -> SimResult:
+    seed, nodes, fault_ticks, mutation = args
+    node_class = MUTATIONS[mutation] if mutation else RaftNode
+    return Simulation(seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class).run()
+
+
+def replay_command(seed: int, args: argparse.Namespace) -> str:
+    command = f"python tools/simulate.py --seeds 1 --start {seed}"
+    if args.nodes:
+        command += f" --nodes {args.nodes}"
+    if args.fault_ticks != DEFAULT_FAULT_TICKS:
+        command += f" --fault-ticks {args.fault_ticks}"
+    if args.mutation:
+        command += f" --mutation {args.mutation}"
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +45,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1000, help="number of seeds to run")
     parser.add_argument("--start", type=int, default=0, help="first seed")
     parser.add_argument("--nodes", type=int, choices=(3, 5), default=None)
-    parser.add_argument("--fault-ticks", type=int, default=250, help="ticks of faults per seed")
+    parser.add_argument(
+        "--fault-ticks", type=int, default=DEFAULT_FAULT_TICKS, help="ticks of faults per seed"
+    )
+    parser.add_argument(
+        "--mutation",
+        choices=sorted(MUTATIONS),
+        default=None,
+        help="run a deliberately broken core (checks that the checker catches it)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--verbose", action="store_true", help="one line per seed")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1 or args.fault_ticks < 0:
         parser.error("--seeds and --jobs must be >= 1, --fault-ticks >= 0")
 
-    work = [(s, args.nodes, args.fault_ticks) for s in range(args.start, args.start + args.seeds)]
+    seeds = range(args.start, args.start + args.seeds)
+    work = [(s, args.nodes, args.fault_ticks, args.mutation) for s in seeds]
     started = time.perf_counter()
     schedules = steps = violations = 0
+    events: collections.Counter[str] = collections.Counter()
     slowest = (0, args.start)
     if args.jobs == 1:
         results = map(run_seed, work)
@@ -49,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         schedules += 1
         steps += result.steps
+        events.update(result.events)
         if result.recovery_ticks > slowest[0]:
             slowest = (result.recovery_ticks, result.seed)
         if args.verbose:
@@ -61,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             violations += len(result.violations)
             for line in result.violations:
                 print(f"VIOLATION seed {result.seed}: {line}")
-            print(f"  replay: {replay_command(result.seed, args.nodes)}")
+            print(f"  replay: {replay_command(result.seed, args)}")
     elapsed = time.perf_counter() - started
+    print("exercised: " + " ".join(f"{k}={v}" for k, v in sorted(events.items())))
     print(
         f"schedules={schedules} steps={steps} violations={violations} "
         f"slowest_recovery_ticks={slowest[0]} (seed {slowest[1]}) elapsed_s={elapsed:.1f}"

@@ -18,6 +18,7 @@ from eventstream.raft.messages import (
 )
 from eventstream.raft.node import (
     EntryTooLargeError,
+    MalformedMessageError,
     NotLeaderError,
     ProposalError,
     RaftNode,
@@ -43,6 +44,7 @@ __all__ = [
     "Entry",
     "EntryTooLargeError",
     "HardState",
+    "MalformedMessageError",
     "MemoryStorage",
     "Message",
     "MessageType",

@@ -31,6 +31,8 @@ class RaftConfig:
     max_entry_bytes: int = 4 << 20
     # Proposals are refused while the leader's uncommitted tail holds more than this.
     max_uncommitted_bytes: int = 64 << 20
+    # Upper bound on the entry bytes of one Ready's committed_entries (one entry may exceed it).
+    max_apply_bytes: int = 64 << 20
     # Size of one InstallSnapshot chunk.
     snapshot_chunk_bytes: int = 1 << 20
     pre_vote: bool = True
@@ -61,6 +63,7 @@ class RaftConfig:
             "max_append_bytes",
             "max_entry_bytes",
             "max_uncommitted_bytes",
+            "max_apply_bytes",
             "snapshot_chunk_bytes",
         ):
             if getattr(self, name) < 1:

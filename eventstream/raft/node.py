@@ -76,6 +76,11 @@ class NotLeaderError(ProposalError):
         self.leader = leader
 
 
+class MalformedMessageError(ValueError):
+    """A peer message that violates the protocol's shape (wrong recipient, entries that do not
+    follow prevLogIndex). The transport should drop the connection that produced it."""
+
+
 class EntryTooLargeError(ProposalError):
     pass
 
@@ -181,6 +186,7 @@ class RaftNode:
         "_compact_index",
         "_prev_hard_state",
         "_ready_out",
+        "_append_pending",
     )
 
     def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
@@ -217,6 +223,7 @@ class RaftNode:
         self._compact_index = 0
         self._prev_hard_state = hard_state
         self._ready_out = False
+        self._append_pending = False
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API
@@ -241,8 +248,10 @@ class RaftNode:
         self._campaign(pre=self.config.pre_vote, transfer=False)
 
     def propose(self, data: bytes) -> int:
-        """Append one entry with opaque `data` (leader only). Returns its index. Never blocks;
-        raises a ProposalError subclass when the entry cannot be taken."""
+        """Append one entry with opaque `data` (leader only). Returns its index; the entry is
+        the one proposed if the committed entry at that index has the term this node had when
+        proposing (a leader change may replace it before it commits). Never blocks; raises a
+        ProposalError subclass when the entry cannot be taken."""
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader)
         if self.lead_transferee != NONE:
@@ -263,7 +272,10 @@ class RaftNode:
                 f"max_uncommitted_bytes={self.config.max_uncommitted_bytes}"
             )
         index = self._append_entry(data)
-        self._bcast_append()
+        # Replication of proposals waits for the next ready(), so that many proposals made
+        # between two Readies travel in one AppendEntries per follower (batching, not
+        # reacting per entry).
+        self._append_pending = True
         return index
 
     def read_index(self, context: bytes) -> None:
@@ -303,7 +315,17 @@ class RaftNode:
         self._compact_index = max(self._compact_index, index)
 
     def step(self, m: Message) -> None:
-        """Handle a message from a peer."""
+        """Handle a message from a peer. Raises MalformedMessageError, changing nothing, for a
+        message that cannot have come from a correct peer."""
+        if m.to != self.id:
+            raise MalformedMessageError(f"message for node {m.to} delivered to node {self.id}")
+        if m.entries:
+            first, last = m.entries[0].index, m.entries[-1].index
+            if first != m.index + 1 or last != m.index + len(m.entries):
+                raise MalformedMessageError(
+                    f"{m.type.name} from {m.sender}: entries {first}..{last} do not follow "
+                    f"prevLogIndex {m.index} contiguously"
+                )
         if m.term > self.term:
             if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
                 in_lease = (
@@ -346,7 +368,8 @@ class RaftNode:
 
     def has_ready(self) -> bool:
         return bool(
-            self._messages
+            self._append_pending
+            or self._messages
             or self._persisted_messages
             or self._chunks
             or self._read_states
@@ -363,6 +386,12 @@ class RaftNode:
         if self._ready_out:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
         self._ready_out = True
+        if self._append_pending:
+            self._append_pending = False
+            if self.role == Role.LEADER:
+                for peer in self.progress:
+                    if peer != self.id:
+                        self._send_append(peer, send_empty=False)
         log = self.log
         rd = Ready(
             messages=self._messages,
@@ -381,7 +410,7 @@ class RaftNode:
         rd.snapshot = log.pending_snapshot
         rd.entries = list(log.unstable)
         if log.has_committed_entries():
-            committed = log.next_committed_entries()
+            committed = log.next_committed_entries(self.config.max_apply_bytes)
             rd.committed_entries = list(committed)
             log.applying = committed[-1].index
         hard_state = self._hard_state()
@@ -964,6 +993,7 @@ class RaftNode:
 
 __all__ = [
     "EntryTooLargeError",
+    "MalformedMessageError",
     "NotLeaderError",
     "ProposalError",
     "RaftNode",

@@ -5,7 +5,8 @@ The core only reads storage. The host writes it while processing a Ready (see no
 everything a Storage returns is durable: entries, hard state, snapshot.
 
 Mapping onto the durable log (storage engineer's SegmentLog):
-    entries(lo, hi, max_bytes)  -> SegmentLog.entries(lo, hi, max_bytes)
+    entries(lo, hi, max_bytes)  -> list(map(Entry._make, SegmentLog.entries(lo, hi, max_bytes)))
+                                   (the core reads .index/.term/.data and needs len())
     term(i)                     -> SegmentLog.term(i), or the snapshot's term at its index
     first_index / last_index    -> SegmentLog.first_index / last_index (snapshot index + 1 / + 0
                                    when the log is empty)

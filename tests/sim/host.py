@@ -173,6 +173,13 @@ class MemoryHost:
         for m in rd.persisted_messages:
             send(m)
         self.apply(rd)
+        self.finish(rd)
+        return rd
+
+    def finish(self, rd: Ready) -> None:
+        """The last steps of a Ready: compaction, advance, and a compaction request for the
+        snapshot taken while applying (the node accepts it only after advance)."""
+        node = self.node
         if rd.compact_index:
             self.storage.compact(rd.compact_index)
         node.advance(rd)
@@ -180,4 +187,3 @@ class MemoryHost:
             if self.compact_wanted >= node.log.first_index():
                 node.compact(self.compact_wanted)
             self.compact_wanted = 0
-        return rd

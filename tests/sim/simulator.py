@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 from eventstream.raft import (
@@ -50,6 +51,7 @@ from eventstream.raft.storage import MemoryStorage, StorageError
 from tests.sim.host import MemoryHost
 
 LIVENESS_BUDGET_TICKS = 400
+DEFAULT_FAULT_TICKS = 400
 ELECTION_TICKS = 10
 
 
@@ -116,6 +118,8 @@ class SimResult:
     committed: int
     elections: int
     violations: list[str] = field(default_factory=list)
+    # How often each fault and feature was exercised (crash, drop, snapshot_install, ...).
+    events: Counter[str] = field(default_factory=Counter)
 
 
 class Simulation:
@@ -125,7 +129,7 @@ class Simulation:
         self,
         seed: int,
         nodes: int | None = None,
-        fault_ticks: int = 250,
+        fault_ticks: int = DEFAULT_FAULT_TICKS,
         node_class: type[RaftNode] = RaftNode,
     ) -> None:
         self.seed = seed
@@ -171,6 +175,7 @@ class Simulation:
         self.max_applied = 0
         self.reads_required: dict[bytes, int] = {}
         self.violations: list[str] = []
+        self.events: Counter[str] = Counter()
 
     def _node_seed(self) -> int:
         return self.rng.getrandbits(32)
@@ -195,6 +200,7 @@ class Simulation:
             )
 
     def _on_restore(self, host: MemoryHost, meta: SnapshotMeta, digest: int) -> None:
+        self.events["snapshot_install"] += 1
         seen = self.applied_at.get(meta.index)
         if seen is not None and (seen[0] != meta.term or seen[2] != digest):
             self._violate(
@@ -275,8 +281,11 @@ class Simulation:
         rates = self.rates
         if self.faults_on:
             if rates.drop and rng.random() < rates.drop:
+                self.events["drop"] += 1
                 return
             copies = 2 if rates.duplicate and rng.random() < rates.duplicate else 1
+            if copies == 2:
+                self.events["duplicate"] += 1
             max_delay = rates.max_delay
         else:
             copies = 1
@@ -293,6 +302,7 @@ class Simulation:
             if m.to in self.down:
                 continue
             if (m.sender, m.to) in self.blocked:
+                self.events["partitioned"] += 1
                 continue
             host = hosts[m.to]
             self.steps += 1
@@ -315,6 +325,7 @@ class Simulation:
             and self.rng.random() < self.rates.crash_in_ready
         ):
             # Crash with this Ready's writes not yet durable: they are lost.
+            self.events["crash_in_ready"] += 1
             self._crash(host.node_id)
             return
         self._check_persist(host, rd.entries, rd.snapshot)
@@ -325,16 +336,13 @@ class Simulation:
         if rd.read_states:
             self._check_reads(host)
         if rd.compact_index:
-            host.storage.compact(rd.compact_index)
-        node.advance(rd)
-        if host.compact_wanted:
-            if host.compact_wanted >= node.log.first_index():
-                node.compact(host.compact_wanted)
-            host.compact_wanted = 0
+            self.events["compact"] += 1
+        host.finish(rd)
         self._check_leader(host)
 
     def _check_reads(self, host: MemoryHost) -> None:
         for state in host.read_states:
+            self.events["read_served"] += 1
             required = self.reads_required.pop(state.context, None)
             if required is not None and state.index < required:
                 self._violate(
@@ -360,8 +368,10 @@ class Simulation:
         if rates.crash and rng.random() < rates.crash:
             live = [i for i in self.ids if i not in self.down]
             if live:
+                self.events["crash"] += 1
                 self._crash(rng.choice(live))
         if rates.partition and rng.random() < rates.partition:
+            self.events["partition_change"] += 1
             shape = rng.random()
             if shape < 0.4:
                 self.blocked = set()
@@ -393,6 +403,7 @@ class Simulation:
             if leader is not None:
                 target = rng.choice([i for i in self.ids if i != leader.id])
                 leader.transfer_leadership(target)
+                self.events["transfer"] += 1
 
     def _live_leader(self) -> RaftNode | None:
         best = None
@@ -420,7 +431,9 @@ class Simulation:
         host = self.hosts[guess]
         try:
             index = host.node.propose(data)
+            self.events["proposal_accepted"] += 1
         except ProposalError as error:
+            self.events["proposal_refused"] += 1
             hint = getattr(error, "leader", 0)
             self.leader_guess = hint if hint else self.rng.choice(self.ids)
             return 0
@@ -510,9 +523,5 @@ class Simulation:
             committed=self.max_applied,
             elections=len(self.leader_of_term),
             violations=self.violations,
+            events=self.events,
         )
-
-
-def replay_command(seed: int, nodes: int | None) -> str:
-    nodes_flag = f" --nodes {nodes}" if nodes else ""
-    return f"python tools/simulate.py --seeds 1 --start {seed}{nodes_flag}"

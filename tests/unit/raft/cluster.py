@@ -27,6 +27,7 @@ class Cluster:
         self,
         ids: Iterable[int],
         storages: dict[int, MemoryStorage] | None = None,
+        node_class: type[RaftNode] = RaftNode,
         **config: object,
     ) -> None:
         self.ids = tuple(ids)
@@ -35,7 +36,8 @@ class Cluster:
         storages = storages or {}
         for node_id in self.ids:
             cfg = RaftConfig(id=node_id, voters=self.ids, **config)  # type: ignore[arg-type]
-            self.hosts[node_id] = MemoryHost(cfg, storages.get(node_id) or MemoryStorage(), node_id)
+            storage = storages.get(node_id) or MemoryStorage()
+            self.hosts[node_id] = MemoryHost(cfg, storage, node_id, node_class)
         self.queue: list[Message] = []
         self.cut: set[int] = set()
         self.delivered: list[Message] = []

@@ -346,29 +346,46 @@ def test_leader_counts_itself_only_after_its_write_is_durable() -> None:
 # ---------------------------------------------------------------- Figure 8 commitment rule
 
 
+def _figure_8_cluster(node_class: type[RaftNode] = RaftNode) -> Cluster:
+    storages = {
+        1: storage_with_terms([1, 2], term=2),
+        2: storage_with_terms([1], term=2),
+        3: storage_with_terms([1], term=2),
+    }
+    return Cluster(
+        (1, 2, 3), storages=storages, node_class=node_class, check_quorum=False, max_append_bytes=1
+    )
+
+
+def _lose_noop_acks(m: Message) -> bool:
+    return not (m.type == MT.APPEND_RESPONSE and m.index >= 3)
+
+
 def test_figure_8_old_term_entry_not_committed_by_count() -> None:
     """§5.4.2, Figure 8: "Raft never commits log entries from previous terms by counting
     replicas. Only log entries from the leader's current term are committed by counting
     replicas; once an entry from the current term has been committed in this way, then all
     prior entries are committed indirectly". Here the old-term entry 2:2 reaches a majority
     while the acknowledgements of the new leader's no-op are lost."""
-    storages = {
-        1: storage_with_terms([1, 2], term=2),
-        2: storage_with_terms([1], term=2),
-        3: storage_with_terms([1], term=2),
-    }
-    cluster = Cluster((1, 2, 3), storages=storages, check_quorum=False, max_append_bytes=1)
+    cluster = _figure_8_cluster()
     leader = cluster.node(1)
     leader.campaign()
-
-    def lose_noop_acks(m: Message) -> bool:
-        return not (m.type == MT.APPEND_RESPONSE and m.index >= 3)
-
-    cluster.stabilize(keep=lose_noop_acks)
+    cluster.stabilize(keep=_lose_noop_acks)
     assert leader.role == Role.LEADER and leader.term == 3
     assert leader.progress[2].match == 2 and leader.progress[3].match == 2
     assert leader.log.committed == 0, "2:2 is on a majority but is not of the current term"
     leader.tick()
     cluster.stabilize()
     assert leader.log.committed == 3
-    assert [e.term for e in storages[2].entries(1, 4)] == [1, 2, 3]
+    assert [e.term for e in cluster.hosts[2].storage.entries(1, 4)] == [1, 2, 3]
+
+
+def test_figure_8_test_catches_the_mutation() -> None:
+    """The test above can fail: a core that counts old-term replicas commits 2:2 early."""
+    from tests.sim.mutations import OldTermCommit
+
+    cluster = _figure_8_cluster(OldTermCommit)
+    leader = cluster.node(1)
+    leader.campaign()
+    cluster.stabilize(keep=_lose_noop_acks)
+    assert leader.log.committed == 2

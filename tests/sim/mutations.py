@@ -1,0 +1,55 @@
+"""Deliberately broken variants of RaftNode, each breaking one rule, for the mutation check of
+the simulator's checker: if the simulator cannot catch these, its green runs mean nothing."""
+
+from __future__ import annotations
+
+from eventstream.raft import Message, MessageType, RaftNode
+from eventstream.raft.log import RaftLog
+
+
+class OldTermCommit(RaftNode):
+    """Breaks Figure 8 / §5.4.2: commits an entry of an earlier term by counting replicas."""
+
+    __slots__ = ()
+
+    def _may_commit_at(self, index: int) -> bool:
+        return True
+
+
+class _AnyLogIsUpToDate(RaftLog):
+    __slots__ = ()
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        return True
+
+
+class VoteIgnoresLog(RaftNode):
+    """Breaks §5.4.1: grants votes without comparing logs."""
+
+    __slots__ = ()
+
+    def _handle_vote_request(self, m: Message) -> None:
+        self.log.__class__ = _AnyLogIsUpToDate
+        try:
+            super()._handle_vote_request(m)
+        finally:
+            self.log.__class__ = RaftLog
+
+
+class VoteTwice(RaftNode):
+    """Breaks §5.2: forgets its vote, so it may vote for two candidates in one term."""
+
+    __slots__ = ()
+
+    def _handle_vote_request(self, m: Message) -> None:
+        if m.type == MessageType.VOTE and m.term == self.term:
+            self.vote = 0
+            self.leader = 0
+        super()._handle_vote_request(m)
+
+
+MUTATIONS: dict[str, type[RaftNode]] = {
+    "old-term-commit": OldTermCommit,
+    "vote-ignores-log": VoteIgnoresLog,
+    "vote-twice": VoteTwice,
+}

@@ -1,0 +1,433 @@
+"""Protocol features beyond the core paper: pre-vote, check-quorum, ReadIndex, snapshots,
+leadership transfer, bounded proposals, and the Ready ordering contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventstream.raft import (
+    NONE,
+    Entry,
+    EntryTooLargeError,
+    MalformedMessageError,
+    Message,
+    MessageType,
+    NotLeaderError,
+    Role,
+    TransferInProgressError,
+    UncommittedLimitError,
+)
+from eventstream.raft.progress import ProgressState
+from tests.unit.raft.cluster import Cluster
+
+MT = MessageType
+
+
+def tick_until(cluster: Cluster, node_id: int, ticks: int) -> None:
+    for _ in range(ticks):
+        cluster.node(node_id).tick()
+        cluster.stabilize()
+
+
+# ---------------------------------------------------------------- pre-vote and check-quorum
+
+
+def test_prevote_keeps_rejoining_node_from_disrupting_leader() -> None:
+    """Thesis §9.6: a node partitioned away keeps timing out; with pre-vote it never bumps its
+    term, so when it rejoins the healthy leader keeps its term and leadership."""
+    cluster = Cluster((1, 2, 3), pre_vote=True, check_quorum=True)
+    cluster.elect(1)
+    term = cluster.node(1).term
+    cluster.cut = {3}
+    for _ in range(100):
+        cluster.node(3).tick()
+        cluster.stabilize()
+    assert cluster.node(3).term == term
+    cluster.cut = set()
+    cluster.node(1).tick()
+    cluster.stabilize()
+    assert cluster.node(1).role == Role.LEADER
+    assert cluster.node(1).term == term
+
+
+def test_without_prevote_rejoining_node_bumps_term() -> None:
+    """The counterpart of the test above, showing what pre-vote prevents: without it the
+    isolated node's term grows and its return deposes the leader."""
+    cluster = Cluster((1, 2, 3), pre_vote=False, check_quorum=False)
+    cluster.elect(1)
+    term = cluster.node(1).term
+    cluster.cut = {3}
+    for _ in range(100):
+        cluster.node(3).tick()
+        cluster.stabilize()
+    assert cluster.node(3).term > term
+    cluster.cut = set()
+    # Its next election timeout reaches the cluster with the inflated term.
+    for _ in range(2 * cluster.node(3).config.election_ticks):
+        cluster.node(3).tick()
+        cluster.stabilize()
+    assert cluster.node(1).term > term
+
+
+def test_check_quorum_leader_steps_down_when_isolated() -> None:
+    """Thesis §6.2: "a leader steps down if an election timeout elapses without a successful
+    round of heartbeats to a majority of its cluster"."""
+    cluster = Cluster((1, 2, 3), check_quorum=True)
+    cluster.elect(1)
+    cluster.cut = {1}
+    leader = cluster.node(1)
+    for _ in range(2 * leader.config.election_ticks):
+        leader.tick()
+        cluster.stabilize()
+    assert leader.role == Role.FOLLOWER
+    assert leader.leader == NONE
+
+
+def test_lease_ignores_vote_requests_while_leader_is_alive() -> None:
+    """Thesis §4.2.3: a server that heard from the leader within the election timeout ignores
+    RequestVote, so a node with a higher term cannot disrupt a working cluster."""
+    cluster = Cluster((1, 2, 3), pre_vote=False, check_quorum=True)
+    cluster.elect(1)
+    term = cluster.node(1).term
+    # Node 3 campaigns with a higher term without waiting for a timeout.
+    cluster.node(3).campaign()
+    cluster.stabilize()
+    assert cluster.node(3).term == term + 1
+    assert cluster.node(1).role == Role.LEADER and cluster.node(1).term == term
+    assert cluster.node(2).term == term and cluster.node(2).vote == 1
+
+
+# ---------------------------------------------------------------- ReadIndex
+
+
+def test_read_index_on_leader_needs_heartbeat_quorum() -> None:
+    """Thesis §6.4: the leader records its commit index, confirms it is still leader with a
+    round of heartbeats to a majority, then the read is served at that index."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    index = cluster.node(1).propose(b"w")
+    cluster.stabilize()
+    cluster.node(1).read_index(b"ctx")
+    cluster.cut = {2, 3}
+    cluster.stabilize()
+    assert cluster.hosts[1].read_states == []
+    cluster.cut = set()
+    cluster.node(1).read_index(b"ctx2")
+    cluster.stabilize()
+    assert [(r.index, r.context) for r in cluster.hosts[1].read_states] == [
+        (index, b"ctx"),
+        (index, b"ctx2"),
+    ]
+
+
+def test_read_index_forwarded_from_follower() -> None:
+    """Thesis §6.4: a follower asks the leader for its read index and serves the read locally
+    once it has applied that far."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    index = cluster.node(1).propose(b"w")
+    cluster.stabilize()
+    cluster.node(2).read_index(b"f")
+    cluster.stabilize()
+    (state,) = cluster.hosts[2].read_states
+    assert state.context == b"f" and state.index == index
+    assert cluster.hosts[2].applied >= state.index
+
+
+def test_read_index_waits_for_first_commit_of_term() -> None:
+    """§8: a new leader does not know the commit index until its no-op commits; reads wait."""
+    cluster = Cluster((1, 2, 3))
+    cluster.node(1).campaign()
+    cluster.stabilize(keep=lambda m: m.type != MT.APPEND_RESPONSE)
+    leader = cluster.node(1)
+    assert leader.role == Role.LEADER
+    leader.read_index(b"early")
+    cluster.stabilize(keep=lambda m: m.type != MT.APPEND_RESPONSE)
+    assert cluster.hosts[1].read_states == []
+    leader.tick()
+    cluster.stabilize()
+    assert [r.context for r in cluster.hosts[1].read_states] == [b"early"]
+
+
+def test_read_index_without_leader_raises() -> None:
+    cluster = Cluster((1, 2, 3))
+    with pytest.raises(NotLeaderError):
+        cluster.node(2).read_index(b"x")
+
+
+def test_reads_dropped_on_leadership_loss_are_reported() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.cut = {2, 3}
+    leader = cluster.node(1)
+    leader.read_index(b"lost")
+    for _ in range(2 * leader.config.election_ticks):
+        leader.tick()
+    rd = leader.ready()
+    assert leader.role == Role.FOLLOWER
+    assert rd.dropped_reads == [b"lost"]
+    leader.advance(rd)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def test_lagging_follower_catches_up_by_chunked_snapshot() -> None:
+    """§7: "the leader must occasionally send snapshots to followers that lag behind ... when
+    the leader has already discarded the next log entry that it needs to send"; the snapshot
+    travels in chunks (Figure 13 InstallSnapshot: offset, data, done)."""
+    cluster = Cluster((1, 2, 3), snapshot_chunk_bytes=50)
+    cluster.elect(1)
+    cluster.cut = {3}
+    leader_host = cluster.hosts[1]
+    for i in range(10):
+        cluster.node(1).propose(b"v%d" % i)
+        cluster.stabilize()
+    leader_host.take_snapshot()
+    cluster.stabilize()
+    applied = leader_host.applied
+    cluster.node(1).compact(applied)
+    cluster.stabilize()
+    assert leader_host.storage.first_index() == applied + 1
+    cluster.cut = set()
+    cluster.delivered.clear()
+    cluster.node(1).tick()
+    cluster.stabilize()
+    chunks = [m for m in cluster.delivered if m.type == MT.SNAPSHOT]
+    assert len(chunks) >= 4, "the 200+ byte image must travel in 50-byte chunks"
+    assert chunks[-1].done and not any(m.done for m in chunks[:-1])
+    follower = cluster.hosts[3]
+    assert follower.applied == applied
+    assert follower.digest == leader_host.digest
+    assert follower.storage.first_index() == applied + 1
+    # Replication continues normally after the snapshot.
+    index = cluster.node(1).propose(b"after")
+    cluster.stabilize()
+    assert follower.applied == index
+    assert cluster.node(1).progress[3].state == ProgressState.REPLICATE
+
+
+def test_snapshot_chunk_lost_is_resent() -> None:
+    cluster = Cluster((1, 2, 3), snapshot_chunk_bytes=50)
+    cluster.elect(1)
+    cluster.cut = {3}
+    for i in range(5):
+        cluster.node(1).propose(b"v%d" % i)
+        cluster.stabilize()
+    cluster.hosts[1].take_snapshot()
+    cluster.stabilize()
+    cluster.node(1).compact(cluster.hosts[1].applied)
+    cluster.stabilize()
+    cluster.cut = set()
+    dropped = []
+
+    def drop_second_chunk(m):
+        if m.type == MT.SNAPSHOT and m.offset == 50 and not dropped:
+            dropped.append(m)
+            return False
+        return True
+
+    cluster.node(1).tick()
+    cluster.stabilize(keep=drop_second_chunk)
+    assert dropped
+    assert cluster.hosts[3].applied < cluster.hosts[1].applied
+    for _ in range(3):
+        cluster.node(1).tick()
+        cluster.stabilize()
+    assert cluster.hosts[3].applied == cluster.hosts[1].applied
+
+
+def test_compact_beyond_applied_is_refused() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    with pytest.raises(ValueError, match="applied"):
+        cluster.node(1).compact(cluster.hosts[1].applied + 1)
+
+
+# ---------------------------------------------------------------- leadership transfer
+
+
+def test_leadership_transfer_catches_up_target_then_hands_over() -> None:
+    """Thesis §3.10: the leader stops accepting proposals, brings the target's log up to date,
+    then sends TimeoutNow; the target starts an election at once and wins."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.cut = {3}
+    index = cluster.node(1).propose(b"x")
+    cluster.stabilize()
+    cluster.cut = set()
+    leader = cluster.node(1)
+    leader.transfer_leadership(3)
+    with pytest.raises(TransferInProgressError):
+        leader.propose(b"y")
+    cluster.stabilize()
+    leader.tick()
+    cluster.stabilize()
+    assert cluster.node(3).role == Role.LEADER
+    assert leader.role == Role.FOLLOWER
+    assert cluster.hosts[3].applied >= index
+    assert cluster.count(MT.TIMEOUT_NOW, sender=1) == 1
+
+
+def test_transfer_abandoned_after_election_timeout() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.cut = {3}
+    leader = cluster.node(1)
+    leader.transfer_leadership(3)
+    tick_until(cluster, 1, leader.config.election_ticks)
+    # Node 2 still answers, so the leader keeps its role; the transfer is given up.
+    assert leader.role == Role.LEADER
+    assert leader.lead_transferee == NONE
+    leader.propose(b"accepted again")
+
+
+def test_transfer_to_non_voter_is_refused() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    with pytest.raises(ValueError):
+        cluster.node(1).transfer_leadership(9)
+    with pytest.raises(NotLeaderError):
+        cluster.node(2).transfer_leadership(3)
+
+
+# ---------------------------------------------------------------- bounded proposals
+
+
+def test_propose_on_follower_names_the_leader() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    with pytest.raises(NotLeaderError) as info:
+        cluster.node(2).propose(b"x")
+    assert info.value.leader == 1
+    assert "node 1" in str(info.value)
+
+
+def test_propose_too_large_entry() -> None:
+    cluster = Cluster((1, 2, 3), max_entry_bytes=10, max_uncommitted_bytes=30)
+    cluster.elect(1)
+    with pytest.raises(EntryTooLargeError):
+        cluster.node(1).propose(b"x" * 11)
+    assert cluster.node(1).log.last_index() == 1
+
+
+def test_uncommitted_tail_is_bounded_and_frees_on_commit() -> None:
+    cluster = Cluster((1, 2, 3), max_entry_bytes=10, max_uncommitted_bytes=30)
+    cluster.elect(1)
+    cluster.cut = {2, 3}
+    leader = cluster.node(1)
+    for _ in range(3):
+        leader.propose(b"x" * 10)
+    last = leader.log.last_index()
+    with pytest.raises(UncommittedLimitError):
+        leader.propose(b"y")
+    assert leader.log.last_index() == last, "a refused proposal appends nothing"
+    cluster.cut = set()
+    leader.tick()
+    cluster.stabilize()
+    assert leader.log.committed == last
+    leader.propose(b"y")
+
+
+# ---------------------------------------------------------------- Ready contract
+
+
+def test_leader_sends_appends_before_its_own_write() -> None:
+    """Thesis §10.2.1: the leader's AppendEntries go in Ready.messages (send now) while
+    followers' acknowledgements wait in persisted_messages."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.node(1).propose(b"x")
+    rd = cluster.node(1).ready()
+    assert rd.entries and rd.must_sync
+    assert {m.type for m in rd.messages} == {MT.APPEND}
+    assert not rd.persisted_messages
+    cluster.hosts[1].persist(rd)
+    cluster.node(1).advance(rd)
+    for m in rd.messages:
+        cluster.node(m.to).step(m)
+    follower_rd = cluster.node(2).ready()
+    assert not follower_rd.messages
+    assert [m.type for m in follower_rd.persisted_messages] == [MT.APPEND_RESPONSE]
+    cluster.node(2).advance(follower_rd)
+
+
+def test_commit_only_change_does_not_need_sync() -> None:
+    """Ready.must_sync is False when only the commit index moved: losing it in a crash is
+    harmless, so the host may skip the fdatasync."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.node(1).propose(b"x")
+    # Lose the empty appends that would tell followers about the new commit index.
+    cluster.stabilize(keep=lambda m: not (m.type == MT.APPEND and not m.entries))
+    leader = cluster.node(1)
+    follower = cluster.node(2)
+    assert follower.log.committed < leader.log.committed
+    leader.tick()
+    for m in leader.ready().messages:
+        if m.to == 2:
+            follower.step(m)
+    rd = follower.ready()
+    assert rd.hard_state is not None and rd.hard_state.commit == leader.log.committed
+    assert not rd.entries and not rd.must_sync
+    follower.advance(rd)
+
+
+def test_committed_entries_per_ready_are_bounded() -> None:
+    """max_apply_bytes caps one Ready's committed_entries, so a node catching up applies in
+    bounded steps."""
+    cluster = Cluster((1, 2, 3), max_apply_bytes=25, max_entry_bytes=10)
+    cluster.elect(1)
+    cluster.cut = {3}
+    for i in range(6):
+        cluster.node(1).propose(b"%010d" % i)
+    cluster.stabilize()
+    cluster.cut = set()
+    cluster.node(1).tick()
+    applied_bytes_per_ready = []
+    for _ in range(100):
+        moved = False
+        for node_id in cluster.ids:
+            rd = cluster.hosts[node_id].handle_ready(cluster.send)
+            if rd is None:
+                continue
+            moved = True
+            if node_id == 3 and rd.committed_entries:
+                applied_bytes_per_ready.append(sum(len(e.data) for e in rd.committed_entries))
+        if not moved and not cluster.queue:
+            break
+        cluster.deliver()
+    assert cluster.hosts[3].applied == cluster.hosts[1].applied
+    assert max(applied_bytes_per_ready) <= 25
+    assert len(applied_bytes_per_ready) >= 3
+
+
+def test_entry_data_may_be_a_memoryview() -> None:
+    """Entries' data is opaque: a memoryview over a storage buffer passes through uncopied."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    buffer = bytearray(b"....payload....")
+    view = memoryview(buffer)[4:11]
+    index = cluster.node(1).propose(view)
+    cluster.stabilize()
+    assert all(h.applied == index for h in cluster.hosts.values())
+    stored = cluster.hosts[1].storage.entries(index, index + 1)[0].data
+    assert stored is view
+
+
+def test_malformed_messages_are_refused_without_change() -> None:
+    cluster = Cluster((1, 2, 3))
+    node = cluster.node(2)
+    with pytest.raises(MalformedMessageError, match="delivered to node 2"):
+        node.step(Message(MT.APPEND, 3, 1, 1))
+    gap = Message(MT.APPEND, 2, 1, 1, index=0, log_term=0, entries=[Entry(5, 1, b"x")])
+    with pytest.raises(MalformedMessageError, match="contiguously"):
+        node.step(gap)
+    assert node.term == 0 and node.log.last_index() == 0
+
+
+def test_ready_twice_without_advance_is_an_error() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.node(1).ready()
+    with pytest.raises(RuntimeError):
+        cluster.node(1).ready()
