@@ -120,6 +120,13 @@ class StateMachine:
         except (MalformedCommandError, ConfigError, ValueError) as e:
             self._stopped = f"entry {index} (term {term}) is corrupt or from another version: {e}"
             raise ApplyStoppedError(self._stopped) from e
+        except (OSError, MemoryError, StateError) as e:
+            # Part of the entry may be applied: only a rebuild (open: newest snapshot, then the
+            # log replayed) gives a state that is known to be right.
+            self._stopped = (
+                f"entry {index} (term {term}) failed half-applied, reopen to rebuild: {e!r}"
+            )
+            raise ApplyStoppedError(self._stopped) from e
         self.applied_index = index
         self.applied_term = term
         return result

@@ -24,6 +24,7 @@ from __future__ import annotations
 import mmap
 import os
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -41,6 +42,9 @@ from eventstream.state.errors import OffsetRangeError, SnapshotError, StateError
 SEGMENT_SUFFIX = ".qseg"
 READ_EVENTS_MAX = 100_000
 READ_BYTES_MAX = 64 << 20
+# Active segment files kept open for appends; the least recently appended queue's file is closed
+# past this, so 65,536 queues never need 65,536 descriptors.
+OPEN_SEGMENTS_MAX = 256
 
 
 class StoredEvent(NamedTuple):
@@ -223,6 +227,7 @@ class QueueStore:
     def __init__(self, root: str) -> None:
         self.root = root
         self.logs: dict[int, QueueLog] = {}
+        self._appended_recently: OrderedDict[int, QueueLog] = OrderedDict()
         # Next offset per queue number, shared with the native apply loop (updated in place).
         self.next_offsets = array("q")
 
@@ -266,11 +271,19 @@ class QueueStore:
                     f"assigned through {self.next_offsets[queue]}"
                 )
             log.enforce_retention(*retention_limits(config, queue))
+            self._note_open(queue, log)
         return (
             memoryview(statuses),
             memoryview(queues).cast("i"),
             memoryview(offsets).cast("q"),
         )
+
+    def _note_open(self, queue: int, log: QueueLog) -> None:
+        self._appended_recently[queue] = log
+        self._appended_recently.move_to_end(queue)
+        while len(self._appended_recently) > OPEN_SEGMENTS_MAX:
+            _, idle = self._appended_recently.popitem(last=False)
+            idle.close()
 
     def enforce_retention_all(self, config: Mapping[str, Any]) -> None:
         for queue, log in self.logs.items():

@@ -30,6 +30,7 @@ from eventstream.state import (
     encode_set_event,
     validate_config,
 )
+from eventstream.state import queues as queues_module
 from eventstream.storage.codec import Event
 
 
@@ -346,3 +347,33 @@ def test_snapshot_write_runs_while_apply_goes_on(tmp_path: Any) -> None:
     target = open_machine(tmp_path, "target")
     target.restore(done[0])
     assert target.applied_index == 40 and target.digest() == digest_at_cut
+
+
+def test_open_segment_files_are_bounded(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(queues_module, "OPEN_SEGMENTS_MAX", 3)
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"queue_count": 20}))
+    for index in range(2, 6):
+        batch = [Event(None, None, q, index, b"q%d-%d" % (q, index)) for q in range(20)]
+        machine.apply(index, 1, encode_set_event(batch))
+    open_files = [log for log in machine.queues.logs.values() if log._active_fd is not None]
+    assert len(open_files) == 3
+    assert [e.payload for e in machine.read(0, 0)] == [b"q0-%d" % i for i in range(2, 6)]
+
+
+def test_disk_error_stops_apply_until_reopened(tmp_path: Any, monkeypatch: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_set_event(events(5)))
+
+    def disk_full(fd: int, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(queues_module.os, "write", disk_full)
+        with pytest.raises(ApplyStoppedError, match="entry 2 .*half-applied.*No space"):
+            machine.apply(2, 1, encode_set_event(events(5, start=5)))
+    with pytest.raises(ApplyStoppedError):
+        machine.apply(2, 1, b"")
+    machine.close()
+    reopened = open_machine(tmp_path)
+    assert reopened.applied_index == 0  # no snapshot yet: the node replays the log from 1
