@@ -9,7 +9,10 @@ Contract with the node:
     Returns an ApplyResult; for SET_EVENT it carries parallel per-event arrays (statuses,
     queues, offsets) rather than per-event objects. A bad entry raises ApplyStoppedError naming
     the index, and every later apply raises too.
-  * `read(queue, offset, limit, max_bytes)` reads one queue; `digest()` hashes the full state.
+  * `read(queue, offset, limit, max_bytes)` reads one queue; `digest()` hashes the full state
+    (it reads every retained byte: a consistency check to run now and then, not per entry).
+  * Not thread-safe, except that a SnapshotCut may be written on another thread while apply
+    goes on.
   * `snapshot()` = `begin_snapshot()` (short pause, between two applies) + `SnapshotCut.write()`
     (may run on another thread while apply goes on). After a snapshot at index i the node may
     compact the Raft log through i (storage's `compact_through`).
@@ -26,7 +29,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
@@ -192,12 +195,17 @@ class StateMachine:
 
     # ----- snapshots -----
 
-    def begin_snapshot(self) -> snapshots.SnapshotCut:
-        """Cut a snapshot at the applied index: hard links and one copy of the dedup entries."""
+    def begin_snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> snapshots.SnapshotCut:
+        """Cut a snapshot at the applied index: hard links and one copy of the dedup entries.
+
+        `raft_meta` is what the node must get back with the snapshot besides the state (the
+        membership at the last included index, Raft section 7); it is stored as given (JSON).
+        """
         manifest = {
             "format": snapshots.FORMAT_VERSION,
             "last_index": self.applied_index,
             "last_term": self.applied_term,
+            "raft": dict(raft_meta or {}),
             "config": self.config,
             "queue_slots": len(self.queues.next_offsets),
             "queues": self.queues.describe(),
@@ -205,11 +213,17 @@ class StateMachine:
         manifest = json.loads(json.dumps(manifest))  # a deep copy the writer may own
         return snapshots.cut(self.live_root, self.snapshots_root, manifest, self.dedup)
 
-    def snapshot(self) -> str:
+    def snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> str:
         """Take a complete snapshot now; returns its folder and prunes older ones."""
-        folder = self.begin_snapshot().write()
+        folder = self.begin_snapshot(raft_meta).write()
         self.prune_snapshots()
         return folder
+
+    @staticmethod
+    def snapshot_info(folder: str) -> tuple[int, int, dict[str, Any]]:
+        """(last included index, last included term, raft_meta) of a complete snapshot."""
+        manifest = snapshots.read_manifest(folder)
+        return manifest["last_index"], manifest["last_term"], manifest.get("raft", {})
 
     def prune_snapshots(self, keep: int = SNAPSHOTS_KEPT) -> None:
         for _, folder in snapshots.list_snapshots(self.snapshots_root)[:-keep]:

@@ -230,7 +230,8 @@ def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     for index, data in enumerate(command_stream(3, 40), start=1):
         machine.apply(index, 1, data)
-    folder = machine.snapshot()
+    folder = machine.snapshot({"voters": [1, 2, 3]})
+    assert StateMachine.snapshot_info(folder) == (40, 1, {"voters": [1, 2, 3]})
     manifest = json.loads((tmp_path / "sm" / "snapshots" / folder / "MANIFEST.json").read_text())
     segment = manifest["queues"][0]["segments"][0]
     assert os.stat(os.path.join(folder, segment["file"])).st_nlink == 2  # snapshot + live
