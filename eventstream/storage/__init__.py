@@ -8,11 +8,16 @@ from eventstream.storage.errors import (
     StorageError,
     UnavailableError,
 )
+from eventstream.storage.hard_state import HardState
+from eventstream.storage.segment_log import RecoveryCut, SegmentLog
 
 __all__ = [
     "CodecError",
     "CompactedError",
     "CorruptionError",
+    "HardState",
+    "RecoveryCut",
+    "SegmentLog",
     "StorageError",
     "UnavailableError",
     "crc32c",

@@ -1,0 +1,314 @@
+# distutils: sources = csrc/crc32c.c
+"""Native WAL kernels for eventstream.storage.segment_log: framing, segment scans, range reads.
+
+Every loop over records is here; SegmentLog (Python) calls each once per batch or per segment.
+Record layout: csrc/wal_format.h.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsUnsignedLongLong
+from cpython.ref cimport PyObject
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from byte_views cimport as_byte_view
+from wal_format_h cimport *
+
+
+cdef object _errors_module = None
+
+
+cdef object _error(str name, str message):
+    """The named exception from eventstream.storage.errors. Imported on first use because
+    eventstream.storage imports this module while the package initialises."""
+    global _errors_module
+    if _errors_module is None:
+        import eventstream.storage.errors as errors
+        _errors_module = errors
+    return getattr(_errors_module, name)(message)
+
+
+cdef extern from "Python.h":
+    PyObject *PyTuple_GET_ITEM(object t, Py_ssize_t i)
+
+
+WAL_VERSION = ESC_WAL_VERSION
+WAL_TYPE_ENTRY = ESC_WAL_TYPE_ENTRY
+WAL_HEADER_BYTES = ESC_WAL_HEADER_BYTES
+WAL_PAYLOAD_BYTES_MAX = ESC_WAL_PAYLOAD_BYTES_MAX
+
+# Every SPARSE_STRIDE-th record of a segment has its file offset in the in-memory index, so a
+# lookup is one array read plus at most SPARSE_STRIDE - 1 header hops.
+cdef enum:
+    _SPARSE_STRIDE = 64
+SPARSE_STRIDE = _SPARSE_STRIDE
+
+
+cdef struct _item:
+    const uint8_t *payload
+    size_t length
+    uint64_t index
+    uint64_t term
+
+
+cdef class PreparedRecords:
+    """A validated batch of records ready to be framed into one or more segments.
+
+    Validation covers the whole batch before any byte is framed, so a bad record anywhere
+    rejects the batch and nothing is written.
+    Invariant: items[i].index == first_index + i and items[i].term never decreases.
+    """
+
+    cdef _item *items
+    cdef readonly Py_ssize_t count
+    cdef readonly uint64_t first_index
+    cdef readonly uint64_t last_term
+    cdef readonly size_t payload_bytes
+    cdef readonly list term_starts
+    cdef object owners
+
+    def __cinit__(self):
+        self.items = NULL
+        self.count = 0
+
+    def __dealloc__(self):
+        free(self.items)
+
+    cdef int _allocate(self, Py_ssize_t count) except -1:
+        self.items = <_item *>malloc((count + 1) * sizeof(_item))
+        if self.items == NULL:
+            raise MemoryError()
+        self.count = count
+        return 0
+
+    cdef int _check_sequence(self, Py_ssize_t i, uint64_t prev_term) except -1:
+        """Index contiguity and non-decreasing terms (Raft paper 5.3, Log Matching)."""
+        cdef _item *item = &self.items[i]
+        cdef uint64_t expected = self.first_index + <uint64_t>i
+        cdef uint64_t before = self.items[i - 1].term if i > 0 else prev_term
+        if item.index != expected:
+            raise _error("StorageError",
+                f"record {i}: index {item.index} is not the next index {expected}"
+            )
+        if item.term < before:
+            raise _error("StorageError", f"record {i}: term {item.term} is below the previous term {before}")
+        if item.length > ESC_WAL_PAYLOAD_BYTES_MAX:
+            raise _error("StorageError",
+                f"record {i}: payload of {item.length} bytes above the limit "
+                f"{ESC_WAL_PAYLOAD_BYTES_MAX}"
+            )
+        if item.term != before:
+            self.term_starts.append((item.index, item.term))
+        self.payload_bytes += item.length
+        return 0
+
+    def frame(self, Py_ssize_t start, Py_ssize_t room_bytes, bint force_first,
+              uint64_t segment_records, uint64_t segment_offset):
+        """Frames records from `start` on while they fit in `room_bytes` (at least one when
+        `force_first`). Returns (framed bytes, records consumed, sparse offsets as u64 bytes)
+        where the sparse offsets are file offsets given the segment already holds
+        `segment_records` records in `segment_offset` bytes."""
+        cdef Py_ssize_t end = start
+        cdef size_t total = 0
+        cdef size_t size
+        cdef Py_ssize_t i, sparse_count = 0
+        if start < 0 or start > self.count:
+            raise IndexError("start outside the prepared records")
+        while end < self.count:
+            size = esc_wal_record_bytes(self.items[end].length)
+            if total + size > <size_t>room_bytes and not (end == start and force_first):
+                break
+            total += size
+            if (segment_records + <uint64_t>(end - start)) % _SPARSE_STRIDE == 0:
+                sparse_count += 1
+            end += 1
+        framed = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+        sparse = PyBytes_FromStringAndSize(NULL, sparse_count * sizeof(uint64_t))
+        cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(framed)
+        cdef uint64_t *sparse_out = <uint64_t *>PyBytes_AS_STRING(sparse)
+        cdef size_t offset = 0
+        cdef _item *item
+        sparse_count = 0
+        # Payload owners are held by self.owners, so the pointers stay valid without the GIL.
+        with nogil:
+            for i in range(start, end):
+                item = &self.items[i]
+                if (segment_records + <uint64_t>(i - start)) % _SPARSE_STRIDE == 0:
+                    sparse_out[sparse_count] = segment_offset + offset
+                    sparse_count += 1
+                if item.length:
+                    memcpy(out + offset + ESC_WAL_HEADER_BYTES, item.payload, item.length)
+                offset += esc_wal_seal_record(out + offset, ESC_WAL_TYPE_ENTRY,
+                                              <uint32_t>item.length, item.index, item.term)
+        return framed, end - start, sparse
+
+
+def prepare_records(records, uint64_t next_index, uint64_t prev_term):
+    """Validates (index, term, payload) tuples that must start at `next_index`."""
+    cdef list seq = records if type(records) is list else list(records)
+    cdef PreparedRecords prepared = PreparedRecords.__new__(PreparedRecords)
+    cdef Py_ssize_t i, count = len(seq)
+    cdef list owners = []
+    cdef _item *item
+    cdef object record, payload
+    prepared.first_index = next_index
+    prepared.term_starts = []
+    prepared.payload_bytes = 0
+    prepared._allocate(count)
+    for i in range(count):
+        record = seq[i]
+        if not PyTuple_Check(record) or PyTuple_GET_SIZE(record) != 3:
+            raise _error("StorageError", f"record {i}: expected an (index, term, payload) tuple")
+        item = &prepared.items[i]
+        try:
+            item.index = PyLong_AsUnsignedLongLong(<object>PyTuple_GET_ITEM(record, 0))
+            item.term = PyLong_AsUnsignedLongLong(<object>PyTuple_GET_ITEM(record, 1))
+        except (TypeError, OverflowError):
+            raise _error("StorageError", f"record {i}: index and term must be ints in [0, 2**64)") from None
+        payload = <object>PyTuple_GET_ITEM(record, 2)
+        if not PyBytes_CheckExact(payload):
+            try:
+                payload = bytes(memoryview(payload))
+            except TypeError:
+                raise _error("StorageError",
+                    f"record {i}: payload must be bytes-like, not {type(payload).__name__}"
+                ) from None
+            owners.append(payload)
+        item.payload = <const uint8_t *>PyBytes_AS_STRING(payload)
+        item.length = PyBytes_GET_SIZE(payload)
+        prepared._check_sequence(i, prev_term)
+    prepared.owners = [seq, owners]
+    prepared.last_term = prepared.items[count - 1].term if count else prev_term
+    return prepared
+
+
+def prepare_packed(uint64_t first_index, uint64_t term, uint64_t prev_term, buffer, lengths):
+    """Validates records given as one payload buffer plus a buffer of uint32 lengths, all in
+    one term: the bulk path that builds no per-record Python object."""
+    cdef const unsigned char[::1] data = as_byte_view(buffer)
+    cdef const uint32_t[::1] sizes
+    try:
+        sizes = lengths
+    except (ValueError, TypeError):
+        sizes = memoryview(lengths).cast("B").cast("I")
+    cdef PreparedRecords prepared = PreparedRecords.__new__(PreparedRecords)
+    cdef Py_ssize_t i, count = sizes.shape[0]
+    cdef size_t offset = 0
+    cdef const uint8_t *base = &data[0] if data.shape[0] else <const uint8_t *>b""
+    prepared.first_index = first_index
+    prepared.term_starts = []
+    prepared.payload_bytes = 0
+    prepared._allocate(count)
+    for i in range(count):
+        if sizes[i] > <size_t>data.shape[0] - offset:
+            raise _error("StorageError",
+                f"record {i}: lengths add up to more than the {data.shape[0]}-byte buffer"
+            )
+        prepared.items[i].payload = base + offset
+        prepared.items[i].length = sizes[i]
+        prepared.items[i].index = first_index + <uint64_t>i
+        prepared.items[i].term = term
+        offset += sizes[i]
+        prepared._check_sequence(i, prev_term)
+    if offset != <size_t>data.shape[0]:
+        raise _error("StorageError",
+            f"lengths add up to {offset} bytes but the buffer holds {data.shape[0]}"
+        )
+    prepared.owners = [data]
+    prepared.last_term = term if count else prev_term
+    return prepared
+
+
+def scan_records(data, uint64_t first_index, uint64_t prev_term):
+    """Walks the records of one segment image from offset 0.
+
+    Returns (count, valid_bytes, last_term, term_starts, sparse offsets as u64 bytes,
+    status, reason): the walk stops at the end of the data (status 0) or at the first record
+    that is torn, corrupt or out of sequence, whose offset is valid_bytes.
+    """
+    cdef const unsigned char[::1] view = as_byte_view(data)
+    cdef size_t length = view.shape[0]
+    cdef const uint8_t *base = &view[0] if length else <const uint8_t *>b""
+    cdef size_t offset = 0, next_offset = 0
+    cdef uint64_t count = 0
+    cdef uint64_t term = prev_term
+    cdef esc_wal_record_t rec
+    cdef int status = ESC_WAL_OK
+    cdef list term_starts = []
+    sparse = bytearray()
+    while offset < length:
+        status = esc_wal_read_record(base, length, offset, &rec, &next_offset)
+        if status == ESC_WAL_OK and rec.index != first_index + count:
+            status = ESC_WAL_BAD_INDEX
+        if status == ESC_WAL_OK and rec.term < term:
+            status = ESC_WAL_BAD_TERM
+        if status != ESC_WAL_OK:
+            break
+        if count % _SPARSE_STRIDE == 0:
+            sparse += (<uint64_t>offset).to_bytes(8, "little")
+        if rec.term != term:
+            term_starts.append((rec.index, rec.term))
+            term = rec.term
+        count += 1
+        offset = next_offset
+    return (count, offset, term, term_starts, bytes(sparse), status,
+            esc_wal_status_text(status).decode())
+
+
+def read_records(data, uint64_t first_index, uint64_t lo, uint64_t hi, long long budget_bytes,
+                 long long taken_bytes, bint taken_any, str path, unsigned long long file_offset):
+    """Collects records lo <= index < hi from a segment image that starts at a record boundary
+    holding `first_index` (file offset `file_offset`, for error messages).
+
+    Payloads come back as zero-copy memoryview slices of `data`. Stops before a record that
+    would take the payload total past `budget_bytes` (negative: no budget) unless nothing has
+    been taken yet (`taken_any` says whether an earlier call took one). Returns (records,
+    next_index, consumed_bytes, need_bytes, stop, taken_bytes): need_bytes
+    is nonzero when the data ends inside a record (read at least that much from consumed_bytes
+    and call again); stop is True when hi or the budget was reached.
+    Raises CorruptionError naming path and offset for a record that fails its checks.
+    """
+    cdef const unsigned char[::1] view = as_byte_view(data)
+    cdef size_t length = view.shape[0]
+    cdef const uint8_t *base = &view[0] if length else <const uint8_t *>b""
+    cdef size_t offset = 0, next_offset = 0
+    cdef uint64_t index = first_index
+    cdef esc_wal_record_t rec
+    cdef int status
+    cdef list out = []
+    cdef size_t need = 0
+    cdef bint stop = index >= hi
+    memory = memoryview(view)
+    while not stop and offset < length:
+        status = esc_wal_read_record(base, length, offset, &rec, &next_offset)
+        if status == ESC_WAL_SHORT_HEADER:
+            need = ESC_WAL_HEADER_BYTES
+            break
+        if status == ESC_WAL_SHORT_PAYLOAD:
+            need = esc_wal_record_bytes(
+                base[offset + 8] | (<uint32_t>base[offset + 9] << 8)
+                | (<uint32_t>base[offset + 10] << 16) | (<uint32_t>base[offset + 11] << 24)
+            )
+            break
+        if status == ESC_WAL_OK and rec.index != index:
+            status = ESC_WAL_BAD_INDEX
+        if status != ESC_WAL_OK:
+            raise _error("CorruptionError",
+                f"{path}: record at offset {file_offset + offset} (index {index}): "
+                f"{esc_wal_status_text(status).decode()}"
+            )
+        if index >= lo:
+            if budget_bytes >= 0 and taken_bytes + <long long>rec.payload_len > budget_bytes \
+                    and (out or taken_any):
+                stop = True
+                break
+            start = offset + ESC_WAL_HEADER_BYTES
+            out.append((rec.index, rec.term, memory[start : start + rec.payload_len]))
+            taken_bytes += rec.payload_len
+        index += 1
+        offset = next_offset
+        stop = index >= hi
+    return out, index, offset, need, stop, taken_bytes

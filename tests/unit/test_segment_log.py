@@ -1,0 +1,287 @@
+"""SegmentLog behaviour: appends, reads, truncation, compaction, durability and locking."""
+
+from __future__ import annotations
+
+import array
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventstream.storage import (
+    CompactedError,
+    SegmentLog,
+    StorageError,
+    UnavailableError,
+)
+
+
+def records(first: int, count: int, term: int = 1, size: int = 20) -> list[tuple[int, int, bytes]]:
+    return [(i, term, i.to_bytes(4, "little") * (size // 4)) for i in range(first, first + count)]
+
+
+def payloads(log: SegmentLog, lo: int, hi: int, **kwargs: Any) -> list[tuple[int, int, bytes]]:
+    return [(i, t, bytes(p)) for i, t, p in log.entries(lo, hi, **kwargs)]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Any:
+    with SegmentLog.open(str(tmp_path / "log"), segment_bytes=1024) as opened:
+        yield opened
+
+
+def test_empty_log(log: SegmentLog) -> None:
+    assert (log.first_index, log.last_index) == (1, 0)
+    assert log.term(0) == 0
+    assert log.entries(1, 1) == []
+    with pytest.raises(UnavailableError):
+        log.term(1)
+
+
+def test_append_and_read_back_across_segments(log: SegmentLog) -> None:
+    written = records(1, 300)
+    log.append(written[:100])
+    log.append(written[100:])
+    assert log.last_index == 300
+    assert log.stats()["segment_count"] > 5
+    assert payloads(log, 1, 301) == written
+    assert payloads(log, 137, 201) == written[136:200]
+    entry = log.entries(5, 6)[0]
+    assert isinstance(entry[2], memoryview)
+
+
+def test_terms_are_tracked_per_index(log: SegmentLog) -> None:
+    log.append(records(1, 10, term=1) + records(11, 5, term=3))
+    log.append(records(16, 5, term=3))
+    log.append(records(21, 1, term=7))
+    assert [log.term(i) for i in (0, 1, 10, 11, 20, 21)] == [0, 1, 1, 3, 3, 7]
+
+
+def test_max_bytes_limits_but_returns_at_least_one(log: SegmentLog) -> None:
+    log.append(records(1, 50, size=100))
+    assert len(log.entries(1, 51, max_bytes=0)) == 1
+    assert len(log.entries(1, 51, max_bytes=350)) == 3
+    assert len(log.entries(10, 51, max_bytes=10_000)) == 41
+
+
+def test_large_records_and_max_bytes_across_read_chunks(tmp_path: Path) -> None:
+    with SegmentLog.open(str(tmp_path), segment_bytes=8 * 1024 * 1024, wal_sync=False) as log:
+        big = [(i, 1, bytes([i]) * 700_000) for i in range(1, 8)]
+        log.append(big)
+        assert payloads(log, 1, 8) == big
+        assert payloads(log, 2, 8, max_bytes=1_500_000) == big[1:3]
+
+
+def test_range_errors(log: SegmentLog) -> None:
+    log.append(records(1, 10))
+    log.compact_through(3)
+    with pytest.raises(CompactedError):
+        log.entries(3, 5)
+    with pytest.raises(UnavailableError):
+        log.entries(5, 12)
+    with pytest.raises(StorageError):
+        log.entries(6, 5)
+    with pytest.raises(CompactedError):
+        log.term(1)
+    assert log.term(3) == 1
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (records(2, 1), "not the next index 1"),
+        (records(1, 1) + records(3, 1), "not the next index 2"),
+        ([(1, 2, b""), (2, 1, b"")], "below the previous term"),
+    ],
+)
+def test_rejects_gaps_and_decreasing_terms(log: SegmentLog, batch: Any, message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        log.append(batch)
+    assert log.last_index == 0
+    log.append(records(1, 1))
+    assert log.last_index == 1
+
+
+def test_rejected_batch_writes_nothing(log: SegmentLog) -> None:
+    log.append(records(1, 5))
+    with pytest.raises(StorageError):
+        log.append(records(6, 3) + [(9, 1, "not bytes")])
+    assert log.last_index == 5
+    log.append(records(6, 1))
+    assert payloads(log, 6, 7) == records(6, 1)
+
+
+def test_append_packed(log: SegmentLog) -> None:
+    log.append(records(1, 2))
+    sizes = array.array("I", [3, 0, 5] * 40)
+    buffer = b"".join(bytes([k % 256]) * n for k, n in enumerate(sizes))
+    log.append_packed(3, 2, buffer, sizes)
+    assert log.last_index == 122
+    assert log.term(3) == 2
+    got = log.entries(3, 123)
+    assert [len(p) for _, _, p in got] == list(sizes)
+    assert b"".join(bytes(p) for _, _, p in got) == buffer
+    with pytest.raises(StorageError, match="not the next index"):
+        log.append_packed(200, 2, b"", array.array("I"))
+
+
+def test_truncate_after_and_append_again(log: SegmentLog) -> None:
+    log.append(records(1, 100, term=1))
+    log.truncate_after(40)
+    assert log.last_index == 40
+    with pytest.raises(UnavailableError):
+        log.term(41)
+    log.append(records(41, 10, term=2))
+    assert log.term(40) == 1 and log.term(41) == 2
+    assert payloads(log, 35, 51) == records(35, 6, term=1) + records(41, 10, term=2)
+
+
+def test_truncate_everything(log: SegmentLog) -> None:
+    log.append(records(1, 30))
+    log.truncate_after(0)
+    assert (log.first_index, log.last_index) == (1, 0)
+    log.append(records(1, 3, term=4))
+    assert log.term(1) == 4
+
+
+def test_compact_then_reopen_keeps_first_index(tmp_path: Path) -> None:
+    path = str(tmp_path)
+    with SegmentLog.open(path, segment_bytes=1024) as log:
+        log.append(records(1, 100, term=1) + records(101, 20, term=2))
+        log.compact_through(105)
+        assert log.first_index == 106
+        assert log.term(105) == 2
+    with SegmentLog.open(path, segment_bytes=1024) as log:
+        assert (log.first_index, log.last_index) == (106, 120)
+        assert log.term(105) == 2
+        assert payloads(log, 106, 121) == records(106, 15, term=2)
+
+
+def test_compact_past_the_end_installs_a_snapshot_point(tmp_path: Path) -> None:
+    path = str(tmp_path)
+    with SegmentLog.open(path, segment_bytes=1024) as log:
+        log.append(records(1, 10))
+        with pytest.raises(StorageError, match="needs that index's term"):
+            log.compact_through(50)
+        log.compact_through(50, term=6)
+        assert (log.first_index, log.last_index, log.term(50)) == (51, 50, 6)
+        log.append(records(51, 2, term=6))
+    with SegmentLog.open(path, segment_bytes=1024) as log:
+        assert (log.first_index, log.last_index, log.term(50), log.term(52)) == (51, 52, 6, 6)
+
+
+def test_sealed_segments_are_immutable_under_truncation(log: SegmentLog, tmp_path: Path) -> None:
+    log.append(records(1, 200))
+    sealed = log.sealed_segments()
+    assert len(sealed) >= 3
+    snapshot_dir = tmp_path / "snapshot"
+    snapshot_dir.mkdir()
+    linked = []
+    for path in sealed:
+        target = snapshot_dir / os.path.basename(path)
+        os.link(path, target)
+        linked.append((target, target.read_bytes()))
+    log.truncate_after(5)
+    log.append(records(6, 3, term=9))
+    log.compact_through(7)
+    for target, content in linked:
+        assert target.read_bytes() == content
+    assert payloads(log, 8, 9) == records(8, 1, term=9)
+
+
+def test_second_open_of_the_same_directory_fails(log: SegmentLog) -> None:
+    with pytest.raises(StorageError, match="open in another process"):
+        SegmentLog.open(log.directory)
+
+
+def test_closed_log_refuses_calls(tmp_path: Path) -> None:
+    log = SegmentLog.open(str(tmp_path))
+    log.close()
+    log.close()
+    with pytest.raises(StorageError, match="closed"):
+        log.append(records(1, 1))
+
+
+def test_rejects_bad_options(tmp_path: Path) -> None:
+    with pytest.raises(StorageError):
+        SegmentLog.open(str(tmp_path), segment_bytes=10)
+    with pytest.raises(StorageError):
+        SegmentLog.open(str(tmp_path), sync_interval_ms=0)
+
+
+class _GatedFdatasync:
+    """Stands in for os.fdatasync: the first call blocks until released, so a test can line
+    appends up behind an fsync in progress, deterministically."""
+
+    def __init__(self) -> None:
+        self.real = os.fdatasync
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            assert self.release.wait(30)
+        self.real(fd)
+
+
+def test_group_commit_shares_one_fdatasync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SegmentLog.open(str(tmp_path), wal_sync=True) as log:
+        log.append(records(1, 1))  # segment creation and first sync happen before the gate
+        gate = _GatedFdatasync()
+        monkeypatch.setattr(os, "fdatasync", gate)
+        leader = threading.Thread(target=log.append, args=(records(2, 1),))
+        leader.start()
+        assert gate.entered.wait(30)
+        followers = []
+        for index in (3, 4, 5):
+            thread = threading.Thread(target=log.append, args=(records(index, 1),))
+            thread.start()
+            followers.append(thread)
+            deadline = time.monotonic() + 30
+            while log.last_index < index and time.monotonic() < deadline:
+                time.sleep(0.001)
+        assert log.last_index == 5
+        assert all(thread.is_alive() for thread in followers)  # waiting for durability
+        gate.release.set()
+        for thread in [leader, *followers]:
+            thread.join(30)
+        # One fdatasync for the leader's write, then one shared by the three that queued.
+        assert gate.calls == 2
+
+
+def test_wal_sync_off_syncs_on_an_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    with SegmentLog.open(str(tmp_path), wal_sync=False, sync_interval_ms=50) as log:
+        log.append(records(1, 1))
+        monkeypatch.setattr(os, "fdatasync", counting)
+        log.append(records(2, 100))
+        deadline = time.monotonic() + 30
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert calls, "the background flusher never synced"
+
+
+def test_wal_sync_off_close_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fdatasync
+    log = SegmentLog.open(str(tmp_path), wal_sync=False, sync_interval_ms=600_000)
+    log.append(records(1, 1))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    log.append(records(2, 1))
+    assert calls == []
+    log.close()
+    assert len(calls) == 1
