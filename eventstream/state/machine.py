@@ -140,7 +140,9 @@ class StateMachine:
         kind = view[0]
         body = view[1:]
         if kind == CommandType.SET_EVENT:
-            statuses, queues, offsets = self.queues.apply_set_event(body, self.config, self.dedup)
+            statuses, queues, offsets = self.queues.apply_set_event(
+                body, self.config, self.dedup, index
+            )
             return ApplyResult(index, CommandType.SET_EVENT, statuses, queues, offsets)
         if kind == CommandType.DEDUP_ADD:
             statuses = memoryview(apply_dedup_add(body, self.dedup))

@@ -148,7 +148,7 @@ def test_reads_limits_and_clear_range_errors(tmp_path: Any) -> None:
     page = machine.read(0, 10, limit=5)
     assert [e.offset for e in page] == [10, 11, 12, 13, 14]
     assert [e.payload for e in page][:2] == [b"p10", b"p11"]
-    one_record = 16 + 24 + 3
+    one_record = 28 + 24 + 3
     assert len(machine.read(0, 10, limit=100, max_bytes=2 * one_record)) == 2
     assert len(machine.read(0, 10, limit=100, max_bytes=1)) == 1  # always progresses
     assert machine.read(0, 50) == []  # the end is a valid place to wait for more
