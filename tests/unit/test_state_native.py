@@ -32,7 +32,7 @@ from eventstream._state import (
     scan_queue_segment,
 )
 from eventstream._wal import scan_records
-from eventstream.storage import crc32c
+from eventstream.storage import codec_reference, crc32c, wal_reference
 from eventstream.storage.codec import Event, encode_batch
 
 
@@ -258,3 +258,34 @@ def test_dedup_add_body() -> None:
     with pytest.raises(MalformedCommandError, match="length 0"):
         apply_dedup_add(struct.pack("<IHq", 1, 0, 0), table)
     assert len(table) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Event,
+            event_id=st.none() | st.binary(max_size=20),
+            key=st.none() | st.binary(max_size=20),
+            queue=st.none() | st.integers(0, 5),
+            timestamp_us=st.integers(-(2**63), 2**63 - 1),
+            payload=st.binary(max_size=100),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(1, 2**40),
+)
+def test_queue_records_match_pure_python_references(events: list[Event], log_index: int) -> None:
+    """Native records of a batch == the storage layer's pure-Python WAL and codec encoders,
+    grouped by queue in offset order (CONVENTIONS 8)."""
+    table = DedupTable()
+    offsets = array.array("q", [0] * 4)
+    statuses, queues, offs, records, _, touched = apply(events, 4, table, offsets, log_index)
+    want = b""
+    for queue, *_ in touched:
+        for event, status, q, offset in zip(events, statuses, queues, offs):
+            if status == STATUS_STORED and q == queue:
+                event_bytes = codec_reference.encode_batch([event])[12:]
+                want += wal_reference.encode_record(offset, log_index, event_bytes)
+    assert records == want
