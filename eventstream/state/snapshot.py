@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ MANIFEST_NAME = "MANIFEST.json"
 DEDUP_NAME = "dedup.lz4"
 SNAPSHOT_PREFIX = "snap-"
 MANIFEST_BYTES_MAX = 64 << 20
+DEDUP_PIECE_BYTES = DEDUP_ENTRY_BYTES << 16  # 65,536 entries, about 2.4 MB
 
 
 def snapshot_folder(snapshots_root: str, index: int) -> str:
@@ -78,15 +80,15 @@ class SnapshotCut:
                     path = os.path.join(self.work_path, segment["file"])
                     fsync_path(path)
                     segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
-            compressed = lz4.frame.compress(self.dedup_image)
-            dedup_path = os.path.join(self.work_path, DEDUP_NAME)
-            write_synced(dedup_path, compressed)
+            file_bytes, crc = write_dedup_image(
+                os.path.join(self.work_path, DEDUP_NAME), self.dedup_image
+            )
             self.manifest["dedup"] = {
                 "file": DEDUP_NAME,
                 "count": len(self.dedup_image) // DEDUP_ENTRY_BYTES,
                 "image_bytes": len(self.dedup_image),
-                "file_bytes": len(compressed),
-                "crc32c": crc32c(compressed),
+                "file_bytes": file_bytes,
+                "crc32c": crc,
             }
             self.manifest["digest"] = state_digest(
                 self.manifest["last_index"],
@@ -225,27 +227,65 @@ def copy_prefix(source: str, target: str, length: int) -> None:
             dst.write(piece)
 
 
+def lz4_frame_pieces(view: memoryview) -> Iterator[bytes]:
+    """One lz4 frame of `view`, produced piece by piece (no second copy of a large image)."""
+    compressor = lz4.frame.LZ4FrameCompressor()
+    yield compressor.begin()
+    for at in range(0, len(view), DEDUP_PIECE_BYTES):
+        yield compressor.compress(view[at : at + DEDUP_PIECE_BYTES])
+    yield compressor.flush()
+
+
+def write_dedup_image(path: str, image: bytes) -> tuple[int, int]:
+    """Write the dedup entries as one lz4 frame; returns (file bytes, crc32c of the file)."""
+    size = crc = 0
+    with open(path, "wb") as f:
+        for piece in lz4_frame_pieces(memoryview(image)):
+            f.write(piece)
+            crc = crc32c(piece, crc)
+            size += len(piece)
+        f.flush()
+        os.fsync(f.fileno())
+    return size, crc
+
+
 def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> DedupTable:
+    """Rebuild the dedup table from its lz4 file, decompressing a bounded piece at a time."""
     info = manifest["dedup"]
     path = os.path.join(snapshot_path, info["file"])
+    table = DedupTable(ids_max)
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    carry = b""
+    image_bytes = file_bytes = crc = 0
     try:
         with open(path, "rb") as f:
-            compressed = f.read()
+            while piece := f.read(DEDUP_PIECE_BYTES):
+                file_bytes += len(piece)
+                crc = crc32c(piece, crc)
+                while not decompressor.eof:
+                    out = decompressor.decompress(piece, max_length=DEDUP_PIECE_BYTES)
+                    piece = b""
+                    image_bytes += len(out)
+                    carry += out
+                    whole = len(carry) - len(carry) % DEDUP_ENTRY_BYTES
+                    table.import_entries(carry[:whole])
+                    carry = carry[whole:]
+                    if decompressor.needs_input:
+                        break
     except OSError as e:
         raise SnapshotError(f"{path}: {e}") from e
-    if len(compressed) != info["file_bytes"] or crc32c(compressed) != info["crc32c"]:
-        raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
-    try:
-        image = lz4.frame.decompress(compressed)
     except RuntimeError as e:
         raise SnapshotError(f"{path}: lz4 frame does not decode: {e}") from e
-    if len(image) != info["image_bytes"] or len(image) != info["count"] * DEDUP_ENTRY_BYTES:
-        raise SnapshotError(f"{path}: dedup image of {len(image)} bytes, manifest differs")
-    table = DedupTable(ids_max)
-    try:
-        table.import_entries(image)
     except (ValueError, MemoryError) as e:
         raise SnapshotError(f"{path}: {e}") from e
+    if file_bytes != info["file_bytes"] or crc != info["crc32c"]:
+        raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
+    if not decompressor.eof or carry or image_bytes != info["image_bytes"]:
+        raise SnapshotError(f"{path}: dedup image of {image_bytes} bytes, manifest differs")
+    if len(table) != info["count"]:
+        raise SnapshotError(
+            f"{path}: {len(table)} dedup entries, the manifest says {info['count']}"
+        )
     return table
 
 

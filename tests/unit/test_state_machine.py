@@ -378,3 +378,15 @@ def test_disk_error_stops_apply_until_reopened(tmp_path: Any, monkeypatch: Any) 
     machine.close()
     reopened = open_machine(tmp_path)
     assert reopened.applied_index == 0  # no snapshot yet: the node replays the log from 1
+
+
+def test_snapshot_of_many_ids_restores_piece_by_piece(tmp_path: Any) -> None:
+    """More ids than one decompression piece (65,536 entries), across two DEDUP_ADD entries."""
+    machine = open_machine(tmp_path)
+    ids = [(b"%08d" % i, i) for i in range(100_000)]
+    machine.apply(1, 1, encode_dedup_add(ids[:60_000]))
+    machine.apply(2, 1, encode_dedup_add(ids[60_000:]))
+    target = open_machine(tmp_path, "target")
+    target.restore(machine.snapshot())
+    assert len(target.dedup) == 100_000 and target.digest() == machine.digest()
+    assert target.dedup.lookup(b"00099999") == (-1, -1)
