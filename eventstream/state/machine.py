@@ -25,6 +25,7 @@ Apply never reads a clock or global random state (seed: "Deterministic execution
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -47,7 +48,19 @@ from eventstream.state.queues import QueueStore, StoredEvent
 from eventstream.state.snapshot_stream import SnapshotReceiver, stream_snapshot
 
 LIVE_PREFIX = "live-"
+LOCK_NAME = "LOCK"
 SNAPSHOTS_KEPT = 2
+
+
+def lock_directory(directory: str) -> int:
+    """flock the state directory, so two machines never rebuild the same live folders."""
+    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"{directory}: state directory is open in another StateMachine") from None
+    return fd
 
 
 class ApplyResult(NamedTuple):
@@ -75,6 +88,7 @@ class StateMachine:
         self.live_root = ""
         self.queues = QueueStore("")
         self._stopped: str | None = None
+        self._lock_fd: int | None = None
 
     # ----- lifecycle -----
 
@@ -82,6 +96,7 @@ class StateMachine:
     def open(cls, directory: str) -> StateMachine:
         machine = cls(directory)
         os.makedirs(machine.snapshots_root, exist_ok=True)
+        machine._lock_fd = lock_directory(directory)
         for name in os.listdir(directory):
             if name.startswith(LIVE_PREFIX):
                 shutil.rmtree(os.path.join(directory, name))
@@ -101,6 +116,9 @@ class StateMachine:
 
     def close(self) -> None:
         self.queues.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _new_live_root(self) -> str:
         self._generation += 1

@@ -390,3 +390,11 @@ def test_snapshot_of_many_ids_restores_piece_by_piece(tmp_path: Any) -> None:
     target.restore(machine.snapshot())
     assert len(target.dedup) == 100_000 and target.digest() == machine.digest()
     assert target.dedup.lookup(b"00099999") == (-1, -1)
+
+
+def test_one_machine_per_directory(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    with pytest.raises(StateError, match="open in another StateMachine"):
+        open_machine(tmp_path)
+    machine.close()
+    open_machine(tmp_path).close()
