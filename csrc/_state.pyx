@@ -52,8 +52,15 @@ cdef extern from "dedup_table.h":
                          int64_t offset, int64_t first_seen_us,
                          const esc_dedup_entry **existing) nogil
     uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) nogil
-    const esc_dedup_entry *esc_dedup_at(const esc_dedup_table *t, uint64_t i) nogil
     uint64_t esc_dedup_bytes(const esc_dedup_table *t) nogil
+
+    ctypedef struct esc_dedup_view:
+        uint64_t head
+        uint64_t tail
+
+    int esc_dedup_view_take(const esc_dedup_table *t, esc_dedup_view *v) nogil
+    void esc_dedup_view_release(esc_dedup_view *v) nogil
+    const esc_dedup_entry *esc_dedup_view_at(const esc_dedup_view *v, uint64_t i) nogil
 
 
 DEDUP_ENTRY_BYTES = ESC_DEDUP_ENTRY_BYTES
@@ -62,6 +69,48 @@ DEDUP_IDS_MAX = ESC_DEDUP_IDS_MAX
 
 class DedupFullError(Exception):
     """The dedup table holds its configured maximum of ids; expire some before adding more."""
+
+
+cdef class DedupView:
+    """Frozen entries of a DedupTable (see DedupTable.freeze); safe to read from another thread
+    while the table keeps applying."""
+
+    cdef esc_dedup_view view
+
+    def __dealloc__(self):
+        esc_dedup_view_release(&self.view)
+
+    def __len__(self):
+        return self.view.tail - self.view.head
+
+    def export_range(self, uint64_t first, uint64_t count):
+        """Entries first .. first+count-1 (arrival order) in the export_entries layout."""
+        cdef uint64_t total = self.view.tail - self.view.head
+        if first > total or count > total - first:
+            raise IndexError(f"entries [{first}, {first + count}) of a view holding {total}")
+        out = PyBytes_FromStringAndSize(NULL, count * ESC_DEDUP_ENTRY_BYTES)
+        cdef char *dst = PyBytes_AS_STRING(out)
+        cdef uint64_t i = 0, run, seq
+        with nogil:
+            while i < count:
+                seq = self.view.head + first + i
+                # Entries are contiguous inside a chunk: copy a chunk's run at once.
+                run = ESC_DEDUP_CHUNK_ENTRIES - (seq & (ESC_DEDUP_CHUNK_ENTRIES - 1))
+                if run > count - i:
+                    run = count - i
+                memcpy(dst + i * ESC_DEDUP_ENTRY_BYTES, esc_dedup_view_at(&self.view, first + i),
+                       run * ESC_DEDUP_ENTRY_BYTES)
+                i += run
+        return out
+
+    def pieces(self, uint64_t entries_per_piece=65536):
+        """The export_entries image in pieces of at most entries_per_piece entries."""
+        cdef uint64_t total = self.view.tail - self.view.head
+        cdef uint64_t first = 0
+        while first < total:
+            count = min(entries_per_piece, total - first)
+            yield self.export_range(first, count)
+            first += count
 
 
 def routing_hash(const uint8_t[::1] key):
@@ -153,25 +202,18 @@ cdef class DedupTable:
             n = esc_dedup_expire(&self.table, cutoff_us)
         return n
 
+    def freeze(self):
+        """A DedupView of the entries as they are now: costs one pointer per 65,536 ids, and
+        the table goes on changing while the view stays as it was (chunks are shared)."""
+        cdef DedupView view = DedupView.__new__(DedupView)
+        if esc_dedup_view_take(&self.table, &view.view) != 0:
+            raise MemoryError()
+        return view
+
     def export_entries(self):
         """All entries in arrival order as packed 36-byte little-endian records:
         h1 u64, h2 u64, offset i64, first_seen_us i64, queue i32."""
-        cdef uint64_t count = esc_dedup_count(&self.table)
-        out = PyBytes_FromStringAndSize(NULL, count * ESC_DEDUP_ENTRY_BYTES)
-        cdef char *dst = PyBytes_AS_STRING(out)
-        cdef uint64_t i = 0, run
-        cdef uint64_t seq
-        with nogil:
-            while i < count:
-                seq = self.table.head + i
-                # Entries are contiguous inside a chunk: copy a chunk's run at once.
-                run = ESC_DEDUP_CHUNK_ENTRIES - (seq & (ESC_DEDUP_CHUNK_ENTRIES - 1))
-                if run > count - i:
-                    run = count - i
-                memcpy(dst + i * ESC_DEDUP_ENTRY_BYTES, esc_dedup_at(&self.table, i),
-                       run * ESC_DEDUP_ENTRY_BYTES)
-                i += run
-        return out
+        return self.freeze().export_range(0, len(self))
 
     def import_entries(self, const uint8_t[::1] packed):
         """Append entries exported by export_entries (arrival order kept). Refuses a partial

@@ -210,13 +210,13 @@ class StateMachine:
             self.config,
             self.queues.describe(),
             self.live_root,
-            self.dedup.export_entries(),
+            self.dedup.freeze(),
         )
 
     # ----- snapshots -----
 
     def begin_snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> snapshots.SnapshotCut:
-        """Cut a snapshot at the applied index: hard links and one copy of the dedup entries.
+        """Cut a snapshot at the applied index: hard links and a frozen view of the dedup entries.
 
         `raft_meta` is what the node must get back with the snapshot besides the state (the
         membership at the last included index, Raft section 7); it is stored as given (JSON).
@@ -286,7 +286,7 @@ class StateMachine:
             store.load(manifest["queues"], manifest["queue_slots"])
             dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
             digest = state_digest(
-                manifest["last_index"], config, store.describe(), live_root, dedup.export_entries()
+                manifest["last_index"], config, store.describe(), live_root, dedup.freeze()
             )
             if digest != manifest["digest"]:
                 raise SnapshotError(

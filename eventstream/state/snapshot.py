@@ -3,7 +3,7 @@
 A complete snapshot is a folder `snapshots/snap-<index:020d>/`:
 
     MANIFEST.json            written last; its presence is what makes the snapshot complete
-    dedup.lz4                the dedup entries (DedupTable.export_entries image) as lz4 frames
+    dedup.lz4                the dedup entries (DedupTable.export_entries image), one lz4 frame
     queues/<q>/<base>.qseg   hard links to the live queue segments at the cut
 
 MANIFEST.json holds: format, last_index, last_term (the index/term of the last applied entry),
@@ -13,10 +13,11 @@ cut. A segment that was the active one at the cut keeps growing in the live fold
 through its hard link here: only its first `bytes` bytes belong to the snapshot.
 
 Taking a snapshot is split so apply pauses only briefly (`cut`): the cut hard-links every live
-segment (one link() per segment file, no data copied) and copies the dedup entries in memory
-(36 bytes per remembered id, a memcpy). Everything slow (fsync, checksums, lz4, digest, manifest)
-happens in `SnapshotCut.write`, which may run on another thread while apply goes on: sealed
-segments never change and the active one is read only up to its length at the cut.
+segment (one link() per segment file, no data copied) and freezes the dedup entries (a reference
+to each chunk of 65,536 entries; entries never change once written, so nothing is copied).
+Everything slow (fsync, checksums, lz4, digest, manifest) happens in `SnapshotCut.write`, which
+may run on another thread while apply goes on: sealed segments never change, the active one is
+read only up to its length at the cut, and the frozen dedup chunks outlive any expiry.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lz4.frame
 
-from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable
+from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable, DedupView
 from eventstream.state.digest import state_digest
 from eventstream.state.errors import SnapshotError
 from eventstream.state.queues import segment_prefix_pieces
@@ -70,7 +71,7 @@ class SnapshotCut:
     work_path: str
     final_path: str
     manifest: dict[str, Any]
-    dedup_image: bytes
+    dedup: DedupView
 
     def write(self) -> str:
         """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
@@ -81,12 +82,12 @@ class SnapshotCut:
                     fsync_path(path)
                     segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
             file_bytes, crc = write_dedup_image(
-                os.path.join(self.work_path, DEDUP_NAME), self.dedup_image
+                os.path.join(self.work_path, DEDUP_NAME), self.dedup
             )
             self.manifest["dedup"] = {
                 "file": DEDUP_NAME,
-                "count": len(self.dedup_image) // DEDUP_ENTRY_BYTES,
-                "image_bytes": len(self.dedup_image),
+                "count": len(self.dedup),
+                "image_bytes": len(self.dedup) * DEDUP_ENTRY_BYTES,
                 "file_bytes": file_bytes,
                 "crc32c": crc,
             }
@@ -95,7 +96,7 @@ class SnapshotCut:
                 self.manifest["config"],
                 self.manifest["queues"],
                 self.work_path,
-                self.dedup_image,
+                self.dedup,
             )
             write_synced(
                 os.path.join(self.work_path, MANIFEST_NAME),
@@ -136,7 +137,7 @@ def cut(
             target = os.path.join(work_path, segment["file"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.link(os.path.join(live_root, segment["file"]), target)
-    return SnapshotCut(work_path, final_path, manifest, dedup.export_entries())
+    return SnapshotCut(work_path, final_path, manifest, dedup.freeze())
 
 
 def read_manifest(folder: str) -> dict[str, Any]:
@@ -227,20 +228,21 @@ def copy_prefix(source: str, target: str, length: int) -> None:
             dst.write(piece)
 
 
-def lz4_frame_pieces(view: memoryview) -> Iterator[bytes]:
-    """One lz4 frame of `view`, produced piece by piece (no second copy of a large image)."""
+def lz4_frame_of(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """One lz4 frame of the concatenated pieces, produced piece by piece."""
     compressor = lz4.frame.LZ4FrameCompressor()
     yield compressor.begin()
-    for at in range(0, len(view), DEDUP_PIECE_BYTES):
-        yield compressor.compress(view[at : at + DEDUP_PIECE_BYTES])
+    for piece in pieces:
+        yield compressor.compress(piece)
     yield compressor.flush()
 
 
-def write_dedup_image(path: str, image: bytes) -> tuple[int, int]:
-    """Write the dedup entries as one lz4 frame; returns (file bytes, crc32c of the file)."""
+def write_dedup_image(path: str, dedup: DedupView) -> tuple[int, int]:
+    """Write the dedup entries as one lz4 frame, piece by piece from the frozen view (no copy of
+    the whole image); returns (file bytes, crc32c of the file)."""
     size = crc = 0
     with open(path, "wb") as f:
-        for piece in lz4_frame_pieces(memoryview(image)):
+        for piece in lz4_frame_of(dedup.pieces()):
             f.write(piece)
             crc = crc32c(piece, crc)
             size += len(piece)

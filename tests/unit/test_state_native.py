@@ -289,3 +289,23 @@ def test_queue_records_match_pure_python_references(events: list[Event], log_ind
                 event_bytes = codec_reference.encode_batch([event])[12:]
                 want += wal_reference.encode_record(offset, log_index, event_bytes)
     assert records == want
+
+
+def test_frozen_view_stays_as_it_was_while_the_table_changes() -> None:
+    """A snapshot's view shares chunks with the table: adds past its tail and expiry that frees
+    chunks must not change what the view reads (chunks live until the view is dropped)."""
+    table = DedupTable()
+    for i in range(150_000):
+        table.add(b"a%d" % i, 1, i, i)
+    view = table.freeze()
+    image = table.export_entries()
+    assert table.expire(140_000) == 140_000  # frees the first two chunks of the table
+    for i in range(100_000):
+        table.add(b"b%d" % i, 2, i, 10**6 + i)
+    assert len(view) == 150_000
+    assert b"".join(view.pieces(50_000)) == image
+    assert view.export_range(149_999, 1) == image[-DEDUP_ENTRY_BYTES:]
+    with pytest.raises(IndexError):
+        view.export_range(149_999, 2)
+    del view
+    assert len(table) == 110_000 and table.lookup(b"a149999") == (1, 149_999)
