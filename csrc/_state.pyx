@@ -52,8 +52,15 @@ cdef extern from "dedup_table.h":
                          int64_t offset, int64_t first_seen_us,
                          const esc_dedup_entry **existing) nogil
     uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) nogil
-    const esc_dedup_entry *esc_dedup_at(const esc_dedup_table *t, uint64_t i) nogil
     uint64_t esc_dedup_bytes(const esc_dedup_table *t) nogil
+
+    ctypedef struct esc_dedup_view:
+        uint64_t head
+        uint64_t tail
+
+    int esc_dedup_view_take(const esc_dedup_table *t, esc_dedup_view *v) nogil
+    void esc_dedup_view_release(esc_dedup_view *v) nogil
+    const esc_dedup_entry *esc_dedup_view_at(const esc_dedup_view *v, uint64_t i) nogil
 
 
 DEDUP_ENTRY_BYTES = ESC_DEDUP_ENTRY_BYTES
@@ -62,6 +69,48 @@ DEDUP_IDS_MAX = ESC_DEDUP_IDS_MAX
 
 class DedupFullError(Exception):
     """The dedup table holds its configured maximum of ids; expire some before adding more."""
+
+
+cdef class DedupView:
+    """Frozen entries of a DedupTable (see DedupTable.freeze); safe to read from another thread
+    while the table keeps applying."""
+
+    cdef esc_dedup_view view
+
+    def __dealloc__(self):
+        esc_dedup_view_release(&self.view)
+
+    def __len__(self):
+        return self.view.tail - self.view.head
+
+    def export_range(self, uint64_t first, uint64_t count):
+        """Entries first .. first+count-1 (arrival order) in the export_entries layout."""
+        cdef uint64_t total = self.view.tail - self.view.head
+        if first > total or count > total - first:
+            raise IndexError(f"entries [{first}, {first + count}) of a view holding {total}")
+        out = PyBytes_FromStringAndSize(NULL, count * ESC_DEDUP_ENTRY_BYTES)
+        cdef char *dst = PyBytes_AS_STRING(out)
+        cdef uint64_t i = 0, run, seq
+        with nogil:
+            while i < count:
+                seq = self.view.head + first + i
+                # Entries are contiguous inside a chunk: copy a chunk's run at once.
+                run = ESC_DEDUP_CHUNK_ENTRIES - (seq & (ESC_DEDUP_CHUNK_ENTRIES - 1))
+                if run > count - i:
+                    run = count - i
+                memcpy(dst + i * ESC_DEDUP_ENTRY_BYTES, esc_dedup_view_at(&self.view, first + i),
+                       run * ESC_DEDUP_ENTRY_BYTES)
+                i += run
+        return out
+
+    def pieces(self, uint64_t entries_per_piece=65536):
+        """The export_entries image in pieces of at most entries_per_piece entries."""
+        cdef uint64_t total = self.view.tail - self.view.head
+        cdef uint64_t first = 0
+        while first < total:
+            count = min(entries_per_piece, total - first)
+            yield self.export_range(first, count)
+            first += count
 
 
 def routing_hash(const uint8_t[::1] key):
@@ -153,25 +202,18 @@ cdef class DedupTable:
             n = esc_dedup_expire(&self.table, cutoff_us)
         return n
 
+    def freeze(self):
+        """A DedupView of the entries as they are now: costs one pointer per 65,536 ids, and
+        the table goes on changing while the view stays as it was (chunks are shared)."""
+        cdef DedupView view = DedupView.__new__(DedupView)
+        if esc_dedup_view_take(&self.table, &view.view) != 0:
+            raise MemoryError()
+        return view
+
     def export_entries(self):
         """All entries in arrival order as packed 36-byte little-endian records:
         h1 u64, h2 u64, offset i64, first_seen_us i64, queue i32."""
-        cdef uint64_t count = esc_dedup_count(&self.table)
-        out = PyBytes_FromStringAndSize(NULL, count * ESC_DEDUP_ENTRY_BYTES)
-        cdef char *dst = PyBytes_AS_STRING(out)
-        cdef uint64_t i = 0, run
-        cdef uint64_t seq
-        with nogil:
-            while i < count:
-                seq = self.table.head + i
-                # Entries are contiguous inside a chunk: copy a chunk's run at once.
-                run = ESC_DEDUP_CHUNK_ENTRIES - (seq & (ESC_DEDUP_CHUNK_ENTRIES - 1))
-                if run > count - i:
-                    run = count - i
-                memcpy(dst + i * ESC_DEDUP_ENTRY_BYTES, esc_dedup_at(&self.table, i),
-                       run * ESC_DEDUP_ENTRY_BYTES)
-                i += run
-        return out
+        return self.freeze().export_range(0, len(self))
 
     def import_entries(self, const uint8_t[::1] packed):
         """Append entries exported by export_entries (arrival order kept). Refuses a partial
@@ -198,16 +240,19 @@ cdef class DedupTable:
         self._add_result(rc, existing)
 
 
-cdef extern from "queue_record.h" nogil:
-    enum:
-        ESC_QREC_HEADER_BYTES
-        ESC_QREC_OK
-    const char *esc_qrec_status_text(int status)
-    size_t esc_qrec_write(uint8_t *dst, uint64_t offset, const uint8_t *event,
-                          uint32_t event_bytes)
-    int esc_qrec_read(const uint8_t *buf, size_t length, size_t pos, uint64_t offset,
-                      esc_event_t *ev, size_t *next_pos)
+from wal_format_h cimport *
 
+# Queue segment files are WAL segment images (csrc/wal_format.h): one record per stored event,
+# record index = the event's queue offset, record term = the Raft index of the entry that stored
+# it (non-decreasing, as the format demands of terms), payload = the event's batch_codec.h bytes
+# copied unchanged. One framing and one parser serve the Raft log and the queues.
+
+# A queue segment remembers the byte position of every QUEUE_INDEX_STRIDE-th record only; a
+# read walks at most QUEUE_INDEX_STRIDE - 1 records from there. 4 bytes per 64 events.
+cdef enum:
+    INDEX_STRIDE = 64
+
+QUEUE_INDEX_STRIDE = INDEX_STRIDE
 
 # Per-event outcome of SET_EVENT (and per-id outcome of DEDUP_ADD).
 cdef enum:
@@ -220,7 +265,7 @@ STATUS_STORED = ST_STORED
 STATUS_DUPLICATE = ST_DUPLICATE
 STATUS_BAD_QUEUE = ST_BAD_QUEUE
 STATUS_DEDUP_FULL = ST_DEDUP_FULL
-QUEUE_RECORD_HEADER_BYTES = ESC_QREC_HEADER_BYTES
+QUEUE_RECORD_HEADER_BYTES = ESC_WAL_HEADER_BYTES
 
 
 class MalformedCommandError(ValueError):
@@ -236,7 +281,7 @@ cdef inline const uint8_t *data_ptr(const uint8_t[::1] view) noexcept nogil:
 
 
 def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable dedup,
-                    int64_t[::1] next_offsets):
+                    int64_t[::1] next_offsets, uint64_t log_index):
     """Apply one SET_EVENT batch (batch_codec.h layout) to the dedup table and offsets.
 
     Routes each event (explicit queue, else mmh3(key) mod queue_count), checks-and-adds its id,
@@ -273,7 +318,7 @@ def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable d
                 f"at byte {error_offset}")
         starts[count] = <uint32_t>length
         return _apply_validated(buf, length, count, starts, queue_count, dedup,
-                                next_offsets, q_count, q_bytes, q_ts)
+                                next_offsets, q_count, q_bytes, q_ts, log_index)
     finally:
         free(starts); free(q_count); free(q_bytes); free(q_ts)
 
@@ -281,7 +326,7 @@ def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable d
 cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
                              const uint32_t *starts, uint32_t queue_count, DedupTable dedup,
                              int64_t[::1] next_offsets, uint32_t *q_count, uint64_t *q_bytes,
-                             int64_t *q_ts):
+                             int64_t *q_ts, uint64_t log_index):
     statuses_obj = PyBytes_FromStringAndSize(NULL, count)
     queues_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 4)
     offsets_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 8)
@@ -335,9 +380,9 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             if q_count[q] == 0 or ev.timestamp_us > q_ts[q]:
                 q_ts[q] = ev.timestamp_us
             q_count[q] += 1
-            q_bytes[q] += ESC_QREC_HEADER_BYTES + (starts[i + 1] - starts[i])
+            q_bytes[q] += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
             stored += 1
-            total_bytes += ESC_QREC_HEADER_BYTES + (starts[i + 1] - starts[i])
+            total_bytes += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
     if out_of_memory:
         # Ids before this one are already added: the state is no longer trustworthy.
         raise MemoryError("dedup table could not grow while applying SET_EVENT")
@@ -350,7 +395,7 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
     # remembering where each queue's slice starts.
     touched = []
     cdef uint64_t byte_start = 0, byte_len
-    cdef uint32_t pos_start = 0, pos_len
+    cdef uint32_t pos_start = 0, pos_len, event_bytes
     cdef uint64_t *slice_start = <uint64_t *>malloc(queue_count * sizeof(uint64_t))
     if slice_start == NULL:
         raise MemoryError()
@@ -373,8 +418,10 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
                 q = <uint32_t>queues[i]
                 positions[q_count[q]] = <uint32_t>(q_bytes[q] - slice_start[q])
                 q_count[q] += 1
-                q_bytes[q] += esc_qrec_write(records + q_bytes[q], <uint64_t>offsets[i],
-                                             buf + starts[i], starts[i + 1] - starts[i])
+                event_bytes = starts[i + 1] - starts[i]
+                memcpy(records + q_bytes[q] + ESC_WAL_HEADER_BYTES, buf + starts[i], event_bytes)
+                q_bytes[q] += esc_wal_seal_record(records + q_bytes[q], ESC_WAL_TYPE_ENTRY,
+                                                  event_bytes, <uint64_t>offsets[i], log_index)
     finally:
         free(slice_start)
     return statuses_obj, queues_obj, offsets_obj, records_obj, positions_obj, touched
@@ -435,15 +482,16 @@ def apply_dedup_add(const uint8_t[::1] body, DedupTable dedup):
 
 
 cdef class PositionIndex:
-    """Byte position of each record in one queue segment file, in offset order.
+    """Sparse index of one queue segment file: the byte position of records 0, STRIDE, 2*STRIDE..
 
-    Invariant: positions strictly increase; the segment file is below 4 GiB (u32 positions), which
+    Invariant: positions strictly increase; a segment file is below 4 GiB (u32 positions), which
     queue_segment_bytes (at most 1 GiB, plus one batch) guarantees.
     """
 
     cdef uint32_t *data
     cdef size_t used
     cdef size_t capacity
+    cdef uint64_t records  # records covered, so appends know which ones to keep
 
     def __dealloc__(self):
         free(self.data)
@@ -451,11 +499,15 @@ cdef class PositionIndex:
     def __len__(self):
         return self.used
 
+    @property
+    def record_count(self):
+        return self.records
+
     cdef int reserve(self, size_t more) except -1:
         cdef size_t want = self.used + more
         if want <= self.capacity:
             return 0
-        cdef size_t cap = self.capacity * 2 if self.capacity else 1024
+        cdef size_t cap = self.capacity * 2 if self.capacity else 64
         while cap < want:
             cap *= 2
         cdef uint32_t *grown = <uint32_t *>realloc(self.data, cap * sizeof(uint32_t))
@@ -465,27 +517,66 @@ cdef class PositionIndex:
         self.capacity = cap
         return 0
 
+    cdef int note(self, uint64_t position) except -1:
+        if self.records % INDEX_STRIDE == 0:
+            self.reserve(1)
+            self.data[self.used] = <uint32_t>position
+            self.used += 1
+        self.records += 1
+        return 0
+
     def extend(self, const uint8_t[::1] positions, uint64_t base):
-        """Append native-endian u32 positions, each shifted by `base` (the file size they were
-        written at)."""
-        cdef size_t n = positions.shape[0] // 4
+        """Take native-endian u32 record positions (relative to `base`, the file size they were
+        written at) of appended records, keeping every STRIDE-th."""
         if positions.shape[0] % 4:
             raise ValueError("positions must be whole u32 values")
-        self.reserve(n)
+        cdef size_t n = positions.shape[0] // 4
         cdef const uint32_t *src = <const uint32_t *>data_ptr(positions)
+        self.reserve(n // INDEX_STRIDE + 1)
         cdef size_t i
         for i in range(n):
-            self.data[self.used + i] = <uint32_t>(src[i] + base)
-        self.used += n
+            self.note(src[i] + base)
 
-    def position(self, size_t i):
-        if i >= self.used:
-            raise IndexError(f"record {i} of a segment holding {self.used}")
-        return self.data[i]
+    def locate(self, uint64_t record):
+        """(byte position, records to skip from it) to reach record number `record`."""
+        if record >= self.records:
+            raise IndexError(f"record {record} of a segment holding {self.records}")
+        return self.data[record // INDEX_STRIDE], record % INDEX_STRIDE
+
+
+cdef int check_event_record(const uint8_t *buf, size_t length, size_t pos, uint64_t offset,
+                            uint64_t min_log_index, esc_wal_record_t *rec, esc_event_t *ev,
+                            size_t *next_pos) noexcept nogil:
+    """0, or an error code: WAL status, or -1 wrong offset, -2 log index going back, -3 payload
+    not exactly one codec event."""
+    cdef int status = esc_wal_read_record(buf, length, pos, rec, next_pos)
+    if status != ESC_WAL_OK:
+        return status
+    if rec.index != offset:
+        return -1
+    if rec.term < min_log_index:
+        return -2
+    cdef size_t event_end = 0
+    if (esc_batch_read_event(rec.payload, rec.payload_len, 0, ev, &event_end) != ESC_BATCH_OK
+            or event_end != rec.payload_len):
+        return -3
+    return 0
+
+
+cdef str record_error(int code, uint64_t offset, size_t pos):
+    if code == -1:
+        reason = "record holds a different offset than expected"
+    elif code == -2:
+        reason = "record's log index is lower than the previous record's"
+    elif code == -3:
+        reason = "payload is not exactly one event"
+    else:
+        reason = esc_wal_status_text(code).decode()
+    return f"record {offset} at byte {pos}: {reason}"
 
 
 def scan_queue_segment(const uint8_t[::1] data, uint64_t base_offset, PositionIndex index):
-    """Check every record of a segment file image and fill `index` with their positions.
+    """Check every record of a segment file image and index it.
 
     Returns (count, max_timestamp_us); raises QueueDataError naming the byte position of the
     first record that fails a check, because a snapshot or restored segment must be whole.
@@ -493,20 +584,21 @@ def scan_queue_segment(const uint8_t[::1] data, uint64_t base_offset, PositionIn
     cdef size_t length = data.shape[0]
     cdef const uint8_t *buf = data_ptr(data)
     cdef size_t pos = 0, next_pos = 0
-    cdef uint64_t n = 0
+    cdef uint64_t n = 0, log_index = 0
     cdef int64_t max_ts = 0
-    cdef int status = ESC_QREC_OK
+    cdef int code = 0
+    cdef esc_wal_record_t rec
     cdef esc_event_t ev
+    memset(&rec, 0, sizeof(rec))
     memset(&ev, 0, sizeof(ev))
     while pos < length:
-        index.reserve(1)
         with nogil:
-            status = esc_qrec_read(buf, length, pos, base_offset + n, &ev, &next_pos)
-        if status != ESC_QREC_OK:
-            raise QueueDataError(f"record {base_offset + n} at byte {pos}: "
-                                 f"{esc_qrec_status_text(status).decode()}")
-        index.data[index.used] = <uint32_t>pos
-        index.used += 1
+            code = check_event_record(buf, length, pos, base_offset + n, log_index, &rec, &ev,
+                                      &next_pos)
+        if code != 0:
+            raise QueueDataError(record_error(code, base_offset + n, pos))
+        index.note(pos)
+        log_index = rec.term
         if n == 0 or ev.timestamp_us > max_ts:
             max_ts = ev.timestamp_us
         n += 1
@@ -514,29 +606,45 @@ def scan_queue_segment(const uint8_t[::1] data, uint64_t base_offset, PositionIn
     return n, max_ts
 
 
-def decode_queue_records(const uint8_t[::1] data, uint64_t first_offset, object factory):
-    """Decode the records filling `data` (offsets from first_offset), checking each; returns
-    [factory(offset, event_id, key, queue, timestamp_us, payload), ...]."""
+def decode_queue_records(const uint8_t[::1] data, size_t start, uint64_t first_offset,
+                         uint32_t skip, uint32_t limit, uint64_t max_bytes, bint take_first,
+                         object factory):
+    """Read events from a segment image: walk `skip` records from byte `start` (where record
+    `first_offset` sits), then decode up to `limit` events while their records total at most
+    `max_bytes` (the first regardless, when take_first). Every record walked is checked.
+
+    Returns (events, record_bytes): events are factory(offset, event_id, key, queue,
+    timestamp_us, payload).
+    """
     cdef size_t length = data.shape[0]
     cdef const uint8_t *buf = data_ptr(data)
-    cdef size_t pos = 0, next_pos = 0
+    cdef size_t pos = start, next_pos = 0, taken_bytes = 0
     cdef uint64_t offset = first_offset
-    cdef int status
+    cdef int code
+    cdef uint32_t walked = 0
+    cdef esc_wal_record_t rec
     cdef esc_event_t ev
+    memset(&rec, 0, sizeof(rec))
+    memset(&ev, 0, sizeof(ev))
     out = []
-    while pos < length:
-        status = esc_qrec_read(buf, length, pos, offset, &ev, &next_pos)
-        if status != ESC_QREC_OK:
-            raise QueueDataError(f"record {offset} at byte {pos} of the read: "
-                                 f"{esc_qrec_status_text(status).decode()}")
-        out.append(factory(
-            offset,
-            ev.event_id[:ev.id_len] if ev.event_id != NULL else None,
-            ev.key[:ev.key_len] if ev.key != NULL else None,
-            ev.queue if ev.flags & ESC_EVENT_HAS_QUEUE else None,
-            ev.timestamp_us,
-            ev.payload[:ev.payload_len],
-        ))
+    while pos < length and len(out) < limit:
+        code = check_event_record(buf, length, pos, offset, 0, &rec, &ev, &next_pos)
+        if code != 0:
+            raise QueueDataError(record_error(code, offset, pos))
+        if walked < skip:
+            walked += 1
+        else:
+            if (out or not take_first) and taken_bytes + (next_pos - pos) > max_bytes:
+                break
+            taken_bytes += next_pos - pos
+            out.append(factory(
+                offset,
+                ev.event_id[:ev.id_len] if ev.event_id != NULL else None,
+                ev.key[:ev.key_len] if ev.key != NULL else None,
+                ev.queue if ev.flags & ESC_EVENT_HAS_QUEUE else None,
+                ev.timestamp_us,
+                ev.payload[:ev.payload_len],
+            ))
         offset += 1
         pos = next_pos
-    return out
+    return out, taken_bytes

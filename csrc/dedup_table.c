@@ -17,6 +17,26 @@ static inline uint64_t slot_seq(const esc_dedup_table *t, uint64_t slot) {
     return t->head + (uint64_t)(uint32_t)(LOW32(slot) - LOW32(t->head));
 }
 
+/* A chunk is one allocation: a reference count, then the entries. The table holds one
+ * reference to each chunk it lists, each view one more. */
+#define CHUNK_HEADER_BYTES 16
+
+static esc_dedup_entry *chunk_new(void) {
+    uint8_t *base = malloc(CHUNK_HEADER_BYTES + ESC_DEDUP_CHUNK_ENTRIES * sizeof(esc_dedup_entry));
+    if (base == NULL) return NULL;
+    *(uint64_t *)base = 1;
+    return (esc_dedup_entry *)(base + CHUNK_HEADER_BYTES);
+}
+
+static void chunk_acquire(esc_dedup_entry *chunk) {
+    __atomic_add_fetch((uint64_t *)((uint8_t *)chunk - CHUNK_HEADER_BYTES), 1, __ATOMIC_RELAXED);
+}
+
+static void chunk_release(esc_dedup_entry *chunk) {
+    uint8_t *base = (uint8_t *)chunk - CHUNK_HEADER_BYTES;
+    if (__atomic_sub_fetch((uint64_t *)base, 1, __ATOMIC_ACQ_REL) == 0) free(base);
+}
+
 static inline esc_dedup_entry *entry_at_seq(const esc_dedup_table *t, uint64_t seq) {
     size_t chunk = (size_t)((seq >> ESC_DEDUP_CHUNK_SHIFT) - t->chunk_first);
     return &t->chunks[chunk][seq & (ESC_DEDUP_CHUNK_ENTRIES - 1)];
@@ -28,7 +48,7 @@ void esc_dedup_init(esc_dedup_table *t, uint64_t ids_max) {
 }
 
 void esc_dedup_free(esc_dedup_table *t) {
-    for (size_t i = 0; i < t->chunk_used; i++) free(t->chunks[i]);
+    for (size_t i = 0; i < t->chunk_used; i++) chunk_release(t->chunks[i]);
     free(t->chunks);
     free(t->slots);
     uint64_t ids_max = t->ids_max;
@@ -95,7 +115,7 @@ int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue
             t->chunks = grown;
             t->chunk_capacity = cap;
         }
-        esc_dedup_entry *fresh = malloc(ESC_DEDUP_CHUNK_ENTRIES * sizeof(esc_dedup_entry));
+        esc_dedup_entry *fresh = chunk_new();
         if (fresh == NULL) return ESC_DEDUP_NO_MEMORY;
         t->chunks[t->chunk_used++] = fresh;
     }
@@ -144,7 +164,7 @@ uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) {
         t->head++;
         expired++;
         if ((t->head >> ESC_DEDUP_CHUNK_SHIFT) > t->chunk_first && t->chunk_used > 0) {
-            free(t->chunks[0]);
+            chunk_release(t->chunks[0]);
             memmove(t->chunks, t->chunks + 1, (t->chunk_used - 1) * sizeof(*t->chunks));
             t->chunk_used--;
             t->chunk_first++;
@@ -153,6 +173,31 @@ uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) {
     return expired;
 }
 
-const esc_dedup_entry *esc_dedup_at(const esc_dedup_table *t, uint64_t i) {
-    return entry_at_seq(t, t->head + i);
+
+int esc_dedup_view_take(const esc_dedup_table *t, esc_dedup_view *v) {
+    memset(v, 0, sizeof(*v));
+    v->head = t->head;
+    v->tail = t->tail;
+    if (t->chunk_used == 0) return 0;
+    v->chunks = malloc(t->chunk_used * sizeof(*v->chunks));
+    if (v->chunks == NULL) return -1;
+    for (size_t i = 0; i < t->chunk_used; i++) {
+        chunk_acquire(t->chunks[i]);
+        v->chunks[i] = t->chunks[i];
+    }
+    v->chunk_used = t->chunk_used;
+    v->chunk_first = t->chunk_first;
+    return 0;
+}
+
+void esc_dedup_view_release(esc_dedup_view *v) {
+    for (size_t i = 0; i < v->chunk_used; i++) chunk_release(v->chunks[i]);
+    free(v->chunks);
+    memset(v, 0, sizeof(*v));
+}
+
+const esc_dedup_entry *esc_dedup_view_at(const esc_dedup_view *v, uint64_t i) {
+    uint64_t seq = v->head + i;
+    size_t chunk = (size_t)((seq >> ESC_DEDUP_CHUNK_SHIFT) - v->chunk_first);
+    return &v->chunks[chunk][seq & (ESC_DEDUP_CHUNK_ENTRIES - 1)];
 }

@@ -15,6 +15,12 @@
  *            so growth and backward-shift deletion never touch the entries.
  *   Memory: 36 B/entry + 8/(load) B/entry of slots = 36 + 10.7..21.3 B, plus < one chunk.
  *
+ * Views (snapshots): an entry never changes once written, and only the head chunk is ever freed,
+ * so a view of [head, tail) just holds references to the chunks it spans (a reference count per
+ * chunk, updated atomically because a snapshot writer thread drops its view). Taking a view
+ * costs one pointer per 65,536 ids; the table keeps applying (appends past the view's tail,
+ * expiry that frees a chunk only when no view holds it).
+ *
  * Invariant: tail - head < 2^32 (enforced by max_ids), so seq mod 2^32 identifies a live entry.
  * Invariant: every live entry has exactly one slot, and no two live entries share a digest.
  */
@@ -51,6 +57,14 @@ typedef struct {
     uint64_t ids_max;
 } esc_dedup_table;
 
+typedef struct {
+    esc_dedup_entry **chunks;
+    size_t chunk_used;
+    uint64_t chunk_first;
+    uint64_t head;
+    uint64_t tail;
+} esc_dedup_view;
+
 enum {
     ESC_DEDUP_INSERTED = 0,
     ESC_DEDUP_PRESENT = 1,
@@ -68,8 +82,12 @@ int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue
                      int64_t first_seen_us, const esc_dedup_entry **existing);
 /* Forgets entries, oldest arrival first, while their first_seen_us < cutoff_us. */
 uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us);
-/* The i-th live entry in arrival order, 0 <= i < count. */
-const esc_dedup_entry *esc_dedup_at(const esc_dedup_table *t, uint64_t i);
+/* A view of the live entries as they are now; 0, or -1 when out of memory. */
+int esc_dedup_view_take(const esc_dedup_table *t, esc_dedup_view *v);
+/* Drops a view's chunk references (thread-safe against the table's own frees). */
+void esc_dedup_view_release(esc_dedup_view *v);
+/* The i-th entry of a view in arrival order, 0 <= i < tail - head. */
+const esc_dedup_entry *esc_dedup_view_at(const esc_dedup_view *v, uint64_t i);
 /* Bytes held by slots and chunks (what the table costs, not what malloc rounds it up to). */
 uint64_t esc_dedup_bytes(const esc_dedup_table *t);
 

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from eventstream._state import DedupView
 from eventstream.state.config import canonical_json
 from eventstream.state.queues import segment_prefix_pieces
 
@@ -24,9 +25,10 @@ def state_digest(
     config: Mapping[str, Any],
     queues: list[dict[str, Any]],
     root: str,
-    dedup_image: bytes,
+    dedup: DedupView,
 ) -> str:
-    """Hex digest; `queues` is QueueStore.describe(), segment files are read under `root`."""
+    """Hex digest; `queues` is QueueStore.describe(), segment files are read under `root`,
+    `dedup` is a frozen view of the dedup entries (DedupTable.freeze())."""
     h = hashlib.blake2b(digest_size=32)
     h.update(b"eventstream-state-v1")
     h.update(struct.pack("<Q", applied_index))
@@ -54,6 +56,7 @@ def state_digest(
                 os.path.join(root, segment["file"]), segment["bytes"]
             ):
                 h.update(piece)
-    h.update(struct.pack("<Q", len(dedup_image)))
-    h.update(dedup_image)
+    h.update(struct.pack("<Q", len(dedup)))
+    for piece in dedup.pieces():
+        h.update(piece)
     return h.hexdigest()

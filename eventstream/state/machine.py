@@ -9,7 +9,10 @@ Contract with the node:
     Returns an ApplyResult; for SET_EVENT it carries parallel per-event arrays (statuses,
     queues, offsets) rather than per-event objects. A bad entry raises ApplyStoppedError naming
     the index, and every later apply raises too.
-  * `read(queue, offset, limit, max_bytes)` reads one queue; `digest()` hashes the full state.
+  * `read(queue, offset, limit, max_bytes)` reads one queue; `digest()` hashes the full state
+    (it reads every retained byte: a consistency check to run now and then, not per entry).
+  * Not thread-safe, except that a SnapshotCut may be written on another thread while apply
+    goes on.
   * `snapshot()` = `begin_snapshot()` (short pause, between two applies) + `SnapshotCut.write()`
     (may run on another thread while apply goes on). After a snapshot at index i the node may
     compact the Raft log through i (storage's `compact_through`).
@@ -22,11 +25,12 @@ Apply never reads a clock or global random state (seed: "Deterministic execution
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
@@ -44,7 +48,19 @@ from eventstream.state.queues import QueueStore, StoredEvent
 from eventstream.state.snapshot_stream import SnapshotReceiver, stream_snapshot
 
 LIVE_PREFIX = "live-"
+LOCK_NAME = "LOCK"
 SNAPSHOTS_KEPT = 2
+
+
+def lock_directory(directory: str) -> int:
+    """flock the state directory, so two machines never rebuild the same live folders."""
+    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"{directory}: state directory is open in another StateMachine") from None
+    return fd
 
 
 class ApplyResult(NamedTuple):
@@ -72,6 +88,7 @@ class StateMachine:
         self.live_root = ""
         self.queues = QueueStore("")
         self._stopped: str | None = None
+        self._lock_fd: int | None = None
 
     # ----- lifecycle -----
 
@@ -79,6 +96,7 @@ class StateMachine:
     def open(cls, directory: str) -> StateMachine:
         machine = cls(directory)
         os.makedirs(machine.snapshots_root, exist_ok=True)
+        machine._lock_fd = lock_directory(directory)
         for name in os.listdir(directory):
             if name.startswith(LIVE_PREFIX):
                 shutil.rmtree(os.path.join(directory, name))
@@ -98,6 +116,9 @@ class StateMachine:
 
     def close(self) -> None:
         self.queues.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _new_live_root(self) -> str:
         self._generation += 1
@@ -120,6 +141,13 @@ class StateMachine:
         except (MalformedCommandError, ConfigError, ValueError) as e:
             self._stopped = f"entry {index} (term {term}) is corrupt or from another version: {e}"
             raise ApplyStoppedError(self._stopped) from e
+        except (OSError, MemoryError, StateError) as e:
+            # Part of the entry may be applied: only a rebuild (open: newest snapshot, then the
+            # log replayed) gives a state that is known to be right.
+            self._stopped = (
+                f"entry {index} (term {term}) failed half-applied, reopen to rebuild: {e!r}"
+            )
+            raise ApplyStoppedError(self._stopped) from e
         self.applied_index = index
         self.applied_term = term
         return result
@@ -130,7 +158,9 @@ class StateMachine:
         kind = view[0]
         body = view[1:]
         if kind == CommandType.SET_EVENT:
-            statuses, queues, offsets = self.queues.apply_set_event(body, self.config, self.dedup)
+            statuses, queues, offsets = self.queues.apply_set_event(
+                body, self.config, self.dedup, index
+            )
             return ApplyResult(index, CommandType.SET_EVENT, statuses, queues, offsets)
         if kind == CommandType.DEDUP_ADD:
             statuses = memoryview(apply_dedup_add(body, self.dedup))
@@ -180,17 +210,22 @@ class StateMachine:
             self.config,
             self.queues.describe(),
             self.live_root,
-            self.dedup.export_entries(),
+            self.dedup.freeze(),
         )
 
     # ----- snapshots -----
 
-    def begin_snapshot(self) -> snapshots.SnapshotCut:
-        """Cut a snapshot at the applied index: hard links and one copy of the dedup entries."""
+    def begin_snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> snapshots.SnapshotCut:
+        """Cut a snapshot at the applied index: hard links and a frozen view of the dedup entries.
+
+        `raft_meta` is what the node must get back with the snapshot besides the state (the
+        membership at the last included index, Raft section 7); it is stored as given (JSON).
+        """
         manifest = {
             "format": snapshots.FORMAT_VERSION,
             "last_index": self.applied_index,
             "last_term": self.applied_term,
+            "raft": dict(raft_meta or {}),
             "config": self.config,
             "queue_slots": len(self.queues.next_offsets),
             "queues": self.queues.describe(),
@@ -198,11 +233,17 @@ class StateMachine:
         manifest = json.loads(json.dumps(manifest))  # a deep copy the writer may own
         return snapshots.cut(self.live_root, self.snapshots_root, manifest, self.dedup)
 
-    def snapshot(self) -> str:
+    def snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> str:
         """Take a complete snapshot now; returns its folder and prunes older ones."""
-        folder = self.begin_snapshot().write()
+        folder = self.begin_snapshot(raft_meta).write()
         self.prune_snapshots()
         return folder
+
+    @staticmethod
+    def snapshot_info(folder: str) -> tuple[int, int, dict[str, Any]]:
+        """(last included index, last included term, raft_meta) of a complete snapshot."""
+        manifest = snapshots.read_manifest(folder)
+        return manifest["last_index"], manifest["last_term"], manifest.get("raft", {})
 
     def prune_snapshots(self, keep: int = SNAPSHOTS_KEPT) -> None:
         for _, folder in snapshots.list_snapshots(self.snapshots_root)[:-keep]:
@@ -245,7 +286,7 @@ class StateMachine:
             store.load(manifest["queues"], manifest["queue_slots"])
             dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
             digest = state_digest(
-                manifest["last_index"], config, store.describe(), live_root, dedup.export_entries()
+                manifest["last_index"], config, store.describe(), live_root, dedup.freeze()
             )
             if digest != manifest["digest"]:
                 raise SnapshotError(

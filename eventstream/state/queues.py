@@ -1,10 +1,18 @@
 """Queue storage: each queue is an ordered log with dense offsets from 0, kept in segment files.
 
-On disk, a queue is the folder `queues/<queue:05d>/` of segment files `<base_offset:020d>.qseg`,
-each a run of records in the layout of csrc/queue_record.h (16-byte header with CRC-32C and the
-offset, then the event's batch_codec.h bytes unchanged). The newest segment is the active one and
-is only appended to; once it reaches `queue_segment_bytes` after a batch it is sealed and never
-changes again, which is what lets snapshots hard-link it.
+On disk, a queue is the folder `queues/<queue:05d>/` of segment files `<base_offset:020d>.qseg`.
+A segment file is a WAL segment image in the storage layer's one record framing
+(csrc/wal_format.h, 28-byte header with CRC-32C): record index = queue offset, record term = the
+Raft index of the entry that stored the event, payload = the event's batch_codec.h bytes
+unchanged. The newest segment is the active one and is only appended to; once it reaches
+`queue_segment_bytes` after a batch it is sealed and never changes again, which is what lets
+snapshots hard-link it.
+
+Why not the storage layer's SegmentLog class itself: it rolls segments inside a batch, fsyncs on
+every roll, holds a lock file and a descriptor per log and a background flusher; a queue needs
+rolls at batch boundaries only (for deterministic retention and snapshot cuts), no fsync of its
+own (the Raft log is the durable copy) and a bounded number of open files across 65,536 queues.
+The bytes on disk are the same format, read by the same native parser.
 
 Determinism (issue 4, "Retention trims whole segments deterministically at apply time"):
 segments roll only after a whole batch, and retention runs right after, dropping whole sealed
@@ -13,7 +21,8 @@ older than the queue's newest event minus the age cap. Both depend only on appli
 replicated config, so every replica cuts and drops the same segments. The newest segment is
 always kept, so a queue's byte total may exceed its cap by up to one segment.
 
-Memory: a u32 byte position per stored event (PositionIndex), nothing else per event.
+Memory: a sparse u32 byte position per 64 stored events (PositionIndex), nothing else per
+event; a read walks at most 63 records to reach its first offset.
 Durability: segment writes are not synced at apply; the Raft log is the durable copy, and a
 snapshot syncs what it links. After a restart the state is rebuilt from the newest snapshot and
 the log is replayed from there.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import mmap
 import os
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -41,6 +51,9 @@ from eventstream.state.errors import OffsetRangeError, SnapshotError, StateError
 SEGMENT_SUFFIX = ".qseg"
 READ_EVENTS_MAX = 100_000
 READ_BYTES_MAX = 64 << 20
+# Active segment files kept open for appends; the least recently appended queue's file is closed
+# past this, so 65,536 queues never need 65,536 descriptors.
+OPEN_SEGMENTS_MAX = 256
 
 
 class StoredEvent(NamedTuple):
@@ -65,11 +78,7 @@ class QueueSegment:
 
     @property
     def count(self) -> int:
-        return len(self.index)
-
-    def end_position(self, i: int) -> int:
-        """Byte position where record i ends (the next record's start, or the file end)."""
-        return self.index.position(i + 1) if i + 1 < self.count else self.size_bytes
+        return int(self.index.record_count)
 
 
 def segment_name(base_offset: int) -> str:
@@ -176,45 +185,38 @@ class QueueLog:
         out: list[StoredEvent] = []
         budget = max_bytes
         for segment in self._segments_from(offset):
-            if len(out) >= limit:
-                break
             first = offset + len(out) - segment.base_offset
-            start = segment.index.position(first)
-            last = self._last_fitting(segment, first, limit - len(out), budget, not out)
-            if last < first:
-                break
-            stop = segment.end_position(last)
-            with open(segment.path, "rb") as f:
-                data = os.pread(f.fileno(), stop - start, start)
-            try:
-                out.extend(decode_queue_records(data, segment.base_offset + first, StoredEvent))
-            except QueueDataError as e:
-                raise StateError(f"{segment.path}: {e}") from e
-            budget -= stop - start
-            if offset + len(out) < segment.base_offset + segment.count:
-                break  # stopped inside this segment: limit or byte budget reached
+            start, skip = segment.index.locate(first)
+            with (
+                open(segment.path, "rb") as f,
+                mmap.mmap(f.fileno(), segment.size_bytes, access=mmap.ACCESS_READ) as image,
+            ):
+                view = memoryview(image)
+                try:
+                    events, used = decode_queue_records(
+                        view,
+                        start,
+                        segment.base_offset + first - skip,
+                        skip,
+                        limit - len(out),
+                        budget,
+                        not out,
+                        StoredEvent,
+                    )
+                except QueueDataError as e:
+                    raise StateError(f"{segment.path}: {e}") from e
+                finally:
+                    view.release()
+            out.extend(events)
+            budget -= used
+            if len(out) >= limit or offset + len(out) < segment.base_offset + segment.count:
+                break  # limit reached, or stopped inside this segment by the byte budget
         return out
 
     def _segments_from(self, offset: int) -> Iterator[QueueSegment]:
         for segment in self.segments:
             if offset < segment.base_offset + segment.count:
                 yield segment
-
-    @staticmethod
-    def _last_fitting(
-        segment: QueueSegment, first: int, limit: int, budget: int, must: bool
-    ) -> int:
-        """Largest record number i in [first, first+limit) whose span from `first` fits the
-        budget; `first` itself when `must`, first - 1 when nothing fits."""
-        start = segment.index.position(first)
-        low, high = first - 1, min(segment.count, first + limit) - 1
-        while low < high:  # binary search: spans grow with i
-            mid = (low + high + 1) // 2
-            if segment.end_position(mid) - start <= budget:
-                low = mid
-            else:
-                high = mid - 1
-        return max(low, first) if must else low
 
 
 class QueueStore:
@@ -223,6 +225,7 @@ class QueueStore:
     def __init__(self, root: str) -> None:
         self.root = root
         self.logs: dict[int, QueueLog] = {}
+        self._appended_recently: OrderedDict[int, QueueLog] = OrderedDict()
         # Next offset per queue number, shared with the native apply loop (updated in place).
         self.next_offsets = array("q")
 
@@ -241,13 +244,13 @@ class QueueStore:
             self.next_offsets.extend([0] * (queue_count - len(self.next_offsets)))
 
     def apply_set_event(
-        self, batch: memoryview, config: Mapping[str, Any], dedup: Any
+        self, batch: memoryview, config: Mapping[str, Any], dedup: Any, log_index: int
     ) -> tuple[memoryview, memoryview, memoryview]:
         """Store one SET_EVENT batch; returns per-event (statuses u8, queues i32, offsets i64)."""
         queue_count = config["queue_count"]
         self._ensure_slots(queue_count)
         statuses, queues, offsets, records, positions, touched = apply_set_event(
-            batch, queue_count, dedup, self.next_offsets
+            batch, queue_count, dedup, self.next_offsets, log_index
         )
         records_view = memoryview(records)
         positions_view = memoryview(positions)
@@ -266,11 +269,19 @@ class QueueStore:
                     f"assigned through {self.next_offsets[queue]}"
                 )
             log.enforce_retention(*retention_limits(config, queue))
+            self._note_open(queue, log)
         return (
             memoryview(statuses),
             memoryview(queues).cast("i"),
             memoryview(offsets).cast("q"),
         )
+
+    def _note_open(self, queue: int, log: QueueLog) -> None:
+        self._appended_recently[queue] = log
+        self._appended_recently.move_to_end(queue)
+        while len(self._appended_recently) > OPEN_SEGMENTS_MAX:
+            _, idle = self._appended_recently.popitem(last=False)
+            idle.close()
 
     def enforce_retention_all(self, config: Mapping[str, Any]) -> None:
         for queue, log in self.logs.items():

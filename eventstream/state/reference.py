@@ -21,7 +21,7 @@ from eventstream.storage.codec_reference import decode_batch
 from eventstream.storage.event import Event
 
 STORED, DUPLICATE, BAD_QUEUE, DEDUP_FULL = 0, 1, 2, 3
-RECORD_HEADER_BYTES = 16 + 24  # queue record header + codec event header
+RECORD_HEADER_BYTES = 28 + 24  # WAL record header + codec event header
 
 
 def record_bytes(event: Event) -> int:

@@ -3,7 +3,7 @@
 A complete snapshot is a folder `snapshots/snap-<index:020d>/`:
 
     MANIFEST.json            written last; its presence is what makes the snapshot complete
-    dedup.lz4                the dedup entries (DedupTable.export_entries image) as lz4 frames
+    dedup.lz4                the dedup entries (DedupTable.export_entries image), one lz4 frame
     queues/<q>/<base>.qseg   hard links to the live queue segments at the cut
 
 MANIFEST.json holds: format, last_index, last_term (the index/term of the last applied entry),
@@ -13,10 +13,11 @@ cut. A segment that was the active one at the cut keeps growing in the live fold
 through its hard link here: only its first `bytes` bytes belong to the snapshot.
 
 Taking a snapshot is split so apply pauses only briefly (`cut`): the cut hard-links every live
-segment (one link() per segment file, no data copied) and copies the dedup entries in memory
-(36 bytes per remembered id, a memcpy). Everything slow (fsync, checksums, lz4, digest, manifest)
-happens in `SnapshotCut.write`, which may run on another thread while apply goes on: sealed
-segments never change and the active one is read only up to its length at the cut.
+segment (one link() per segment file, no data copied) and freezes the dedup entries (a reference
+to each chunk of 65,536 entries; entries never change once written, so nothing is copied).
+Everything slow (fsync, checksums, lz4, digest, manifest) happens in `SnapshotCut.write`, which
+may run on another thread while apply goes on: sealed segments never change, the active one is
+read only up to its length at the cut, and the frozen dedup chunks outlive any expiry.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lz4.frame
 
-from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable
+from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable, DedupView
 from eventstream.state.digest import state_digest
 from eventstream.state.errors import SnapshotError
 from eventstream.state.queues import segment_prefix_pieces
@@ -40,6 +42,7 @@ MANIFEST_NAME = "MANIFEST.json"
 DEDUP_NAME = "dedup.lz4"
 SNAPSHOT_PREFIX = "snap-"
 MANIFEST_BYTES_MAX = 64 << 20
+DEDUP_PIECE_BYTES = DEDUP_ENTRY_BYTES << 16  # 65,536 entries, about 2.4 MB
 
 
 def snapshot_folder(snapshots_root: str, index: int) -> str:
@@ -68,7 +71,7 @@ class SnapshotCut:
     work_path: str
     final_path: str
     manifest: dict[str, Any]
-    dedup_image: bytes
+    dedup: DedupView
 
     def write(self) -> str:
         """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
@@ -78,22 +81,22 @@ class SnapshotCut:
                     path = os.path.join(self.work_path, segment["file"])
                     fsync_path(path)
                     segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
-            compressed = lz4.frame.compress(self.dedup_image)
-            dedup_path = os.path.join(self.work_path, DEDUP_NAME)
-            write_synced(dedup_path, compressed)
+            file_bytes, crc = write_dedup_image(
+                os.path.join(self.work_path, DEDUP_NAME), self.dedup
+            )
             self.manifest["dedup"] = {
                 "file": DEDUP_NAME,
-                "count": len(self.dedup_image) // DEDUP_ENTRY_BYTES,
-                "image_bytes": len(self.dedup_image),
-                "file_bytes": len(compressed),
-                "crc32c": crc32c(compressed),
+                "count": len(self.dedup),
+                "image_bytes": len(self.dedup) * DEDUP_ENTRY_BYTES,
+                "file_bytes": file_bytes,
+                "crc32c": crc,
             }
             self.manifest["digest"] = state_digest(
                 self.manifest["last_index"],
                 self.manifest["config"],
                 self.manifest["queues"],
                 self.work_path,
-                self.dedup_image,
+                self.dedup,
             )
             write_synced(
                 os.path.join(self.work_path, MANIFEST_NAME),
@@ -134,7 +137,7 @@ def cut(
             target = os.path.join(work_path, segment["file"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.link(os.path.join(live_root, segment["file"]), target)
-    return SnapshotCut(work_path, final_path, manifest, dedup.export_entries())
+    return SnapshotCut(work_path, final_path, manifest, dedup.freeze())
 
 
 def read_manifest(folder: str) -> dict[str, Any]:
@@ -225,27 +228,66 @@ def copy_prefix(source: str, target: str, length: int) -> None:
             dst.write(piece)
 
 
+def lz4_frame_of(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """One lz4 frame of the concatenated pieces, produced piece by piece."""
+    compressor = lz4.frame.LZ4FrameCompressor()
+    yield compressor.begin()
+    for piece in pieces:
+        yield compressor.compress(piece)
+    yield compressor.flush()
+
+
+def write_dedup_image(path: str, dedup: DedupView) -> tuple[int, int]:
+    """Write the dedup entries as one lz4 frame, piece by piece from the frozen view (no copy of
+    the whole image); returns (file bytes, crc32c of the file)."""
+    size = crc = 0
+    with open(path, "wb") as f:
+        for piece in lz4_frame_of(dedup.pieces()):
+            f.write(piece)
+            crc = crc32c(piece, crc)
+            size += len(piece)
+        f.flush()
+        os.fsync(f.fileno())
+    return size, crc
+
+
 def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> DedupTable:
+    """Rebuild the dedup table from its lz4 file, decompressing a bounded piece at a time."""
     info = manifest["dedup"]
     path = os.path.join(snapshot_path, info["file"])
+    table = DedupTable(ids_max)
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    carry = b""
+    image_bytes = file_bytes = crc = 0
     try:
         with open(path, "rb") as f:
-            compressed = f.read()
+            while piece := f.read(DEDUP_PIECE_BYTES):
+                file_bytes += len(piece)
+                crc = crc32c(piece, crc)
+                while not decompressor.eof:
+                    out = decompressor.decompress(piece, max_length=DEDUP_PIECE_BYTES)
+                    piece = b""
+                    image_bytes += len(out)
+                    carry += out
+                    whole = len(carry) - len(carry) % DEDUP_ENTRY_BYTES
+                    table.import_entries(carry[:whole])
+                    carry = carry[whole:]
+                    if decompressor.needs_input:
+                        break
     except OSError as e:
         raise SnapshotError(f"{path}: {e}") from e
-    if len(compressed) != info["file_bytes"] or crc32c(compressed) != info["crc32c"]:
-        raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
-    try:
-        image = lz4.frame.decompress(compressed)
     except RuntimeError as e:
         raise SnapshotError(f"{path}: lz4 frame does not decode: {e}") from e
-    if len(image) != info["image_bytes"] or len(image) != info["count"] * DEDUP_ENTRY_BYTES:
-        raise SnapshotError(f"{path}: dedup image of {len(image)} bytes, manifest differs")
-    table = DedupTable(ids_max)
-    try:
-        table.import_entries(image)
     except (ValueError, MemoryError) as e:
         raise SnapshotError(f"{path}: {e}") from e
+    if file_bytes != info["file_bytes"] or crc != info["crc32c"]:
+        raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
+    if not decompressor.eof or carry or image_bytes != info["image_bytes"]:
+        raise SnapshotError(f"{path}: dedup image of {image_bytes} bytes, manifest differs")
+    if len(table) != info["count"]:
+        raise SnapshotError(
+            f"{path}: {len(table)} dedup entries, the manifest says {info['count']}"
+        )
     return table
 
 

@@ -3,10 +3,13 @@
 Stream layout (integers little-endian):
     magic      b"ESCSNAP\\x01"
     per file:  b"F" u16 name_bytes, name (UTF-8, relative), u64 file_bytes, u32 crc32c(file)
-               then b"B" u32 raw_bytes u32 frame_bytes <one lz4 frame> blocks covering the file
+               then b"B" u32 raw_bytes u32 frame_bytes u32 crc32c(frame) <one lz4 frame> blocks
+               covering the file
                (raw_bytes <= BLOCK_RAW_BYTES; zero blocks for an empty file)
     end:       b"E" u32 file_count
-The first file is always MANIFEST.json; every later file must be one the manifest lists, with
+The frame's own CRC catches damage that lz4 would decode to the same bytes (a changed match
+offset inside a run), so any altered byte of the stream is refused. The first file is always
+MANIFEST.json; every later file must be one the manifest lists, with
 the size and CRC-32C it states. Chunks may cut the stream anywhere. The receiver keeps at most
 one block plus one chunk in memory and writes files as blocks arrive, into a work folder that
 becomes a snapshot folder only when the whole stream checked out.
@@ -34,7 +37,7 @@ BLOCK_FRAME_BYTES_MAX = BLOCK_RAW_BYTES + (BLOCK_RAW_BYTES >> 7) + 1024
 CHUNK_BYTES_MAX = 16 << 20
 NAME_BYTES_MAX = 255
 FILE_HEADER = struct.Struct("<QI")
-BLOCK_HEADER = struct.Struct("<II")
+BLOCK_HEADER = struct.Struct("<III")
 
 
 def stream_snapshot(folder: str, chunk_bytes: int) -> Iterator[bytes]:
@@ -57,7 +60,7 @@ def stream_snapshot(folder: str, chunk_bytes: int) -> Iterator[bytes]:
                     raise SnapshotError(f"{folder}/{name}: shorter than the manifest's {size}")
                 remaining -= len(raw)
                 frame = lz4.frame.compress(raw)
-                pending += b"B" + BLOCK_HEADER.pack(len(raw), len(frame)) + frame
+                pending += b"B" + BLOCK_HEADER.pack(len(raw), len(frame), crc32c(frame)) + frame
                 while len(pending) >= chunk_bytes:
                     yield bytes(pending[:chunk_bytes])
                     del pending[:chunk_bytes]
@@ -209,7 +212,7 @@ class SnapshotReceiver:
         header_end = 1 + BLOCK_HEADER.size
         if len(buf) < header_end:
             return False
-        raw_bytes, frame_bytes = BLOCK_HEADER.unpack_from(buf, 1)
+        raw_bytes, frame_bytes, frame_crc = BLOCK_HEADER.unpack_from(buf, 1)
         if self._file is None:
             self._fail("data block outside a file in snapshot stream")
         if (
@@ -223,6 +226,8 @@ class SnapshotReceiver:
             return False
         frame = bytes(buf[header_end : header_end + frame_bytes])
         del buf[: header_end + frame_bytes]
+        if crc32c(frame) != frame_crc:
+            self._fail(f"{self._file_name}: CRC-32C mismatch of an lz4 frame in snapshot stream")
         info = lz4.frame.get_frame_info(frame)
         if info.get("content_size", 0) not in (0, raw_bytes):
             self._fail(f"{self._file_name}: lz4 frame announces {info['content_size']} bytes")

@@ -54,9 +54,8 @@ def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
     total = BATCH_HEADER_BYTES
     for index, event in enumerate(events):
         if not isinstance(event, tuple) or len(event) != 5:
-            raise CodecError(
-                f"event {index}: expected a 5-tuple (event_id, key, queue, timestamp_us, payload)"
-            )
+            raise CodecError(f"event {index}: expected a 5-tuple (event_id, key, queue, "
+                             f"timestamp_us, payload)")
         event_id = _field_bytes(event[0], "event_id", index, EVENT_ID_BYTES_MAX)
         key = _field_bytes(event[1], "key", index, EVENT_KEY_BYTES_MAX)
         queue = event[2]
@@ -97,16 +96,13 @@ def decode_batch(data: bytes | bytearray | memoryview) -> list[Event]:
     if len(buf) < BATCH_HEADER_BYTES:
         raise CodecError("batch at offset 0: buffer shorter than the batch header")
     version, flags, reserved, count, total = _BATCH_HEADER.unpack_from(buf, 0)
-    _check(
-        0,
-        [
-            (version != BATCH_VERSION, "unknown batch format version"),
-            (flags or reserved, "reserved field is not zero"),
-            (count > BATCH_EVENTS_MAX, "event count above the limit"),
-            (total > BATCH_BYTES_MAX, "batch bytes above the limit"),
-            (total != len(buf), "batch_bytes field differs from the buffer length"),
-        ],
-    )
+    _check(0, [
+        (version != BATCH_VERSION, "unknown batch format version"),
+        (flags or reserved, "reserved field is not zero"),
+        (count > BATCH_EVENTS_MAX, "event count above the limit"),
+        (total > BATCH_BYTES_MAX, "batch bytes above the limit"),
+        (total != len(buf), "batch_bytes field differs from the buffer length"),
+    ])
     events: list[Event] = []
     offset = BATCH_HEADER_BYTES
     for _ in range(count):
@@ -126,9 +122,7 @@ def _check(offset: int, checks: list[tuple[Any, str]]) -> None:
 
 def _decode_event(buf: bytes, offset: int) -> tuple[Event, int]:
     """Returns the event at `offset` and the offset just past it."""
-    _check(
-        offset, [(len(buf) - offset < EVENT_HEADER_BYTES, "event runs past the end of the batch")]
-    )
+    _check(offset, [(len(buf) - offset < EVENT_HEADER_BYTES, "event runs past the end of the batch")])
     flags, reserved1, id_len, key_len, reserved2, queue, payload_len, timestamp_us = (
         _EVENT_HEADER.unpack_from(buf, offset)
     )
@@ -138,19 +132,16 @@ def _decode_event(buf: bytes, offset: int) -> tuple[Event, int]:
         or (not flags & _HAS_KEY and key_len)
         or (not flags & _HAS_QUEUE and queue)
     )
-    _check(
-        offset,
-        [
-            (flags & ~(_HAS_ID | _HAS_KEY | _HAS_QUEUE), "unknown event flag bits"),
-            (reserved1 or reserved2, "reserved field is not zero"),
-            (id_len > EVENT_ID_BYTES_MAX, "event_id longer than the limit"),
-            (key_len > EVENT_KEY_BYTES_MAX, "key longer than the limit"),
-            (absent_set, "absent field has a nonzero length or value"),
-            (queue >= QUEUE_LIMIT, "queue number not below 2**31"),
-            (size > EVENT_BYTES_MAX, "event bytes above the limit"),
-            (len(buf) - offset < size, "event runs past the end of the batch"),
-        ],
-    )
+    _check(offset, [
+        (flags & ~(_HAS_ID | _HAS_KEY | _HAS_QUEUE), "unknown event flag bits"),
+        (reserved1 or reserved2, "reserved field is not zero"),
+        (id_len > EVENT_ID_BYTES_MAX, "event_id longer than the limit"),
+        (key_len > EVENT_KEY_BYTES_MAX, "key longer than the limit"),
+        (absent_set, "absent field has a nonzero length or value"),
+        (queue >= QUEUE_LIMIT, "queue number not below 2**31"),
+        (size > EVENT_BYTES_MAX, "event bytes above the limit"),
+        (len(buf) - offset < size, "event runs past the end of the batch"),
+    ])
     body = offset + EVENT_HEADER_BYTES
     event_id = buf[body : body + id_len] if flags & _HAS_ID else None
     key = buf[body + id_len : body + id_len + key_len] if flags & _HAS_KEY else None

@@ -42,16 +42,12 @@ def test_golden_batch_bytes() -> None:
     expected = bytes.fromhex(
         "01 00 0000 02000000 44000000"  # version, flags, reserved, count 2, 68 bytes
         "07 00 0200 0100 0000 07000000 05000000 40420f0000000000"  # all fields present
-        "6964"
-        "6b"
-        "68656c6c6f"  # "id", "k", "hello"
+        "6964" "6b" "68656c6c6f"  # "id", "k", "hello"
         "00 00 0000 0000 0000 00000000 00000000 ffffffffffffffff"  # absent fields, ts -1
     )
     assert batch == expected
-    assert (
-        reference.encode_batch([(b"id", b"k", 7, 1_000_000, b"hello"), (None, None, None, -1, b"")])
-        == expected
-    )
+    assert reference.encode_batch([(b"id", b"k", 7, 1_000_000, b"hello"),
+                                   (None, None, None, -1, b"")]) == expected
 
 
 def test_limits_match_reference() -> None:
@@ -179,7 +175,7 @@ def test_decode_damaged_batches_agree_with_reference(events: list[Event], data: 
         position = data.draw(st.integers(0, len(batch) - 1))
         batch[position] ^= data.draw(st.integers(1, 255))
     elif action == "truncate":
-        del batch[data.draw(st.integers(0, len(batch) - 1)) :]
+        del batch[data.draw(st.integers(0, len(batch) - 1)):]
     elif action == "extend":
         batch += data.draw(st.binary(min_size=1, max_size=30))
         struct.pack_into("<I", batch, 8, len(batch))

@@ -30,6 +30,7 @@ from eventstream.state import (
     encode_set_event,
     validate_config,
 )
+from eventstream.state import queues as queues_module
 from eventstream.storage.codec import Event
 
 
@@ -147,7 +148,7 @@ def test_reads_limits_and_clear_range_errors(tmp_path: Any) -> None:
     page = machine.read(0, 10, limit=5)
     assert [e.offset for e in page] == [10, 11, 12, 13, 14]
     assert [e.payload for e in page][:2] == [b"p10", b"p11"]
-    one_record = 16 + 24 + 3
+    one_record = 28 + 24 + 3
     assert len(machine.read(0, 10, limit=100, max_bytes=2 * one_record)) == 2
     assert len(machine.read(0, 10, limit=100, max_bytes=1)) == 1  # always progresses
     assert machine.read(0, 50) == []  # the end is a valid place to wait for more
@@ -229,7 +230,8 @@ def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     for index, data in enumerate(command_stream(3, 40), start=1):
         machine.apply(index, 1, data)
-    folder = machine.snapshot()
+    folder = machine.snapshot({"voters": [1, 2, 3]})
+    assert StateMachine.snapshot_info(folder) == (40, 1, {"voters": [1, 2, 3]})
     manifest = json.loads((tmp_path / "sm" / "snapshots" / folder / "MANIFEST.json").read_text())
     segment = manifest["queues"][0]["segments"][0]
     assert os.stat(os.path.join(folder, segment["file"])).st_nlink == 2  # snapshot + live
@@ -346,3 +348,53 @@ def test_snapshot_write_runs_while_apply_goes_on(tmp_path: Any) -> None:
     target = open_machine(tmp_path, "target")
     target.restore(done[0])
     assert target.applied_index == 40 and target.digest() == digest_at_cut
+
+
+def test_open_segment_files_are_bounded(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(queues_module, "OPEN_SEGMENTS_MAX", 3)
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"queue_count": 20}))
+    for index in range(2, 6):
+        batch = [Event(None, None, q, index, b"q%d-%d" % (q, index)) for q in range(20)]
+        machine.apply(index, 1, encode_set_event(batch))
+    open_files = [log for log in machine.queues.logs.values() if log._active_fd is not None]
+    assert len(open_files) == 3
+    assert [e.payload for e in machine.read(0, 0)] == [b"q0-%d" % i for i in range(2, 6)]
+
+
+def test_disk_error_stops_apply_until_reopened(tmp_path: Any, monkeypatch: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_set_event(events(5)))
+
+    def disk_full(fd: int, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(queues_module.os, "write", disk_full)
+        with pytest.raises(ApplyStoppedError, match="entry 2 .*half-applied.*No space"):
+            machine.apply(2, 1, encode_set_event(events(5, start=5)))
+    with pytest.raises(ApplyStoppedError):
+        machine.apply(2, 1, b"")
+    machine.close()
+    reopened = open_machine(tmp_path)
+    assert reopened.applied_index == 0  # no snapshot yet: the node replays the log from 1
+
+
+def test_snapshot_of_many_ids_restores_piece_by_piece(tmp_path: Any) -> None:
+    """More ids than one decompression piece (65,536 entries), across two DEDUP_ADD entries."""
+    machine = open_machine(tmp_path)
+    ids = [(b"%08d" % i, i) for i in range(100_000)]
+    machine.apply(1, 1, encode_dedup_add(ids[:60_000]))
+    machine.apply(2, 1, encode_dedup_add(ids[60_000:]))
+    target = open_machine(tmp_path, "target")
+    target.restore(machine.snapshot())
+    assert len(target.dedup) == 100_000 and target.digest() == machine.digest()
+    assert target.dedup.lookup(b"00099999") == (-1, -1)
+
+
+def test_one_machine_per_directory(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    with pytest.raises(StateError, match="open in another StateMachine"):
+        open_machine(tmp_path)
+    machine.close()
+    open_machine(tmp_path).close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,16 +100,19 @@ def segments_of(machine: Any, queue: int) -> list[tuple]:
     return [(s.base_offset, s.count, s.size_bytes, s.sealed) for s in segments]
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
+SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+}
+SEQUENCES = (
     st.lists(commands, min_size=1, max_size=30),
     st.integers(1, 7),
     st.integers(1, 2000),
 )
+
+
+@settings(max_examples=60, **SETTINGS)  # type: ignore[arg-type]
+@given(*SEQUENCES)
 def test_machine_matches_model_and_restores(
     tmp_path_factory: Any, entries: list[bytes], limit: int, max_bytes: int
 ) -> None:
@@ -141,3 +145,15 @@ def test_machine_matches_model_and_restores(
         assert read_all(other, queue, 1000, 1 << 20) == read_all(machine, queue, 1000, 1 << 20)
     machine.close()
     other.close()
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, **SETTINGS)  # type: ignore[arg-type]
+@given(*SEQUENCES)
+def test_machine_matches_model_long(
+    tmp_path_factory: Any, entries: list[bytes], limit: int, max_bytes: int
+) -> None:
+    """The same comparison on many more sequences (make test-slow)."""
+    test_machine_matches_model_and_restores.hypothesis.inner_test(  # type: ignore[attr-defined]
+        tmp_path_factory, entries, limit, max_bytes
+    )

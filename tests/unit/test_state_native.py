@@ -31,7 +31,8 @@ from eventstream._state import (
     routing_hash,
     scan_queue_segment,
 )
-from eventstream.storage import crc32c
+from eventstream._wal import scan_records
+from eventstream.storage import codec_reference, crc32c, wal_reference
 from eventstream.storage.codec import Event, encode_batch
 
 
@@ -122,9 +123,11 @@ def test_dedup_full_refuses_instead_of_forgetting() -> None:
     assert table.lookup(b"0") == (0, 0)
 
 
-def apply(events: list[Event], queue_count: int, table: DedupTable, offsets: array.array):
+def apply(
+    events: list[Event], queue_count: int, table: DedupTable, offsets: array.array, log_index=1
+):
     statuses, queues, offs, records, positions, touched = apply_set_event(
-        encode_batch(events), queue_count, table, offsets
+        encode_batch(events), queue_count, table, offsets, log_index
     )
     return (
         list(statuses),
@@ -161,11 +164,11 @@ def test_set_event_routing_dedup_and_rejection() -> None:
     assert sorted(t[0] for t in touched) == sorted({home, 5})
     for queue, start, end, pos_start, count, max_ts in touched:
         part = records[start:end]
-        stored = decode_queue_records(part, 0, lambda *f: f)
-        assert len(stored) == count
+        stored, used = decode_queue_records(part, 0, 0, 0, 100, 1 << 20, True, lambda *f: f)
+        assert len(stored) == count and used == len(part)
         assert [positions[pos_start + i] for i in range(count)] == [
             0,
-            *([16 + 24 + 1 + 6 + 5] if count == 2 else []),
+            *([28 + 24 + 1 + 6 + 5] if count == 2 else []),
         ]
         if queue == home:
             assert [s[5] for s in stored] == [b"first", b"second"] and max_ts == 101
@@ -188,38 +191,61 @@ def test_malformed_batch_changes_nothing() -> None:
     offsets = array.array("q", [0, 0])
     good = encode_batch([Event(b"x", b"k", None, 1, b"p"), Event(b"y", b"k", None, 2, b"q")])
     with pytest.raises(MalformedCommandError, match="at byte"):
-        apply_set_event(good[:-1], 2, table, offsets)
+        apply_set_event(good[:-1], 2, table, offsets, 1)
     with pytest.raises(MalformedCommandError, match="at byte 0"):
-        apply_set_event(b"\x07" + good[1:], 2, table, offsets)
+        apply_set_event(b"\x07" + good[1:], 2, table, offsets, 1)
     assert len(table) == 0 and list(offsets) == [0, 0]
 
 
-def test_queue_record_golden_bytes() -> None:
-    """Layout of csrc/queue_record.h, pinned: header + the event's codec bytes unchanged."""
+def test_queue_record_is_a_wal_record_of_the_event() -> None:
+    """Layout pinned: csrc/wal_format.h framing, index = queue offset, term = the Raft index of
+    the storing entry, payload = the event's codec bytes unchanged."""
     table = DedupTable()
     offsets = array.array("q", [41])
-    _, _, _, records, _, _ = apply([Event(None, b"k", None, 7, b"pay")], 1, table, offsets)
+    _, _, _, records, _, _ = apply(
+        [Event(None, b"k", None, 7, b"pay")], 1, table, offsets, log_index=9
+    )
     event = encode_batch([Event(None, b"k", None, 7, b"pay")])[12:]
-    body = struct.pack("<Q", 41) + event
-    assert records == struct.pack("<II", len(event), crc32c(body)) + body
+    after_crc = struct.pack("<BBHIQQ", 1, 1, 0, len(event), 41, 9) + event
+    assert records == struct.pack("<I", crc32c(after_crc)) + after_crc
+    # The storage layer's own WAL scanner accepts a queue segment image as it is.
+    count, valid_bytes, last_term, *_ = scan_records(records, 41, 0)
+    assert (count, valid_bytes, last_term) == (1, len(records), 9)
+
+
+def many_records(count: int) -> bytes:
+    table = DedupTable()
+    offsets = array.array("q", [0])
+    events = [Event(None, None, None, i, b"payload %d" % i) for i in range(count)]
+    return apply(events, 1, table, offsets)[3]
+
+
+def test_sparse_index_and_reads_from_any_offset() -> None:
+    records = many_records(200)
+    index = PositionIndex()
+    assert scan_queue_segment(records, 0, index) == (200, 199)
+    assert index.record_count == 200 and len(index) == 4  # records 0, 64, 128, 192
+    for offset in (0, 1, 63, 64, 65, 130, 199):
+        start, skip = index.locate(offset)
+        got, _ = decode_queue_records(
+            records, start, offset - skip, skip, 2, 1 << 20, True, lambda *f: f
+        )
+        assert [g[0] for g in got] == [offset, offset + 1][: 200 - offset]
+        assert got[0][5] == b"payload %d" % offset
+    with pytest.raises(IndexError):
+        index.locate(200)
 
 
 def test_scan_and_decode_catch_damage() -> None:
-    table = DedupTable()
-    offsets = array.array("q", [0])
-    events = [Event(None, None, None, i, b"payload %d" % i) for i in range(5)]
-    _, _, _, records, _, _ = apply(events, 1, table, offsets)
-    index = PositionIndex()
-    assert scan_queue_segment(records, 0, index) == (5, 4)
-    assert len(index) == 5 and index.position(0) == 0
+    records = many_records(5)
     damaged = bytearray(records)
     damaged[-1] ^= 1
     with pytest.raises(QueueDataError, match="record 4 at byte .*CRC"):
         scan_queue_segment(bytes(damaged), 0, PositionIndex())
-    with pytest.raises(QueueDataError, match="record 4 .*past the end"):
+    with pytest.raises(QueueDataError, match="record 4 .*cut short"):
         scan_queue_segment(records[:-1], 0, PositionIndex())
     with pytest.raises(QueueDataError, match="different offset"):
-        decode_queue_records(records, 3, lambda *f: f)
+        decode_queue_records(records, 0, 3, 0, 10, 1 << 20, True, lambda *f: f)
 
 
 def test_dedup_add_body() -> None:
@@ -232,3 +258,54 @@ def test_dedup_add_body() -> None:
     with pytest.raises(MalformedCommandError, match="length 0"):
         apply_dedup_add(struct.pack("<IHq", 1, 0, 0), table)
     assert len(table) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Event,
+            event_id=st.none() | st.binary(max_size=20),
+            key=st.none() | st.binary(max_size=20),
+            queue=st.none() | st.integers(0, 5),
+            timestamp_us=st.integers(-(2**63), 2**63 - 1),
+            payload=st.binary(max_size=100),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(1, 2**40),
+)
+def test_queue_records_match_pure_python_references(events: list[Event], log_index: int) -> None:
+    """Native records of a batch == the storage layer's pure-Python WAL and codec encoders,
+    grouped by queue in offset order (CONVENTIONS 8)."""
+    table = DedupTable()
+    offsets = array.array("q", [0] * 4)
+    statuses, queues, offs, records, _, touched = apply(events, 4, table, offsets, log_index)
+    want = b""
+    for queue, *_ in touched:
+        for event, status, q, offset in zip(events, statuses, queues, offs):
+            if status == STATUS_STORED and q == queue:
+                event_bytes = codec_reference.encode_batch([event])[12:]
+                want += wal_reference.encode_record(offset, log_index, event_bytes)
+    assert records == want
+
+
+def test_frozen_view_stays_as_it_was_while_the_table_changes() -> None:
+    """A snapshot's view shares chunks with the table: adds past its tail and expiry that frees
+    chunks must not change what the view reads (chunks live until the view is dropped)."""
+    table = DedupTable()
+    for i in range(150_000):
+        table.add(b"a%d" % i, 1, i, i)
+    view = table.freeze()
+    image = table.export_entries()
+    assert table.expire(140_000) == 140_000  # frees the first two chunks of the table
+    for i in range(100_000):
+        table.add(b"b%d" % i, 2, i, 10**6 + i)
+    assert len(view) == 150_000
+    assert b"".join(view.pieces(50_000)) == image
+    assert view.export_range(149_999, 1) == image[-DEDUP_ENTRY_BYTES:]
+    with pytest.raises(IndexError):
+        view.export_range(149_999, 2)
+    del view
+    assert len(table) == 110_000 and table.lookup(b"a149999") == (1, 149_999)
