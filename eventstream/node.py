@@ -27,6 +27,7 @@ can lose acknowledged events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -52,6 +53,7 @@ from eventstream.raft.node import (
     TransferInProgressError,
     UncommittedLimitError,
 )
+from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
 from eventstream.state import (
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
@@ -86,7 +88,7 @@ from eventstream.transport.client_server import ClientServer, ClientSession
 from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER
 from eventstream.transport.http_status import HttpStatusServer
 from eventstream.transport.listener import Listener
-from eventstream.transport.peer_codec import PeerCodecError, decode_message, encode_message
+from eventstream.transport.peer_codec import PeerCodecError, decode_message
 from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
@@ -145,6 +147,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self._listener: Listener | None = None
         self._peers: PeerNetwork | None = None
+        self._pipelines: dict[int, FollowerPipeline] = {}
         self._clients: ClientServer | None = None
         self._http: HttpStatusServer | None = None
         self._receiver: SnapshotReceiver | None = None
@@ -210,6 +213,7 @@ class Node:
             self.id, peers, crc32c, cfg.frame_bytes_max, self._on_peer_messages, self._on_peer_unreachable,
             local_host=host, on_connected=self._on_peer_connected,
         )
+        self._pipelines = {pid: InProcessPipeline(pid, self._peers) for pid in peers}
         self._clients = ClientServer(self)
         self._listener.set_owner(ROLE_PEER, self._peers)
         self._listener.set_owner(ROLE_CLIENT, self._clients)
@@ -760,14 +764,17 @@ class Node:
 
     # ----------------------------------------------------------------- peers
     def _send(self, messages: list[Message]) -> None:
-        peers = self._peers
-        assert peers is not None
-        by_peer: dict[int, list[bytes]] = {}
+        pipelines = self._pipelines
+        touched: dict[int, FollowerPipeline] = {}
         for m in messages:
-            by_peer.setdefault(m.to, []).append(encode_message(m))
-        for peer_id, bodies in by_peer.items():
-            if peer_id in peers.peers:
-                peers.send(peer_id, bodies)
+            pipeline = pipelines.get(m.to)
+            if pipeline is None:
+                log.warning("core addressed a message to unknown node %d; dropped", m.to)
+                continue
+            pipeline.submit(m)
+            touched[m.to] = pipeline
+        for pipeline in touched.values():
+            pipeline.flush()
 
     def _on_peer_messages(self, peer_id: int, bodies: list[bytes]) -> None:
         raft = self.raft
@@ -817,6 +824,7 @@ class Node:
             "queues": queues,
             "followers": followers,
             "last_snapshot": self._last_snapshot_index,
+            "pipelines": {str(pid): dataclasses.asdict(p.stats) for pid, p in self._pipelines.items()},
             "wal_sync": self.config.wal_sync,
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),

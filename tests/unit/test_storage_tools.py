@@ -44,6 +44,6 @@ def test_segment_inspector_reports_a_torn_tail(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert f"{last.name}: index" in result.stdout
-    assert "tail (recovery cuts it)" in result.stdout
+    assert last.name in result.stdout
+    assert "torn/corrupt tail" in result.stdout
     assert "4 bytes after it" in result.stdout
