@@ -241,6 +241,8 @@ class SegmentLog:
             self._apply_meta(*meta)
         elif self._segments:
             self._first_index = self._segments[0].first_index
+        # Makes the unlinks above durable (temp files, segments of a finished compaction).
+        fsync_directory(directory)
         if self._active is not None:
             # The tail may exist only in the page cache (the previous process did not sync it);
             # make it durable before Raft acts on it, e.g. by voting.

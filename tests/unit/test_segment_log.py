@@ -406,3 +406,49 @@ def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     with SegmentLog.open(str(tmp_path)) as log:
         assert log.last_index == 3
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_readers_appenders_and_compaction_race(tmp_path: Path) -> None:
+    """One appender, two readers and a compactor for a bounded number of rounds: readers only
+    ever see correct payloads or a CompactedError for what was just dropped."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with SegmentLog.open(str(tmp_path), segment_bytes=4096, wal_sync=False) as log:
+        def appender() -> None:
+            for _ in range(400):
+                log.append(records(log.last_index + 1, 10))
+            stop.set()
+
+        def reader() -> None:
+            while not stop.is_set():
+                first, last = log.first_index, log.last_index
+                try:
+                    for index, _, payload in log.entries(first, last + 1, max_bytes=2000):
+                        assert bytes(payload) == index.to_bytes(4, "little") * 5
+                except CompactedError:
+                    pass
+
+        def compactor() -> None:
+            while not stop.is_set():
+                if log.last_index > log.first_index + 200:
+                    log.compact_through(log.last_index - 100)
+                time.sleep(0.001)
+
+        def guarded(target: Any) -> Any:
+            def run() -> None:
+                try:
+                    target()
+                except BaseException as error:
+                    errors.append(error)
+                    stop.set()
+            return run
+
+        threads = [threading.Thread(target=guarded(t))
+                   for t in (appender, reader, reader, compactor)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert log.last_index == 4000
