@@ -111,3 +111,18 @@ def test_group_commit_four_threads(benchmark: Any, tmp_path: Path) -> None:
     benchmark.extra_info["records_per_s"] = round(records / seconds)
     benchmark.extra_info["fdatasync_per_s"] = round(syncs / seconds)
     benchmark.extra_info["records_per_fdatasync"] = round(records / syncs, 2)
+
+
+@pytest.mark.parametrize("payload_bytes", [100, 65536])
+def test_segment_log_entries_read(benchmark: Any, tmp_path: Path, payload_bytes: int) -> None:
+    """entries(lo, lo + 1000): what a leader pays to read entries for AppendEntries (every
+    record's CRC is checked on the way out)."""
+    batch = 1000 if payload_bytes == 100 else 64
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        payload = os.urandom(payload_bytes)
+        for first in range(1, 5 * batch, batch):
+            log.append([(first + k, 1, payload) for k in range(batch)])
+        lo = 2 * batch + 17  # not on a sparse-index boundary
+        got = benchmark(log.entries, lo, lo + batch)
+        assert len(got) == batch and bytes(got[0][2]) == payload
+    _record_rates(benchmark, batch, payload_bytes)
