@@ -345,16 +345,21 @@ def test_failed_write_is_cut_back_and_the_log_stays_usable(
     with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
         log.append(records(1, 5))
         size_before = sum(p.stat().st_size for p in tmp_path.glob("*.wal"))
-        real = os.pwritev
+        real_pwrite, real_pwritev = os.pwrite, os.pwritev
 
-        def half_then_enospc(fd: int, buffers: list[Any], offset: int) -> int:
-            real(fd, [bytes(memoryview(buffers[0])[:10])], offset)
+        def half_then_enospc(fd: int, data: bytes, offset: int) -> int:
+            real_pwrite(fd, bytes(memoryview(data)[:10]), offset)
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(os, "pwritev", half_then_enospc)
+        monkeypatch.setattr(os, "pwrite", half_then_enospc)
+        monkeypatch.setattr(os, "pwritev",
+                            lambda fd, buffers, offset: half_then_enospc(fd, buffers[0], offset))
         with pytest.raises(StorageError, match="No space left"):
             log.append(records(6, 3))
-        monkeypatch.setattr(os, "pwritev", real)
+        with pytest.raises(StorageError, match="No space left"):
+            log.append([(6, 1, b"v" * 40_000)])  # the vectored path
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        monkeypatch.setattr(os, "pwritev", real_pwritev)
         assert log.last_index == 5
         assert sum(p.stat().st_size for p in tmp_path.glob("*.wal")) == size_before
         log.append(records(6, 3))
@@ -406,3 +411,89 @@ def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     with SegmentLog.open(str(tmp_path)) as log:
         assert log.last_index == 3
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_readers_appenders_and_compaction_race(tmp_path: Path) -> None:
+    """One appender, two readers and a compactor for a bounded number of rounds: readers only
+    ever see correct payloads or a CompactedError for what was just dropped."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with SegmentLog.open(str(tmp_path), segment_bytes=4096, wal_sync=False) as log:
+        def appender() -> None:
+            for _ in range(400):
+                log.append(records(log.last_index + 1, 10))
+            stop.set()
+
+        def reader() -> None:
+            while not stop.is_set():
+                first, last = log.first_index, log.last_index
+                try:
+                    for index, _, payload in log.entries(first, last + 1, max_bytes=2000):
+                        assert bytes(payload) == index.to_bytes(4, "little") * 5
+                except CompactedError:
+                    pass
+
+        def compactor() -> None:
+            while not stop.is_set():
+                if log.last_index > log.first_index + 200:
+                    log.compact_through(log.last_index - 100)
+                time.sleep(0.001)
+
+        def guarded(target: Any) -> Any:
+            def run() -> None:
+                try:
+                    target()
+                except BaseException as error:
+                    errors.append(error)
+                    stop.set()
+            return run
+
+        threads = [threading.Thread(target=guarded(t))
+                   for t in (appender, reader, reader, compactor)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert log.last_index == 4000
+
+
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(memoryview(data)[:7]), offset)
+
+    def short_pwritev(fd: int, buffers: list[Any], offset: int) -> int:
+        return real_pwrite(fd, b"".join(bytes(b) for b in buffers)[:1000], offset)
+
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        log.append(records(1, 3))
+        log.append([(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)])
+        monkeypatch.undo()
+        assert payloads(log, 1, 6) == records(1, 3) + [(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)]
+
+
+@pytest.mark.parametrize("wal_sync", [True, False])
+def test_new_segment_files_are_made_durable_with_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wal_sync: bool
+) -> None:
+    """A new segment's directory entry is fsynced before the append that created it is
+    reported durable: at once with wal_sync, at the next sync without."""
+    from eventstream.storage import segment_log
+
+    directory_syncs: list[str] = []
+    real = segment_log.fsync_directory
+    monkeypatch.setattr(segment_log, "fsync_directory",
+                        lambda path: (directory_syncs.append(path), real(path)))
+    with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=wal_sync,
+                         sync_interval_ms=600_000) as log:
+        directory_syncs.clear()
+        log.append(records(1, 100))
+        assert log.stats()["segment_count"] > 3
+        assert len(directory_syncs) == (1 if wal_sync else 0)
+        log.sync()
+        assert len(directory_syncs) == 1
