@@ -282,7 +282,10 @@ class StateMachine:
         store = QueueStore(live_root)
         try:
             config = merge_config(default_config(), validate_config(manifest["config"]))
-            snapshots.materialize_queues(folder, manifest, live_root)
+            owned = os.path.dirname(os.path.realpath(folder)) == os.path.realpath(
+                self.snapshots_root
+            )
+            snapshots.materialize_queues(folder, manifest, live_root, owned)
             store.load(manifest["queues"], manifest["queue_slots"])
             dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
             digest = state_digest(

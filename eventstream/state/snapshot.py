@@ -205,16 +205,26 @@ def snapshot_files(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return files
 
 
-def materialize_queues(snapshot_path: str, manifest: dict[str, Any], live_root: str) -> None:
-    """Place the snapshot's segments under a fresh live folder: sealed ones by hard link (they
-    never change), the active one as a copy of its prefix (it will be appended to)."""
+def materialize_queues(
+    snapshot_path: str, manifest: dict[str, Any], live_root: str, owned: bool
+) -> None:
+    """Place the snapshot's segments under a fresh live folder, by hard link where that is safe:
+
+    * sealed segments never change, so they are always linked;
+    * the active one will be appended to. It is linked only when the snapshot folder is this
+      machine's own (no other process appends to that file) and the file is exactly the
+      snapshot's length (nothing was appended after the cut); appends past the length then
+      leave the snapshot intact, since only its first `bytes` bytes belong to it. Otherwise its
+      prefix is copied (at most one segment per queue).
+    """
     for queue in manifest["queues"]:
         for segment in queue["segments"]:
             source = os.path.join(snapshot_path, segment["file"])
             target = os.path.join(live_root, segment["file"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                if segment["sealed"] and os.path.getsize(source) == segment["bytes"]:
+                exact = os.path.getsize(source) == segment["bytes"]
+                if exact and (segment["sealed"] or owned):
                     os.link(source, target)
                 else:
                     copy_prefix(source, target, segment["bytes"])

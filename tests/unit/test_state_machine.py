@@ -262,12 +262,21 @@ def test_streamed_snapshot_restores_exact_state(tmp_path: Any) -> None:
     reference = open_machine(tmp_path, "reference")
     for index, data in enumerate(command_stream(11, 40), start=1):
         reference.apply(index, 1, data)
-    assert target.digest() == reference.digest()
+    digest_at_40 = reference.digest()
+    assert target.digest() == digest_at_40
     # The restored machine keeps applying like any other replica.
     data = encode_set_event(events(50))
     target.apply(41, 1, data)
     reference.apply(41, 1, data)
     assert target.digest() == reference.digest() == source.digest()
+    # Its received snapshot shares the active segments with its live state by hard link; the
+    # appends above must not have changed what that snapshot holds.
+    third = open_machine(tmp_path, "third")
+    receiver = third.snapshot_receiver()
+    for chunk in target.snapshot_chunks(chunk_bytes=1 << 16):
+        receiver.feed(chunk)
+    third.restore(receiver)
+    assert third.applied_index == 40 and third.digest() == digest_at_40
 
 
 def corrupt(chunks: list[bytes], at: int) -> list[bytes]:
