@@ -97,22 +97,32 @@ class StateMachine:
         machine = cls(directory)
         os.makedirs(machine.snapshots_root, exist_ok=True)
         machine._lock_fd = lock_directory(directory)
-        for name in os.listdir(directory):
+        try:
+            machine._rebuild()
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    def _rebuild(self) -> None:
+        """Fresh live folders from the newest complete snapshot, or an empty state. A damaged
+        newest snapshot raises SnapshotError: falling back to an older one could need log
+        entries already compacted, so the node decides (e.g. asks the leader for a snapshot)."""
+        for name in os.listdir(self.directory):
             if name.startswith(LIVE_PREFIX):
-                shutil.rmtree(os.path.join(directory, name))
+                shutil.rmtree(os.path.join(self.directory, name))
                 suffix = name[len(LIVE_PREFIX) :]
                 if suffix.isdigit():
-                    machine._generation = max(machine._generation, int(suffix))
-        for name in os.listdir(machine.snapshots_root):
+                    self._generation = max(self._generation, int(suffix))
+        for name in os.listdir(self.snapshots_root):
             if not name.startswith(snapshots.SNAPSHOT_PREFIX):  # unfinished work folders
-                shutil.rmtree(os.path.join(machine.snapshots_root, name), ignore_errors=True)
-        available = snapshots.list_snapshots(machine.snapshots_root)
+                shutil.rmtree(os.path.join(self.snapshots_root, name), ignore_errors=True)
+        available = snapshots.list_snapshots(self.snapshots_root)
         if available:
-            machine._install(available[-1][1])
+            self._install(available[-1][1])
         else:
-            machine.live_root = machine._new_live_root()
-            machine.queues = QueueStore(machine.live_root)
-        return machine
+            self.live_root = self._new_live_root()
+            self.queues = QueueStore(self.live_root)
 
     def close(self) -> None:
         self.queues.close()
@@ -138,10 +148,11 @@ class StateMachine:
         view = memoryview(data)
         try:
             result = self._apply_command(index, view)
-        except (MalformedCommandError, ConfigError, ValueError) as e:
+        except (MalformedCommandError, ConfigError) as e:
+            # Raised before anything changed: bodies are checked whole first.
             self._stopped = f"entry {index} (term {term}) is corrupt or from another version: {e}"
             raise ApplyStoppedError(self._stopped) from e
-        except (OSError, MemoryError, StateError) as e:
+        except Exception as e:
             # Part of the entry may be applied: only a rebuild (open: newest snapshot, then the
             # log replayed) gives a state that is known to be right.
             self._stopped = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import struct
 import threading
 from typing import Any
@@ -407,3 +408,17 @@ def test_one_machine_per_directory(tmp_path: Any) -> None:
         open_machine(tmp_path)
     machine.close()
     open_machine(tmp_path).close()
+
+
+def test_open_refuses_a_damaged_newest_snapshot_by_name(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    for index, data in enumerate(command_stream(17, 20), start=1):
+        machine.apply(index, 1, data)
+    folder = machine.snapshot()
+    machine.close()
+    with open(os.path.join(folder, "dedup.lz4"), "r+b") as f:
+        f.write(b"\x00\x00\x00\x00")
+    with pytest.raises(SnapshotError, match="dedup.lz4"):
+        open_machine(tmp_path)
+    shutil.rmtree(folder)  # what an operator or the node does before asking for a snapshot
+    assert open_machine(tmp_path).applied_index == 0
