@@ -422,3 +422,31 @@ def test_open_refuses_a_damaged_newest_snapshot_by_name(tmp_path: Any) -> None:
         open_machine(tmp_path)
     shutil.rmtree(folder)  # what an operator or the node does before asking for a snapshot
     assert open_machine(tmp_path).applied_index == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["queues"][0]["segments"][1].update(base_offset=10**6), "does not follow"),
+        (lambda m: m["queues"][0].update(queue=99_999), "out of range"),
+        (lambda m: m.update(queue_slots=10**9), "queue_slots"),
+        (lambda m: m["queues"][0].update(next_offset=1), "do not cover"),
+        (lambda m: m.update(last_index=1), "digest"),
+    ],
+)
+def test_inconsistent_manifest_is_refused(tmp_path: Any, edit: Any, message: str) -> None:
+    source = open_machine(tmp_path, "source")
+    for index, data in enumerate(command_stream(19, 40), start=1):
+        source.apply(index, 1, data)
+    folder = source.snapshot()
+    path = os.path.join(folder, "MANIFEST.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    assert len(manifest["queues"][0]["segments"]) >= 2
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    target = open_machine(tmp_path, "target")
+    with pytest.raises(SnapshotError, match=message):
+        target.restore(folder)
+    assert target.applied_index == 0
