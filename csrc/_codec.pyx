@@ -201,8 +201,15 @@ cdef class BatchView:
             index += self._count
         if index < 0 or index >= self._count:
             raise IndexError("batch event index out of range")
-        esc_batch_read_event(&self._bytes[0], self._bytes.shape[0], self._offsets[index], ev,
-                             &next_offset)
+        cdef int status = esc_batch_read_event(&self._bytes[0], self._bytes.shape[0],
+                                               self._offsets[index], ev, &next_offset)
+        if status != ESC_BATCH_OK:
+            # Only possible if the caller wrote into its buffer after decode_batch validated it;
+            # the re-check keeps that from turning into an out-of-bounds read.
+            raise CodecError(
+                f"batch at offset {self._offsets[index]}: "
+                f"{esc_batch_status_text(status).decode()} (buffer changed after validation)"
+            )
         return 0
 
     cdef object _make_event(self, esc_event_t *ev):

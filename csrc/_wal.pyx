@@ -69,6 +69,9 @@ cdef class PreparedRecords:
     cdef readonly size_t payload_bytes
     cdef readonly list term_starts
     cdef object owners
+    cdef list payload_objects  # tuples path: the payload bytes of each record
+    cdef object packed_memory  # packed path: memoryview of the payload buffer
+    cdef const uint8_t *packed_base
 
     def __cinit__(self):
         self.items = NULL
@@ -105,26 +108,35 @@ cdef class PreparedRecords:
         self.payload_bytes += item.length
         return 0
 
+    cdef Py_ssize_t _fit(self, Py_ssize_t start, Py_ssize_t room_bytes, bint force_first,
+                         uint64_t segment_records, size_t *total, Py_ssize_t *sparse_count) except -1:
+        """How many records from `start` fit in `room_bytes` (at least one when force_first)."""
+        cdef Py_ssize_t end = start
+        cdef size_t size
+        if start < 0 or start > self.count:
+            raise IndexError("start outside the prepared records")
+        total[0] = 0
+        sparse_count[0] = 0
+        while end < self.count:
+            size = esc_wal_record_bytes(self.items[end].length)
+            if total[0] + size > <size_t>room_bytes and not (end == start and force_first):
+                break
+            total[0] += size
+            if (segment_records + <uint64_t>(end - start)) % _SPARSE_STRIDE == 0:
+                sparse_count[0] += 1
+            end += 1
+        return end
+
     def frame(self, Py_ssize_t start, Py_ssize_t room_bytes, bint force_first,
               uint64_t segment_records, uint64_t segment_offset):
         """Frames records from `start` on while they fit in `room_bytes` (at least one when
         `force_first`). Returns (framed bytes, records consumed, sparse offsets as u64 bytes)
         where the sparse offsets are file offsets given the segment already holds
         `segment_records` records in `segment_offset` bytes."""
-        cdef Py_ssize_t end = start
-        cdef size_t total = 0
-        cdef size_t size
-        cdef Py_ssize_t i, sparse_count = 0
-        if start < 0 or start > self.count:
-            raise IndexError("start outside the prepared records")
-        while end < self.count:
-            size = esc_wal_record_bytes(self.items[end].length)
-            if total + size > <size_t>room_bytes and not (end == start and force_first):
-                break
-            total += size
-            if (segment_records + <uint64_t>(end - start)) % _SPARSE_STRIDE == 0:
-                sparse_count += 1
-            end += 1
+        cdef size_t total
+        cdef Py_ssize_t i, sparse_count
+        cdef Py_ssize_t end = self._fit(start, room_bytes, force_first, segment_records, &total,
+                                        &sparse_count)
         framed = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
         sparse = PyBytes_FromStringAndSize(NULL, sparse_count * sizeof(uint64_t))
         cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(framed)
@@ -132,7 +144,7 @@ cdef class PreparedRecords:
         cdef size_t offset = 0
         cdef _item *item
         sparse_count = 0
-        # Payload owners are held by self.owners, so the pointers stay valid without the GIL.
+        # self.owners and self.payload_objects hold the payloads: pointers stay valid nogil.
         with nogil:
             for i in range(start, end):
                 item = &self.items[i]
@@ -145,15 +157,50 @@ cdef class PreparedRecords:
                                               <uint32_t>item.length, item.index, item.term)
         return framed, end - start, sparse
 
+    def frame_vectored(self, Py_ssize_t start, Py_ssize_t room_bytes, bint force_first,
+                       uint64_t segment_records, uint64_t segment_offset):
+        """frame() for large payloads: returns ([header, payload, header, payload, ...],
+        consumed, sparse, total bytes) for os.pwritev, so payloads are never copied."""
+        cdef size_t total
+        cdef Py_ssize_t i, sparse_count
+        cdef Py_ssize_t end = self._fit(start, room_bytes, force_first, segment_records, &total,
+                                        &sparse_count)
+        sparse = PyBytes_FromStringAndSize(NULL, sparse_count * sizeof(uint64_t))
+        cdef uint64_t *sparse_out = <uint64_t *>PyBytes_AS_STRING(sparse)
+        cdef size_t offset = 0
+        cdef _item *item
+        cdef list buffers = []
+        sparse_count = 0
+        for i in range(start, end):
+            item = &self.items[i]
+            if (segment_records + <uint64_t>(i - start)) % _SPARSE_STRIDE == 0:
+                sparse_out[sparse_count] = segment_offset + offset
+                sparse_count += 1
+            header = PyBytes_FromStringAndSize(NULL, ESC_WAL_HEADER_BYTES)
+            offset += esc_wal_seal_header(<uint8_t *>PyBytes_AS_STRING(header),
+                                          ESC_WAL_TYPE_ENTRY, item.payload,
+                                          <uint32_t>item.length, item.index, item.term)
+            buffers.append(header)
+            buffers.append(self._payload_object(i))
+        return buffers, end - start, sparse, total
+
+    cdef object _payload_object(self, Py_ssize_t i):
+        if self.packed_memory is None:
+            return self.payload_objects[i]
+        start = self.items[i].payload - self.packed_base
+        return self.packed_memory[start : start + self.items[i].length]
+
 
 def prepare_records(records, uint64_t next_index, uint64_t prev_term):
     """Validates (index, term, payload) tuples that must start at `next_index`."""
     cdef list seq = records if type(records) is list else list(records)
     cdef PreparedRecords prepared = PreparedRecords.__new__(PreparedRecords)
     cdef Py_ssize_t i, count = len(seq)
-    cdef list owners = []
+    cdef list payload_objects = []
     cdef _item *item
     cdef object record, payload
+    prepared.payload_objects = payload_objects
+    prepared.packed_memory = None
     prepared.first_index = next_index
     prepared.term_starts = []
     prepared.payload_bytes = 0
@@ -176,11 +223,11 @@ def prepare_records(records, uint64_t next_index, uint64_t prev_term):
                 raise _error("StorageError",
                     f"record {i}: payload must be bytes-like, not {type(payload).__name__}"
                 ) from None
-            owners.append(payload)
         item.payload = <const uint8_t *>PyBytes_AS_STRING(payload)
         item.length = PyBytes_GET_SIZE(payload)
+        payload_objects.append(payload)
         prepared._check_sequence(i, prev_term)
-    prepared.owners = [seq, owners]
+    prepared.owners = seq
     prepared.last_term = prepared.items[count - 1].term if count else prev_term
     return prepared
 
@@ -218,6 +265,8 @@ def prepare_packed(uint64_t first_index, uint64_t term, uint64_t prev_term, buff
             f"lengths add up to {offset} bytes but the buffer holds {data.shape[0]}"
         )
     prepared.owners = [data]
+    prepared.packed_memory = memoryview(data)
+    prepared.packed_base = base
     prepared.last_term = term if count else prev_term
     return prepared
 

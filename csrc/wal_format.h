@@ -78,11 +78,12 @@ static inline size_t esc_wal_record_bytes(size_t payload_len)
 }
 
 /*
- * Writes the header for a payload the caller has already copied to dst + ESC_WAL_HEADER_BYTES,
- * then the CRC over both. Returns the record size.
+ * Writes the ESC_WAL_HEADER_BYTES header at `dst` for `payload`, which may lie anywhere (right
+ * after the header, or elsewhere for a vectored write); the CRC covers both. Returns the
+ * record size.
  */
-static inline size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t payload_len,
-                                         uint64_t index, uint64_t term)
+static inline size_t esc_wal_seal_header(uint8_t *dst, uint8_t type, const uint8_t *payload,
+                                         uint32_t payload_len, uint64_t index, uint64_t term)
 {
     dst[4] = ESC_WAL_VERSION;
     dst[5] = type;
@@ -90,8 +91,19 @@ static inline size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t pa
     esc_store_u32(dst + 8, payload_len);
     esc_store_u64(dst + 12, index);
     esc_store_u64(dst + 20, term);
-    esc_store_u32(dst, esc_crc32c(0, dst + 4, ESC_WAL_HEADER_BYTES - 4 + (size_t)payload_len));
+    uint32_t crc = esc_crc32c(0, dst + 4, ESC_WAL_HEADER_BYTES - 4);
+    esc_store_u32(dst, esc_crc32c(crc, payload, payload_len));
     return esc_wal_record_bytes(payload_len);
+}
+
+/*
+ * esc_wal_seal_header for the common case: the payload was already copied right after the
+ * header, at dst + ESC_WAL_HEADER_BYTES. Returns the record size.
+ */
+static inline size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t payload_len,
+                                         uint64_t index, uint64_t term)
+{
+    return esc_wal_seal_header(dst, type, dst + ESC_WAL_HEADER_BYTES, payload_len, index, term);
 }
 
 /*

@@ -25,5 +25,7 @@ cdef extern from "wal_format.h" nogil:
     size_t esc_wal_record_bytes(size_t payload_len)
     size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t payload_len,
                                uint64_t index, uint64_t term)
+    size_t esc_wal_seal_header(uint8_t *dst, uint8_t type, const uint8_t *payload,
+                               uint32_t payload_len, uint64_t index, uint64_t term)
     int esc_wal_read_record(const uint8_t *buf, size_t length, size_t offset,
                             esc_wal_record_t *rec, size_t *next_offset)

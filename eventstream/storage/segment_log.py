@@ -63,6 +63,8 @@ SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024
 SEGMENT_BYTES_MIN = 256
 SYNC_INTERVAL_MS_DEFAULT = 200
 READ_CHUNK_BYTES = 1024 * 1024
+VECTORED_PAYLOAD_BYTES_MIN = 16 * 1024
+_IOV_BATCH = 512  # below every platform's IOV_MAX
 _META_MAGIC = b"ESCLOGM1"
 _META_LAYOUT = struct.Struct("<QQ")  # first_index, term of first_index - 1
 _NAME_DIGITS = 20
@@ -123,12 +125,19 @@ def _parse_segment_name(name: str) -> int | None:
     return None
 
 
-def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
+def _write_all(fd: int, buffers: list[Any], offset: int) -> None:
+    """pwritev every byte of `buffers` (flat byte buffers) at `offset`, resuming after short
+    writes."""
+    pending = [memoryview(buffer) for buffer in buffers]
+    first = 0
+    while first < len(pending):
+        written = os.pwritev(fd, pending[first : first + _IOV_BATCH], offset)
         offset += written
+        while first < len(pending) and written >= pending[first].nbytes:
+            written -= pending[first].nbytes
+            first += 1
+        if written:
+            pending[first] = pending[first][written:]
 
 
 class SegmentLog:
@@ -152,6 +161,9 @@ class SegmentLog:
         self._segments: list[_Segment] = []
         self._firsts: list[int] = []
         self._active: _Segment | None = None
+        # Segments sealed since the last sync; the next sync (or close) fdatasyncs them, so a
+        # roll costs no fdatasync on the append path.
+        self._unsynced_sealed: list[_Segment] = []
         self._first_index = 1
         self._last_index = 0
         self._last_term = 0
@@ -229,6 +241,8 @@ class SegmentLog:
             self._apply_meta(*meta)
         elif self._segments:
             self._first_index = self._segments[0].first_index
+        # Makes the unlinks above durable (temp files, segments of a finished compaction).
+        fsync_directory(directory)
         if self._active is not None:
             # The tail may exist only in the page cache (the previous process did not sync it);
             # make it durable before Raft acts on it, e.g. by voting.
@@ -381,11 +395,16 @@ class SegmentLog:
         return taken, False
 
     def sealed_segments(self) -> list[str]:
-        """Paths of the sealed segments, oldest first: complete, fsynced files that are never
+        """Paths of the sealed segments, oldest first: complete, durable files that are never
         modified in place again (a truncation rewrites a copy), so a snapshot may hard-link them.
         """
-        with self._lock:
-            return [s.path for s in self._segments if s is not self._active]
+        while True:
+            with self._lock:
+                self._check_open()
+                if not self._unsynced_sealed:
+                    return [s.path for s in self._segments if s is not self._active]
+                seq = self._written_seq
+            self._sync_through(seq)
 
     def stats(self) -> dict[str, int]:
         """Counters since open: appended records and bytes, fdatasync calls, segments."""
@@ -405,16 +424,30 @@ class SegmentLog:
         The whole batch is validated before any byte is written. With wal_sync=True the call
         returns once the records are on disk (fdatasync, shared with concurrent appends).
         """
-        with self._lock:
-            self._check_open()
-            prepared = prepare_records(records, self._last_index + 1, self._last_term)
-            seq = self._write_prepared(prepared)
-        self._after_write(seq)
+        ticket = self.append_nowait(records)
+        if self._wal_sync:
+            self.wait_durable(ticket)
 
     def append_packed(self, first_index: int, term: int, buffer: Any, lengths: Any) -> None:
         """Appends len(lengths) records of one term whose payloads lie back to back in
         `buffer`; `lengths` is a buffer of uint32 (array('I'), numpy uint32...). No per-record
-        Python object is built."""
+        Python object is built. Durability as for append()."""
+        ticket = self.append_packed_nowait(first_index, term, buffer, lengths)
+        if self._wal_sync:
+            self.wait_durable(ticket)
+
+    def append_nowait(self, records: Iterable[tuple[int, int, Any]]) -> int:
+        """append() without waiting for durability, whatever wal_sync says: the records reach
+        the OS now. Returns a ticket for wait_durable(). Lets a leader write its log while it
+        replicates (Raft thesis 10.2.1) and callers order appends under their own lock while
+        sharing the fdatasync outside it."""
+        with self._lock:
+            self._check_open()
+            prepared = prepare_records(records, self._last_index + 1, self._last_term)
+            return self._write_prepared(prepared)
+
+    def append_packed_nowait(self, first_index: int, term: int, buffer: Any, lengths: Any) -> int:
+        """append_packed() without waiting for durability; returns a wait_durable() ticket."""
         with self._lock:
             self._check_open()
             if first_index != self._last_index + 1:
@@ -422,36 +455,49 @@ class SegmentLog:
                     f"index {first_index} is not the next index {self._last_index + 1}"
                 )
             prepared = prepare_packed(first_index, term, self._last_term, buffer, lengths)
-            seq = self._write_prepared(prepared)
-        self._after_write(seq)
+            return self._write_prepared(prepared)
+
+    def wait_durable(self, ticket: int) -> None:
+        """Returns once the appends up to `ticket` are on disk. Concurrent waiters share one
+        fdatasync (group commit)."""
+        self._sync_through(ticket)
 
     def _write_prepared(self, prepared: Any) -> int:
         start = 0
         pending_runs = list(prepared.term_starts)
+        # Large payloads go to the kernel straight from the caller's buffers (pwritev) instead
+        # of being copied behind their headers first.
+        vectored = prepared.payload_bytes >= VECTORED_PAYLOAD_BYTES_MIN * max(1, prepared.count)
         while start < prepared.count:
             segment = self._active
             if segment is None:
                 segment = self._create_segment(prepared.first_index + start)
-            framed, consumed, sparse = prepared.frame(
-                start, max(0, self._segment_bytes - segment.size), segment.count == 0,
-                segment.count, segment.size,
-            )
+            room = max(0, self._segment_bytes - segment.size)
+            if vectored:
+                buffers, consumed, sparse, size = prepared.frame_vectored(
+                    start, room, segment.count == 0, segment.count, segment.size
+                )
+            else:
+                framed, consumed, sparse = prepared.frame(
+                    start, room, segment.count == 0, segment.count, segment.size
+                )
+                buffers, size = [framed], len(framed)
             if consumed == 0:
                 self._seal_active()
                 continue
             try:
-                _write_all(segment.fd, framed, segment.size)
+                _write_all(segment.fd, buffers, segment.size)
             except OSError as error:
                 self._undo_partial_write(segment, error)
             segment.count += consumed
-            segment.size += len(framed)
+            segment.size += size
             segment.sparse.frombytes(sparse)
             start += consumed
             self._last_index += consumed
             while pending_runs and pending_runs[0][0] <= self._last_index:
                 self._add_run(*pending_runs.pop(0))
             self._records_appended += consumed
-            self._bytes_appended += len(framed)
+            self._bytes_appended += size
         self._last_term = prepared.last_term
         self._written_seq += 1
         return self._written_seq
@@ -468,10 +514,6 @@ class SegmentLog:
         raise StorageError(f"{segment.path}: write at offset {segment.size} failed: {error}") \
             from error
 
-    def _after_write(self, seq: int) -> None:
-        if self._wal_sync:
-            self._sync_through(seq)
-
     def _create_segment(self, first_index: int) -> _Segment:
         path = os.path.join(self._directory, _segment_name(first_index))
         try:
@@ -486,16 +528,11 @@ class SegmentLog:
         return segment
 
     def _seal_active(self) -> None:
-        """Makes the active segment durable and immutable; the next write starts a new one."""
-        segment = self._active
-        if segment is None:
-            return
-        os.fdatasync(segment.fd)
-        self._fdatasync_count += 1
-        # Every write so far went to this or an earlier (already sealed) segment.
-        with self._sync_cond:
-            self._synced_seq = max(self._synced_seq, self._written_seq)
-        self._active = None
+        """Closes the active segment to writes; the next write starts a new one. Its bytes
+        become durable with the next sync, before that sync reports anything durable."""
+        if self._active is not None:
+            self._unsynced_sealed.append(self._active)
+            self._active = None
 
     def _add_run(self, index: int, term: int) -> None:
         self._run_starts.append(index)
@@ -516,18 +553,39 @@ class SegmentLog:
         if not self._acquire_sync_token(seq):
             return
         target = 0
-        done = False
         try:
             with self._lock:
                 target = self._written_seq
-                segment = self._active
-            if segment is not None:
-                os.fdatasync(segment.fd)
-                with self._lock:
-                    self._fdatasync_count += 1
-            done = True
+                segments = self._take_unsynced_locked()
+            self._fdatasync_all(segments)
+        except BaseException:
+            target = 0
+            raise
         finally:
-            self._release_sync_token(target if done else 0)
+            self._release_sync_token(target)
+
+    def _take_unsynced_locked(self) -> list[_Segment]:
+        """Every segment that may hold writes not yet synced: sealed since the last sync, and
+        the active one. Invariant kept: no other segment holds unsynced writes."""
+        segments = self._unsynced_sealed
+        self._unsynced_sealed = []
+        if self._active is not None:
+            segments.append(self._active)
+        return segments
+
+    def _fdatasync_all(self, segments: list[_Segment]) -> None:
+        """fdatasync each segment. Called holding the sync token, which every operation that
+        closes a descriptor also takes, so no descriptor here can be closed meanwhile."""
+        for segment in segments:
+            try:
+                os.fdatasync(segment.fd)
+            except OSError as error:
+                # After a failed fsync the kernel may have dropped the dirty pages: the only
+                # safe state is failed (never retry and report success).
+                self._failure = error
+                raise StorageError(f"{segment.path}: fdatasync failed: {error}") from error
+        with self._lock:
+            self._fdatasync_count += len(segments)
 
     def _acquire_sync_token(self, seq: int | None) -> bool:
         """Waits for the token; False (token not taken) once writes up to `seq` are synced."""
@@ -601,6 +659,8 @@ class SegmentLog:
             os.ftruncate(segment.fd, offset)
         else:
             self._rewrite_prefix(segment, offset)
+            if segment in self._unsynced_sealed:
+                self._unsynced_sealed.remove(segment)
             self._active = segment
         os.fdatasync(segment.fd)
         self._fdatasync_count += 1
@@ -628,7 +688,7 @@ class SegmentLog:
                 chunk = os.pread(segment.fd, min(READ_CHUNK_BYTES, size - copied), copied)
                 if not chunk:
                     raise CorruptionError(f"{segment.path}: offset {copied}: unexpected end")
-                _write_all(fd, chunk, copied)
+                _write_all(fd, [chunk], copied)
                 copied += len(chunk)
             os.fdatasync(fd)
             os.replace(temp, segment.path)
@@ -684,6 +744,8 @@ class SegmentLog:
         position = self._segments.index(segment)
         del self._segments[position]
         del self._firsts[position]
+        if segment in self._unsynced_sealed:
+            self._unsynced_sealed.remove(segment)
         if segment is self._active:
             self._active = None
         os.close(segment.fd)
@@ -712,11 +774,14 @@ class SegmentLog:
             with self._lock:
                 if self._closed:
                     return
-                if self._active is not None and self._written_seq > self._synced_seq \
-                        and self._failure is None:
-                    os.fdatasync(self._active.fd)
-                    self._fdatasync_count += 1
-                self._close_files()
+                segments = self._take_unsynced_locked()
+                unsynced = self._written_seq > self._synced_seq or len(segments) > 1
+            try:
+                if unsynced and self._failure is None:
+                    self._fdatasync_all(segments)
+            finally:
+                with self._lock:
+                    self._close_files()
         finally:
             self._release_sync_token(0)
 

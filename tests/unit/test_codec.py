@@ -95,6 +95,16 @@ def test_payload_view_is_zero_copy() -> None:
     assert view.buffer.nbytes == len(source)
 
 
+def test_buffer_changed_after_validation_is_caught() -> None:
+    source = bytearray(encode_batch([(None, None, None, 0, b"abc")]))
+    view = decode_batch(source)
+    source[12 + 12] = 0xFF  # payload_len now points far past the end
+    with pytest.raises(CodecError, match="changed after validation"):
+        view.payload(0)
+    with pytest.raises(CodecError, match="changed after validation"):
+        list(view)
+
+
 def test_index_out_of_range() -> None:
     view = decode_batch(encode_batch([(None, None, None, 0, b"")]))
     with pytest.raises(IndexError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import os
+import random
 import zlib
 
 import pytest
@@ -47,6 +48,16 @@ def test_chaining_and_unaligned_starts(data: bytes, split: int, skew: int) -> No
     cut = max(0, split - skew)
     assert crc32c(view[cut:], crc32c(view[:cut])) == whole
     assert whole == reference.crc32c(bytes(view))
+
+
+@pytest.mark.parametrize("size", [767, 768, 769, 24575, 24576, 24577, 49152 + 768 + 13, 1 << 20])
+@pytest.mark.parametrize("skew", [0, 3])
+def test_three_way_blocks_at_their_boundaries(size: int, skew: int) -> None:
+    """Sizes around 3 x 256 and 3 x 8192 bytes, where the parallel chains are combined."""
+    view = memoryview(random.Random(size).randbytes(size + skew))[skew:]  # unaligned start
+    expected = reference.crc32c(bytes(view))
+    assert crc32c(view) == expected == crc32c_table(view)
+    assert crc32c(view, 0xDEADBEEF) == reference.crc32c(bytes(view), 0xDEADBEEF)
 
 
 def test_accepts_any_contiguous_buffer() -> None:

@@ -128,6 +128,19 @@ def test_append_packed(log: SegmentLog) -> None:
         log.append_packed(200, 2, b"", array.array("I"))
 
 
+def test_large_packed_records_are_written_without_copies(tmp_path: Path) -> None:
+    """Payloads of 16 KiB and more take the vectored (pwritev) path."""
+    with SegmentLog.open(str(tmp_path), segment_bytes=100_000, wal_sync=False) as log:
+        sizes = array.array("I", [20_000, 30_000, 17_000, 40_000])
+        buffer = bytes(range(256)) * (sum(sizes) // 256) + bytes(sum(sizes) % 256)
+        log.append_packed(1, 1, buffer, sizes)
+        log.append([(5, 1, b"z" * 50_000)])
+        got = log.entries(1, 6)
+        assert b"".join(bytes(p) for _, _, p in got[:4]) == buffer
+        assert bytes(got[4][2]) == b"z" * 50_000
+        assert log.stats()["segment_count"] == 2
+
+
 def test_truncate_after_and_append_again(log: SegmentLog) -> None:
     log.append(records(1, 100, term=1))
     log.truncate_after(40)
@@ -285,3 +298,157 @@ def test_wal_sync_off_close_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert calls == []
     log.close()
     assert len(calls) == 1
+
+
+def test_concurrent_appenders_keep_every_record(tmp_path: Path) -> None:
+    """Threads order their appends under their own lock and share fdatasyncs outside it."""
+    order = threading.Lock()
+    path = str(tmp_path)
+    with SegmentLog.open(path, segment_bytes=4096, wal_sync=True) as log:
+        def worker(name: int) -> None:
+            for _ in range(25):
+                with order:
+                    first = log.last_index + 1
+                    ticket = log.append_nowait([(first, 1, b"%d:%d" % (name, first))])
+                log.wait_durable(ticket)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert log.stats()["fdatasync_count"] <= 100 + log.stats()["segment_count"]
+    with SegmentLog.open(path, segment_bytes=4096) as log:
+        assert log.last_index == 100
+        for index, _, payload in log.entries(1, 101):
+            assert bytes(payload).endswith(b":%d" % index)
+
+
+def test_sealed_segments_are_synced_before_they_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+    with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=False,
+                         sync_interval_ms=600_000) as log:
+        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+        log.append(records(1, 100))
+        assert synced == []  # rolling segments does not wait for the disk
+        sealed = log.sealed_segments()
+        assert len(sealed) >= 2
+        assert len(synced) >= len(sealed)
+
+
+def test_failed_write_is_cut_back_and_the_log_stays_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        log.append(records(1, 5))
+        size_before = sum(p.stat().st_size for p in tmp_path.glob("*.wal"))
+        real = os.pwritev
+
+        def half_then_enospc(fd: int, buffers: list[Any], offset: int) -> int:
+            real(fd, [bytes(memoryview(buffers[0])[:10])], offset)
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "pwritev", half_then_enospc)
+        with pytest.raises(StorageError, match="No space left"):
+            log.append(records(6, 3))
+        monkeypatch.setattr(os, "pwritev", real)
+        assert log.last_index == 5
+        assert sum(p.stat().st_size for p in tmp_path.glob("*.wal")) == size_before
+        log.append(records(6, 3))
+        assert payloads(log, 1, 9) == records(1, 8)
+
+
+def test_failed_fdatasync_fails_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed fsync the page cache may have dropped the data: never report success."""
+    log = SegmentLog.open(str(tmp_path), wal_sync=True)
+    log.append(records(1, 1))
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    with pytest.raises(StorageError, match="fdatasync failed"):
+        log.append(records(2, 1))
+    with pytest.raises(StorageError, match="failed earlier"):
+        log.append(records(3, 1))
+    monkeypatch.undo()
+    log.close()
+
+
+def test_interrupted_compaction_is_finished_on_open(tmp_path: Path) -> None:
+    """log.meta is written before segments are unlinked; segments left behind by a crash in
+    between are removed on the next open."""
+    path = tmp_path / "log"
+    backup = tmp_path / "backup"
+    with SegmentLog.open(str(path), segment_bytes=1024) as log:
+        log.append(records(1, 100))
+        backup.mkdir()
+        for segment in log.sealed_segments():
+            os.link(segment, backup / os.path.basename(segment))
+        log.compact_through(60)
+    for segment in backup.iterdir():
+        if not (path / segment.name).exists():
+            os.link(segment, path / segment.name)  # as if the unlinks never happened
+    with SegmentLog.open(str(path), segment_bytes=1024) as log:
+        assert (log.first_index, log.last_index) == (61, 100)
+        assert payloads(log, 61, 101) == records(61, 40)
+        assert int(Path(log.sealed_segments()[0]).stem) <= 61
+
+
+def test_leftover_temp_files_are_removed_on_open(tmp_path: Path) -> None:
+    with SegmentLog.open(str(tmp_path)) as log:
+        log.append(records(1, 3))
+    (tmp_path / f"{1:020d}.wal.tmp").write_bytes(b"half a rewrite")
+    (tmp_path / "log.meta.tmp").write_bytes(b"half a meta")
+    with SegmentLog.open(str(tmp_path)) as log:
+        assert log.last_index == 3
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_readers_appenders_and_compaction_race(tmp_path: Path) -> None:
+    """One appender, two readers and a compactor for a bounded number of rounds: readers only
+    ever see correct payloads or a CompactedError for what was just dropped."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    with SegmentLog.open(str(tmp_path), segment_bytes=4096, wal_sync=False) as log:
+        def appender() -> None:
+            for _ in range(400):
+                log.append(records(log.last_index + 1, 10))
+            stop.set()
+
+        def reader() -> None:
+            while not stop.is_set():
+                first, last = log.first_index, log.last_index
+                try:
+                    for index, _, payload in log.entries(first, last + 1, max_bytes=2000):
+                        assert bytes(payload) == index.to_bytes(4, "little") * 5
+                except CompactedError:
+                    pass
+
+        def compactor() -> None:
+            while not stop.is_set():
+                if log.last_index > log.first_index + 200:
+                    log.compact_through(log.last_index - 100)
+                time.sleep(0.001)
+
+        def guarded(target: Any) -> Any:
+            def run() -> None:
+                try:
+                    target()
+                except BaseException as error:
+                    errors.append(error)
+                    stop.set()
+            return run
+
+        threads = [threading.Thread(target=guarded(t))
+                   for t in (appender, reader, reader, compactor)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert log.last_index == 4000

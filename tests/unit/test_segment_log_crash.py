@@ -61,10 +61,21 @@ def _assert_prefix(log: SegmentLog, last_index: int) -> None:
 
 def test_torn_tail_is_cut_to_the_longest_valid_prefix(pristine: Path, tmp_path: Path) -> None:
     last = _segments(pristine)[-1]
+    rng = random.Random(20261127)
+    _check_torn_tails(pristine, tmp_path, sorted(rng.sample(range(last.stat().st_size),
+                                                            OFFSETS_TRIED)))
+
+
+@pytest.mark.slow
+def test_torn_tail_at_every_offset(pristine: Path, tmp_path: Path) -> None:
+    _check_torn_tails(pristine, tmp_path, list(range(_segments(pristine)[-1].stat().st_size)))
+
+
+def _check_torn_tails(pristine: Path, tmp_path: Path, cuts: list[int]) -> None:
+    last = _segments(pristine)[-1]
     first_index, starts = _record_starts(last)
     size = last.stat().st_size
-    rng = random.Random(20261127)
-    for trial, cut in enumerate(sorted(rng.sample(range(size), OFFSETS_TRIED))):
+    for trial, cut in enumerate(cuts):
         directory = _copy(pristine, tmp_path, f"torn-{trial}")
         os.truncate(directory / last.name, cut)
         complete = sum(1 for start in starts if start < cut
@@ -83,6 +94,7 @@ def test_torn_tail_is_cut_to_the_longest_valid_prefix(pristine: Path, tmp_path: 
         with SegmentLog.open(str(directory), segment_bytes=SEGMENT_BYTES) as log:
             assert log.recovery is None
             assert bytes(log.entries(log.last_index, log.last_index + 1)[0][2]) == b"after"
+        shutil.rmtree(directory)
 
 
 def test_flipped_byte_in_last_segment_cuts_at_that_record(pristine: Path, tmp_path: Path) -> None:

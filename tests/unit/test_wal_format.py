@@ -165,6 +165,21 @@ def test_prepare_rejects_term_below_previous_batch() -> None:
         prepare_records([(5, 2, b"")], 5, 3)
 
 
+@given(record_lists, st.integers(0, 3), st.integers(1, 400))
+def test_vectored_framing_writes_the_same_bytes(records: list[Any], start: int, room: int) -> None:
+    first = records[0][0] if records else 1
+    start = min(start, len(records))
+    for prepared in (
+        prepare_records(records, first, 0),
+        prepare_packed(first, 1, 0, b"".join(r[2] for r in records),
+                       array.array("I", [len(r[2]) for r in records])),
+    ):
+        framed, consumed, sparse = prepared.frame(start, room, True, 5, 100)
+        buffers, consumed_v, sparse_v, total = prepared.frame_vectored(start, room, True, 5, 100)
+        assert (consumed_v, sparse_v, total) == (consumed, sparse, len(framed))
+        assert b"".join(bytes(b) for b in buffers) == framed
+
+
 def test_prepare_packed_matches_tuples() -> None:
     payloads = [b"a", b"", b"ccc"]
     packed = prepare_packed(10, 4, 1, b"".join(payloads), array.array("I", [1, 0, 3]))

@@ -1,0 +1,32 @@
+from collections.abc import Iterable
+from typing import Any
+
+from typing_extensions import Buffer
+
+WAL_VERSION: int
+WAL_TYPE_ENTRY: int
+WAL_HEADER_BYTES: int
+WAL_PAYLOAD_BYTES_MAX: int
+SPARSE_STRIDE: int
+
+class PreparedRecords:
+    count: int
+    first_index: int
+    last_term: int
+    payload_bytes: int
+    term_starts: list[tuple[int, int]]
+    def frame(self, start: int, room_bytes: int, force_first: bool, segment_records: int,
+              segment_offset: int) -> tuple[bytes, int, bytes]: ...
+    def frame_vectored(self, start: int, room_bytes: int, force_first: bool,
+                       segment_records: int, segment_offset: int
+                       ) -> tuple[list[Any], int, bytes, int]: ...
+
+def prepare_records(records: Iterable[tuple[int, int, Any]], next_index: int,
+                    prev_term: int) -> PreparedRecords: ...
+def prepare_packed(first_index: int, term: int, prev_term: int, buffer: Buffer,
+                   lengths: Buffer) -> PreparedRecords: ...
+def scan_records(data: Buffer, first_index: int, prev_term: int
+                 ) -> tuple[int, int, int, list[tuple[int, int]], bytes, int, str]: ...
+def read_records(data: Buffer, first_index: int, lo: int, hi: int, budget_bytes: int,
+                 taken_bytes: int, taken_any: bool, path: str, file_offset: int
+                 ) -> tuple[list[tuple[int, int, memoryview]], int, int, int, bool, int]: ...

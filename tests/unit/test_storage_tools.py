@@ -1,0 +1,49 @@
+"""`esc-bench storage` and tools/segment_inspector.py: they run, bounded, and say what they saw."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from eventstream.loadgen import main
+from eventstream.storage import SegmentLog
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_esc_bench_storage_prints_a_row_per_scenario(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["storage", "--seconds", "0.05", "--quick",
+                                       "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split()[:4] == ["path", "wal_sync", "batch", "payload"]
+    rows = [line for line in lines[2:] if line.strip()]
+    assert len(rows) == 9
+    assert sum("log/plain MB/s" in row for row in rows) == 2
+    assert os.listdir(tmp_path) == []  # every run cleans up after itself
+
+
+def test_esc_bench_storage_rejects_bad_options() -> None:
+    result = CliRunner().invoke(main, ["storage", "--seconds", "-1"])
+    assert result.exit_code != 0
+    assert "Invalid value" in result.output
+
+
+def test_segment_inspector_reports_a_torn_tail(tmp_path: Path) -> None:
+    with SegmentLog.open(str(tmp_path), segment_bytes=1024) as log:
+        log.append([(i, 1, b"x" * 40) for i in range(1, 60)])
+    last = sorted(tmp_path.glob("*.wal"))[-1]
+    with open(last, "ab") as file:
+        file.write(b"torn")
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "tools" / "segment_inspector.py"), str(tmp_path)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"{last.name}: index" in result.stdout
+    assert "tail (recovery cuts it)" in result.stdout
+    assert "4 bytes after it" in result.stdout
