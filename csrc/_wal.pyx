@@ -21,14 +21,22 @@ from wal_format_h cimport *
 cdef object _errors_module = None
 
 
-cdef object _error(str name, str message):
-    """The named exception from eventstream.storage.errors. Imported on first use because
-    eventstream.storage imports this module while the package initialises."""
+cdef object _errors():
+    """eventstream.storage.errors, imported on first use because eventstream.storage imports
+    this module while the package initialises."""
     global _errors_module
     if _errors_module is None:
         import eventstream.storage.errors as errors
         _errors_module = errors
-    return getattr(_errors_module, name)(message)
+    return _errors_module
+
+
+cdef object _storage_error(str message):
+    return _errors().StorageError(message)
+
+
+cdef object _corruption_error(str message):
+    return _errors().CorruptionError(message)
 
 
 cdef extern from "Python.h":
@@ -93,13 +101,15 @@ cdef class PreparedRecords:
         cdef uint64_t expected = self.first_index + <uint64_t>i
         cdef uint64_t before = self.items[i - 1].term if i > 0 else prev_term
         if item.index != expected:
-            raise _error("StorageError",
+            raise _storage_error(
                 f"record {i}: index {item.index} is not the next index {expected}"
             )
         if item.term < before:
-            raise _error("StorageError", f"record {i}: term {item.term} is below the previous term {before}")
+            raise _storage_error(
+                f"record {i}: term {item.term} is below the previous term {before}"
+            )
         if item.length > ESC_WAL_PAYLOAD_BYTES_MAX:
-            raise _error("StorageError",
+            raise _storage_error(
                 f"record {i}: payload of {item.length} bytes above the limit "
                 f"{ESC_WAL_PAYLOAD_BYTES_MAX}"
             )
@@ -208,19 +218,21 @@ def prepare_records(records, uint64_t next_index, uint64_t prev_term):
     for i in range(count):
         record = seq[i]
         if not PyTuple_Check(record) or PyTuple_GET_SIZE(record) != 3:
-            raise _error("StorageError", f"record {i}: expected an (index, term, payload) tuple")
+            raise _storage_error(f"record {i}: expected an (index, term, payload) tuple")
         item = &prepared.items[i]
         try:
             item.index = PyLong_AsUnsignedLongLong(<object>PyTuple_GET_ITEM(record, 0))
             item.term = PyLong_AsUnsignedLongLong(<object>PyTuple_GET_ITEM(record, 1))
         except (TypeError, OverflowError):
-            raise _error("StorageError", f"record {i}: index and term must be ints in [0, 2**64)") from None
+            raise _storage_error(
+                f"record {i}: index and term must be ints in [0, 2**64)"
+            ) from None
         payload = <object>PyTuple_GET_ITEM(record, 2)
         if not PyBytes_CheckExact(payload):
             try:
                 payload = bytes(memoryview(payload))
             except TypeError:
-                raise _error("StorageError",
+                raise _storage_error(
                     f"record {i}: payload must be bytes-like, not {type(payload).__name__}"
                 ) from None
         item.payload = <const uint8_t *>PyBytes_AS_STRING(payload)
@@ -251,7 +263,7 @@ def prepare_packed(uint64_t first_index, uint64_t term, uint64_t prev_term, buff
     prepared._allocate(count)
     for i in range(count):
         if sizes[i] > <size_t>data.shape[0] - offset:
-            raise _error("StorageError",
+            raise _storage_error(
                 f"record {i}: lengths add up to more than the {data.shape[0]}-byte buffer"
             )
         prepared.items[i].payload = base + offset
@@ -261,7 +273,7 @@ def prepare_packed(uint64_t first_index, uint64_t term, uint64_t prev_term, buff
         offset += sizes[i]
         prepared._check_sequence(i, prev_term)
     if offset != <size_t>data.shape[0]:
-        raise _error("StorageError",
+        raise _storage_error(
             f"lengths add up to {offset} bytes but the buffer holds {data.shape[0]}"
         )
     prepared.owners = [data]
@@ -345,7 +357,7 @@ def read_records(data, uint64_t first_index, uint64_t lo, uint64_t hi, long long
         if status == ESC_WAL_OK and rec.index != index:
             status = ESC_WAL_BAD_INDEX
         if status != ESC_WAL_OK:
-            raise _error("CorruptionError",
+            raise _corruption_error(
                 f"{path}: record at offset {file_offset + offset} (index {index}): "
                 f"{esc_wal_status_text(status).decode()}"
             )

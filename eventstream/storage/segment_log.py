@@ -128,6 +128,12 @@ def _parse_segment_name(name: str) -> int | None:
 def _write_all(fd: int, buffers: list[Any], offset: int) -> None:
     """pwritev every byte of `buffers` (flat byte buffers) at `offset`, resuming after short
     writes."""
+    if len(buffers) == 1:
+        written = os.pwrite(fd, buffers[0], offset)  # the common case, and cheaper than pwritev
+        if written == len(buffers[0]):
+            return
+        buffers = [memoryview(buffers[0])[written:]]
+        offset += written
     pending = [memoryview(buffer) for buffer in buffers]
     first = 0
     while first < len(pending):

@@ -345,16 +345,21 @@ def test_failed_write_is_cut_back_and_the_log_stays_usable(
     with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
         log.append(records(1, 5))
         size_before = sum(p.stat().st_size for p in tmp_path.glob("*.wal"))
-        real = os.pwritev
+        real_pwrite, real_pwritev = os.pwrite, os.pwritev
 
-        def half_then_enospc(fd: int, buffers: list[Any], offset: int) -> int:
-            real(fd, [bytes(memoryview(buffers[0])[:10])], offset)
+        def half_then_enospc(fd: int, data: bytes, offset: int) -> int:
+            real_pwrite(fd, bytes(memoryview(data)[:10]), offset)
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(os, "pwritev", half_then_enospc)
+        monkeypatch.setattr(os, "pwrite", half_then_enospc)
+        monkeypatch.setattr(os, "pwritev",
+                            lambda fd, buffers, offset: half_then_enospc(fd, buffers[0], offset))
         with pytest.raises(StorageError, match="No space left"):
             log.append(records(6, 3))
-        monkeypatch.setattr(os, "pwritev", real)
+        with pytest.raises(StorageError, match="No space left"):
+            log.append([(6, 1, b"v" * 40_000)])  # the vectored path
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        monkeypatch.setattr(os, "pwritev", real_pwritev)
         assert log.last_index == 5
         assert sum(p.stat().st_size for p in tmp_path.glob("*.wal")) == size_before
         log.append(records(6, 3))
@@ -452,3 +457,21 @@ def test_readers_appenders_and_compaction_race(tmp_path: Path) -> None:
             thread.join(120)
         assert not errors, errors
         assert log.last_index == 4000
+
+
+def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pwrite = os.pwrite
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(memoryview(data)[:7]), offset)
+
+    def short_pwritev(fd: int, buffers: list[Any], offset: int) -> int:
+        return real_pwrite(fd, b"".join(bytes(b) for b in buffers)[:1000], offset)
+
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        log.append(records(1, 3))
+        log.append([(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)])
+        monkeypatch.undo()
+        assert payloads(log, 1, 6) == records(1, 3) + [(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)]

@@ -97,6 +97,17 @@ def _check_torn_tails(pristine: Path, tmp_path: Path, cuts: list[int]) -> None:
         shutil.rmtree(directory)
 
 
+def test_the_cut_is_logged(pristine: Path, tmp_path: Path,
+                           caplog: pytest.LogCaptureFixture) -> None:
+    directory = _copy(pristine, tmp_path, "logged")
+    last = _segments(directory)[-1]
+    os.truncate(last, last.stat().st_size - 3)
+    with caplog.at_level("WARNING"), SegmentLog.open(str(directory)) as log:
+        assert log.recovery is not None
+    assert f"recovery cut {last}" in caplog.text
+    assert f"{log.recovery.bytes_dropped} bytes dropped" in caplog.text
+
+
 def test_flipped_byte_in_last_segment_cuts_at_that_record(pristine: Path, tmp_path: Path) -> None:
     last = _segments(pristine)[-1]
     first_index, starts = _record_starts(last)
