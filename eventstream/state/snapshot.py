@@ -57,13 +57,6 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def file_prefix_crc32c(path: str, length: int) -> int:
-    crc = 0
-    for piece in segment_prefix_pieces(path, length):
-        crc = crc32c(piece, crc)
-    return crc
-
-
 @dataclass
 class SnapshotCut:
     """What `cut` captured; `write` turns it into a complete snapshot folder."""
@@ -76,11 +69,10 @@ class SnapshotCut:
     def write(self) -> str:
         """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
         try:
-            for queue in self.manifest["queues"]:
-                for segment in queue["segments"]:
-                    path = os.path.join(self.work_path, segment["file"])
-                    fsync_path(path)
-                    segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
+            segments = [s for queue in self.manifest["queues"] for s in queue["segments"]]
+            for segment in segments:
+                fsync_path(os.path.join(self.work_path, segment["file"]))
+                segment["crc32c"] = 0  # the CRC-32C of no bytes; pieces below extend it
             file_bytes, crc = write_dedup_image(
                 os.path.join(self.work_path, DEDUP_NAME), self.dedup
             )
@@ -91,12 +83,17 @@ class SnapshotCut:
                 "file_bytes": file_bytes,
                 "crc32c": crc,
             }
+
+            def checksum(segment: dict[str, Any], piece: bytes) -> None:
+                segment["crc32c"] = crc32c(piece, segment["crc32c"])
+
             self.manifest["digest"] = state_digest(
                 self.manifest["last_index"],
                 self.manifest["config"],
                 self.manifest["queues"],
                 self.work_path,
                 self.dedup,
+                checksum,
             )
             write_synced(
                 os.path.join(self.work_path, MANIFEST_NAME),
