@@ -226,12 +226,20 @@ class StateMachine:
 
     # ----- snapshots -----
 
-    def begin_snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> snapshots.SnapshotCut:
+    def begin_snapshot(
+        self, raft_meta: Mapping[str, Any] | None = None, at_index: int | None = None
+    ) -> snapshots.SnapshotCut:
         """Cut a snapshot at the applied index: hard links and a frozen view of the dedup entries.
 
         `raft_meta` is what the node must get back with the snapshot besides the state (the
         membership at the last included index, Raft section 7); it is stored as given (JSON).
+        `at_index`, when given, must be the applied index: a snapshot is always of the state as
+        applied, so asking for another index is refused rather than silently moved.
         """
+        if at_index is not None and at_index != self.applied_index:
+            raise StateError(
+                f"snapshot asked at index {at_index}, but the applied index is {self.applied_index}"
+            )
         manifest = {
             "format": snapshots.FORMAT_VERSION,
             "last_index": self.applied_index,
@@ -244,9 +252,12 @@ class StateMachine:
         manifest = json.loads(json.dumps(manifest))  # a deep copy the writer may own
         return snapshots.cut(self.live_root, self.snapshots_root, manifest, self.dedup)
 
-    def snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> str:
-        """Take a complete snapshot now; returns its folder and prunes older ones."""
-        folder = self.begin_snapshot(raft_meta).write()
+    def snapshot(
+        self, raft_meta: Mapping[str, Any] | None = None, at_index: int | None = None
+    ) -> str:
+        """Take a complete snapshot now; returns its folder and prunes all but the newest
+        SNAPSHOTS_KEPT (a stream still reading an older one must finish first)."""
+        folder = self.begin_snapshot(raft_meta, at_index).write()
         self.prune_snapshots()
         return folder
 

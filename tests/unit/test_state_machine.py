@@ -231,7 +231,9 @@ def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     for index, data in enumerate(command_stream(3, 40), start=1):
         machine.apply(index, 1, data)
-    folder = machine.snapshot({"voters": [1, 2, 3]})
+    with pytest.raises(StateError, match="asked at index 39, but the applied index is 40"):
+        machine.snapshot(at_index=39)
+    folder = machine.snapshot({"voters": [1, 2, 3]}, at_index=40)
     assert StateMachine.snapshot_info(folder) == (40, 1, {"voters": [1, 2, 3]})
     manifest = json.loads((tmp_path / "sm" / "snapshots" / folder / "MANIFEST.json").read_text())
     segment = manifest["queues"][0]["segments"][0]
