@@ -59,7 +59,6 @@ def measure_append(parent: str, *, wal_sync: bool, batch_records: int, payload_b
     packed_buffer = payload * batch_records
     lengths = array.array("I", [payload_bytes]) * batch_records
     order = threading.Lock()
-    records_max = max(batch_records, bytes_max // max(1, payload_bytes))
     try:
         log = SegmentLog.open(directory, wal_sync=wal_sync)
         try:
@@ -67,7 +66,9 @@ def measure_append(parent: str, *, wal_sync: bool, batch_records: int, payload_b
             deadline = time.perf_counter() + seconds
 
             def worker() -> None:
-                while time.perf_counter() < deadline and log.last_index < records_max:
+                # The same stop rule as measure_plain_write, so both write the same bytes.
+                while (time.perf_counter() < deadline
+                       and log.last_index * payload_bytes < bytes_max):
                     with order:
                         first = log.last_index + 1
                         if packed:

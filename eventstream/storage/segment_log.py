@@ -14,6 +14,9 @@ keeps the per-batch control flow: segment rolls, durability, recovery, truncatio
 Durability (issue 2): with wal_sync=True, append() returns only after fdatasync, and appends
 from concurrent threads share one fdatasync (group commit). With wal_sync=False, data reaches
 the OS at once and a background thread syncs it every sync_interval_ms; close() syncs too.
+A sync covers everything written before it: the active segment, segments sealed since the
+last sync, and the directory entries of new segment files (the directory is fsynced first).
+Truncation, compaction and rewrites fsync the directory before they return.
 """
 
 from __future__ import annotations
@@ -170,6 +173,9 @@ class SegmentLog:
         # Segments sealed since the last sync; the next sync (or close) fdatasyncs them, so a
         # roll costs no fdatasync on the append path.
         self._unsynced_sealed: list[_Segment] = []
+        # A segment file was created since the last sync: its directory entry is made durable
+        # by the next sync, together with its bytes.
+        self._directory_unsynced = False
         self._first_index = 1
         self._last_index = 0
         self._last_term = 0
@@ -526,7 +532,7 @@ class SegmentLog:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             raise StorageError(f"{path}: segment file already exists") from None
-        fsync_directory(self._directory)
+        self._directory_unsynced = True
         segment = _Segment(path, first_index, fd)
         self._segments.append(segment)
         self._firsts.append(first_index)
@@ -562,26 +568,37 @@ class SegmentLog:
         try:
             with self._lock:
                 target = self._written_seq
-                segments = self._take_unsynced_locked()
-            self._fdatasync_all(segments)
+                segments, directory = self._take_unsynced_locked()
+            self._fdatasync_all(segments, directory)
         except BaseException:
             target = 0
             raise
         finally:
             self._release_sync_token(target)
 
-    def _take_unsynced_locked(self) -> list[_Segment]:
-        """Every segment that may hold writes not yet synced: sealed since the last sync, and
-        the active one. Invariant kept: no other segment holds unsynced writes."""
+    def _take_unsynced_locked(self) -> tuple[list[_Segment], bool]:
+        """Every segment that may hold writes not yet synced (sealed since the last sync, and
+        the active one) and whether the directory has new entries. Invariant kept: no other
+        segment holds unsynced writes."""
         segments = self._unsynced_sealed
         self._unsynced_sealed = []
         if self._active is not None:
             segments.append(self._active)
-        return segments
+        directory = self._directory_unsynced
+        self._directory_unsynced = False
+        return segments, directory
 
-    def _fdatasync_all(self, segments: list[_Segment]) -> None:
-        """fdatasync each segment. Called holding the sync token, which every operation that
-        closes a descriptor also takes, so no descriptor here can be closed meanwhile."""
+    def _fdatasync_all(self, segments: list[_Segment], directory: bool) -> None:
+        """fsyncs the directory (when it has new segment files) and fdatasyncs each segment.
+        Called holding the sync token, which every operation that closes a descriptor also
+        takes, so no descriptor here can be closed meanwhile."""
+        if directory:
+            try:
+                fsync_directory(self._directory)
+            except OSError as error:
+                self._failure = error
+                raise StorageError(f"{self._directory}: directory fsync failed: {error}") \
+                    from error
         for segment in segments:
             try:
                 os.fdatasync(segment.fd)
@@ -780,11 +797,11 @@ class SegmentLog:
             with self._lock:
                 if self._closed:
                     return
-                segments = self._take_unsynced_locked()
+                segments, directory = self._take_unsynced_locked()
                 unsynced = self._written_seq > self._synced_seq or len(segments) > 1
             try:
-                if unsynced and self._failure is None:
-                    self._fdatasync_all(segments)
+                if (unsynced or directory) and self._failure is None:
+                    self._fdatasync_all(segments, directory)
             finally:
                 with self._lock:
                     self._close_files()

@@ -475,3 +475,25 @@ def test_short_writes_are_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         log.append([(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)])
         monkeypatch.undo()
         assert payloads(log, 1, 6) == records(1, 3) + [(4, 1, b"a" * 20_000), (5, 1, b"b" * 30_000)]
+
+
+@pytest.mark.parametrize("wal_sync", [True, False])
+def test_new_segment_files_are_made_durable_with_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wal_sync: bool
+) -> None:
+    """A new segment's directory entry is fsynced before the append that created it is
+    reported durable: at once with wal_sync, at the next sync without."""
+    from eventstream.storage import segment_log
+
+    directory_syncs: list[str] = []
+    real = segment_log.fsync_directory
+    monkeypatch.setattr(segment_log, "fsync_directory",
+                        lambda path: (directory_syncs.append(path), real(path)))
+    with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=wal_sync,
+                         sync_interval_ms=600_000) as log:
+        directory_syncs.clear()
+        log.append(records(1, 100))
+        assert log.stats()["segment_count"] > 3
+        assert len(directory_syncs) == (1 if wal_sync else 0)
+        log.sync()
+        assert len(directory_syncs) == 1
