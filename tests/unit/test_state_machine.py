@@ -180,9 +180,19 @@ def test_retention_trims_whole_segments_by_bytes_and_age(tmp_path: Any) -> None:
     assert log.bytes_total <= 9000 + 4096 + 1400
     with pytest.raises(OffsetRangeError, match=f"range \\[{floor}, 200\\]"):
         machine.read(0, floor - 1)
-    # Age: the newest event has timestamp 19 (us); a cap of 0.001 ms keeps only recent segments.
-    machine.apply(index, 1, encode_config_update({"queue_retention": {"0": {"age_ms_max": 1}}}))
-    assert machine.queue_range(0)[0] >= floor
+    # Age, judged by event timestamps (us), never a clock: with a 1 ms cap and the newest event
+    # at 19 us nothing is old enough; an event at 5,000 us makes every older segment too old,
+    # and only the newest segment (always kept) remains.
+    machine.apply(
+        index,
+        1,
+        encode_config_update({"queue_retention": {"0": {"bytes_max": 0, "age_ms_max": 1}}}),
+    )
+    assert machine.queue_range(0)[0] == floor
+    machine.apply(index + 1, 1, encode_set_event([Event(None, None, 0, 5_000, b"late")]))
+    newest_segment = log.segments[-1]
+    assert len(log.segments) == 1 and machine.queue_range(0) == (newest_segment.base_offset, 201)
+    assert machine.read(0, 200)[0].payload == b"late"
 
 
 def command_stream(seed: int, count: int) -> list[bytes]:
