@@ -159,6 +159,8 @@ class Node:
         self._leader = NONE
         self._bootstrap_config_proposed = False
         self.fatal: str | None = None
+        self._digest_cache: tuple[int, str, float] = (-1, "", 0.0)
+        self._last_status_applied: tuple[int, float] = (-1, 0.0)
         self.listen_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.leader_since: float | None = None
@@ -809,10 +811,30 @@ class Node:
         self.metrics.peer_frames_dropped.inc()
 
     # ----------------------------------------------------------------- status
+    def _state_digest(self) -> tuple[int, str]:
+        """(index, digest) of the state. The digest reads every retained event, so it is
+        recomputed at most once a second while the node applies, and at once when it has
+        stopped moving: a converged cluster always shows the digest at `applied`."""
+        state = self.state
+        assert state is not None
+        index, digest, at = self._digest_cache
+        now = time.monotonic()
+        if index != state.applied_index and (now - at >= DIGEST_RECOMPUTE_S or self._digest_settled(now)):
+            self._digest_cache = (state.applied_index, state.digest(), now)
+        self._last_status_applied = (state.applied_index, now)
+        return self._digest_cache[0], self._digest_cache[1]
+
+    def _digest_settled(self, now: float) -> bool:
+        """The applied index has not moved since the previous status request."""
+        assert self.state is not None
+        applied, _ = self._last_status_applied
+        return applied == self.state.applied_index
+
     def status(self) -> dict[str, Any]:
         raft, state, seg_log = self.raft, self.state, self.seg_log
         assert raft is not None and state is not None and seg_log is not None
         st = raft.status()
+        digest_index, digest = self._state_digest()
         queues = {str(q): {"first": lo, "next": hi} for q in sorted(state.queues.logs) for lo, hi in [state.queue_range(q)]}
         followers = {str(pid): {"state": s, "match": m, "next": n} for pid, (s, m, n) in st.progress.items() if pid != self.id}
         return {
@@ -826,7 +848,8 @@ class Node:
             "applied": state.applied_index,
             "first_index": seg_log.first_index,
             "last_index": seg_log.last_index,
-            "digest": state.digest(),
+            "digest": digest,
+            "digest_index": digest_index,
             "queues": queues,
             "followers": followers,
             "last_snapshot": self._last_snapshot_index,
@@ -835,6 +858,9 @@ class Node:
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
+
+
+DIGEST_RECOMPUTE_S = 1.0
 
 
 def _install_signal_handlers(node: Node) -> None:
