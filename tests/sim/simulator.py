@@ -18,7 +18,9 @@ Fault model, during the fault phase:
   workload  proposals to whichever node the client believes leads, ReadIndex requests on leaders
             and followers, leadership transfers, and snapshots + log compaction on every node.
 Then the faults stop (network healed, every node restarted) and liveness is measured: a leader
-must be elected and a fresh proposal must be applied on every node within LIVENESS_BUDGET_TICKS.
+must be elected and a fresh proposal must be applied on every node within LIVENESS_BUDGET_TICKS;
+then every proposal the workload ever got accepted is resolved: committed, or replaced by the
+entries of a leader of a later term (never one accepted by the current leader in its term).
 
 Checked at every step (after each message delivery, tick and Ready):
   election safety      at most one leader per term (§5.2)
@@ -188,6 +190,8 @@ class Simulation:
         self.applied_at: dict[int, tuple[int, bytes, int]] = {}
         self.max_applied = 0
         self.reads_required: dict[bytes, int] = {}
+        # Index -> (leader term, data) of the latest proposal accepted at that index.
+        self.accepted: dict[int, tuple[int, bytes]] = {}
         self.violations: list[str] = []
         self.events: Counter[str] = Counter()
 
@@ -466,6 +470,7 @@ class Simulation:
         try:
             index = host.node.propose(data)
             self.events["proposal_accepted"] += 1
+            self.accepted[index] = (host.node.term, data)
         except ProposalError as error:
             self.events["proposal_refused"] += 1
             hint = getattr(error, "leader", 0)
@@ -549,6 +554,7 @@ class Simulation:
             if all(h.applied >= marker_index for h in self.hosts.values()):
                 seen = self.applied_at.get(marker_index)
                 if seen is not None and seen[1] == marker:
+                    self._check_proposals_resolved(leader)
                     return self.now - start
         self._violate(
             f"liveness: no fresh proposal applied on all nodes within {LIVENESS_BUDGET_TICKS} "
@@ -557,6 +563,22 @@ class Simulation:
             f"{ {i: h.node.role.name for i, h in self.hosts.items()} })"
         )
         return LIVENESS_BUDGET_TICKS
+
+    def _check_proposals_resolved(self, leader: RaftNode) -> None:
+        """Every accepted proposal is now either committed or was replaced by a later leader's
+        entries (Raft drops uncommitted entries of a deposed leader; the client was never
+        acknowledged). One the current leader accepted in its own term cannot be lost."""
+        for index, (term, data) in self.accepted.items():
+            seen = self.applied_at.get(index)
+            if seen is not None and seen[0] == term and seen[1] == data:
+                self.events["proposal_committed"] += 1
+            elif term < leader.term:
+                self.events["proposal_superseded"] += 1
+            else:
+                self._violate(
+                    f"liveness: proposal {index}/{term} accepted by the current leader "
+                    f"{leader.id} is not committed although a later entry is"
+                )
 
     def run(self) -> SimResult:
         recovery = 0

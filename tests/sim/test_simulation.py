@@ -77,6 +77,8 @@ def test_fault_model_is_exercised() -> None:
         "read_served",
         "transfer",
         "proposal_refused",
+        "proposal_committed",
+        "proposal_superseded",
     ):
         assert events[kind] > 0, f"{kind} never happened in 200 seeds: {dict(events)}"
 
