@@ -45,6 +45,7 @@ from eventstream.node_storage import NodeStorage
 from eventstream.raft.config import RaftConfig
 from eventstream.raft.messages import NONE, Entry, HardState, Message, SnapshotChunk
 from eventstream.raft.node import (
+    MalformedMessageError,
     NotLeaderError,
     ProposalError,
     RaftNode,
@@ -796,7 +797,12 @@ class Node:
             if msg.sender != peer_id or msg.to != self.id:
                 log.warning("dropping a message from peer %d that claims sender %d, to %d", peer_id, msg.sender, msg.to)
                 continue
-            raft.step(msg)
+            try:
+                raft.step(msg)
+            except MalformedMessageError as exc:
+                # The core changed nothing; a peer that sends such messages has a bug or is
+                # not ours. Dropping them keeps this node safe.
+                log.warning("dropping a malformed message from peer %d: %s", peer_id, exc)
         self._wake.set()
 
     def _on_peer_connected(self, peer_id: int) -> None:
