@@ -12,7 +12,7 @@ all: build
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)
