@@ -35,6 +35,7 @@ _STORAGE_BYTES_MAX = 256 * 1024 * 1024
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 CLIENTS_MAX = 256
 CONCURRENCY_MAX = 10_000
@@ -167,6 +168,10 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
         report = _run(target, params)
     except (LoadError, ParamError) as exc:
         _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        # The local cluster and the client processes are already stopped by then.
+        _end_progress()
+        _fail("interrupted; no report", EXIT_INTERRUPTED)
     from eventstream.load.report import render_table
 
     click.echo(render_table(report))

@@ -229,7 +229,7 @@ def _gather(params: LoadParams, reports: Any, count: int, start: float, usage: N
             p99 = latency.merged(live_hists)
             on_progress(Progress(
                 elapsed_s=now - start,
-                warming_up=now < warmup_end,
+                warming_up=last_shown < warmup_end,
                 events_per_s=live_events / (now - last_shown),
                 p99_ms=latency.summary_ms(p99)["p99"],  # type: ignore[arg-type]
                 events_total=events_total,

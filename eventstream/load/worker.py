@@ -18,6 +18,7 @@ import multiprocessing.synchronize
 import os
 import random
 import resource
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class _Ticket:
 def run_worker(spec: WorkerSpec, reports: Queue[Any], go: multiprocessing.synchronize.Event,
                start_at: Any) -> None:
     """Process entry point. Every outcome, failure included, ends with one report message."""
+    # Ctrl-C reaches the whole process group; the parent alone decides how the run ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
             import uvloop
