@@ -108,7 +108,8 @@ def validate(target: Target, clients: int, concurrency: int, batch_size: int, pa
 @click.option("--cluster", help="client addresses of a running cluster: host:port,host:port,...")
 @click.option("--local", type=int, help="start a local cluster of N nodes in a temp dir for the run")
 @click.option("--wal-sync/--no-wal-sync", default=None, help="--local only: fdatasync before acking (node default: on)")
-@click.option("--replication", help="--local only: passed to each node as --replication")
+@click.option("--replication", help="--local only: passed to each node as --replication "
+              "(refused while `esc node` has no such option)")
 @click.option("--clients", type=int, default=2, show_default=True, help="client processes")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="requests in flight per client")
 @click.option("--batch-size", type=int, default=100, show_default=True, help="events per append request")
@@ -118,9 +119,9 @@ def validate(target: Target, clients: int, concurrency: int, batch_size: int, pa
 @click.option("--read-ratio", type=float, default=0.0, show_default=True,
               help="share of requests that read back a queue (linearizable)")
 @click.option("--duration", type=float, help="seconds to measure after warm-up (default 10)")
-@click.option("--events", type=int, help="measure until this many events are acknowledged")
+@click.option("--events", type=int, help="instead of --duration: send this many events after warm-up (whole batches)")
 @click.option("--warmup", type=float, default=2.0, show_default=True, help="seconds before measuring")
-@click.option("--rate", type=float, help="open loop: offered events/s over all clients")
+@click.option("--rate", type=float, help="open loop: offered events/s over all clients (reads take their share)")
 @click.option("--time-limit", type=float, default=300.0, show_default=True,
               help="bound of an --events run after warm-up, seconds")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
