@@ -116,7 +116,7 @@ def local_listener_pids(addresses: list[str]) -> dict[str, int]:
             listener = wanted.get(conn.laddr.port)
             if listener is not None:
                 found[listener] = conn.pid
-    return found
+    return {address: found[address] for address in addresses if address in found}
 
 
 def _local_ips() -> set[str]:
