@@ -104,7 +104,24 @@ def validate(target: Target, clients: int, concurrency: int, batch_size: int, pa
         raise ParamError("--rate asks for more than 1,000,000 requests/s per client; raise --batch-size")
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """Click's own parameter errors (a value that is not a number, an unknown option) as one
+    line, like the errors this module raises, instead of usage text plus the error."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            _fail(exc.format_message(), EXIT_USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), EXIT_FAILED)
+        except click.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+
+
+@click.group(cls=_OneLineErrors, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cluster", help="client addresses of a running cluster: host:port,host:port,...")
 @click.option("--local", type=int, help="start a local cluster of N nodes in a temp dir for the run")
 @click.option("--wal-sync/--no-wal-sync", default=None, help="--local only: fdatasync before acking (node default: on)")

@@ -55,6 +55,8 @@ def params(**changes: Any) -> LoadParams:
     (["--cluster", "127.0.0.1:7101", "--no-wal-sync"], "--wal-sync"),
     (["--cluster", "no-port-here"], "bad address"),
     (["--local", "3", "--batch-size", "60000", "--payload-bytes", "60000"], "batch limit"),
+    (["--local", "3", "--clients", "many"], "--clients"),
+    (["--local", "3", "--no-such-option"], "--no-such-option"),
 ])
 def test_bad_parameters_give_one_line_and_exit_2(args: list[str], named: str) -> None:
     result = CliRunner().invoke(main, args)
