@@ -35,6 +35,7 @@ from eventstream.errors import (
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
 from eventstream.transport.client_protocol import (
+    AppendOk,
     Consistency,
     Op,
     ProtocolError,
@@ -249,6 +250,15 @@ class AsyncClient:
             AppendResult(ok.queues[i], ok.offsets[i], ok.index, bool(ok.duplicates[i]), rows[i][0])
             for i in range(len(rows))
         ]
+
+    async def append_encoded(self, batch: bytes) -> AppendOk:
+        """Append a batch the caller encoded with storage.codec.encode_batch, answered as the
+        raw AppendOk (queues, offsets, duplicate flags as arrays) without an object per event.
+
+        For senders of many events that need counts, not results: the load generator. Events
+        the caller left without an id are stored, but a retry of them may store them twice.
+        """
+        return decode_append_ok((await self._call(Op.APPEND, batch)).body)
 
     async def read(
         self,
