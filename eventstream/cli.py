@@ -83,6 +83,8 @@ def _node_options(fn: F) -> F:
         click.option("--queue-count", type=int, help="queues of a new cluster (then: esc config set)"),
         click.option("--dedup-window", type=float, help="seconds an event id is remembered (new cluster)"),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--replication", type=click.Choice(["inprocess", "pool"]),
+                     help="move a leader's messages on its own thread, or in one process per follower (default: inprocess)"),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -20,6 +20,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "logging": {"wal_sync": False, "batch_size": 1000},
 }
 
+REPLICATION_MODES = ("inprocess", "pool")
+
 
 class ConfigError(ValueError):
     """A configuration key or value that the node refuses; the message names the key."""
@@ -84,6 +86,9 @@ class NodeConfig:
     max_uncommitted_bytes: int = 256 * 1024 * 1024
     frame_bytes_max: int = 64 * 1024 * 1024
     log_level: str = "info"
+    # Who moves a leader's messages to its followers: "inprocess" (the node's own thread) or
+    # "pool" (one worker process per follower, eventstream/replication/pool.py).
+    replication: str = "inprocess"
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
@@ -119,6 +124,8 @@ class NodeConfig:
             raise ConfigError("dedup_expire_interval: must be >= 0 seconds")
         _positive("max_uncommitted_bytes", self.max_uncommitted_bytes, 1024, 1 << 40)
         _positive("frame_bytes_max", self.frame_bytes_max, 64 * 1024, 1 << 31)
+        if self.replication not in REPLICATION_MODES:
+            raise ConfigError(f"replication: must be one of {', '.join(REPLICATION_MODES)}, got {self.replication!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
         return self
