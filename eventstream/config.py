@@ -8,6 +8,7 @@ bad config stops the node with one clear line before it touches its data directo
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 REPLICATION_MODES = ("inprocess", "pool")
+
+
+def default_replication_mode(cores: int | None = None) -> str:
+    """"pool" when this process may run on more than one core: the workers then have a core
+    to take the socket work to. With one core they would only add context switches."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return "pool" if cores > 1 else "inprocess"
 
 
 class ConfigError(ValueError):
@@ -88,7 +97,7 @@ class NodeConfig:
     log_level: str = "info"
     # Who moves a leader's messages to its followers: "inprocess" (the node's own thread) or
     # "pool" (one worker process per follower, eventstream/replication/pool.py).
-    replication: str = "inprocess"
+    replication: str = field(default_factory=lambda: default_replication_mode())
 
     def validate(self) -> NodeConfig:
         if self.id < 1:

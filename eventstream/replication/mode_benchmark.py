@@ -6,15 +6,17 @@ to back, and prints acknowledged events/s, client p50/p99 append latency, and wh
 leader's CPU went (its own process, the control plane, vs its worker processes). bench/
 test_bench_replication.py runs a subset under pytest-benchmark.
 
-The load is one client process (this one) with `concurrency` requests in flight, each an
-append_batch of `events_per_request` events of `payload_bytes`; it shares the machine's cores
-with every node, so compare the two modes of one run, never figures across runs.
+The load is `clients` client processes, each with `concurrency` requests in flight, each
+request an append_batch of `events_per_request` events of `payload_bytes`; they share the
+machine's cores with every node, so compare the two modes of one run, never figures across runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -75,6 +77,20 @@ async def _load(addresses: list[str], seconds: float, concurrency: int, events_p
     return counts[0], counts[1], latencies
 
 
+def _load_process(args: tuple[list[str], float, int, int, int]) -> tuple[int, int, list[float]]:
+    return asyncio.run(_load(*args))
+
+
+def _run_clients(addresses: list[str], seconds: float, clients: int, concurrency: int, events_per_request: int,
+                 payload_bytes: int) -> tuple[int, int, list[float]]:
+    """The load from `clients` processes at once, so the client side is not one GIL."""
+    args = (addresses, seconds, concurrency, events_per_request, payload_bytes)
+    with multiprocessing.get_context("spawn").Pool(clients) as pool:
+        results = pool.map(_load_process, [args] * clients)
+    latencies = [x for _, _, lat in results for x in lat]
+    return sum(r[0] for r in results), sum(r[1] for r in results), latencies
+
+
 def _cpu(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
@@ -85,8 +101,8 @@ def _workers_of(leader: psutil.Process) -> list[psutil.Process]:
 
 
 def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: bool, seconds: float,
-                 concurrency: int = 16, events_per_request: int = 100, payload_bytes: int = 100,
-                 warmup_s: float = 1.0) -> ModeFigures:
+                 clients: int = 2, concurrency: int = 16, events_per_request: int = 100,
+                 payload_bytes: int = 100, warmup_s: float = 1.0) -> ModeFigures:
     cluster = LocalCluster(root, nodes, replication=mode, batch_size=batch_size, wal_sync=wal_sync,
                            log_level="warning").start()
     try:
@@ -105,8 +121,9 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
         before = {k: _cpu(p) for k, p in procs.items()}
         workers_before = sum(_cpu(w) for w in workers)
         started = time.monotonic()
-        events, errors, latencies = asyncio.run(
-            _load(cluster.addresses, seconds, concurrency, events_per_request, payload_bytes))
+        events, errors, latencies = _run_clients(
+            cluster.addresses, seconds, clients, concurrency, events_per_request, payload_bytes)
+        # The clients' own start-up (about 0.2 s) is inside the window: it lowers both modes alike.
         elapsed = time.monotonic() - started
         after = {k: _cpu(p) for k, p in procs.items()}
         workers_after = sum(_cpu(w) for w in workers if w.is_running())
@@ -122,13 +139,28 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
 
 
 def compare(nodes: int, batch_size: int, wal_sync: bool, seconds: float, root: Path | None = None,
-            **load: int) -> list[ModeFigures]:
-    """Both modes on the same settings, back to back (inprocess first)."""
+            rounds: int = 1, **load: int) -> list[ModeFigures]:
+    """Both modes on the same settings, back to back; with several rounds the order alternates,
+    so a slow minute on the shared machine does not always land on the same mode."""
     rows = []
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        for mode in ("inprocess", "pool"):
-            rows.append(measure_mode(Path(tmp) / mode, mode, nodes, batch_size, wal_sync, seconds, **load))
+        for r in range(rounds):
+            for mode in ("inprocess", "pool") if r % 2 == 0 else ("pool", "inprocess"):
+                rows.append(measure_mode(Path(tmp) / f"{mode}-{r}", mode, nodes, batch_size, wal_sync, seconds,
+                                         **load))
     return rows
+
+
+def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
+    """Per mode: median events/s, p99 and CPU over the rounds."""
+    out: dict[str, dict[str, float]] = {}
+    for mode in ("inprocess", "pool"):
+        mine = [r for r in rows if r.mode == mode]
+        out[mode] = {
+            key: statistics.median(getattr(r, key) for r in mine)
+            for key in ("events_per_s", "p99_ms", "leader_cpu_s", "workers_cpu_s")
+        }
+    return out
 
 
 HEADER = (f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'mode':>9} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
@@ -147,16 +179,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     p.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--wal-sync", choices=["on", "off"], nargs="+", default=["off", "on"])
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--clients", type=int, default=2, help="client processes")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight per client process")
+    p.add_argument("--rounds", type=int, default=1, help="measurements per mode, order alternating")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = p.parse_args(argv)
     if not args.json:
         print(HEADER, flush=True)
+    summary = []
     for nodes in args.nodes:
         for batch in args.batch:
             for sync in args.wal_sync:
-                for f in compare(nodes, batch, sync == "on", args.seconds, concurrency=args.concurrency):
+                rows = compare(nodes, batch, sync == "on", args.seconds, rounds=args.rounds, clients=args.clients,
+                               concurrency=args.concurrency)
+                for f in rows:
                     print(asdict(f) if args.json else row(f), flush=True)
+                m = medians(rows)
+                summary.append((nodes, batch, sync, m))
+                if args.json:
+                    print({"nodes": nodes, "batch_size": batch, "wal_sync": sync, "medians": m}, flush=True)
+    if not args.json:
+        print(f"\nmedians over {args.rounds} round(s): pool / inprocess")
+        print(f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'events/s':>9} {'p99':>6} {'leader cpu/s':>12} {'pool workers cpu/s':>18}")
+        for nodes, batch, sync, m in summary:
+            i, p_ = m["inprocess"], m["pool"]
+            print(f"{nodes:>5} {batch:>5} {sync:>8} {p_['events_per_s'] / i['events_per_s']:>9.2f} "
+                  f"{p_['p99_ms'] / i['p99_ms']:>6.2f} {i['leader_cpu_s'] / args.seconds:>5.2f}/{p_['leader_cpu_s'] / args.seconds:<6.2f} "
+                  f"{p_['workers_cpu_s'] / args.seconds:>18.2f}")
 
 
 if __name__ == "__main__":
