@@ -431,7 +431,10 @@ class Node:
             self.leader_since = time.time()
             self._maybe_bootstrap_config()
             if self._pool is not None:
-                self._pipelines = {**self._inprocess_pipelines, **self._pool.start()}
+                try:
+                    self._pipelines = {**self._inprocess_pipelines, **self._pool.start()}
+                except OSError:
+                    log.exception("replication pool did not start; replicating in-process this term")
         elif old == Role.LEADER:
             self.leader_since = None
             if self._pool is not None:

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 # Record space per follower. Half of it bounds one message; the core's window (max_inflight
 # appends of at most 4 MiB) rarely needs more than a few MiB here because the worker drains
 # continuously. Pages of shared memory are only committed when first written.
-RING_BYTES_DEFAULT = 32 * 1024 * 1024
+RING_BYTES_DEFAULT = 16 * 1024 * 1024
 STATUS_RING_BYTES = 64 * 1024
 SUPERVISE_INTERVAL_S = 0.05
 # A worker that dies again soon after a restart is restarted after a growing delay.
@@ -246,12 +246,17 @@ class ReplicationPool:
         return bool(self._pipelines)
 
     def start(self) -> dict[int, PoolPipeline]:
-        """Spawn one worker per follower (on becoming leader); returns the pipelines to use."""
+        """Spawn one worker per follower (on becoming leader); returns the pipelines to use.
+        OSError when a worker cannot be started; then none is left running."""
         if self._pipelines:
             return dict(self._pipelines)
-        for pid, address in self.peers.items():
-            worker = self._spawn(pid, address)
-            self._pipelines[pid] = PoolPipeline(pid, worker, InProcessPipeline(pid, self._network))
+        try:
+            for pid, address in self.peers.items():
+                worker = self._spawn(pid, address)
+                self._pipelines[pid] = PoolPipeline(pid, worker, InProcessPipeline(pid, self._network))
+        except BaseException:
+            self.stop()
+            raise
         self._task = asyncio.get_running_loop().create_task(self._supervise_loop(), name="replication-pool")
         log.info("replication pool: started workers %s",
                  {pid: p.worker.proc.pid for pid, p in self._pipelines.items()})
@@ -332,9 +337,17 @@ class ReplicationPool:
                 continue
             if now < due:
                 continue
+            try:
+                replacement = self._spawn(pid, self.peers[pid])
+            except OSError:
+                # Out of processes or descriptors: keep the dead worker's ring (writes to it are
+                # dropped once it fills, and Raft resends) and try again later.
+                log.exception("replication worker for node %d could not be restarted", pid)
+                self._restart_at[pid] = now + RESTART_BACKOFF_MAX_S
+                continue
             del self._restart_at[pid]
             worker.close()
-            pipeline.worker = self._spawn(pid, self.peers[pid])
+            pipeline.worker = replacement
             self.restarts[pid] += 1
             log.info("replication worker for node %d restarted as pid %d", pid, pipeline.worker.proc.pid)
         self._reap()

@@ -4,9 +4,11 @@ loses its term while its workers still hold its messages."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +121,13 @@ def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cl
     # The restarted worker carried the follower's traffic after the kill.
     final = wait_status(cluster, leader, lambda s: workers_of(s)[victim_peer]["messages_sent"] > 0)
     assert workers_of(final)[victim_peer]["pid"] == restarted["pid"]
+    # Worker CPU and RSS are on the leader's /metrics, one series per follower.
+    with urllib.request.urlopen(f"http://{cluster.nodes[leader].http}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for peer in workers_of(final):
+        assert re.search(rf'esc_replication_worker_rss_bytes{{peer="{peer}"}} [1-9]', metrics), metrics
+        assert f'esc_replication_worker_cpu_seconds{{peer="{peer}"}}' in metrics
+    assert f'esc_replication_worker_restarts{{peer="{victim_peer}"}} 1.0' in metrics
 
 
 def test_old_terms_messages_held_by_workers_are_refused_after_a_new_leader(cluster: LocalCluster) -> None:

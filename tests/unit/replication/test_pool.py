@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 import pytest
@@ -154,5 +155,30 @@ def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() 
             await follower.listener.stop()
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_cannot_be_started_leaves_no_other_worker_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        nowhere = ("127.0.0.1", 9)
+        net = PeerNetwork(1, {2: nowhere, 3: nowhere}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {2: nowhere, 3: nowhere}, net, lambda p: None)
+        started = []
+        real_spawn = pool._spawn
+
+        def spawn_or_fail(peer_id: int, address: tuple[str, int]) -> Any:
+            if peer_id == 3:
+                raise OSError(24, "Too many open files")
+            worker = real_spawn(peer_id, address)
+            started.append(worker)
+            return worker
+
+        monkeypatch.setattr(pool, "_spawn", spawn_or_fail)
+        with pytest.raises(OSError, match="Too many open files"):
+            pool.start()
+        assert not pool.running and len(started) == 1
+        await pool.close()
+        assert started[0].proc.poll() is not None
 
     asyncio.run(scenario())
