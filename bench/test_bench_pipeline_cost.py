@@ -100,7 +100,7 @@ async def _measure(mode: str, count: int, message: Message) -> dict[str, Any]:
             worker = psutil.Process(pool.worker_pids()[2])
         else:
             pipeline = InProcessPipeline(2, net)
-        ring_half = pool._ring_bytes // 2
+        ring_half = pool.ring_bytes // 2
         worker_before = sum(worker.cpu_times()[:2]) if mode == "pool" else 0.0
         cpu_before = time.process_time()
         started = time.perf_counter()
@@ -110,15 +110,14 @@ async def _measure(mode: str, count: int, message: Message) -> dict[str, Any]:
             # Back-pressure the way a leader meets it: yield to the loop when the link or the
             # ring is backed up, so neither path drops what it cannot take yet.
             if mode == "pool":
-                ring = pool._pipelines[2].worker.data
-                while ring.used > ring_half:
+                while pool.backlog_bytes(2) > ring_half:
                     await asyncio.sleep(0.0005)
             elif i % 8 == 7:
                 await asyncio.sleep(0)
                 while net._conns[2].write_buffer_bytes > 4 << 20:
                     await asyncio.sleep(0.0005)
         # Drained: the kernel has every byte (inprocess) or the worker has taken every record.
-        while (pool._pipelines[2].worker.data.used if mode == "pool" else net._conns[2].write_buffer_bytes) > 0:
+        while (pool.backlog_bytes(2) if mode == "pool" else net._conns[2].write_buffer_bytes) > 0:
             await asyncio.sleep(0.0005)
         leader_cpu = time.process_time() - cpu_before
         while (received := sink.received()) < count and time.perf_counter() - started < 60:

@@ -240,6 +240,7 @@ class ReplicationPool:
         self._restart_delay: dict[int, float] = {}
         self.restarts: dict[int, int] = {pid: 0 for pid in peers}
         self._task: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
@@ -273,20 +274,42 @@ class ReplicationPool:
             self._retired.append(pipeline.worker)
         self._pipelines.clear()
         self._reap()
+        if self._retired and self._reaper is None:
+            # Collect the exit status soon, so no zombie waits for this node's next election.
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_retired(), name="replication-pool-reaper")
 
     async def close(self, timeout_s: float = 2.0) -> None:
         """stop(), then wait for the processes (SIGKILL after timeout_s)."""
         self.stop()
-        deadline = time.monotonic() + timeout_s
-        while self._retired and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-            self._reap()
-        for worker in self._retired:
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.kill()
-            worker.proc.wait()
-            worker.close()
-        self._retired.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        await self._reap_retired(timeout_s)
+
+    async def _reap_retired(self, timeout_s: float = 5.0) -> None:
+        """Wait for stopped workers to exit; SIGKILL what is left after timeout_s."""
+        try:
+            deadline = time.monotonic() + timeout_s
+            while self._retired and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                self._reap()
+            for worker in self._retired:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+                worker.proc.wait()
+                worker.close()
+            self._retired.clear()
+        finally:
+            if self._reaper is asyncio.current_task():
+                self._reaper = None
+
+    def backlog_bytes(self, peer_id: int) -> int:
+        """Bytes the follower's worker has not taken from its ring yet."""
+        return self._pipelines[peer_id].worker.data.used
+
+    @property
+    def ring_bytes(self) -> int:
+        return self._ring_bytes
 
     def worker_pids(self) -> dict[int, int]:
         return {pid: p.worker.proc.pid for pid, p in self._pipelines.items()}
