@@ -12,7 +12,7 @@ from crc32c_h cimport esc_crc32c
 from spsc_ring_h cimport (
     ESC_RING_BAD_MAPPING, ESC_RING_CORRUPT, ESC_RING_EMPTY, ESC_RING_FULL, ESC_RING_HEADER_BYTES,
     ESC_RING_MIN_CAPACITY, ESC_RING_OK, ESC_RING_TOO_LARGE, esc_ring, esc_ring_attach,
-    esc_ring_consume, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_prepare_wait,
+    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_prepare_wait,
     esc_ring_publish, esc_ring_reserve, esc_ring_used, esc_ring_wake_needed,
 )
 
@@ -88,6 +88,12 @@ cdef class SpscRing:
         """Bytes written and not yet read (record heads and padding included)."""
         self._check()
         return esc_ring_used(&self.ring)
+
+    @property
+    def consumed(self):
+        """Bytes the consumer has released since the ring was made; grows only with progress."""
+        self._check()
+        return esc_ring_consumed(&self.ring)
 
     # -- producer ------------------------------------------------------------------------------
     def write(self, unsigned int kind, data):

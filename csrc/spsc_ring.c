@@ -64,6 +64,11 @@ uint64_t esc_ring_used(const esc_ring *ring)
     return tail >= head ? tail - head : 0;
 }
 
+uint64_t esc_ring_consumed(const esc_ring *ring)
+{
+    return __atomic_load_n(U64_AT(ring, OFF_HEAD), __ATOMIC_ACQUIRE);
+}
+
 int esc_ring_reserve(esc_ring *ring, uint32_t kind, size_t n, uint8_t **out)
 {
     uint64_t tail, head, free_bytes, pos, to_end, need;

@@ -78,6 +78,9 @@ uint64_t esc_ring_max_payload(const esc_ring *ring);
 /* Bytes published and not yet consumed (a snapshot; either side may call it). */
 uint64_t esc_ring_used(const esc_ring *ring);
 
+/* Bytes the consumer has ever released: it moves exactly when the consumer makes progress. */
+uint64_t esc_ring_consumed(const esc_ring *ring);
+
 /* Producer: reserve room for a payload of n bytes. On ESC_RING_OK *out points at n writable
  * bytes; fill them, then esc_ring_publish. FULL when the consumer has not freed enough yet,
  * TOO_LARGE when n can never fit. */

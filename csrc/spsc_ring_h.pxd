@@ -19,6 +19,7 @@ cdef extern from "spsc_ring.h" nogil:
     int esc_ring_attach(esc_ring *ring, void *mem, size_t mem_bytes)
     uint64_t esc_ring_max_payload(const esc_ring *ring)
     uint64_t esc_ring_used(const esc_ring *ring)
+    uint64_t esc_ring_consumed(const esc_ring *ring)
     int esc_ring_reserve(esc_ring *ring, uint32_t kind, size_t n, uint8_t **out)
     void esc_ring_publish(esc_ring *ring)
     int esc_ring_wake_needed(esc_ring *ring)

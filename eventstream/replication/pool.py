@@ -71,6 +71,10 @@ SUPERVISE_INTERVAL_S = 0.05
 RESTART_BACKOFF_INITIAL_S = 0.05
 RESTART_BACKOFF_MAX_S = 2.0
 RESTART_STABLE_S = 10.0
+# A worker that holds unsent records and has taken none for this long is stuck (frozen, or
+# wedged): it is killed and restarted like a dead one. Longer than the worker's own send timeout
+# plus a dial, so a slow or paused follower is handled by the worker (drop the link, redial).
+STALL_S = 10.0
 RECORD_MESSAGE = 1
 
 
@@ -134,6 +138,8 @@ class _Worker:
             os.close(bell_r)
         self._doorbell = bell_w
         self.started_at = time.monotonic()
+        self.last_consumed = 0
+        self.last_progress = self.started_at
         self.worker_stats = PipelineStats()
         self.doorbell_failures = 0
         self._usage: psutil.Process | None = None
@@ -349,6 +355,7 @@ class ReplicationPool:
             if worker.alive:
                 if now - worker.started_at > RESTART_STABLE_S:
                     self._restart_delay.pop(pid, None)
+                self._check_progress(pid, worker, now)
                 continue
             due = self._restart_at.get(pid)
             if due is None:
@@ -374,6 +381,17 @@ class ReplicationPool:
             self.restarts[pid] += 1
             log.info("replication worker for node %d restarted as pid %d", pid, pipeline.worker.proc.pid)
         self._reap()
+
+    def _check_progress(self, peer_id: int, worker: _Worker, now: float) -> None:
+        consumed = worker.data.consumed
+        if worker.data.used == 0 or consumed != worker.last_consumed:
+            worker.last_consumed = consumed
+            worker.last_progress = now
+        elif now - worker.last_progress > STALL_S:
+            log.warning("replication worker for node %d (pid %d) took nothing from its ring for %.1f s; killing it",
+                        peer_id, worker.proc.pid, now - worker.last_progress)
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()  # the next supervision round restarts it
 
     def _read_status(self, peer_id: int, worker: _Worker) -> None:
         while True:

@@ -16,6 +16,7 @@ import pytest
 
 from eventstream._crc32c import crc32c
 from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication import pool as pool_module
 from eventstream.replication.pool import ReplicationPool
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.listener import Listener
@@ -155,6 +156,38 @@ def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() 
             await follower.listener.stop()
         finally:
             await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_frozen_worker_holding_records_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "STALL_S", 0.5)
+
+    async def scenario() -> None:
+        leader_listener = Listener(crc32c, LIMIT)
+        follower = Follower()
+        await follower.start(await leader_listener.start("127.0.0.1", 0))
+        connected: list[int] = []
+        net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {2: follower.address}, net, connected.append)
+        pipeline = pool.start()[2]
+        try:
+            await wait_for(lambda: connected == [2])
+            frozen = pool.worker_pids()[2]
+            os.kill(frozen, signal.SIGSTOP)
+            pipeline.submit(append(1, b"held by the frozen worker"))
+            pipeline.flush()
+            await asyncio.sleep(0.2)
+            assert pool.restarts[2] == 0  # idle or busy is not stuck: only no progress for STALL_S
+            await wait_for(lambda: pool.restarts[2] == 1 and connected == [2, 2])
+            assert pool.worker_pids()[2] != frozen and not psutil.pid_exists(frozen)
+            pipeline.submit(append(1, b"resent after the restart"))
+            pipeline.flush()
+            await wait_for(lambda: any(bytes(m.entries[0].data) == b"resent after the restart" for m in follower.got))
+        finally:
+            await pool.close()
+            await follower.stop()
+            await leader_listener.stop()
 
     asyncio.run(scenario())
 

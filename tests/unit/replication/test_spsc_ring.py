@@ -53,7 +53,9 @@ def test_a_full_ring_refuses_without_writing_and_accepts_again_after_a_read() ->
     used = producer.used
     assert not producer.write(1, b"r9999" + bytes(500))  # refused, and nothing half-written
     assert producer.used == used
+    released = producer.consumed
     assert consumer.read() == (1, b"r0000" + bytes(500))
+    assert producer.consumed == released + 8 + 512  # head, payload padded to 8
     assert producer.write(1, b"after")
     got = [consumer.read() for _ in range(written)]
     assert got[-1] == (1, b"after") and got[0] == (1, b"r0001" + bytes(500))
