@@ -1,18 +1,23 @@
-# distutils: sources = csrc/spsc_ring.c csrc/crc32c.c
+# distutils: sources = csrc/spsc_ring.c csrc/crc32c.c csrc/send_all.c
 """Python face of the shared-memory SPSC ring (csrc/spsc_ring.h has the layout and the
 memory-ordering argument). One SpscRing object is one end: the producer process calls write*,
 wake_needed; the consumer process calls read, drain_frames, prepare_wait. Using both ends of one
 ring from two processes at once is the contract; two producers (or two consumers) are not."""
 
+import os
+
 from libc.stdint cimport uint8_t, uint32_t
 from libc.string cimport memcpy
+from posix.uio cimport iovec
 
 from byte_views cimport as_byte_view
 from crc32c_h cimport esc_crc32c
+from send_all_h cimport esc_send_all
 from spsc_ring_h cimport (
     ESC_RING_BAD_MAPPING, ESC_RING_CORRUPT, ESC_RING_EMPTY, ESC_RING_FULL, ESC_RING_HEADER_BYTES,
     ESC_RING_MIN_CAPACITY, ESC_RING_OK, ESC_RING_TOO_LARGE, esc_ring, esc_ring_attach,
-    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_prepare_wait,
+    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_peek_many,
+    esc_ring_prepare_wait,
     esc_ring_publish, esc_ring_reserve, esc_ring_used, esc_ring_wake_needed,
 )
 
@@ -21,6 +26,8 @@ MIN_CAPACITY = ESC_RING_MIN_CAPACITY
 # Bytes drain_frames puts before each record's payload: u32 length, u32 CRC-32C (frames.py).
 cdef enum:
     FRAME_HEAD = 8
+    # Records per send_frames call: two iovecs each, well under any IOV_MAX.
+    SEND_BATCH = 64
 FRAME_HEADER_BYTES = FRAME_HEAD
 
 
@@ -182,6 +189,39 @@ cdef class SpscRing:
         if rc == ESC_RING_CORRUPT:
             raise RingError("ring corrupt: a record head points outside the published bytes")
         return pos, records
+
+    def send_frames(self, int fd, int timeout_ms):
+        """Write up to SEND_BATCH of the oldest records to socket `fd` (non-blocking) as wire
+        frames, straight from the shared memory, with one gather write; then release them.
+        Returns (bytes written, records); (0, 0) when the ring is empty. On OSError (socket
+        failed, or a wait for room exceeded timeout_ms) the records stay in the ring, and the
+        stream may hold part of a frame: the caller must close the socket."""
+        self._check()
+        cdef const uint8_t *payloads[SEND_BATCH]
+        cdef uint32_t lengths[SEND_BATCH]
+        cdef uint8_t heads[SEND_BATCH][FRAME_HEAD]
+        cdef iovec iov[2 * SEND_BATCH]
+        cdef int n = esc_ring_peek_many(&self.ring, payloads, lengths, SEND_BATCH)
+        cdef int i, rc
+        cdef size_t total = 0
+        if n < 0:
+            raise RingError("ring corrupt: a record head points outside the published bytes")
+        if n == 0:
+            return 0, 0
+        with nogil:
+            for i in range(n):
+                store_u32le(&heads[i][0], lengths[i])
+                store_u32le(&heads[i][4], esc_crc32c(0, payloads[i], lengths[i]))
+                iov[2 * i].iov_base = &heads[i][0]
+                iov[2 * i].iov_len = FRAME_HEAD
+                iov[2 * i + 1].iov_base = <void *>payloads[i]
+                iov[2 * i + 1].iov_len = lengths[i]
+                total += FRAME_HEAD + lengths[i]
+            rc = esc_send_all(fd, iov, 2 * n, timeout_ms)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        esc_ring_consume(&self.ring)
+        return total, n
 
     def next_frame_bytes(self):
         """Bytes the oldest record takes as a frame (drain_frames), or 0 when the ring is empty."""

@@ -120,18 +120,23 @@ int esc_ring_wake_needed(esc_ring *ring)
     return __atomic_exchange_n(U32_AT(ring, OFF_WAITING), 0u, __ATOMIC_RELAXED) == 1;
 }
 
-int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint32_t *length)
+/* The record `offset` bytes past head (offset: a sum of earlier spans), checked against the
+ * published bytes. Fills kind/payload/length and *span, the bytes it occupies with any wrap
+ * skip before it. */
+static int peek_at(esc_ring *ring, uint64_t offset, uint32_t *kind, const uint8_t **payload, uint32_t *length,
+                   uint64_t *span)
 {
     uint64_t head = __atomic_load_n(U64_AT(ring, OFF_HEAD), __ATOMIC_RELAXED);
     uint64_t tail = __atomic_load_n(U64_AT(ring, OFF_TAIL), __ATOMIC_ACQUIRE);
     uint64_t avail, pos, skipped = 0, need;
     uint32_t n;
-    if (tail == head)
+    if (tail - head == offset)
         return ESC_RING_EMPTY;
     avail = tail - head;
-    if (avail > ring->capacity || (avail & 7u) != 0 || (head & 7u) != 0)
+    if (avail > ring->capacity || (avail & 7u) != 0 || (head & 7u) != 0 || offset > avail)
         return ESC_RING_CORRUPT;
-    pos = head & (ring->capacity - 1);
+    avail -= offset;
+    pos = (head + offset) & (ring->capacity - 1);
     n = *(const uint32_t *)(ring->data + pos);
     if (n == ESC_RING_WRAP) {
         skipped = ring->capacity - pos;
@@ -148,8 +153,31 @@ int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint3
     *kind = *(const uint32_t *)(ring->data + pos + 4);
     *payload = ring->data + pos + ESC_RING_RECORD_HEAD;
     *length = n;
-    ring->pending = skipped + need;
+    *span = skipped + need;
     return ESC_RING_OK;
+}
+
+int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint32_t *length)
+{
+    return peek_at(ring, 0, kind, payload, length, &ring->pending);
+}
+
+int esc_ring_peek_many(esc_ring *ring, const uint8_t **payloads, uint32_t *lengths, int max_records)
+{
+    uint64_t offset = 0, span;
+    uint32_t kind;
+    int count = 0, rc;
+    while (count < max_records) {
+        rc = peek_at(ring, offset, &kind, &payloads[count], &lengths[count], &span);
+        if (rc == ESC_RING_EMPTY)
+            break;
+        if (rc != ESC_RING_OK)
+            return rc;
+        offset += span;
+        count++;
+    }
+    ring->pending = offset;
+    return count;
 }
 
 void esc_ring_consume(esc_ring *ring)

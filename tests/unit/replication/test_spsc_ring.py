@@ -3,12 +3,15 @@ frame drain the workers use, the sleep/wake handshake, and a two-process hammer.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -20,7 +23,7 @@ from eventstream._spsc_ring import (
     RingError,
     SpscRing,
 )
-from eventstream.transport.frames import iter_frames
+from eventstream.transport.frames import FrameDecoder, iter_frames
 
 RING_BYTES = 1 << 16
 
@@ -91,6 +94,63 @@ def test_drain_frames_emits_crc_checked_wire_frames_and_stops_at_a_frame_too_big
     assert consumer.next_frame_bytes() == 0
 
 
+def test_send_frames_writes_records_straight_to_a_socket_across_wraps() -> None:
+    _, producer, consumer = make_ring(1 << 14)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got: list[bytes] = []
+    count = 3000
+
+    def read() -> None:
+        decoder = FrameDecoder(crc32c, 1 << 20)
+        while len(got) < count:
+            data = b.recv(1 << 16)
+            if not data:
+                return
+            got.extend(decoder.feed(data))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = records = 0
+    bodies = [bytes([i % 251]) * (i * 37 % 3000) for i in range(count)]
+    try:
+        for body in bodies:
+            while not producer.write(1, body):
+                n, k = consumer.send_frames(a.fileno(), 5000)
+                sent, records = sent + n, records + k
+        while True:
+            n, k = consumer.send_frames(a.fileno(), 5000)
+            if not k:
+                break
+            sent, records = sent + n, records + k
+        reader.join(10)
+    finally:
+        a.close()
+        b.close()
+    assert records == count and sent == sum(8 + len(x) for x in bodies)
+    assert got == bodies
+
+
+def test_send_frames_that_cannot_finish_raise_and_leave_the_records_in_the_ring() -> None:
+    _, producer, consumer = make_ring()
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        a.setblocking(False)
+        big = bytes(producer.max_payload)
+        assert producer.write(1, big)
+        with pytest.raises(OSError) as caught:
+            consumer.send_frames(a.fileno(), 50)  # nobody reads b: the wait for room runs out
+        assert caught.value.errno == errno.ETIMEDOUT
+        assert consumer.next_frame_bytes() == 8 + len(big)  # still there, for the caller to drop
+        b.close()
+        with pytest.raises(OSError):
+            consumer.send_frames(a.fileno(), 50)  # the peer is gone: EPIPE/ECONNRESET, no SIGPIPE
+    finally:
+        a.close()
+        b.close()
+
+
 def test_sleep_handshake_asks_for_a_wake_only_when_the_consumer_announced_sleep() -> None:
     _, producer, consumer = make_ring()
     assert producer.write(1, b"a")
@@ -151,7 +211,7 @@ _CONSUMER = textwrap.dedent(
     import mmap, os, select, struct, sys
     from eventstream._crc32c import crc32c
     from eventstream._spsc_ring import SpscRing
-    from eventstream.transport.frames import iter_frames
+    from eventstream.transport.frames import FrameDecoder, iter_frames
 
     fd, size, bell, count, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     ring = SpscRing.attach(mmap.mmap(fd, size))
