@@ -16,6 +16,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from batch_codec_h cimport *
 
 
+cdef extern from "byte_order.h" nogil:
+    uint16_t esc_load_u16(const uint8_t *p)
+    uint32_t esc_load_u32(const uint8_t *p)
+    uint64_t esc_load_u64(const uint8_t *p)
+
+
 cdef extern from "murmur3.h":
     uint32_t esc_murmur3_32(const uint8_t *data, size_t len, uint32_t seed) nogil
     void esc_murmur3_128(const uint8_t *data, size_t len, uint32_t seed,
@@ -438,14 +444,14 @@ def apply_dedup_add(const uint8_t[::1] body, DedupTable dedup):
     if length < 4:
         raise MalformedCommandError("DEDUP_ADD body shorter than its 4-byte count")
     cdef uint32_t count
-    memcpy(&count, buf, 4)
+    count = esc_load_u32(buf)
     cdef size_t pos = 4
     cdef uint32_t i
     cdef uint16_t id_len
     for i in range(count):
         if length - pos < 10:
             raise MalformedCommandError(f"DEDUP_ADD id {i} header runs past the body at byte {pos}")
-        memcpy(&id_len, buf + pos, 2)
+        id_len = esc_load_u16(buf + pos)
         if id_len == 0 or id_len > ESC_EVENT_ID_BYTES_MAX:
             raise MalformedCommandError(f"DEDUP_ADD id {i} has length {id_len}, allowed "
                                         f"1..{ESC_EVENT_ID_BYTES_MAX}")
@@ -463,8 +469,8 @@ def apply_dedup_add(const uint8_t[::1] body, DedupTable dedup):
     pos = 4
     with nogil:
         for i in range(count):
-            memcpy(&id_len, buf + pos, 2)
-            memcpy(&first_seen_us, buf + pos + 2, 8)
+            id_len = esc_load_u16(buf + pos)
+            first_seen_us = <int64_t>esc_load_u64(buf + pos + 2)
             esc_murmur3_128(buf + pos + 10, id_len, 0, &h1, &h2)
             pos += 10 + id_len
             rc = esc_dedup_insert(&dedup.table, h1, h2, -1, -1, first_seen_us, &existing)

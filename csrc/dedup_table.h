@@ -30,6 +30,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Entries are exported to snapshots as they sit in memory, and snapshot images are defined as
+ * little-endian: refuse to build where that would silently differ. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "dedup_table: snapshot images assume a little-endian host"
+#endif
+
 #define ESC_DEDUP_CHUNK_SHIFT 16
 #define ESC_DEDUP_CHUNK_ENTRIES ((uint64_t)1 << ESC_DEDUP_CHUNK_SHIFT)
 #define ESC_DEDUP_SLOTS_MAX ((uint64_t)1 << 31)

@@ -61,8 +61,12 @@ def _writer(cluster: LocalCluster, worker: int, batch: int, load: Load) -> None:
             k += batch
 
 
+_TTY = sys.stdout.isatty()
+
+
 def _say(text: str) -> None:
-    click.echo("\r" + " " * 100 + "\r" + text)
+    # On a terminal the progress line is redrawn in place; elsewhere (a log) lines just follow.
+    click.echo(("\r" + " " * 100 + "\r" if _TTY else "") + text)
 
 
 def run_demo(duration_s: float = 20.0, clients: int = 4, batch: int = 10, keep: bool = False) -> int:
@@ -83,6 +87,7 @@ def run_demo(duration_s: float = 20.0, clients: int = 4, batch: int = 10, keep: 
         started = time.monotonic()
         kill_at, restart_at = duration_s * 0.35, duration_s * 0.6
         last_count, last_t = 0, started
+        last_print = -1.0
         while (now := time.monotonic()) - started < duration_s:
             time.sleep(0.5)
             now = time.monotonic()
@@ -91,9 +96,14 @@ def run_demo(duration_s: float = 20.0, clients: int = 4, batch: int = 10, keep: 
                 errs = sum(load.errors.values())
             rate = (count - last_count) / max(1e-9, now - last_t)
             last_count, last_t = count, now
-            sys.stdout.write(f"\r  t={now - started:5.1f}s  acked {count:8d} events  {rate:9.0f} ev/s  "
-                             f"leader {leader}  client retries/errors {errs}   ")
-            sys.stdout.flush()
+            line = (f"  t={now - started:5.1f}s  acked {count:8d} events  {rate:9.0f} ev/s  "
+                    f"leader {leader}  client errors {errs}")
+            if _TTY:
+                sys.stdout.write("\r" + line + "   ")
+                sys.stdout.flush()
+            elif int(now - started) % 2 == 0 and int(now - started) != int(last_print):
+                click.echo(line)
+                last_print = now - started
             if not killed and now - started >= kill_at:
                 killed = leader
                 _say(f"SIGKILL the leader, node {killed}")

@@ -181,7 +181,8 @@ class LocalCluster:
                 applied = {v["applied"] for v in last.values()}
                 commits = {v["commit"] for v in last.values()}
                 digests = {v["digest"] for v in last.values()}
-                if len(applied) == 1 and len(digests) == 1 and applied == commits:
+                digest_at = {v.get("digest_index", v["applied"]) for v in last.values()}
+                if len(applied) == 1 and len(digests) == 1 and applied == commits == digest_at:
                     return last
             time.sleep(0.1)
         raise TimeoutError(f"nodes did not converge within {timeout} s: "

@@ -30,6 +30,7 @@ import enum
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventstream.raft.config import RaftConfig
 from eventstream.raft.log import RaftLog
@@ -352,9 +353,9 @@ class RaftNode:
             ):
                 # A stale leader (or a node that bumped its term while partitioned) must learn
                 # the current term, or it would keep disrupting the cluster.
-                self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term))
+                self._reply(m, MT.APPEND_RESPONSE)
             elif m.type == MT.PRE_VOTE:
-                self._send(Message(MT.PRE_VOTE_RESPONSE, m.sender, self.id, self.term, reject=True))
+                self._reply(m, MT.PRE_VOTE_RESPONSE, reject=True)
             return
 
         if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
@@ -655,9 +656,7 @@ class RaftNode:
             self.election_elapsed = 0
             self.leader = m.sender
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._send(
-                Message(MT.HEARTBEAT_RESPONSE, m.sender, self.id, self.term, read_seq=m.read_seq)
-            )
+            self._reply(m, MT.HEARTBEAT_RESPONSE, read_seq=m.read_seq)
         elif t == MT.SNAPSHOT:
             self.election_elapsed = 0
             self.leader = m.sender
@@ -676,30 +675,24 @@ class RaftNode:
         log = self.log
         if m.index < log.committed:
             # Everything through our commit index matches any leader's log (§5.4).
-            self._send(
-                Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.committed)
-            )
+            self._reply(m, MT.APPEND_RESPONSE, index=log.committed)
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._send(Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=last_new))
+            self._reply(m, MT.APPEND_RESPONSE, index=last_new)
             return
         # Fast backtracking hint: the largest index at or below the leader's prevLogIndex whose
         # term is <= the leader's prevLogTerm; no entry after it can match.
         hint_index, hint_term = log.find_conflict_by_term(
             min(m.index, log.last_index()), m.log_term
         )
-        self._send(
-            Message(
-                MT.APPEND_RESPONSE,
-                m.sender,
-                self.id,
-                self.term,
-                index=m.index,
-                reject=True,
-                hint_index=hint_index,
-                log_term=hint_term,
-            )
+        self._reply(
+            m,
+            MT.APPEND_RESPONSE,
+            index=m.index,
+            reject=True,
+            hint_index=hint_index,
+            log_term=hint_term,
         )
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
@@ -708,40 +701,19 @@ class RaftNode:
         if m.index <= log.committed:
             # We already have everything it covers; tell the leader where we are.
             self.incoming_snapshot = None
-            self._send(
-                Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.committed)
-            )
+            self._reply(m, MT.APPEND_RESPONSE, index=log.committed)
             return
         if m.offset == 0:
             self.incoming_snapshot = meta
             self.incoming_offset = 0
         if self.incoming_snapshot != meta or m.offset != self.incoming_offset:
             expected = self.incoming_offset if self.incoming_snapshot == meta else 0
-            self._send(
-                Message(
-                    MT.SNAPSHOT_RESPONSE,
-                    m.sender,
-                    self.id,
-                    self.term,
-                    index=m.index,
-                    offset=expected,
-                    reject=True,
-                )
-            )
+            self._reply(m, MT.SNAPSHOT_RESPONSE, index=m.index, offset=expected, reject=True)
             return
         self._chunks.append(SnapshotChunk(meta, m.offset, m.data, m.done))
         self.incoming_offset += len(m.data)
         if not m.done:
-            self._send(
-                Message(
-                    MT.SNAPSHOT_RESPONSE,
-                    m.sender,
-                    self.id,
-                    self.term,
-                    index=m.index,
-                    offset=self.incoming_offset,
-                )
-            )
+            self._reply(m, MT.SNAPSHOT_RESPONSE, index=m.index, offset=self.incoming_offset)
             return
         self.incoming_snapshot = None
         if log.match_term(meta.index, meta.term):
@@ -751,9 +723,7 @@ class RaftNode:
         else:
             log.restore(meta)
             self.voters = MajorityConfig(meta.voters)
-        self._send(
-            Message(MT.APPEND_RESPONSE, m.sender, self.id, self.term, index=log.last_index())
-        )
+        self._reply(m, MT.APPEND_RESPONSE, index=log.last_index())
 
     # ------------------------------------------------------------------ leader
 
@@ -981,6 +951,9 @@ class RaftNode:
         )
 
     # ------------------------------------------------------------------ output
+
+    def _reply(self, m: Message, type_: MessageType, **fields: Any) -> None:
+        self._send(Message(type_, m.sender, self.id, self.term, **fields))
 
     def _send(self, m: Message) -> None:
         # A leader's messages never depend on its own unsynced writes (see Ready.messages);

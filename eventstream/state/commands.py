@@ -5,7 +5,11 @@ Contract with the node and the leader:
   * An EMPTY entry is the Raft leader's no-op (Raft paper section 8: a leader commits an entry of
     its own term at the start of its term): nothing is applied, the applied index advances.
   * Bodies, all integers little-endian:
-      SET_EVENT      (1)  one event batch in the csrc/batch_codec.h layout.
+      SET_EVENT      (1)  one event batch in the csrc/batch_codec.h layout. Each event goes to
+                          its explicit queue if it names one (it must be below queue_count at
+                          apply time, else that event is refused: STATUS_BAD_QUEUE), otherwise
+                          to mmh3.hash(key, signed=False) % queue_count; an event with neither
+                          hashes the empty key, so all such events share one queue.
       DEDUP_ADD      (2)  u32 count, then per id: u16 id_len (1..256), i64 first_seen_us, id.
       DEDUP_EXPIRE   (3)  i64 cutoff_us: forget ids first seen before it. The LEADER computes it
                           from its clock (dedup_cutoff_us); apply never reads a clock.

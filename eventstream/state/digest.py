@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from eventstream._state import DedupView
@@ -26,9 +26,11 @@ def state_digest(
     queues: list[dict[str, Any]],
     root: str,
     dedup: DedupView,
+    on_segment_piece: Callable[[dict[str, Any], bytes], None] | None = None,
 ) -> str:
     """Hex digest; `queues` is QueueStore.describe(), segment files are read under `root`,
-    `dedup` is a frozen view of the dedup entries (DedupTable.freeze())."""
+    `dedup` is a frozen view of the dedup entries (DedupTable.freeze()). `on_segment_piece`
+    sees every segment byte as it is hashed, so a caller needing checksums too reads once."""
     h = hashlib.blake2b(digest_size=32)
     h.update(b"eventstream-state-v1")
     h.update(struct.pack("<Q", applied_index))
@@ -56,6 +58,8 @@ def state_digest(
                 os.path.join(root, segment["file"]), segment["bytes"]
             ):
                 h.update(piece)
+                if on_segment_piece is not None:
+                    on_segment_piece(segment, piece)
     h.update(struct.pack("<Q", len(dedup)))
     for piece in dedup.pieces():
         h.update(piece)

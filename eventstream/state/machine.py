@@ -97,22 +97,32 @@ class StateMachine:
         machine = cls(directory)
         os.makedirs(machine.snapshots_root, exist_ok=True)
         machine._lock_fd = lock_directory(directory)
-        for name in os.listdir(directory):
+        try:
+            machine._rebuild()
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    def _rebuild(self) -> None:
+        """Fresh live folders from the newest complete snapshot, or an empty state. A damaged
+        newest snapshot raises SnapshotError: falling back to an older one could need log
+        entries already compacted, so the node decides (e.g. asks the leader for a snapshot)."""
+        for name in os.listdir(self.directory):
             if name.startswith(LIVE_PREFIX):
-                shutil.rmtree(os.path.join(directory, name))
+                shutil.rmtree(os.path.join(self.directory, name))
                 suffix = name[len(LIVE_PREFIX) :]
                 if suffix.isdigit():
-                    machine._generation = max(machine._generation, int(suffix))
-        for name in os.listdir(machine.snapshots_root):
+                    self._generation = max(self._generation, int(suffix))
+        for name in os.listdir(self.snapshots_root):
             if not name.startswith(snapshots.SNAPSHOT_PREFIX):  # unfinished work folders
-                shutil.rmtree(os.path.join(machine.snapshots_root, name), ignore_errors=True)
-        available = snapshots.list_snapshots(machine.snapshots_root)
+                shutil.rmtree(os.path.join(self.snapshots_root, name), ignore_errors=True)
+        available = snapshots.list_snapshots(self.snapshots_root)
         if available:
-            machine._install(available[-1][1])
+            self._install(available[-1][1])
         else:
-            machine.live_root = machine._new_live_root()
-            machine.queues = QueueStore(machine.live_root)
-        return machine
+            self.live_root = self._new_live_root()
+            self.queues = QueueStore(self.live_root)
 
     def close(self) -> None:
         self.queues.close()
@@ -138,10 +148,11 @@ class StateMachine:
         view = memoryview(data)
         try:
             result = self._apply_command(index, view)
-        except (MalformedCommandError, ConfigError, ValueError) as e:
+        except (MalformedCommandError, ConfigError) as e:
+            # Raised before anything changed: bodies are checked whole first.
             self._stopped = f"entry {index} (term {term}) is corrupt or from another version: {e}"
             raise ApplyStoppedError(self._stopped) from e
-        except (OSError, MemoryError, StateError) as e:
+        except Exception as e:
             # Part of the entry may be applied: only a rebuild (open: newest snapshot, then the
             # log replayed) gives a state that is known to be right.
             self._stopped = (
@@ -215,12 +226,20 @@ class StateMachine:
 
     # ----- snapshots -----
 
-    def begin_snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> snapshots.SnapshotCut:
+    def begin_snapshot(
+        self, raft_meta: Mapping[str, Any] | None = None, at_index: int | None = None
+    ) -> snapshots.SnapshotCut:
         """Cut a snapshot at the applied index: hard links and a frozen view of the dedup entries.
 
         `raft_meta` is what the node must get back with the snapshot besides the state (the
         membership at the last included index, Raft section 7); it is stored as given (JSON).
+        `at_index`, when given, must be the applied index: a snapshot is always of the state as
+        applied, so asking for another index is refused rather than silently moved.
         """
+        if at_index is not None and at_index != self.applied_index:
+            raise StateError(
+                f"snapshot asked at index {at_index}, but the applied index is {self.applied_index}"
+            )
         manifest = {
             "format": snapshots.FORMAT_VERSION,
             "last_index": self.applied_index,
@@ -233,9 +252,12 @@ class StateMachine:
         manifest = json.loads(json.dumps(manifest))  # a deep copy the writer may own
         return snapshots.cut(self.live_root, self.snapshots_root, manifest, self.dedup)
 
-    def snapshot(self, raft_meta: Mapping[str, Any] | None = None) -> str:
-        """Take a complete snapshot now; returns its folder and prunes older ones."""
-        folder = self.begin_snapshot(raft_meta).write()
+    def snapshot(
+        self, raft_meta: Mapping[str, Any] | None = None, at_index: int | None = None
+    ) -> str:
+        """Take a complete snapshot now; returns its folder and prunes all but the newest
+        SNAPSHOTS_KEPT (a stream still reading an older one must finish first)."""
+        folder = self.begin_snapshot(raft_meta, at_index).write()
         self.prune_snapshots()
         return folder
 
@@ -282,7 +304,10 @@ class StateMachine:
         store = QueueStore(live_root)
         try:
             config = merge_config(default_config(), validate_config(manifest["config"]))
-            snapshots.materialize_queues(folder, manifest, live_root)
+            owned = os.path.dirname(os.path.realpath(folder)) == os.path.realpath(
+                self.snapshots_root
+            )
+            snapshots.materialize_queues(folder, manifest, live_root, owned)
             store.load(manifest["queues"], manifest["queue_slots"])
             dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
             digest = state_digest(

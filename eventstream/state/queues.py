@@ -45,7 +45,7 @@ from eventstream._state import (
     decode_queue_records,
     scan_queue_segment,
 )
-from eventstream.state.config import retention_limits
+from eventstream.state.config import QUEUE_COUNT_MAX, retention_limits
 from eventstream.state.errors import OffsetRangeError, SnapshotError, StateError
 
 SEGMENT_SUFFIX = ".qseg"
@@ -332,16 +332,24 @@ class QueueStore:
     def load(self, queues: list[dict[str, Any]], queue_slots: int) -> None:
         """Rebuild the in-memory view from segment files already placed under root (a restore),
         checking every record against the description; raises SnapshotError on a mismatch."""
+        if not 0 <= queue_slots <= QUEUE_COUNT_MAX:
+            raise SnapshotError(f"queue_slots {queue_slots} outside [0, {QUEUE_COUNT_MAX}]")
         self._ensure_slots(queue_slots)
         for entry in queues:
             queue = entry["queue"]
+            if not 0 <= queue < queue_slots or queue in self.logs:
+                raise SnapshotError(f"queue {queue} is out of range or listed twice")
             log = self.log(queue)
             log.next_offset = entry["next_offset"]
             log.newest_timestamp_us = entry["newest_timestamp_us"]
-            if queue >= len(self.next_offsets):
-                self._ensure_slots(queue + 1)
             self.next_offsets[queue] = log.next_offset
+            expected_base = None
             for s in entry["segments"]:
+                if expected_base is not None and s["base_offset"] != expected_base:
+                    raise SnapshotError(
+                        f"queue {queue}: segment at {s['base_offset']} does not follow the "
+                        f"previous one, which ends at {expected_base}"
+                    )
                 path = os.path.join(self.root, s["file"])
                 segment = QueueSegment(
                     s["base_offset"], path, PositionIndex(), s["bytes"], 0, s["sealed"]
@@ -355,6 +363,7 @@ class QueueStore:
                 segment.max_timestamp_us = s["max_timestamp_us"]
                 log.segments.append(segment)
                 log.bytes_total += segment.size_bytes
+                expected_base = segment.base_offset + count
             if log.floor_offset + sum(s.count for s in log.segments) != log.next_offset:
                 raise SnapshotError(
                     f"queue {queue}: segments do not cover [{log.floor_offset}, {log.next_offset})"

@@ -57,13 +57,6 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-def file_prefix_crc32c(path: str, length: int) -> int:
-    crc = 0
-    for piece in segment_prefix_pieces(path, length):
-        crc = crc32c(piece, crc)
-    return crc
-
-
 @dataclass
 class SnapshotCut:
     """What `cut` captured; `write` turns it into a complete snapshot folder."""
@@ -76,11 +69,10 @@ class SnapshotCut:
     def write(self) -> str:
         """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
         try:
-            for queue in self.manifest["queues"]:
-                for segment in queue["segments"]:
-                    path = os.path.join(self.work_path, segment["file"])
-                    fsync_path(path)
-                    segment["crc32c"] = file_prefix_crc32c(path, segment["bytes"])
+            segments = [s for queue in self.manifest["queues"] for s in queue["segments"]]
+            for segment in segments:
+                fsync_path(os.path.join(self.work_path, segment["file"]))
+                segment["crc32c"] = 0  # the CRC-32C of no bytes; pieces below extend it
             file_bytes, crc = write_dedup_image(
                 os.path.join(self.work_path, DEDUP_NAME), self.dedup
             )
@@ -91,12 +83,17 @@ class SnapshotCut:
                 "file_bytes": file_bytes,
                 "crc32c": crc,
             }
+
+            def checksum(segment: dict[str, Any], piece: bytes) -> None:
+                segment["crc32c"] = crc32c(piece, segment["crc32c"])
+
             self.manifest["digest"] = state_digest(
                 self.manifest["last_index"],
                 self.manifest["config"],
                 self.manifest["queues"],
                 self.work_path,
                 self.dedup,
+                checksum,
             )
             write_synced(
                 os.path.join(self.work_path, MANIFEST_NAME),
@@ -205,16 +202,26 @@ def snapshot_files(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
     return files
 
 
-def materialize_queues(snapshot_path: str, manifest: dict[str, Any], live_root: str) -> None:
-    """Place the snapshot's segments under a fresh live folder: sealed ones by hard link (they
-    never change), the active one as a copy of its prefix (it will be appended to)."""
+def materialize_queues(
+    snapshot_path: str, manifest: dict[str, Any], live_root: str, owned: bool
+) -> None:
+    """Place the snapshot's segments under a fresh live folder, by hard link where that is safe:
+
+    * sealed segments never change, so they are always linked;
+    * the active one will be appended to. It is linked only when the snapshot folder is this
+      machine's own (no other process appends to that file) and the file is exactly the
+      snapshot's length (nothing was appended after the cut); appends past the length then
+      leave the snapshot intact, since only its first `bytes` bytes belong to it. Otherwise its
+      prefix is copied (at most one segment per queue).
+    """
     for queue in manifest["queues"]:
         for segment in queue["segments"]:
             source = os.path.join(snapshot_path, segment["file"])
             target = os.path.join(live_root, segment["file"])
             os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
-                if segment["sealed"] and os.path.getsize(source) == segment["bytes"]:
+                exact = os.path.getsize(source) == segment["bytes"]
+                if exact and (segment["sealed"] or owned):
                     os.link(source, target)
                 else:
                     copy_prefix(source, target, segment["bytes"])

@@ -56,6 +56,9 @@ class Op(enum.IntEnum):
     SNAPSHOT = 6
 
 
+_OPS = {int(op): op for op in Op}
+
+
 class Status(enum.IntEnum):
     OK = 0
     NOT_LEADER = 1
@@ -128,11 +131,10 @@ def encode_request(op: Op, request_id: int, body: bytes | memoryview = b"") -> b
 def decode_request(frame: bytes) -> Request:
     if len(frame) < _REQ.size:
         raise ProtocolError(f"request of {len(frame)} bytes is shorter than its {_REQ.size}-byte header")
-    op, request_id = _REQ.unpack_from(frame)
-    try:
-        op = Op(op)
-    except ValueError:
-        raise ProtocolError(f"unknown request op {op}") from None
+    code, request_id = _REQ.unpack_from(frame)
+    op = _OPS.get(code)
+    if op is None:
+        raise ProtocolError(f"unknown request op {code}")
     return Request(op, request_id, memoryview(frame)[_REQ.size :])
 
 

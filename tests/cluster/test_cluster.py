@@ -195,3 +195,38 @@ def test_cluster_restart_keeps_log_term_and_vote(tmp_path: Path) -> None:
         assert min(s["term"] for s in after.values()) >= max(s["term"] for s in before.values())
     finally:
         cluster.stop()
+
+
+def test_sigterm_on_the_leader_hands_leadership_over_before_exiting(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        with Client(cluster.addresses) as c:
+            c.append(b"before handover", event_id="h-1")
+        started = time.monotonic()
+        code = cluster.nodes[leader].stop()
+        new_leader = cluster.leader(timeout=10.0, exclude=(leader,))
+        elapsed = time.monotonic() - started
+        assert code == 0 and new_leader != leader
+        assert "handing leadership to node" in cluster.nodes[leader].log_text()
+        with Client(cluster.addresses) as c:
+            again = c.append(b"before handover", event_id="h-1")
+            assert again.duplicate
+        print(f"graceful stop and new leader in {elapsed:.2f} s")
+
+
+def test_leader_expires_dedup_ids_on_its_timer(tmp_path: Path) -> None:
+    with local_cluster(tmp_path, 3, dedup_window=1.0, dedup_expire_interval=0.2) as cluster:
+        cluster.leader()
+        with Client(cluster.addresses) as c:
+            first = c.append(b"once", event_id="exp-1")
+            assert c.append(b"once", event_id="exp-1").duplicate
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                later = c.append(b"once", event_id="exp-1")
+                if not later.duplicate:
+                    break
+            # Past the window the id is forgotten (the leader proposed DEDUP_EXPIRE with a
+            # cutoff from its clock), so the same id is a new event at a new offset.
+            assert not later.duplicate and later.offset > first.offset
+        cluster.wait_converged()

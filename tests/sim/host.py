@@ -22,7 +22,7 @@ from eventstream.raft import (
     Ready,
     SnapshotMeta,
 )
-from eventstream.raft.storage import MemoryStorage
+from eventstream.raft.storage import MemoryStorage, SnapshotUnavailableError
 
 # Snapshot image: b"<applied index>:<digest>:" padded so that it spans several chunks.
 SNAPSHOT_PADDING = b"#" * 200
@@ -92,7 +92,7 @@ class MemoryHost:
             meta = self.storage.snapshot()
             self.applied, self.digest = decode_image(self.storage.snapshot_data())
             assert self.applied == meta.index
-        except Exception:
+        except SnapshotUnavailableError:
             self.applied, self.digest = 0, 0
         self.applied_since_snapshot = 0
         self.compact_wanted = 0
@@ -151,7 +151,7 @@ class MemoryHost:
         self.applied_since_snapshot = 0
         try:
             current = self.storage.snapshot().index
-        except Exception:
+        except SnapshotUnavailableError:
             current = 0
         if self.applied <= current:
             return

@@ -12,17 +12,23 @@ Fault model, during the fault phase:
             persisted; a commit index written without sync (Ready.must_sync False) is lost too.
             Crashes also strike in the middle of a Ready, after its `messages` went out but before
             anything was persisted. A crashed node restarts later from its storage.
+  pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
+            comes back believing it still leads; messages sent to it arrive late.
+  skew      nodes' clocks drift: a node misses ticks at random.
   workload  proposals to whichever node the client believes leads, ReadIndex requests on leaders
             and followers, leadership transfers, and snapshots + log compaction on every node.
 Then the faults stop (network healed, every node restarted) and liveness is measured: a leader
-must be elected and a fresh proposal must be applied on every node within LIVENESS_BUDGET_TICKS.
+must be elected and a fresh proposal must be applied on every node within LIVENESS_BUDGET_TICKS;
+then every proposal the workload ever got accepted is resolved: committed, or replaced by the
+entries of a leader of a later term (never one accepted by the current leader in its term).
 
 Checked at every step (after each message delivery, tick and Ready):
   election safety      at most one leader per term (§5.2)
   leader append-only   a leader never overwrites or deletes entries of its own log (§5.3)
   log matching         equal (index, term) means equal data and equal term at index - 1, which by
                        induction makes the logs identical up to there (§5.3)
-  leader completeness  a new leader holds the highest entry any node has applied (§5.4)
+  leader completeness  a new leader of term T holds the highest entry committed by the leader
+                       of any term below T (§5.4)
   state machine safety no two nodes apply different entries, or reach different digests, at one
                        index; a restored snapshot has the digest the others had at its index
   committed stays      follows from the two above: an applied (acknowledged) entry is in every
@@ -71,6 +77,8 @@ class FaultRates:
     partition: float
     crash: float
     crash_in_ready: float
+    pause: float
+    skew: float
     propose: float
     read: float
     transfer: float
@@ -94,6 +102,8 @@ class FaultRates:
             partition=rng.choice((0.0, 0.01, 0.03)),
             crash=rng.choice((0.0, 0.005, 0.02)),
             crash_in_ready=rng.choice((0.0, 0.002, 0.01)),
+            pause=rng.choice((0.0, 0.005, 0.02)),
+            skew=rng.choice((0.0, 0.1, 0.3)),
             propose=rng.choice((0.1, 0.3, 0.8)),
             read=rng.choice((0.0, 0.05)),
             transfer=rng.choice((0.0, 0.01)),
@@ -159,6 +169,10 @@ class Simulation:
             host.on_restore = self._on_restore
             self.hosts[node_id] = host
         self.down: dict[int, int] = {}  # crashed node -> tick at which it restarts
+        # Paused node (a long GC or VM stall) -> tick at which it resumes. It keeps all its
+        # volatile state; messages to it wait and arrive after it resumes.
+        self.paused: dict[int, int] = {}
+        self.held: list[Message] = []
         self.blocked: set[tuple[int, int]] = set()  # (sender, receiver) links that drop all
         self.network: list[tuple[int, float, int, Message]] = []
         self.now = 0
@@ -169,11 +183,15 @@ class Simulation:
         self.leader_guess = self.ids[0]
         # Checker state.
         self.leader_of_term: dict[int, int] = {}
+        # Term -> (highest index its leader committed, that entry's term).
+        self.commit_by_term: dict[int, tuple[int, int]] = {}
         self.leader_term_seen: dict[int, int] = {}  # node -> term it was last seen leading
         self.entry_ids: dict[tuple[int, int], tuple[bytes, int]] = {}
         self.applied_at: dict[int, tuple[int, bytes, int]] = {}
         self.max_applied = 0
         self.reads_required: dict[bytes, int] = {}
+        # Index -> (leader term, data) of the latest proposal accepted at that index.
+        self.accepted: dict[int, tuple[int, bytes]] = {}
         self.violations: list[str] = []
         self.events: Counter[str] = Counter()
 
@@ -220,16 +238,27 @@ class Simulation:
             self._check_completeness(node)
         elif holder != node.id:
             self._violate(f"election safety: nodes {holder} and {node.id} both lead term {term}")
+        committed = node.log.committed
+        best = self.commit_by_term.get(term)
+        if committed and (best is None or committed > best[0]):
+            self.commit_by_term[term] = (committed, node.log.term(committed))
 
     def _check_completeness(self, node: RaftNode) -> None:
-        index = self.max_applied
+        """§5.4: an entry committed in term T is in the log of every leader of a term > T.
+        (A leader of a lower term may still be elected later, by votes granted before the
+        higher term began; it need not hold entries committed after its term.)"""
+        index = 0
+        term = 0
+        for commit_term, (committed, entry_term) in self.commit_by_term.items():
+            if commit_term < node.term and committed > index:
+                index, term = committed, entry_term
         if index == 0 or index < node.log.first_index():
             return
-        term = self.applied_at[index][0]
         if not node.log.match_term(index, term):
             self._violate(
                 f"leader completeness: node {node.id} leads term {node.term} without the "
-                f"committed entry {index}/{term} (last index {node.log.last_index()})"
+                f"entry {index}/{term} committed in an earlier term "
+                f"(last index {node.log.last_index()})"
             )
 
     def _check_persist(
@@ -301,6 +330,9 @@ class Simulation:
             m = heapq.heappop(network)[3]
             if m.to in self.down:
                 continue
+            if m.to in self.paused:
+                self.held.append(m)
+                continue
             if (m.sender, m.to) in self.blocked:
                 self.events["partitioned"] += 1
                 continue
@@ -366,10 +398,15 @@ class Simulation:
         rng = self.rng
         rates = self.rates
         if rates.crash and rng.random() < rates.crash:
-            live = [i for i in self.ids if i not in self.down]
+            live = self._running()
             if live:
                 self.events["crash"] += 1
                 self._crash(rng.choice(live))
+        if rates.pause and rng.random() < rates.pause:
+            live = self._running()
+            if live:
+                self.events["pause"] += 1
+                self.paused[rng.choice(live)] = self.now + rng.randint(5, 60)
         if rates.partition and rng.random() < rates.partition:
             self.events["partition_change"] += 1
             shape = rng.random()
@@ -391,7 +428,7 @@ class Simulation:
             self._propose()
         if rates.read and rng.random() < rates.read:
             target = rng.choice(self.ids)
-            if target not in self.down:
+            if target not in self.down and target not in self.paused:
                 context = b"r%d" % self.steps
                 try:
                     self.hosts[target].node.read_index(context)
@@ -411,6 +448,7 @@ class Simulation:
             node = host.node
             if (
                 node_id not in self.down
+                and node_id not in self.paused
                 and node.role == Role.LEADER
                 and (best is None or node.term > best.term)
             ):
@@ -420,8 +458,8 @@ class Simulation:
     def _propose(self, data: bytes | None = None) -> int:
         """Propose through the node the client believes leads; follow NotLeader hints."""
         guess = self.leader_guess
-        if guess in self.down:
-            live = [i for i in self.ids if i not in self.down]
+        if guess in self.down or guess in self.paused:
+            live = self._running()
             if not live:
                 return 0
             guess = self.rng.choice(live)
@@ -432,6 +470,7 @@ class Simulation:
         try:
             index = host.node.propose(data)
             self.events["proposal_accepted"] += 1
+            self.accepted[index] = (host.node.term, data)
         except ProposalError as error:
             self.events["proposal_refused"] += 1
             hint = getattr(error, "leader", 0)
@@ -440,9 +479,26 @@ class Simulation:
         self._process_ready(host)
         return index
 
+    def _running(self) -> list[int]:
+        return [i for i in self.ids if i not in self.down and i not in self.paused]
+
+    def _resume(self, node_id: int) -> None:
+        del self.paused[node_id]
+        held, self.held = self.held, []
+        for m in held:
+            if m.to == node_id:
+                heapq.heappush(self.network, (self.now + 1, self.rng.random(), self.sent, m))
+            else:
+                self.held.append(m)
+
     def _tick_all(self) -> None:
+        skew = self.rates.skew if self.faults_on else 0.0
         for node_id in self.ids:
-            if node_id in self.down:
+            if node_id in self.down or node_id in self.paused:
+                continue
+            if skew and self.rng.random() < skew:
+                # Clock skew: this node's tick comes late this time.
+                self.events["skipped_tick"] += 1
                 continue
             host = self.hosts[node_id]
             host.node.tick()
@@ -455,6 +511,9 @@ class Simulation:
             for node_id, at in list(self.down.items()):
                 if at <= self.now:
                     self._restart(node_id)
+            for node_id, at in list(self.paused.items()):
+                if at <= self.now:
+                    self._resume(node_id)
             self._inject_faults()
             self._workload()
         self._tick_all()
@@ -465,6 +524,8 @@ class Simulation:
         self.blocked = set()
         for node_id in list(self.down):
             self._restart(node_id)
+        for node_id in list(self.paused):
+            self._resume(node_id)
 
     def _recover(self) -> int:
         """Run fault-free until a fresh proposal is applied everywhere; returns the ticks taken."""
@@ -493,6 +554,7 @@ class Simulation:
             if all(h.applied >= marker_index for h in self.hosts.values()):
                 seen = self.applied_at.get(marker_index)
                 if seen is not None and seen[1] == marker:
+                    self._check_proposals_resolved(leader)
                     return self.now - start
         self._violate(
             f"liveness: no fresh proposal applied on all nodes within {LIVENESS_BUDGET_TICKS} "
@@ -501,6 +563,22 @@ class Simulation:
             f"{ {i: h.node.role.name for i, h in self.hosts.items()} })"
         )
         return LIVENESS_BUDGET_TICKS
+
+    def _check_proposals_resolved(self, leader: RaftNode) -> None:
+        """Every accepted proposal is now either committed or was replaced by a later leader's
+        entries (Raft drops uncommitted entries of a deposed leader; the client was never
+        acknowledged). One the current leader accepted in its own term cannot be lost."""
+        for index, (term, data) in self.accepted.items():
+            seen = self.applied_at.get(index)
+            if seen is not None and seen[0] == term and seen[1] == data:
+                self.events["proposal_committed"] += 1
+            elif term < leader.term:
+                self.events["proposal_superseded"] += 1
+            else:
+                self._violate(
+                    f"liveness: proposal {index}/{term} accepted by the current leader "
+                    f"{leader.id} is not committed although a later entry is"
+                )
 
     def run(self) -> SimResult:
         recovery = 0

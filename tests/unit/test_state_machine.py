@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import struct
 import threading
 from typing import Any
@@ -179,9 +180,19 @@ def test_retention_trims_whole_segments_by_bytes_and_age(tmp_path: Any) -> None:
     assert log.bytes_total <= 9000 + 4096 + 1400
     with pytest.raises(OffsetRangeError, match=f"range \\[{floor}, 200\\]"):
         machine.read(0, floor - 1)
-    # Age: the newest event has timestamp 19 (us); a cap of 0.001 ms keeps only recent segments.
-    machine.apply(index, 1, encode_config_update({"queue_retention": {"0": {"age_ms_max": 1}}}))
-    assert machine.queue_range(0)[0] >= floor
+    # Age, judged by event timestamps (us), never a clock: with a 1 ms cap and the newest event
+    # at 19 us nothing is old enough; an event at 5,000 us makes every older segment too old,
+    # and only the newest segment (always kept) remains.
+    machine.apply(
+        index,
+        1,
+        encode_config_update({"queue_retention": {"0": {"bytes_max": 0, "age_ms_max": 1}}}),
+    )
+    assert machine.queue_range(0)[0] == floor
+    machine.apply(index + 1, 1, encode_set_event([Event(None, None, 0, 5_000, b"late")]))
+    newest_segment = log.segments[-1]
+    assert len(log.segments) == 1 and machine.queue_range(0) == (newest_segment.base_offset, 201)
+    assert machine.read(0, 200)[0].payload == b"late"
 
 
 def command_stream(seed: int, count: int) -> list[bytes]:
@@ -230,7 +241,9 @@ def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     for index, data in enumerate(command_stream(3, 40), start=1):
         machine.apply(index, 1, data)
-    folder = machine.snapshot({"voters": [1, 2, 3]})
+    with pytest.raises(StateError, match="asked at index 39, but the applied index is 40"):
+        machine.snapshot(at_index=39)
+    folder = machine.snapshot({"voters": [1, 2, 3]}, at_index=40)
     assert StateMachine.snapshot_info(folder) == (40, 1, {"voters": [1, 2, 3]})
     manifest = json.loads((tmp_path / "sm" / "snapshots" / folder / "MANIFEST.json").read_text())
     segment = manifest["queues"][0]["segments"][0]
@@ -262,12 +275,21 @@ def test_streamed_snapshot_restores_exact_state(tmp_path: Any) -> None:
     reference = open_machine(tmp_path, "reference")
     for index, data in enumerate(command_stream(11, 40), start=1):
         reference.apply(index, 1, data)
-    assert target.digest() == reference.digest()
+    digest_at_40 = reference.digest()
+    assert target.digest() == digest_at_40
     # The restored machine keeps applying like any other replica.
     data = encode_set_event(events(50))
     target.apply(41, 1, data)
     reference.apply(41, 1, data)
     assert target.digest() == reference.digest() == source.digest()
+    # Its received snapshot shares the active segments with its live state by hard link; the
+    # appends above must not have changed what that snapshot holds.
+    third = open_machine(tmp_path, "third")
+    receiver = third.snapshot_receiver()
+    for chunk in target.snapshot_chunks(chunk_bytes=1 << 16):
+        receiver.feed(chunk)
+    third.restore(receiver)
+    assert third.applied_index == 40 and third.digest() == digest_at_40
 
 
 def corrupt(chunks: list[bytes], at: int) -> list[bytes]:
@@ -398,3 +420,83 @@ def test_one_machine_per_directory(tmp_path: Any) -> None:
         open_machine(tmp_path)
     machine.close()
     open_machine(tmp_path).close()
+
+
+def test_open_refuses_a_damaged_newest_snapshot_by_name(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    for index, data in enumerate(command_stream(17, 20), start=1):
+        machine.apply(index, 1, data)
+    folder = machine.snapshot()
+    machine.close()
+    with open(os.path.join(folder, "dedup.lz4"), "r+b") as f:
+        f.write(b"\x00\x00\x00\x00")
+    with pytest.raises(SnapshotError, match="dedup.lz4"):
+        open_machine(tmp_path)
+    shutil.rmtree(folder)  # what an operator or the node does before asking for a snapshot
+    assert open_machine(tmp_path).applied_index == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["queues"][0]["segments"][1].update(base_offset=10**6), "does not follow"),
+        (lambda m: m["queues"][0].update(queue=99_999), "out of range"),
+        (lambda m: m.update(queue_slots=10**9), "queue_slots"),
+        (lambda m: m["queues"][0].update(next_offset=1), "do not cover"),
+        (lambda m: m.update(last_index=1), "digest"),
+    ],
+)
+def test_inconsistent_manifest_is_refused(tmp_path: Any, edit: Any, message: str) -> None:
+    source = open_machine(tmp_path, "source")
+    for index, data in enumerate(command_stream(19, 40), start=1):
+        source.apply(index, 1, data)
+    folder = source.snapshot()
+    path = os.path.join(folder, "MANIFEST.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    assert len(manifest["queues"][0]["segments"]) >= 2
+    edit(manifest)
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    target = open_machine(tmp_path, "target")
+    with pytest.raises(SnapshotError, match=message):
+        target.restore(folder)
+    assert target.applied_index == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_replicas_converge_through_snapshots_restarts_and_installs(
+    tmp_path: Any, seed: int
+) -> None:
+    """Three replicas apply 600 random entries; at random points one snapshots, one restarts
+    from its snapshot, one installs another's snapshot over a stream and catches up. Digests
+    must agree at every index (bounded: 600 entries of up to 40 events per seed)."""
+    rng = random.Random(seed)
+    stream = command_stream(seed, 600)
+    replicas = [open_machine(tmp_path, f"r{i}") for i in range(3)]
+    for index, data in enumerate(stream, start=1):
+        for replica in replicas:
+            if replica.applied_index == index - 1:
+                replica.apply(index, 1 + index // 100, data)
+        roll = rng.random()
+        who = rng.randrange(3)
+        if roll < 0.03:
+            replicas[who].snapshot()
+        elif roll < 0.05 and replicas[who].latest_snapshot():
+            replicas[who].close()
+            replicas[who] = open_machine(tmp_path, f"r{who}")
+        elif roll < 0.06:
+            source = replicas[(who + 1) % 3]
+            if source.latest_snapshot():
+                receiver = replicas[who].snapshot_receiver()
+                for chunk in source.snapshot_chunks(chunk_bytes=rng.randrange(100, 70_000)):
+                    receiver.feed(chunk)
+                replicas[who].restore(receiver)
+        for replica in replicas:  # a replica behind catches up from the "log"
+            while replica.applied_index < index:
+                at = replica.applied_index + 1
+                replica.apply(at, 1 + at // 100, stream[at - 1])
+        assert len({r.digest() for r in replicas}) == 1, (seed, index)
+    for replica in replicas:
+        replica.close()

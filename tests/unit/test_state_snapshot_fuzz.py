@@ -4,8 +4,10 @@ corrupt snapshot is rejected with a clear error and the previous state stays int
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -19,6 +21,7 @@ from eventstream.storage.codec import Event
 @functools.lru_cache(maxsize=1)
 def good_stream() -> bytes:
     folder = tempfile.mkdtemp(prefix="esc-snap-fuzz-")
+    atexit.register(shutil.rmtree, folder, True)
     machine = StateMachine.open(folder)
     machine.apply(1, 1, encode_config_update({"queue_segment_bytes": 4096, "queue_count": 3}))
     batch = [
@@ -27,7 +30,9 @@ def good_stream() -> bytes:
     ]
     machine.apply(2, 1, encode_set_event(batch))
     machine.snapshot()
-    return b"".join(machine.snapshot_chunks(chunk_bytes=1 << 20))
+    stream = b"".join(machine.snapshot_chunks(chunk_bytes=1 << 20))
+    machine.close()
+    return stream
 
 
 def refused(stream: bytes, chunk_bytes: int) -> None:

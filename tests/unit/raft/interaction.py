@@ -9,6 +9,7 @@ Commands:
   add-nodes N [pre-vote=B] [check-quorum=B] [chunk=BYTES] [max-inflight=N]
   set-log ID TERM,TERM,...      give node ID a durable log with these terms (before it runs)
   campaign ID | tick-election ID | tick-heartbeat ID
+  tick-all N                    every node ticks N times, with a silent stabilize after each
   propose ID DATA | read-index ID CONTEXT | transfer-leadership FROM TO
   snapshot ID                   the node snapshots its applied state and compacts its log
   isolate ID | recover          cut or restore all links of a node
@@ -218,6 +219,13 @@ class Interaction:
         node = self.hosts[int(args[0])].node
         for _ in range(node.config.heartbeat_ticks):
             node.tick()
+        return []
+
+    def cmd_tick_all(self, args: list[str]) -> list[str]:
+        for _ in range(int(args[0])):
+            for host in self.hosts.values():
+                host.node.tick()
+            self.cmd_stabilize([])
         return []
 
     def cmd_propose(self, args: list[str]) -> list[str]:

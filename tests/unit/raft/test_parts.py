@@ -146,3 +146,41 @@ def test_find_conflict_by_term_skips_whole_terms() -> None:
     assert log.find_conflict_by_term(11, 2) == (6, 2)
     assert log.find_conflict_by_term(11, 1) == (3, 1)
     assert log.find_conflict_by_term(11, 0) == (0, 0)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["append", "persist"]),
+            st.integers(0, 12),
+            st.lists(st.integers(1, 4), min_size=1, max_size=4),
+        ),
+        max_size=25,
+    )
+)
+def test_raft_log_matches_a_plain_list(operations: list[tuple[str, int, list[int]]]) -> None:
+    """Differential check of RaftLog (durable storage + unstable tail) against a plain list of
+    terms: appends that replace suffixes, and persisting in between, never change what the
+    log reads back."""
+    storage = MemoryStorage()
+    log = RaftLog(storage, 0, 0)
+    model: list[int] = []  # model[i - 1] is the term at index i
+    for operation, position, terms in operations:
+        if operation == "append":
+            first = min(position, len(model)) + 1
+            entries = [Entry(first + k, t, b"%d" % t) for k, t in enumerate(terms)]
+            log.append(entries)
+            del model[first - 1 :]
+            model.extend(terms)
+        else:
+            # What a host does with a Ready: write the unstable tail, then confirm it.
+            pending = list(log.unstable)
+            if pending:
+                storage.append(pending)
+                log.stable_to(pending[-1].index, pending[-1].term)
+        assert log.last_index() == len(model)
+        assert [log.term(i) for i in range(1, len(model) + 1)] == model
+        assert [e.term for e in log.entries(1, len(model) + 1)] == model
+        if model:
+            limited = log.entries(1, len(model) + 1, max_bytes=2)
+            assert 1 <= len(limited) <= 2 and [e.term for e in limited] == model[: len(limited)]

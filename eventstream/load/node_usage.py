@@ -1,0 +1,128 @@
+"""CPU seconds and peak RSS of the cluster's node processes, read with psutil.
+
+CPU is counted over the measurement window only (begin() at the end of warm-up, end() after
+the last answer), so CPU per event is not diluted by start-up and warm-up work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+import psutil
+
+from eventstream.client import parse_address
+
+
+@dataclass(slots=True)
+class NodeFigures:
+    node: str
+    pid: int
+    cpu_s: float | None
+    peak_rss_bytes: int | None
+    alive: bool
+
+
+class NodeUsage:
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes: dict[str, psutil.Process] = {}
+        for label, pid in pids.items():
+            try:
+                self._processes[label] = psutil.Process(pid)
+            except psutil.Error:
+                continue
+        self._pids = dict(pids)
+        self._cpu_begin: dict[str, float] = {}
+        self._rss_peak: dict[str, int] = {}
+
+    @property
+    def known(self) -> bool:
+        return bool(self._processes)
+
+    def begin(self) -> None:
+        for label, process in self._processes.items():
+            cpu = _cpu_s(process)
+            if cpu is not None:
+                self._cpu_begin[label] = cpu
+        self.sample()
+
+    def sample(self) -> None:
+        for label, process in self._processes.items():
+            try:
+                rss = process.memory_info().rss
+            except psutil.Error:
+                continue
+            self._rss_peak[label] = max(rss, self._rss_peak.get(label, 0))
+
+    def end(self) -> list[NodeFigures]:
+        self.sample()
+        rows = []
+        for label, pid in self._pids.items():
+            process = self._processes.get(label)
+            cpu_now = _cpu_s(process) if process is not None else None
+            begin = self._cpu_begin.get(label)
+            cpu = None if cpu_now is None or begin is None else round(cpu_now - begin, 3)
+            peak = _peak_rss_bytes(pid)
+            if peak is None:
+                peak = self._rss_peak.get(label)
+            alive = process is not None and process.is_running()
+            rows.append(NodeFigures(label, pid, cpu, peak, alive))
+        return rows
+
+
+def _cpu_s(process: psutil.Process) -> float | None:
+    try:
+        times = process.cpu_times()
+    except psutil.Error:
+        return None
+    return times.user + times.system
+
+
+def _peak_rss_bytes(pid: int) -> int | None:
+    """The kernel's own high-water mark (Linux VmHWM): exact, unlike sampling."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def local_listener_pids(addresses: list[str]) -> dict[str, int]:
+    """Pids of the processes on this machine that listen on the given host:port addresses; an
+    address served by another machine is left out (its CPU cannot be read from here)."""
+    wanted: dict[int, str] = {}
+    local_ips = _local_ips()
+    for address in addresses:
+        host, port = parse_address(address)
+        try:
+            ip = socket.gethostbyname(host)
+        except OSError:
+            continue
+        if ipaddress.ip_address(ip).is_loopback or ip in local_ips:
+            wanted[port] = address
+    if not wanted:
+        return {}
+    found: dict[str, int] = {}
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return {}
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid is not None:
+            listener = wanted.get(conn.laddr.port)
+            if listener is not None:
+                found[listener] = conn.pid
+    return {address: found[address] for address in addresses if address in found}
+
+
+def _local_ips() -> set[str]:
+    ips = set()
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family == socket.AF_INET and entry.address:
+                ips.add(entry.address)
+    return ips
