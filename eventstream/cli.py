@@ -84,6 +84,8 @@ def _node_options(fn: F) -> F:
         click.option("--dedup-window", type=float, help="seconds an event id is remembered (new cluster)"),
         click.option("--dedup-expire-interval", type=float, help="seconds between the leader's DEDUP_EXPIRE proposals"),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
+        click.option("--replication", type=click.Choice(["inprocess", "pool"]),
+                     help="move a leader's messages on its own thread, or in one process per follower (default: pool with 2+ cores)"),
     ]
     for option in reversed(options):
         fn = option(fn)

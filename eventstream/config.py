@@ -8,6 +8,7 @@ bad config stops the node with one clear line before it touches its data directo
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     "iot": {"wal_sync": False, "batch_size": 100},
     "logging": {"wal_sync": False, "batch_size": 1000},
 }
+
+REPLICATION_MODES = ("inprocess", "pool")
+
+
+def default_replication_mode(cores: int | None = None) -> str:
+    """"pool" when this process may run on more than one core: the workers then have a core
+    to take the socket work to. With one core they would only add context switches."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return "pool" if cores > 1 else "inprocess"
 
 
 class ConfigError(ValueError):
@@ -84,6 +95,9 @@ class NodeConfig:
     max_uncommitted_bytes: int = 256 * 1024 * 1024
     frame_bytes_max: int = 64 * 1024 * 1024
     log_level: str = "info"
+    # Who moves a leader's messages to its followers: "inprocess" (the node's own thread) or
+    # "pool" (one worker process per follower, eventstream/replication/pool.py).
+    replication: str = field(default_factory=lambda: default_replication_mode())
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
@@ -119,6 +133,8 @@ class NodeConfig:
             raise ConfigError("dedup_expire_interval: must be >= 0 seconds")
         _positive("max_uncommitted_bytes", self.max_uncommitted_bytes, 1024, 1 << 40)
         _positive("frame_bytes_max", self.frame_bytes_max, 64 * 1024, 1 << 31)
+        if self.replication not in REPLICATION_MODES:
+            raise ConfigError(f"replication: must be one of {', '.join(REPLICATION_MODES)}, got {self.replication!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
         return self

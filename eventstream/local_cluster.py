@@ -17,7 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
@@ -121,14 +121,17 @@ class NodeProcess:
 class LocalCluster:
     """Node k (1-based) listens on port + k - 1 and serves HTTP on http_port + k - 1; free
     ports are picked when none are given. options become `esc node` flags (wal_sync=False
-    becomes --no-wal-sync)."""
+    becomes --no-wal-sync). default_options apply to every cluster unless given explicitly:
+    the test suite runs each cluster test once per replication mode through it."""
+
+    default_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: Path, size: int = 3, distinct_hosts: bool = False, port: int | None = None,
                  http_port: int | None = None, **options: Any) -> None:
         self.root = Path(root)
         self.size = size
         self.distinct_hosts = distinct_hosts
-        self.options = {"log_level": "info", **options}
+        self.options = {"log_level": "info", **self.default_options, **options}
         if distinct_hosts:
             self.port = port or 7101
             self.http_port = http_port or 8101

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -89,10 +90,32 @@ class NodeMetrics:
         self.is_leader = Gauge("esc_is_leader", "1 when this node leads", registry=r)
         self.cpu_seconds = Gauge("esc_process_cpu_seconds", "Process CPU seconds (user+system)", registry=r)
         self.rss_bytes = Gauge("esc_process_rss_bytes", "Process resident set size", registry=r)
+        self.worker_cpu_seconds = Gauge(
+            "esc_replication_worker_cpu_seconds", "CPU seconds (user+system) of the replication worker for a follower",
+            ["peer"], registry=r,
+        )
+        self.worker_rss_bytes = Gauge(
+            "esc_replication_worker_rss_bytes", "Resident set size of the replication worker for a follower",
+            ["peer"], registry=r,
+        )
+        self.worker_restarts = Gauge(
+            "esc_replication_worker_restarts", "Times the replication worker for a follower was restarted",
+            ["peer"], registry=r,
+        )
+        # Set by the node in replication = "pool" mode: peer id -> WorkerUsage of live workers.
+        self.replication_usage: Callable[[], dict[int, Any]] | None = None
         self._process = psutil.Process(os.getpid())
 
     def render(self) -> bytes:
         times = self._process.cpu_times()
         self.cpu_seconds.set(times.user + times.system)
         self.rss_bytes.set(self._process.memory_info().rss)
+        if self.replication_usage is not None:
+            # Only live workers are shown: a follower's series vanishes when this node stops leading.
+            for gauge in (self.worker_cpu_seconds, self.worker_rss_bytes, self.worker_restarts):
+                gauge.clear()
+            for peer, usage in self.replication_usage().items():
+                self.worker_cpu_seconds.labels(str(peer)).set(usage.cpu_seconds)
+                self.worker_rss_bytes.labels(str(peer)).set(usage.rss_bytes)
+                self.worker_restarts.labels(str(peer)).set(usage.restarts)
         return generate_latest(self.registry)

@@ -55,6 +55,7 @@ from eventstream.raft.node import (
     UncommittedLimitError,
 )
 from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
+from eventstream.replication.pool import ReplicationPool
 from eventstream.state import (
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
@@ -86,7 +87,7 @@ from eventstream.transport.client_protocol import (
     encode_response,
 )
 from eventstream.transport.client_server import ClientServer, ClientSession
-from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER
+from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.http_status import HttpStatusServer
 from eventstream.transport.listener import Listener
 from eventstream.transport.peer_codec import PeerCodecError, decode_message
@@ -149,6 +150,8 @@ class Node:
         self._listener: Listener | None = None
         self._peers: PeerNetwork | None = None
         self._pipelines: dict[int, FollowerPipeline] = {}
+        self._inprocess_pipelines: dict[int, FollowerPipeline] = {}
+        self._pool: ReplicationPool | None = None
         self._clients: ClientServer | None = None
         self._http: HttpStatusServer | None = None
         self._receiver: SnapshotReceiver | None = None
@@ -216,9 +219,16 @@ class Node:
             self.id, peers, crc32c, cfg.frame_bytes_max, self._on_peer_messages, self._on_peer_unreachable,
             local_host=host, on_connected=self._on_peer_connected,
         )
-        self._pipelines = {pid: InProcessPipeline(pid, self._peers) for pid in peers}
+        self._inprocess_pipelines = {pid: InProcessPipeline(pid, self._peers) for pid in peers}
+        self._pipelines = dict(self._inprocess_pipelines)
+        if cfg.replication == "pool" and peers:
+            self._pool = ReplicationPool(self.id, peers, self._peers, self._on_worker_connected,
+                                         self._on_worker_dropped, local_host=host)
+            self.metrics.replication_usage = self._pool.usage
         self._clients = ClientServer(self)
         self._listener.set_owner(ROLE_PEER, self._peers)
+        # Any node may follow a pool-mode leader, whatever its own mode.
+        self._listener.set_owner(ROLE_REPLICATION, self._peers)
         self._listener.set_owner(ROLE_CLIENT, self._clients)
         self._peers.start()
         if cfg.http:
@@ -265,6 +275,8 @@ class Node:
         self._fail_all_waiters(Status.UNAVAILABLE, "node is shutting down")
         if self._http is not None:
             await self._http.stop()
+        if self._pool is not None:
+            await self._pool.close()
         if self._peers is not None:
             await self._peers.stop()
         if self._listener is not None:
@@ -433,8 +445,16 @@ class Node:
             self.metrics.elections.inc()
             self.leader_since = time.time()
             self._maybe_bootstrap_config()
+            if self._pool is not None:
+                try:
+                    self._pipelines = {**self._inprocess_pipelines, **self._pool.start()}
+                except OSError:
+                    log.exception("replication pool did not start; replicating in-process this term")
         elif old == Role.LEADER:
             self.leader_since = None
+            if self._pool is not None:
+                self._pool.stop()
+                self._pipelines = dict(self._inprocess_pipelines)
             # Entries this node proposed may still commit under the next leader; the clients
             # retry with the same event ids and the dedup table answers with the original
             # result, so failing them here loses nothing and applies nothing twice.
@@ -817,6 +837,16 @@ class Node:
         raft.report_reconnected(peer_id)
         self._wake.set()
 
+    def _on_worker_connected(self, peer_id: int) -> None:
+        # A (re)started worker's link: whatever its predecessor held is gone, so probe (§5.3).
+        raft = self.raft
+        assert raft is not None
+        raft.report_reconnected(peer_id)
+        self._wake.set()
+
+    def _on_worker_dropped(self, peer_id: int, count: int) -> None:
+        self.metrics.peer_frames_dropped.inc(count)
+
     def _on_peer_unreachable(self, peer_id: int) -> None:
         # The core needs no report: a lost append shows as a gap on the follower's next
         # heartbeat response, and the leader falls back to probing (raft/node.py).
@@ -866,6 +896,9 @@ class Node:
             "followers": followers,
             "last_snapshot": self._last_snapshot_index,
             "pipelines": {str(pid): dataclasses.asdict(p.stats) for pid, p in self._pipelines.items()},
+            "replication": self.config.replication,
+            "replication_workers": ({str(peer): dataclasses.asdict(u) for peer, u in self._pool.usage().items()}
+                                    if self._pool is not None else {}),
             "wal_sync": self.config.wal_sync,
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),

@@ -1,4 +1,9 @@
+from collections.abc import Iterator
+
 import pytest
+
+from eventstream.config import REPLICATION_MODES
+from eventstream.local_cluster import LocalCluster
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -14,3 +19,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(scope="module", params=REPLICATION_MODES)
+def replication_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test module once per replication mode (issue 7): LocalCluster.default_options
+    carries the mode to every cluster the module starts."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(LocalCluster.default_options, "replication", request.param)
+        yield request.param

@@ -5,7 +5,7 @@ follows. Byte layout (little-endian)::
 
     offset  size  field
     0       4     magic      b"ESC\\x01" (the last byte is the protocol version)
-    4       1     role       1 = peer, 2 = client
+    4       1     role       1 = peer, 2 = client, 3 = replication (a leader's pool worker)
     5       8     sender_id  the calling node's id (peers); 0 for clients
     13      8     target_id  the node id the caller believes it reached (peers); 0 for clients
 
@@ -21,6 +21,9 @@ from dataclasses import dataclass
 MAGIC = b"ESC\x01"
 ROLE_PEER = 1
 ROLE_CLIENT = 2
+# A one-way link from a leader's replication worker to one follower (eventstream/replication/
+# pool.py); the follower answers over the pair's peer link.
+ROLE_REPLICATION = 3
 _LAYOUT = struct.Struct("<4sBQQ")
 HELLO_BYTES = _LAYOUT.size
 
@@ -45,6 +48,6 @@ class Hello:
         magic, role, sender_id, target_id = _LAYOUT.unpack(body)
         if magic != MAGIC:
             raise HelloError(f"bad hello magic {magic!r}: not an EventStreamCore v1 peer or client")
-        if role not in (ROLE_PEER, ROLE_CLIENT):
+        if role not in (ROLE_PEER, ROLE_CLIENT, ROLE_REPLICATION):
             raise HelloError(f"unknown hello role {role}")
         return cls(role, sender_id, target_id)

@@ -52,6 +52,12 @@ class PeerCodecError(ValueError):
 
 
 def encode_message(msg: Message) -> bytes:
+    return b"".join(encode_message_parts(msg))
+
+
+def encode_message_parts(msg: Message) -> list[bytes | bytearray | memoryview]:
+    """The encoded message as buffers to concatenate: the entries' data is not copied, so a
+    caller that writes the parts into its own buffer (the pool's shared ring) copies it once."""
     entries = msg.entries
     voters = msg.voters
     if len(voters) > VOTERS_MAX:
@@ -78,7 +84,7 @@ def encode_message(msg: Message) -> bytes:
     parts.append(msg.context)
     parts.append(msg.data)
     parts.extend(entry.data for entry in entries)
-    return b"".join(parts)
+    return parts
 
 
 def decode_message(body: bytes | memoryview) -> Message:

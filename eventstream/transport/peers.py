@@ -7,6 +7,11 @@ that loses its connection redials with capped, jittered exponential backoff.
 Messages are opaque bodies here. Raft tolerates loss, so a message for a peer that is not
 connected, or whose connection is congested, is dropped and counted rather than queued without
 bound; the owner is told the peer is unreachable so the core can fall back to probing.
+
+A leader in replication = "pool" mode also accepts nothing new here, but its followers accept a
+second, one-way link per leader (hello role ROLE_REPLICATION) on which a pool worker sends that
+leader's messages; frames from it go to on_messages like frames from the pair's own link, and
+the follower's answers still go back over the pair's link.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from eventstream.transport.connection import WRITE_BUFFER_HIGH_BYTES, FramedConnection
 from eventstream.transport.frames import CrcFunction, FrameError
-from eventstream.transport.hello import ROLE_PEER, Hello
+from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION, Hello
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,7 @@ class PeerNetwork:
         self._local_host = local_host
         self._on_connected = on_connected
         self._conns: dict[int, FramedConnection] = {}
+        self._replication_conns: dict[int, FramedConnection] = {}
         self._dialers: dict[int, asyncio.Task[None]] = {}
         self._connected_events: dict[int, asyncio.Event] = {}
         # Fault hook for tests: messages to and from these peers vanish, as on a cut link.
@@ -102,9 +108,10 @@ class PeerNetwork:
         for task in self._dialers.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for conn in list(self._conns.values()):
+        for conn in [*self._conns.values(), *self._replication_conns.values()]:
             conn.close("node stopping")
         self._conns.clear()
+        self._replication_conns.clear()
 
     def is_connected(self, peer_id: int) -> bool:
         conn = self._conns.get(peer_id)
@@ -149,6 +156,9 @@ class PeerNetwork:
     def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
         """Take over an accepted connection whose hello says it is a peer. False = refused."""
         peer_id = hello.sender_id
+        if hello.role == ROLE_REPLICATION and peer_id in self.peers and hello.target_id == self.node_id:
+            self._adopt_replication(peer_id, conn)
+            return True
         if hello.role != ROLE_PEER or peer_id not in self.peers:
             log.warning("refusing peer hello from %s: unknown node id %d", conn.peername, peer_id)
             return False
@@ -167,6 +177,21 @@ class PeerNetwork:
             peer_id, conn.peername, peer_id, self.node_id,
         )
         return False
+
+    def _adopt_replication(self, peer_id: int, conn: FramedConnection) -> None:
+        # Either side may hold this link (it is the leader's, whatever the ids), and a restarted
+        # worker's link replaces the dead one's.
+        old = self._replication_conns.get(peer_id)
+        if old is not None and not old.closed:
+            old.close("replaced by a newer replication link from the same peer")
+        conn.tag = peer_id
+        conn.rebind(self._on_frames, self._on_replication_closed)
+        self._replication_conns[peer_id] = conn
+
+    def _on_replication_closed(self, conn: FramedConnection, reason: str) -> None:
+        peer_id = conn.tag
+        if isinstance(peer_id, int) and self._replication_conns.get(peer_id) is conn:
+            del self._replication_conns[peer_id]
 
     def _install(self, peer_id: int, conn: FramedConnection) -> None:
         old = self._conns.get(peer_id)

@@ -16,8 +16,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(Path(tmp_path_factory.mktemp("cli")), 3, queue_count=4).start()
+def cluster(tmp_path_factory: pytest.TempPathFactory, replication_mode: str) -> Iterator[LocalCluster]:
+    c = LocalCluster(Path(tmp_path_factory.mktemp("cli")), 3, queue_count=4, replication=replication_mode).start()
     try:
         c.leader()
         yield c

@@ -16,7 +16,8 @@ from eventstream.client import Client
 from eventstream.errors import Unavailable
 from tests.cluster.harness import LocalCluster, NetNamespace, netns_unavailable_reason
 
-pytestmark = pytest.mark.timeout(180)
+# Both replication modes: a pool worker's link must be cut by the same rules as the pair's.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("replication_mode")]
 
 _reason = netns_unavailable_reason()
 

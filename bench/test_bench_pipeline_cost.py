@@ -1,0 +1,161 @@
+"""What one follower's replication costs the leader's own thread (issue 7), per pipeline.
+
+The cluster comparison (test_bench_replication.py) runs every node, the clients and the workers
+on the same two cores, so it cannot show what the pool is for: taking work off the leader's
+thread when that thread is the bottleneck. This measures that work directly. The leader side
+(this process) sends N AppendEntries to a follower sink in another process, through
+InProcessPipeline or through PoolPipeline and its worker, and reads CPU time: this process's
+(the control plane's share) and the worker's. The sink counts what arrived; nothing may be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from eventstream._crc32c import crc32c
+from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
+from eventstream.replication.pool import ReplicationPool
+from eventstream.transport.hello import ROLE_PEER
+from eventstream.transport.listener import Listener
+from eventstream.transport.peers import PeerNetwork
+
+LIMIT = 64 << 20
+
+_SINK = textwrap.dedent(
+    """
+    import asyncio, sys
+    from eventstream._crc32c import crc32c
+    from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
+    from eventstream.transport.listener import Listener
+    from eventstream.transport.peers import PeerNetwork
+
+    async def main():
+        count = [0]
+        listener = Listener(crc32c, 64 << 20)
+        port = (await listener.start("127.0.0.1", 0))[1]
+        net = PeerNetwork(2, {1: ("127.0.0.1", 1)}, crc32c, 64 << 20,
+                          lambda peer, bodies: count.__setitem__(0, count[0] + len(bodies)))
+        listener.set_owner(ROLE_PEER, net)
+        listener.set_owner(ROLE_REPLICATION, net)
+        net.start()
+        print(port, flush=True)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            print(count[0], flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def received(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _append(entries: int, entry_bytes: int) -> Message:
+    data = b"e" * entry_bytes
+    return Message(MessageType.APPEND, to=2, sender=1, term=5, index=1000, log_term=5, commit=999,
+                   entries=[Entry(1001 + k, 5, data) for k in range(entries)])
+
+
+async def _measure(mode: str, count: int, message: Message) -> dict[str, Any]:
+    sink = Sink()
+    listener = Listener(crc32c, LIMIT)
+    await listener.start("127.0.0.1", 0)
+    net = PeerNetwork(1, {2: ("127.0.0.1", sink.port)}, crc32c, LIMIT, lambda p, b: None)
+    listener.set_owner(ROLE_PEER, net)
+    net.start()
+    await net.wait_connected(2)
+    connected: list[int] = []
+    pool = ReplicationPool(1, {2: ("127.0.0.1", sink.port)}, net, connected.append)
+    try:
+        pipeline: FollowerPipeline
+        if mode == "pool":
+            pipeline = pool.start()[2]
+            while not connected:
+                await asyncio.sleep(0.01)
+            worker = psutil.Process(pool.worker_pids()[2])
+        else:
+            pipeline = InProcessPipeline(2, net)
+        ring_half = pool.ring_bytes // 2
+        worker_before = sum(worker.cpu_times()[:2]) if mode == "pool" else 0.0
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        for i in range(count):
+            pipeline.submit(message)
+            pipeline.flush()
+            # Back-pressure the way a leader meets it: yield to the loop when the link or the
+            # ring is backed up, so neither path drops what it cannot take yet.
+            if mode == "pool":
+                while pool.backlog_bytes(2) > ring_half:
+                    await asyncio.sleep(0.0005)
+            elif i % 8 == 7:
+                await asyncio.sleep(0)
+                while net._conns[2].write_buffer_bytes > 4 << 20:
+                    await asyncio.sleep(0.0005)
+        # Drained: the kernel has every byte (inprocess) or the worker has taken every record.
+        while (pool.backlog_bytes(2) if mode == "pool" else net._conns[2].write_buffer_bytes) > 0:
+            await asyncio.sleep(0.0005)
+        leader_cpu = time.process_time() - cpu_before
+        while (received := sink.received()) < count and time.perf_counter() - started < 60:
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        worker_cpu = sum(worker.cpu_times()[:2]) - worker_before if mode == "pool" else 0.0
+        return {
+            "mode": mode, "messages": count, "received": received, "seconds": round(elapsed, 3),
+            "leader_us_per_message": round(leader_cpu / count * 1e6, 2),
+            "worker_us_per_message": round(worker_cpu / count * 1e6, 2),
+            "messages_per_s": round(count / elapsed),
+        }
+    finally:
+        await pool.close()
+        await net.stop()
+        await listener.stop()
+        sink.close()
+
+
+CASES = {
+    "heartbeat": (100_000, 0, 0),
+    "1_entry_13KB": (30_000, 1, 13_000),  # one batch of 100 events of ~100 B
+    "10_entries_13KB": (5_000, 10, 13_000),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_leader_thread_cost_per_message_inprocess_vs_pool(benchmark: Any, case: str) -> None:
+    count, entries, entry_bytes = CASES[case]
+    message = _append(entries, entry_bytes) if entries else Message(
+        MessageType.HEARTBEAT, to=2, sender=1, term=5, commit=999)
+
+    def both() -> dict[str, dict[str, Any]]:
+        return {mode: asyncio.run(_measure(mode, count, message)) for mode in ("inprocess", "pool")}
+
+    result = benchmark.pedantic(both, rounds=1, iterations=1)
+    for mode, figures in result.items():
+        assert figures["received"] == count, f"{mode}: the sink got {figures['received']} of {count}"
+        benchmark.extra_info[mode] = figures
+    benchmark.extra_info["leader_cpu_pool_over_inprocess"] = round(
+        result["pool"]["leader_us_per_message"] / result["inprocess"]["leader_us_per_message"], 3)

@@ -1,0 +1,192 @@
+"""The replication pool on real 3-node clusters: a SIGKILLed worker under load, and a leader that
+loses its term while its workers still hold its messages."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from eventstream.client import Client
+from eventstream.errors import EscError
+from tests.cluster.harness import LocalCluster, local_cluster
+from tests.cluster.test_cluster import read_all
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def replication_mode() -> str:
+    """Overrides the conftest's: these tests are about the pool alone."""
+    return "pool"
+
+
+class Writers:
+    """Client threads appending unique ids until stopped; remembers every acknowledged one."""
+
+    def __init__(self, cluster: LocalCluster, count: int = 3) -> None:
+        self.acked: list[bytes] = []
+        self.errors: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(cluster, w)) for w in range(count)]
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(40)
+
+    def _run(self, cluster: LocalCluster, w: int) -> None:
+        # Short attempts: a frozen leader's client moves on to the others quickly.
+        with Client(cluster.addresses, timeout_s=15.0, attempt_timeout_s=1.0) as c:
+            k = 0
+            while not self._stop.is_set():
+                event_id = f"w{w}-{k}".encode()
+                try:
+                    c.append(b"payload-" + event_id, key=f"key-{k % 11}", event_id=event_id)
+                except EscError as exc:
+                    self.errors[type(exc).__name__] += 1
+                    continue
+                with self._lock:
+                    self.acked.append(event_id)
+                k += 1
+
+
+def check_every_ack_stored_once(cluster: LocalCluster, acked: list[bytes], queue_count: int) -> None:
+    statuses = cluster.wait_converged(30)
+    assert len({s["digest"] for s in statuses.values()}) == 1
+    with Client(cluster.addresses) as c:
+        events = read_all(c, queue_count)
+    ids = Counter(e.event_id for e in events)
+    twice = [i for i, n in ids.items() if n > 1]
+    assert not twice, f"ids applied twice: {twice[:5]}"
+    lost = [a for a in acked if a not in ids]
+    assert not lost, f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
+
+
+def workers_of(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    return {int(peer): w for peer, w in status["replication_workers"].items()}
+
+
+def wait_status(cluster: LocalCluster, node: int, predicate: Any, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        status = cluster.nodes[node].status()
+        if status is not None and predicate(status):
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(f"node {node} status never matched: {status}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    with local_cluster(tmp_path, 3, queue_count=4, replication="pool") as c:
+        yield c
+
+
+def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    before = wait_status(cluster, leader, lambda s: len(s["replication_workers"]) == 2)
+    victim_peer, victim = next(iter(workers_of(before).items()))
+    with Writers(cluster) as writers:
+        time.sleep(1.5)
+        acked_at_kill = len(writers.acked)
+        os.kill(victim["pid"], signal.SIGKILL)
+        after = wait_status(cluster, leader, lambda s: workers_of(s).get(victim_peer, {}).get("restarts") == 1)
+        time.sleep(1.5)
+    restarted = workers_of(after)[victim_peer]
+    assert restarted["pid"] != victim["pid"]
+    assert len(writers.acked) > acked_at_kill, "writes stopped after the worker was killed"
+    # The node kept leading, in the same term: losing a worker is not losing leadership.
+    assert cluster.leader() == leader
+    now = cluster.nodes[leader].status()
+    assert now is not None and now["term"] == before["term"]
+    check_every_ack_stored_once(cluster, writers.acked, 4)
+    # The restarted worker carried the follower's traffic after the kill.
+    final = wait_status(cluster, leader, lambda s: workers_of(s)[victim_peer]["messages_sent"] > 0)
+    assert workers_of(final)[victim_peer]["pid"] == restarted["pid"]
+    # Worker CPU and RSS are on the leader's /metrics, one series per follower.
+    with urllib.request.urlopen(f"http://{cluster.nodes[leader].http}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for peer in workers_of(final):
+        assert re.search(rf'esc_replication_worker_rss_bytes{{peer="{peer}"}} [1-9]', metrics), metrics
+        assert f'esc_replication_worker_cpu_seconds{{peer="{peer}"}}' in metrics
+    assert f'esc_replication_worker_restarts{{peer="{victim_peer}"}} 1.0' in metrics
+
+
+def test_old_terms_messages_held_by_workers_are_refused_after_a_new_leader(cluster: LocalCluster) -> None:
+    old = cluster.leader()
+    status = wait_status(cluster, old, lambda s: len(s["replication_workers"]) == 2)
+    pids = [w["pid"] for w in workers_of(status).values()]
+    leader_proc = cluster.nodes[old].proc
+    assert leader_proc is not None
+    with Writers(cluster, count=2) as writers:
+        time.sleep(1.0)
+        # Freeze the workers first: the leader keeps filling their rings with its term's
+        # appends and heartbeats, which stay there, in flight, undelivered.
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.3)
+        held = cluster.nodes[old].status()
+        os.kill(leader_proc.pid, signal.SIGSTOP)
+        try:
+            assert held is not None and held["role"] == "leader"
+            in_flight = {int(p): s["messages"] - workers_of(held)[int(p)]["messages_sent"] for p, s in held["pipelines"].items()}
+            assert all(n > 0 for n in in_flight.values()), f"no messages held by the frozen workers: {in_flight}"
+            new = cluster.leader(timeout=15.0, exclude=(old,))
+            new_term = cluster.nodes[new].status()["term"]  # type: ignore[index]
+            assert new_term > held["term"]
+            acked_under_new = len(writers.acked)
+            time.sleep(1.0)
+            # The old term's messages now reach the followers, after the new term began.
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(1.0)
+        finally:
+            os.kill(leader_proc.pid, signal.SIGCONT)
+            for pid in pids:
+                with_suppressed_lookup(os.kill, pid, signal.SIGCONT)
+        time.sleep(1.0)
+    assert len(writers.acked) > acked_under_new
+    # The stale messages changed nothing: the new leader still leads in its term, and the old
+    # one learnt the term, stepped down and stopped its workers.
+    assert cluster.leader() == new
+    statuses = {k: n.status() for k, n in cluster.nodes.items()}
+    assert statuses[new]["term"] == new_term  # type: ignore[index]
+    stepped = wait_status(cluster, old, lambda s: s["role"] == "follower" and not s["replication_workers"])
+    assert stepped["term"] == new_term
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids), "old leader's workers outlived its leadership"
+    check_every_ack_stored_once(cluster, writers.acked, 4)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def with_suppressed_lookup(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except ProcessLookupError:
+        pass

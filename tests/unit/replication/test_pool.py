@@ -1,0 +1,218 @@
+"""The replication pool against a real follower-side PeerNetwork on loopback: messages arrive
+intact and in order through a worker process; a SIGKILLed worker is restarted and reported
+(so the core re-probes); oversize messages take the pair's link; stop() ends the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
+
+from eventstream._crc32c import crc32c
+from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication import pool as pool_module
+from eventstream.replication.pool import ReplicationPool
+from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
+from eventstream.transport.listener import Listener
+from eventstream.transport.peer_codec import decode_message
+from eventstream.transport.peers import PeerNetwork
+
+pytestmark = pytest.mark.timeout(60)
+LIMIT = 8 << 20
+
+
+def append(index: int, *payloads: bytes, term: int = 3) -> Message:
+    entries = [Entry(index + 1 + k, term, p) for k, p in enumerate(payloads)]
+    return Message(MessageType.APPEND, to=2, sender=1, term=term, index=index, log_term=term, commit=index,
+                   entries=entries)
+
+
+class Follower:
+    """Node 2: a listener whose peer network records every message, by the link it came on."""
+
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+        self.listener = Listener(crc32c, LIMIT)
+        self.network: PeerNetwork | None = None
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, leader_address: tuple[str, int]) -> None:
+        self.address = await self.listener.start("127.0.0.1", 0)
+        self.network = PeerNetwork(2, {1: leader_address}, crc32c, LIMIT, self._on_messages)
+        self.listener.set_owner(ROLE_PEER, self.network)
+        self.listener.set_owner(ROLE_REPLICATION, self.network)
+        self.network.start()
+
+    def _on_messages(self, peer_id: int, bodies: list[bytes]) -> None:
+        assert peer_id == 1
+        self.got.extend(decode_message(b) for b in bodies)
+
+    async def stop(self) -> None:
+        assert self.network is not None
+        await self.network.stop()
+        await self.listener.stop()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def test_worker_delivers_in_order_survives_sigkill_and_stops_with_the_pool() -> None:
+    async def scenario() -> None:
+        leader_listener = Listener(crc32c, LIMIT)
+        leader_address = await leader_listener.start("127.0.0.1", 0)
+        follower = Follower()
+        await follower.start(leader_address)
+        leader_net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
+        leader_listener.set_owner(ROLE_PEER, leader_net)
+        leader_net.start()
+        await leader_net.wait_connected(2)
+        connected: list[int] = []
+        pool = ReplicationPool(1, {2: follower.address}, leader_net, connected.append, ring_bytes=1 << 20)
+        pipeline = pool.start()[2]
+        try:
+            await wait_for(lambda: connected == [2])
+            sent = [append(10 + 3 * k, b"a%d" % k, b"b" * (k * 13 % 900), b"") for k in range(400)]
+            for k, msg in enumerate(sent):
+                pipeline.submit(msg)
+                if k % 10 == 9:
+                    pipeline.flush()
+            pipeline.flush()
+            await wait_for(lambda: len(follower.got) == len(sent))
+            assert [(m.index, [bytes(e.data) for e in m.entries]) for m in follower.got] == [
+                (m.index, [bytes(e.data) for e in m.entries]) for m in sent
+            ]
+            assert pipeline.stats.messages == len(sent) and pipeline.stats.dropped_window == 0
+            await wait_for(lambda: pool.worker_stats()[2].messages == len(sent))
+
+            # A message larger than half the ring goes over the pair's own link instead.
+            big = append(2000, b"x" * 600_000)
+            pipeline.submit(big)
+            pipeline.flush()
+            await wait_for(lambda: len(follower.got) == len(sent) + 1)
+            assert bytes(follower.got[-1].entries[0].data) == b"x" * 600_000
+
+            usage = pool.usage()[2]
+            assert usage.cpu_seconds > 0 and usage.rss_bytes > 0 and usage.restarts == 0
+
+            # SIGKILL the worker: the pool restarts it and reports the new link, which is what
+            # makes the node re-probe the follower; traffic flows through the new worker.
+            old_pid = pool.worker_pids()[2]
+            os.kill(old_pid, signal.SIGKILL)
+            await wait_for(lambda: pool.restarts[2] == 1 and connected == [2, 2])
+            assert pool.worker_pids()[2] != old_pid
+            pipeline.submit(append(5000, b"after restart"))
+            pipeline.flush()
+            await wait_for(lambda: bytes(follower.got[-1].entries[0].data) == b"after restart")
+
+            new_pid = pool.worker_pids()[2]
+        finally:
+            await pool.close()
+        assert not pool.running
+        assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == psutil.STATUS_ZOMBIE
+        await leader_net.stop()
+        await leader_listener.stop()
+        await follower.stop()
+
+    asyncio.run(scenario())
+
+
+def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() -> None:
+    async def scenario() -> None:
+        dropped: list[tuple[int, int]] = []
+        connected: list[int] = []
+        placeholder = Listener(crc32c, LIMIT)
+        address = await placeholder.start("127.0.0.1", 0)
+        await placeholder.stop()  # nothing listens on `address` now
+        net = PeerNetwork(1, {2: address}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {2: address}, net, connected.append, lambda p, n: dropped.append((p, n)))
+        pipeline = pool.start()[2]
+        try:
+            await asyncio.sleep(0.3)
+            pipeline.submit(append(1, b"lost"))
+            pipeline.flush()
+            await wait_for(lambda: sum(n for _, n in dropped) == 1)
+            assert connected == []
+            follower = Follower()
+            follower.listener = Listener(crc32c, LIMIT)
+            follower.address = await follower.listener.start(*address)
+            follower.network = PeerNetwork(2, {1: ("127.0.0.1", 1)}, crc32c, LIMIT, follower._on_messages)
+            follower.listener.set_owner(ROLE_REPLICATION, follower.network)
+            await wait_for(lambda: connected == [2])
+            pipeline.submit(append(1, b"resent"))
+            pipeline.flush()
+            await wait_for(lambda: len(follower.got) == 1)
+            assert bytes(follower.got[0].entries[0].data) == b"resent"
+            await follower.listener.stop()
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_frozen_worker_holding_records_is_killed_and_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "STALL_S", 0.5)
+
+    async def scenario() -> None:
+        leader_listener = Listener(crc32c, LIMIT)
+        follower = Follower()
+        await follower.start(await leader_listener.start("127.0.0.1", 0))
+        connected: list[int] = []
+        net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {2: follower.address}, net, connected.append)
+        pipeline = pool.start()[2]
+        try:
+            await wait_for(lambda: connected == [2])
+            frozen = pool.worker_pids()[2]
+            os.kill(frozen, signal.SIGSTOP)
+            pipeline.submit(append(1, b"held by the frozen worker"))
+            pipeline.flush()
+            await asyncio.sleep(0.2)
+            assert pool.restarts[2] == 0  # idle or busy is not stuck: only no progress for STALL_S
+            await wait_for(lambda: pool.restarts[2] == 1 and connected == [2, 2])
+            assert pool.worker_pids()[2] != frozen and not psutil.pid_exists(frozen)
+            pipeline.submit(append(1, b"resent after the restart"))
+            pipeline.flush()
+            await wait_for(lambda: any(bytes(m.entries[0].data) == b"resent after the restart" for m in follower.got))
+        finally:
+            await pool.close()
+            await follower.stop()
+            await leader_listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_cannot_be_started_leaves_no_other_worker_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        nowhere = ("127.0.0.1", 9)
+        net = PeerNetwork(1, {2: nowhere, 3: nowhere}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {2: nowhere, 3: nowhere}, net, lambda p: None)
+        started = []
+        real_spawn = pool._spawn
+
+        def spawn_or_fail(peer_id: int, address: tuple[str, int]) -> Any:
+            if peer_id == 3:
+                raise OSError(24, "Too many open files")
+            worker = real_spawn(peer_id, address)
+            started.append(worker)
+            return worker
+
+        monkeypatch.setattr(pool, "_spawn", spawn_or_fail)
+        with pytest.raises(OSError, match="Too many open files"):
+            pool.start()
+        assert not pool.running and len(started) == 1
+        # The stopped worker is reaped by the pool itself: no zombie waits for a close().
+        await wait_for(lambda: started[0].proc.returncode is not None, timeout=10)
+        await pool.close()
+
+    asyncio.run(scenario())
