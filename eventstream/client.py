@@ -271,6 +271,19 @@ class AsyncClient:
         events, _ = await self.read_page(queue, offset, limit, max_bytes, consistency)
         return events
 
+    async def read_to_end(self, queue: int, offset: int = 0, events_max: int = 1_000_000,
+                          consistency: str = "linearizable") -> list[ReadEvent]:
+        """Every event of a queue from `offset` to its current end, page by page; raises
+        InvalidArgument rather than hold more than events_max events in memory."""
+        events: list[ReadEvent] = []
+        while True:
+            page, offset = await self.read_page(queue, offset, 1000, consistency=consistency)
+            if not page:
+                return events
+            events.extend(page)
+            if len(events) > events_max:
+                raise InvalidArgument(f"queue {queue} holds more than {events_max} events from the offset asked")
+
     async def read_page(
         self,
         queue: int,
@@ -461,6 +474,10 @@ class Client:
     def read_page(self, queue: int, offset: int, limit: int = 1000, max_bytes: int = 4 * 1024 * 1024,
                   consistency: str = "linearizable") -> tuple[list[ReadEvent], int]:
         return self._run(self._async.read_page(queue, offset, limit, max_bytes, consistency))
+
+    def read_to_end(self, queue: int, offset: int = 0, events_max: int = 1_000_000,
+                    consistency: str = "linearizable") -> list[ReadEvent]:
+        return self._run(self._async.read_to_end(queue, offset, events_max, consistency))
 
     def config_update(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         return self._run(self._async.config_update(changes))

@@ -125,12 +125,7 @@ def run_demo(duration_s: float = 20.0, clients: int = 4, batch: int = 10, keep: 
         with Client(cluster.addresses) as client:
             stored: Counter[bytes] = Counter()
             for q in range(QUEUE_COUNT):
-                offset = 0
-                while True:
-                    page, offset = client.read_page(q, offset, 5000)
-                    if not page:
-                        break
-                    stored.update(e.event_id for e in page if e.event_id is not None)
+                stored.update(e.event_id for e in client.read_to_end(q) if e.event_id is not None)
         lost = [i for i in load.acked if stored[i] == 0]
         doubled = [i for i, n in stored.items() if n > 1]
         elapsed = duration_s

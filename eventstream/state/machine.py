@@ -25,7 +25,6 @@ Apply never reads a clock or global random state (seed: "Deterministic execution
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -46,6 +45,8 @@ from eventstream.state.digest import state_digest
 from eventstream.state.errors import ApplyStoppedError, SnapshotError, StateError
 from eventstream.state.queues import QueueStore, StoredEvent
 from eventstream.state.snapshot_stream import SnapshotReceiver, stream_snapshot
+from eventstream.storage.atomic_file import lock_directory as storage_lock_directory
+from eventstream.storage.errors import StorageError
 
 LIVE_PREFIX = "live-"
 LOCK_NAME = "LOCK"
@@ -54,13 +55,10 @@ SNAPSHOTS_KEPT = 2
 
 def lock_directory(directory: str) -> int:
     """flock the state directory, so two machines never rebuild the same live folders."""
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StateError(f"{directory}: state directory is open in another StateMachine") from None
-    return fd
+        return storage_lock_directory(directory, LOCK_NAME, "state directory", "StateMachine")
+    except StorageError as e:
+        raise StateError(str(e)) from None
 
 
 class ApplyResult(NamedTuple):

@@ -7,6 +7,7 @@ fields and a CRC-32C, so a damaged file is reported rather than misread.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 
@@ -63,3 +64,18 @@ def unpack_checked(path: str, magic: bytes, layout: struct.Struct) -> tuple[int,
     if crc32c(data[: size - 4]) != stored:
         raise CorruptionError(f"{path}: offset {size - 4}: CRC-32C mismatch")
     return layout.unpack_from(data, len(magic))
+
+
+def lock_directory(directory: str, lock_name: str, what: str, holder: str = "process") -> int:
+    """flock `directory`/`lock_name` for this process; returns the fd that holds the lock.
+
+    Raises StorageError naming `what` when another process (or another open of the same
+    directory in this one) holds it: two owners of one directory would overwrite each other.
+    """
+    fd = os.open(os.path.join(directory, lock_name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(f"{directory}: {what} is open in another {holder}") from None
+    return fd

@@ -24,7 +24,6 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
-import fcntl
 import logging
 import mmap
 import os
@@ -46,6 +45,7 @@ from eventstream._wal import (
 )
 from eventstream.storage.atomic_file import (
     fsync_directory,
+    lock_directory,
     pack_checked,
     unpack_checked,
     write_atomically,
@@ -215,12 +215,7 @@ class SegmentLog:
         if sync_interval_ms <= 0:
             raise StorageError("sync_interval_ms must be positive")
         os.makedirs(directory, exist_ok=True)
-        lock_fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise StorageError(f"{directory}: log is open in another process") from None
+        lock_fd = lock_directory(directory, LOCK_FILE, "log")
         self = cls(directory, segment_bytes, wal_sync, sync_interval_ms, lock_fd)
         try:
             self._recover()

@@ -18,15 +18,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def read_all(client: Client, queue_count: int) -> list:
-    events = []
-    for q in range(queue_count):
-        offset = 0
-        while True:
-            page, offset = client.read_page(q, offset, 1000)
-            if not page:
-                break
-            events.extend(page)
-    return events
+    return [e for q in range(queue_count) for e in client.read_to_end(q)]
 
 
 def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: Path) -> None:
