@@ -5,7 +5,7 @@ fdatasync each. The leader instead gathers every append that arrives while the p
 is being written and proposes them together (up to batch_size events or batch_bytes_max), so
 throughput grows with the number of clients instead of being capped by fsyncs per second.
 
-Client batches are validated by the native codec when they arrive (a malformed batch is refused
+Client batches are validated natively when they arrive (csrc/_append_wire.pyx) (a malformed batch is refused
 then and never reaches the log, where it would stop every replica's apply). Merging them is one
 header plus the event bytes of each batch back to back (csrc/batch_codec.h): events are never
 decoded or re-encoded. One client request always lands whole in one entry, so its events are
@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 from eventstream.state.commands import CommandType
-from eventstream.storage.codec import BATCH_HEADER_BYTES, BATCH_VERSION, decode_batch
+from eventstream.storage.codec import BATCH_HEADER_BYTES, BATCH_VERSION
 
 _BATCH_HEADER = struct.Struct("<BBHII")
 _SET_EVENT = bytes([CommandType.SET_EVENT])
@@ -58,26 +58,14 @@ class ProposalBatcher:
     def __len__(self) -> int:
         return len(self._waiters)
 
-    @staticmethod
-    def validate(batch: bytes | memoryview, queue_count: int) -> int:
-        """Check a client's batch; returns its event count. Raises ValueError (CodecError is
-        one) with a message fit for the client."""
-        view = decode_batch(batch)
-        count = len(view)
-        if count == 0:
-            raise ValueError("an append must carry at least one event")
-        queues = view.queues()
-        if count and max(queues) >= queue_count:
-            raise ValueError(
-                f"explicit queue {max(queues)} is out of range: queues are 0..{queue_count - 1}"
-            )
-        return count
-
-    def add(self, batch: bytes | memoryview, waiter: PendingAppend) -> None:
-        self._batches.append(memoryview(batch)[BATCH_HEADER_BYTES:])
+    def add(self, batch: bytes | memoryview, waiter: PendingAppend, start: int = 0) -> None:
+        """Queue a validated batch that begins at batch[start] (a request body holds one after
+        its header, so the request need not be sliced first)."""
+        events = memoryview(batch)[start + BATCH_HEADER_BYTES:]
+        self._batches.append(events)
         self._waiters.append(waiter)
         self.pending_events += waiter.event_count
-        self.pending_bytes += len(batch) - BATCH_HEADER_BYTES
+        self.pending_bytes += len(events)
 
     def take(self) -> BuiltEntry | None:
         """The next entry's data and the requests it carries, or None when nothing waits.

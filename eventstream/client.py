@@ -151,7 +151,7 @@ class _Session:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Response] = loop.create_future()
         self._pending[request_id] = fut
-        if not conn.send(encode_request(op, request_id, body)):
+        if not conn.send_soon(encode_request(op, request_id, body)):
             self._pending.pop(request_id, None)
             raise ConnectionError(f"connection to {self.address} closed")
         # A timer on the future rather than asyncio.wait_for: wait_for wraps every call in a

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventstream import __version__
+from eventstream._append_wire import check_appends, frame_append_answers
 from eventstream.batcher import PendingAppend, ProposalBatcher
 from eventstream.config import NodeConfig, parse_address
 from eventstream.metrics import NodeMetrics
@@ -72,8 +73,8 @@ from eventstream.state import (
     validate_config,
 )
 from eventstream.storage import SegmentLog, crc32c
-from eventstream.storage.codec import CodecError
 from eventstream.transport.client_protocol import (
+    REQUEST_HEADER_BYTES,
     Consistency,
     Op,
     ProtocolError,
@@ -81,7 +82,6 @@ from eventstream.transport.client_protocol import (
     Status,
     decode_json_object,
     decode_read,
-    encode_append_ok,
     encode_json,
     encode_read_ok,
     encode_response,
@@ -95,9 +95,8 @@ from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
-# Statuses of the state machine's per-event results, as byte translation tables: one
-# bytes.translate() per request instead of a Python loop per event.
-_DUPLICATE_FLAGS = bytes(1 if s == STATUS_DUPLICATE else 0 for s in range(256))
+# Statuses of the state machine's per-event results that refuse an event, as a lookup table
+# for the native answer encoder.
 _REFUSED_FLAGS = bytes(1 if s in (STATUS_BAD_QUEUE, STATUS_DEDUP_FULL) else 0 for s in range(256))
 
 # Appends wait at most this long for commit and apply before they are answered Timeout; the
@@ -594,23 +593,22 @@ class Node:
 
     def _answer_appends(self, index: int, waiters: list[PendingAppend], statuses: memoryview,
                         queues: memoryview, offsets: memoryview) -> None:
+        frames, duplicates = frame_append_answers(waiters, index, statuses, queues, offsets,
+                                                  _REFUSED_FLAGS, STATUS_DUPLICATE)
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
         now = time.monotonic()
-        for w in waiters:
-            a, b = w.first_event, w.first_event + w.event_count
-            st = statuses[a:b].tobytes()
-            if st.translate(_REFUSED_FLAGS).count(1):
-                self._reply_error(w.session, w.request_id, Status.INVALID_ARGUMENT,
+        observe = self.metrics.append_seconds.observe
+        for w, frame in zip(waiters, frames):
+            session = w.session
+            assert isinstance(session, ClientSession)
+            if frame is None:
+                self._reply_error(session, w.request_id, Status.INVALID_ARGUMENT,
                                   f"entry {index}: some events were refused (explicit queue out of range after a "
                                   "queue_count change, or the dedup table is full); the rest were stored")
                 continue
-            dups = st.translate(_DUPLICATE_FLAGS)
-            ndup = dups.count(1)
-            if ndup:
-                self.metrics.duplicates.inc(ndup)
-            session = w.session
-            assert isinstance(session, ClientSession)
-            session.reply(encode_response(Status.OK, w.request_id, encode_append_ok(index, queues[a:b], offsets[a:b], dups)))
-            self.metrics.append_seconds.observe(now - w.received_at)
+            session.reply_framed(frame)
+            observe(now - w.received_at)
 
     # ----------------------------------------------------------------- proposals
     def _flush_proposals(self) -> None:
@@ -654,9 +652,8 @@ class Node:
     # ----------------------------------------------------------------- client requests
     def on_request(self, session: ClientSession, request: Request) -> None:
         op = request.op
-        if op == Op.APPEND:
-            self._on_append(session, request)
-        elif op == Op.READ:
+        # APPENDs never come here: the client server hands them to on_appends() in runs.
+        if op == Op.READ:
             self._on_read(session, request)
         elif op == Op.STATUS:
             session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status())))
@@ -684,19 +681,30 @@ class Node:
         self._reply_not_leader(session, request_id)
         return False
 
-    def _on_append(self, session: ClientSession, request: Request) -> None:
-        if not self._leader_check(session, request.request_id):
+    def on_appends(self, session: ClientSession, bodies: list[bytes]) -> None:
+        """A run of APPEND requests from one connection: checked in one native pass, each then
+        queued for the next entry (or answered with its error at once)."""
+        raft, state = self.raft, self.state
+        assert raft is not None and state is not None
+        if raft.role != Role.LEADER or raft.lead_transferee != NONE:
+            for body in bodies:
+                request_id = int.from_bytes(body[1:9], "little")
+                if raft.role == Role.LEADER:
+                    self._reply_error(session, request_id, Status.UNAVAILABLE, "leadership is being transferred; retry")
+                else:
+                    self._reply_not_leader(session, request_id)
             return
-        assert self.state is not None
-        try:
-            count = ProposalBatcher.validate(request.body, self.state.config["queue_count"])
-        except (CodecError, ValueError) as exc:
-            self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, f"bad append: {exc}")
-            return
-        if self.batcher.pending_bytes > self.config.max_uncommitted_bytes:
-            self._reply_error(session, request.request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
-            return
-        self.batcher.add(request.body, PendingAppend(session, request.request_id, count, time.monotonic()))
+        request_ids, counts, errors = check_appends(bodies, state.config["queue_count"])
+        batcher = self.batcher
+        now = time.monotonic()
+        overloaded = batcher.pending_bytes > self.config.max_uncommitted_bytes
+        for i, body in enumerate(bodies):
+            if errors and i in errors:
+                self._reply_error(session, request_ids[i], Status.INVALID_ARGUMENT, errors[i])
+            elif overloaded:
+                self._reply_error(session, request_ids[i], Status.OVERLOADED, "leader's proposal queue is full; back off")
+            else:
+                batcher.add(body, PendingAppend(session, request_ids[i], counts[i], now), REQUEST_HEADER_BYTES)
         self._wake.set()
 
     def _on_read(self, session: ClientSession, request: Request) -> None:

@@ -19,6 +19,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 
+from eventstream._crc32c import crc32c as _native_crc32c
+from eventstream._frames import SPLIT_BAD_CRC, SPLIT_TOO_LONG, split_frames
+
 Buffer = bytes | bytearray | memoryview
 CrcFunction = Callable[[Buffer], int]
 
@@ -62,20 +65,42 @@ class FrameDecoder:
     last feed, and never more than HEADER_BYTES + frame_bytes_max of an incomplete frame.
     """
 
-    __slots__ = ("_buf", "_crc", "frame_bytes_max", "_pos")
+    __slots__ = ("_buf", "_crc", "frame_bytes_max")
 
     def __init__(self, crc: CrcFunction, frame_bytes_max: int) -> None:
         self._crc = crc
         self.frame_bytes_max = frame_bytes_max
         self._buf = bytearray()
-        self._pos = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Append data and return the bodies of all frames now complete, in order."""
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+        else:
+            # The common case on a busy connection: the read ends on a frame boundary, so the
+            # chunk is split where it lies and nothing is copied into the buffer.
+            buf = data
         bodies: list[bytes] = []
-        pos = self._pos
+        if self._crc is _native_crc32c:
+            status, pos, detail1, detail2 = split_frames(buf, 0, self.frame_bytes_max, bodies)
+            if status == SPLIT_TOO_LONG:
+                raise FrameError(f"frame length prefix {detail1} exceeds the limit of {self.frame_bytes_max} bytes")
+            if status == SPLIT_BAD_CRC:
+                raise FrameError(f"frame CRC mismatch: header says {detail1:#010x}, body has {detail2:#010x}")
+        else:
+            pos = self._split_reference(buf, bodies)
+        if buf is self._buf:
+            # Compact once per feed, not once per frame, so a burst of small frames costs one move.
+            if pos:
+                del buf[:pos]
+        elif pos < len(buf):
+            self._buf = bytearray(memoryview(buf)[pos:])
+        return bodies
+
+    def _split_reference(self, buf: bytes | bytearray | memoryview, bodies: list[bytes]) -> int:
+        """The frame loop in Python, for any CRC function; csrc/_frames.pyx is its native twin."""
+        pos = 0
         end = len(buf)
         limit = self.frame_bytes_max
         crc = self._crc
@@ -96,12 +121,7 @@ class FrameDecoder:
                 )
             bodies.append(body)
             pos = body_end
-        # Compact once per feed, not once per frame, so a burst of small frames costs one move.
-        if pos:
-            del buf[:pos]
-            pos = 0
-        self._pos = pos
-        return bodies
+        return pos
 
     @property
     def buffered_bytes(self) -> int:

@@ -1,5 +1,3 @@
-import pytest
-
 from eventstream.batcher import PendingAppend, ProposalBatcher
 from eventstream.state.commands import CommandType
 from eventstream.storage.codec import decode_batch, encode_batch
@@ -35,16 +33,6 @@ def test_take_stops_at_batch_size_but_never_splits_a_request() -> None:
         sizes.append([w.event_count for w in built.waiters])
         assert len(decode_batch(built.data[1:])) == built.event_count
     assert sizes == [[3], [3], [10], [1]]
-
-
-def test_validate_refuses_malformed_empty_and_out_of_range_batches() -> None:
-    assert ProposalBatcher.validate(batch("x", 2, queue=3), queue_count=4) == 2
-    with pytest.raises(ValueError, match="queue 4 is out of range"):
-        ProposalBatcher.validate(batch("x", 1, queue=4), queue_count=4)
-    with pytest.raises(ValueError):
-        ProposalBatcher.validate(b"\x01\x00garbage", queue_count=4)
-    with pytest.raises(ValueError, match="at least one event"):
-        ProposalBatcher.validate(encode_batch([]), queue_count=4)
 
 
 def test_drain_returns_every_waiter() -> None:

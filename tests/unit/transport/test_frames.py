@@ -79,3 +79,63 @@ def test_random_bytes_give_bodies_or_a_clean_frame_error(data: bytes) -> None:
         return
     for body in bodies:
         assert len(body) <= LIMIT
+
+
+# -- the native splitter (csrc/_frames.pyx), used whenever the CRC is eventstream's crc32c ------
+def _native_crc(data: bytes | memoryview) -> int:
+    from eventstream.storage import crc32c
+
+    return crc32c(data)
+
+
+def _reference_crc(data: bytes | memoryview) -> int:
+    # A different function object with the same values: FrameDecoder takes its Python loop.
+    return _native_crc(data)
+
+
+def _feed_in_steps(crc_fn, stream: bytes, seed: int) -> tuple[list[bytes], str | None, bool]:  # type: ignore[no-untyped-def]
+    from eventstream.storage import crc32c
+
+    dec = FrameDecoder(crc32c if crc_fn is None else crc_fn, LIMIT)
+    rng = random.Random(seed)
+    got: list[bytes] = []
+    pos = 0
+    try:
+        while pos < len(stream):
+            step = rng.randint(1, 97)
+            got += dec.feed(stream[pos : pos + step])
+            pos += step
+    except FrameError as exc:
+        return got, str(exc), dec.at_boundary()
+    return got, None, dec.at_boundary()
+
+
+@given(
+    st.lists(st.binary(max_size=300), max_size=20),
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.one_of(st.none(), st.tuples(st.integers(min_value=0, max_value=10_000), st.integers(min_value=1, max_value=255))),
+)
+def test_native_splitter_matches_the_reference(bodies: list[bytes], seed: int, flip: tuple[int, int] | None) -> None:
+    from eventstream.storage import crc32c
+
+    enc = FrameEncoder(crc32c, LIMIT)
+    stream = bytearray()
+    for body in bodies:
+        header, b = enc.encode(body)
+        stream += header + bytes(b)
+    if flip is not None and stream:
+        stream[flip[0] % len(stream)] ^= flip[1]
+    native = _feed_in_steps(None, bytes(stream), seed)
+    reference = _feed_in_steps(_reference_crc, bytes(stream), seed)
+    assert native == reference
+    if flip is None:
+        assert native == (bodies, None, True)
+
+
+def test_native_splitter_refuses_a_huge_length_and_a_bad_crc() -> None:
+    from eventstream.storage import crc32c
+
+    with pytest.raises(FrameError, match="exceeds the limit"):
+        FrameDecoder(crc32c, LIMIT).feed(HEADER.pack(LIMIT + 1, 0))
+    with pytest.raises(FrameError, match="CRC mismatch"):
+        FrameDecoder(crc32c, LIMIT).feed(HEADER.pack(3, crc32c(b"abc") ^ 1) + b"abc")

@@ -1,0 +1,7 @@
+from typing_extensions import Buffer
+
+SPLIT_OK: int
+SPLIT_TOO_LONG: int
+SPLIT_BAD_CRC: int
+
+def split_frames(buffer: Buffer, start: int, limit: int, out: list[bytes]) -> tuple[int, int, int, int]: ...
