@@ -74,7 +74,7 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Append data and return the bodies of all frames now complete, in order."""
-        buf = self._buf
+        buf: bytes | bytearray | memoryview = self._buf
         if buf:
             buf += data
         else:
