@@ -75,8 +75,8 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Append data and return the bodies of all frames now complete, in order."""
         buf: bytes | bytearray | memoryview = self._buf
-        if buf:
-            buf += data
+        if self._buf:
+            self._buf += data
         else:
             # The common case on a busy connection: the read ends on a frame boundary, so the
             # chunk is split where it lies and nothing is copied into the buffer.
