@@ -27,6 +27,32 @@ def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
     histogram.record_value(us)
 
 
+class LatencyTally:
+    """Latencies counted per microsecond value, poured into histograms in bulk.
+
+    HdrHistogram.record_value() is Python code; a load generator answering tens of thousands
+    of requests a second on a shared core spends less by counting equal values in a dict and
+    recording each distinct value once, with its count, when a report is due.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def record_seconds(self, seconds: float) -> None:
+        us = min(max(int(seconds * 1e6), LATENCY_US_LOWEST), LATENCY_US_HIGHEST)
+        counts = self.counts
+        counts[us] = counts.get(us, 0) + 1
+
+    def pour_into(self, *histograms: HdrHistogram) -> None:
+        """Record every counted value into each histogram, then start counting afresh."""
+        for us, n in self.counts.items():
+            for histogram in histograms:
+                histogram.record_value(us, n)
+        self.counts = {}
+
+
 def merged(encoded: list[bytes]) -> HdrHistogram:
     total = new_histogram()
     for blob in encoded:

@@ -89,6 +89,12 @@ class _Worker:
         self.total = latency.new_histogram()
         self.read_total = latency.new_histogram()
         self.interval = latency.new_histogram()
+        # Answers of this interval, by what they count toward (see _report_interval).
+        self.warmup_tally = latency.LatencyTally()
+        self.append_tally = latency.LatencyTally()
+        self.read_tally = latency.LatencyTally()
+        self.ids = b""
+        self.ids_at = 0
         self.interval_events = 0
         self.errors: Counter[str] = Counter()
         self.interval_errors = 0
@@ -116,7 +122,15 @@ class _Worker:
 
     def _next_batch(self) -> bytes:
         if self.params.ids:
-            return self._encode(os.urandom(EVENT_ID_BYTES * self.params.batch_size))
+            need = EVENT_ID_BYTES * self.params.batch_size
+            at = self.ids_at
+            if len(self.ids) - at < need:
+                # Random ids drawn in blocks: one getrandom call per request would be a syscall
+                # per event at batch size 1.
+                self.ids = os.urandom(max(need, 64 * 1024))
+                at = 0
+            self.ids_at = at + need
+            return self._encode(self.ids[at:at + need])
         self.template_index = (self.template_index + 1) % len(self.templates)
         return self.templates[self.template_index]
 
@@ -196,20 +210,20 @@ class _Worker:
                 continue
             answered = time.monotonic()
             elapsed = answered - sent
-            latency.record_seconds(self.interval, elapsed)
             self.interval_events += appended
             if not ticket.counted:
+                self.warmup_tally.record_seconds(elapsed)
                 continue
             self.last_answer = max(self.last_answer, answered)
             self.requests += 1
             if ticket.read:
                 self.reads += 1
                 self.read_events += len(events)
-                latency.record_seconds(self.read_total, elapsed)
+                self.read_tally.record_seconds(elapsed)
             else:
                 self.events += appended
                 self.duplicates += ok.duplicates.count(1)
-                latency.record_seconds(self.total, elapsed)
+                self.append_tally.record_seconds(elapsed)
 
     async def _report_periodically(self) -> None:
         # Reports fall on start + k * interval in every client, so the parent can add up
@@ -221,7 +235,14 @@ class _Worker:
             self._report_interval(slot)
             slot += 1
 
+    def pour_latencies(self) -> None:
+        """Move the answers counted since the last report into the histograms."""
+        self.warmup_tally.pour_into(self.interval)
+        self.append_tally.pour_into(self.interval, self.total)
+        self.read_tally.pour_into(self.interval, self.read_total)
+
     def _report_interval(self, slot: int) -> None:
+        self.pour_latencies()
         self.reports.put(("progress", self.spec.index, slot, time.monotonic() - self.start,
                           self.interval_events, latency.encode(self.interval), self.interval_errors))
         self.interval.reset()

@@ -26,6 +26,7 @@ Apply never reads a clock or global random state (seed: "Deterministic execution
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import struct
@@ -60,6 +61,8 @@ def lock_directory(directory: str) -> int:
     except StorageError as e:
         raise StateError(str(e)) from None
 
+
+log = logging.getLogger(__name__)
 
 class ApplyResult(NamedTuple):
     """Outcome of one applied entry. Per-event arrays are set for SET_EVENT (statuses are the
@@ -123,7 +126,12 @@ class StateMachine:
             self.queues = QueueStore(self.live_root)
 
     def close(self) -> None:
-        self.queues.close()
+        try:
+            self.queues.close()
+        except OSError as e:
+            # Nothing is lost: the next open rebuilds the queue files from the newest snapshot
+            # and the Raft log (_rebuild). The descriptors are closed all the same.
+            log.warning("queue files of %s not fully written at close: %s", self.directory, e)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -202,7 +210,21 @@ class StateMachine:
         self, queue: int, offset: int, limit: int = 1000, max_bytes: int = 1 << 20
     ) -> list[StoredEvent]:
         """Events of one queue from `offset`; OffsetRangeError states the valid range."""
+        self._flush_queues()
         return self.queues.read(queue, offset, limit, max_bytes, self.config["queue_count"])
+
+    def _flush_queues(self) -> None:
+        """Write what apply gathered (queues.py, QueueLog._unwritten) before the files are read.
+        A failed write leaves the files behind the applied state, so apply stops until a reopen
+        rebuilds them, exactly as for a write that fails inside apply. A stopped machine's
+        files are void until then, so nothing more is written to them."""
+        if self._stopped is not None:
+            return
+        try:
+            self.queues.flush()
+        except OSError as e:
+            self._stopped = f"writing applied events to the queue files failed, reopen to rebuild: {e!r}"
+            raise ApplyStoppedError(self._stopped) from e
 
     def queue_range(self, queue: int) -> tuple[int, int]:
         """(retention floor, next offset) of a queue."""
@@ -214,6 +236,7 @@ class StateMachine:
         return validate_config(update)
 
     def digest(self) -> str:
+        self._flush_queues()
         return state_digest(
             self.applied_index,
             self.config,
@@ -238,6 +261,9 @@ class StateMachine:
             raise StateError(
                 f"snapshot asked at index {at_index}, but the applied index is {self.applied_index}"
             )
+        self._flush_queues()
+        if self._stopped is not None:
+            raise StateError(f"no snapshot of a stopped state machine: {self._stopped}")
         manifest = {
             "format": snapshots.FORMAT_VERSION,
             "last_index": self.applied_index,

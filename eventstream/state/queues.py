@@ -54,6 +54,9 @@ READ_BYTES_MAX = 64 << 20
 # Active segment files kept open for appends; the least recently appended queue's file is closed
 # past this, so 65,536 queues never need 65,536 descriptors.
 OPEN_SEGMENTS_MAX = 256
+# Records a queue gathers in memory before they are written to its segment file (see
+# QueueLog._unwritten); with OPEN_SEGMENTS_MAX this bounds the memory at 64 MiB.
+WRITE_BEHIND_BYTES = 256 * 1024
 
 
 class StoredEvent(NamedTuple):
@@ -119,15 +122,33 @@ class QueueLog:
         self.newest_timestamp_us = 0
         self.bytes_total = 0
         self._active_fd: int | None = None
+        # Records applied but not yet written to the active segment file. The queue files are
+        # not the durable copy of the state (a restart rebuilds them from the newest snapshot
+        # and the Raft log, machine.py _rebuild), so small applies are gathered here and written
+        # in large pieces: one write per WRITE_BEHIND_BYTES instead of one per queue per entry.
+        # Anything that reads the files (reads, describe() for digests and snapshots) flushes first.
+        self._unwritten = bytearray()
 
     @property
     def floor_offset(self) -> int:
         return self.segments[0].base_offset if self.segments else self.next_offset
 
+    def flush(self) -> None:
+        """Write the gathered records to the active segment file."""
+        if not self._unwritten:
+            return
+        if self._active_fd is None:
+            self._active_fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        write_all(self._active_fd, memoryview(self._unwritten))
+        self._unwritten = bytearray()
+
     def close(self) -> None:
-        if self._active_fd is not None:
-            os.close(self._active_fd)
-            self._active_fd = None
+        try:
+            self.flush()
+        finally:
+            if self._active_fd is not None:
+                os.close(self._active_fd)
+                self._active_fd = None
 
     def append(
         self, records: memoryview, positions: memoryview, count: int, max_ts: int, roll_bytes: int
@@ -140,9 +161,9 @@ class QueueLog:
                 QueueSegment(self.next_offset, path, PositionIndex(), 0, max_ts, False)
             )
         segment = self.segments[-1]
-        if self._active_fd is None:
-            self._active_fd = os.open(segment.path, os.O_WRONLY | os.O_APPEND)
-        write_all(self._active_fd, records)
+        self._unwritten += records
+        if len(self._unwritten) >= WRITE_BEHIND_BYTES:
+            self.flush()
         segment.index.extend(positions, segment.size_bytes)
         segment.size_bytes += len(records)
         segment.max_timestamp_us = max(segment.max_timestamp_us, max_ts)
@@ -176,6 +197,7 @@ class QueueLog:
     def read(self, offset: int, limit: int, max_bytes: int) -> list[StoredEvent]:
         """Events from `offset`: at most `limit` and, past the first, at most `max_bytes` of
         stored records (the first event is always returned, so a reader always progresses)."""
+        self.flush()
         floor, end = self.floor_offset, self.next_offset
         if not floor <= offset <= end:
             raise OffsetRangeError(
@@ -230,8 +252,19 @@ class QueueStore:
         self.next_offsets = array("q")
 
     def close(self) -> None:
+        failure: OSError | None = None
         for log in self.logs.values():
-            log.close()
+            try:
+                log.close()
+            except OSError as e:  # every descriptor is closed whatever one flush did
+                failure = failure or e
+        if failure is not None:
+            raise failure
+
+    def flush(self) -> None:
+        """Write every queue's gathered records to its segment file."""
+        for log in self.logs.values():
+            log.flush()
 
     def log(self, queue: int) -> QueueLog:
         log = self.logs.get(queue)
@@ -303,7 +336,10 @@ class QueueStore:
 
     def describe(self) -> list[dict[str, Any]]:
         """Per queue that ever held an event: offsets, newest timestamp and segments, in queue
-        order. This is what a snapshot manifest records and what the digest covers."""
+        order. This is what a snapshot manifest records and what the digest covers; every
+        segment file holds all its bytes once this returns."""
+        for log in self.logs.values():
+            log.flush()
         out = []
         for queue in sorted(self.logs):
             log = self.logs[queue]

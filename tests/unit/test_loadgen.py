@@ -133,6 +133,7 @@ def run_slots(rate_requests_per_s: float | None, run_s: float, service_s: float)
         await asyncio.gather(*(worker._slot(cluster) for _ in range(spec.params.concurrency)))  # type: ignore[arg-type]
 
     asyncio.run(slots())
+    worker.pour_latencies()
     return worker
 
 
