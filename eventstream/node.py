@@ -482,6 +482,8 @@ class Node:
             # A conflicting suffix (5.3): the leader's entries replace it.
             seg_log.truncate_after(first - 1)
         seg_log.append([(e.index, e.term, e.data) for e in entries])
+        assert self.storage is not None
+        self.storage.recent.written(entries)
 
     def _save_hard_state(self, hs: HardState) -> None:
         storage = self.storage
@@ -517,6 +519,7 @@ class Node:
         state.restore(receiver)
         if state.applied_index != index:
             raise RuntimeError(f"installed snapshot is at {state.applied_index}, Raft said {index}")
+        storage.recent.clear()
         if index <= seg_log.last_index:
             seg_log.truncate_after(index)
         seg_log.compact_through(index, term)
@@ -862,9 +865,10 @@ class Node:
 
     # ----------------------------------------------------------------- status
     def _state_digest(self) -> tuple[int, str]:
-        """(index, digest) of the state. The digest reads every retained event, so it is
-        recomputed at most once a second while the node applies, and at once when it has
-        stopped moving: a converged cluster always shows the digest at `applied`."""
+        """(index, digest) of the state. The digest reads every retained event (its cost grows
+        with the data held), so while the node applies it is recomputed at most every
+        DIGEST_RECOMPUTE_S, and at once when the node has stopped moving: a converged cluster
+        always shows the digest at `applied`; a busy one shows it at `digest_index`."""
         state = self.state
         assert state is not None
         index, digest, at = self._digest_cache
@@ -913,7 +917,7 @@ class Node:
         }
 
 
-DIGEST_RECOMPUTE_S = 1.0
+DIGEST_RECOMPUTE_S = 10.0
 
 
 def _install_signal_handlers(node: Node) -> None:
