@@ -158,6 +158,11 @@ class Node:
         self._last_snapshot_index = 0
         self._saved_term_vote = (0, 0)
         self._commit_saved = 0
+        # The leader's deferred fdatasync (_sync_loop): the last entry written but not yet
+        # synced, and the last index known durable (the commit index saved never passes it).
+        self._unsynced: tuple[int, int] | None = None
+        self._synced_through = 0
+        self._sync_wanted = asyncio.Event()
         self._role = Role.FOLLOWER
         self._leader = NONE
         self._bootstrap_config_proposed = False
@@ -186,6 +191,7 @@ class Node:
             # A snapshot was installed but the crash came before the log was reset to it.
             self.seg_log.compact_through(applied, self.state.applied_term)
         self._last_snapshot_index = applied
+        self._synced_through = self.seg_log.last_index  # recovery kept only what is on disk
         hard, _ = self.storage.initial_state()
         self._saved_term_vote = (hard.term, hard.vote)
         self._commit_saved = hard.commit
@@ -239,6 +245,7 @@ class Node:
             loop.create_task(self._ready_loop(), name="ready-loop"),
             loop.create_task(self._tick_loop(), name="tick-loop"),
             loop.create_task(self._housekeeping_loop(), name="housekeeping"),
+            loop.create_task(self._sync_loop(), name="leader-sync"),
         ]
         log.info(
             "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
@@ -364,8 +371,8 @@ class Node:
                 self._flush_proposals()
                 while raft.has_ready():
                     rd = raft.ready()
-                    await self._handle_ready(rd)
-                    raft.advance(rd)
+                    durable = await self._handle_ready(rd)
+                    raft.advance(rd, durable=durable)
                     self._after_advance()
                     self._flush_proposals()
             except ApplyStoppedError as exc:
@@ -379,7 +386,8 @@ class Node:
                 self.request_stop()
                 return
 
-    async def _handle_ready(self, rd: Ready) -> None:
+    async def _handle_ready(self, rd: Ready) -> bool:
+        """Carry out `rd`; returns whether its writes are durable (see _can_defer_sync)."""
         seg_log = self.seg_log
         storage = self.storage
         assert seg_log is not None and storage is not None
@@ -401,17 +409,24 @@ class Node:
         # is rebuilt from its snapshot and the log, and the leader re-sends what is missing.
         if rd.committed_entries:
             self._apply(rd.committed_entries)
-        if rd.must_sync and self.config.wal_sync and (rd.entries or rd.snapshot is not None):
-            started = time.perf_counter()
-            if self.raft is not None and self.raft.role == Role.LEADER:
-                # The leader overlaps its fdatasync with taking in client appends and follower
-                # acks; a follower has nothing to do until its write is durable, and a thread
-                # handoff costs it more CPU per entry than the blocking call does.
-                await asyncio.get_running_loop().run_in_executor(None, seg_log.sync)
+        durable = True
+        wal_sync = self.config.wal_sync
+        if wal_sync and rd.must_sync and (rd.entries or rd.snapshot is not None):
+            if self._can_defer_sync(rd):
+                # A leader's own fdatasync does not hold up its next cycles: it runs in the
+                # sync task while new entries are proposed and sent, and the core counts the
+                # leader toward commit only once it reports the write durable (advance below,
+                # then RaftNode.persisted from _sync_loop; thesis 10.2.1).
+                last = rd.entries[-1]
+                self._unsynced = (last.index, last.term)
+                self._sync_wanted.set()
+                durable = False
             else:
-                seg_log.sync()
-            self.metrics.fsyncs.inc()
-            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+                # A follower has nothing to do until its write is durable, and a thread handoff
+                # costs it more CPU per entry than the blocking call does.
+                self._sync_now()
+        elif wal_sync and rd.persisted_messages and self._unsynced is not None:
+            self._sync_now()  # no ack or vote while writes of this node's leadership are unsynced
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         for rs in rd.read_states:
@@ -426,6 +441,58 @@ class Node:
         self._serve_confirmed_reads()
         if rd.compact_index:
             seg_log.compact_through(rd.compact_index)
+        return durable
+
+    def _can_defer_sync(self, rd: Ready) -> bool:
+        """A leader's Ready that promises nothing durable to anyone (RaftNode.advance)."""
+        raft = self.raft
+        assert raft is not None
+        hs = rd.hard_state
+        return (
+            raft.role == Role.LEADER
+            and bool(rd.entries)
+            and rd.snapshot is None
+            and not rd.snapshot_chunks
+            and not rd.persisted_messages
+            and (hs is None or (hs.term, hs.vote) == self._saved_term_vote)
+        )
+
+    def _sync_now(self) -> None:
+        """fdatasync the log on this thread; covers the leader's deferred writes too."""
+        seg_log = self.seg_log
+        assert seg_log is not None
+        started = time.perf_counter()
+        last = seg_log.last_index
+        seg_log.sync()
+        self._synced_through = last
+        self.metrics.fsyncs.inc()
+        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        unsynced, self._unsynced = self._unsynced, None
+        if unsynced is not None:
+            assert self.raft is not None
+            self.raft.persisted(*unsynced)
+
+    async def _sync_loop(self) -> None:
+        """The leader's deferred fdatasyncs: each covers every entry written before it starts,
+        so entries proposed while one runs share the next (group commit)."""
+        seg_log, raft = self.seg_log, self.raft
+        assert seg_log is not None and raft is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            target = self._unsynced
+            if target is None:
+                continue
+            started = time.perf_counter()
+            await loop.run_in_executor(None, seg_log.sync)
+            self.metrics.fsyncs.inc()
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            self._synced_through = max(self._synced_through, target[0])
+            if self._unsynced == target:
+                self._unsynced = None
+            raft.persisted(*target)
+            self._wake.set()
 
     def _after_advance(self) -> None:
         raft = self.raft
@@ -481,6 +548,7 @@ class Node:
         if first <= seg_log.last_index:
             # A conflicting suffix (5.3): the leader's entries replace it.
             seg_log.truncate_after(first - 1)
+            self._synced_through = min(self._synced_through, first - 1)
         seg_log.append([(e.index, e.term, e.data) for e in entries])
         assert self.storage is not None
         self.storage.recent.written(entries)
@@ -492,6 +560,11 @@ class Node:
         # index alone is saved at most every second: a stale commit after a crash is safe (the
         # leader re-sends it), and saving it each cycle would add two fsyncs per commit.
         if (hs.term, hs.vote) != self._saved_term_vote or time.monotonic() - self._commit_saved_at > 1.0:
+            if self.config.wal_sync and hs.commit > self._synced_through:
+                # Commit may run ahead of this leader's own durable log (a majority of
+                # followers holds it); the saved commit must never point past what a restart
+                # finds in the log.
+                hs = HardState(hs.term, hs.vote, self._synced_through)
             storage.save_hard_state(hs)
             self._saved_term_vote = (hs.term, hs.vote)
             self._commit_saved = hs.commit

@@ -427,10 +427,20 @@ class RaftNode:
         )
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The host has carried out `rd` (persisted, sent, applied)."""
+    def advance(self, rd: Ready, *, durable: bool = True) -> None:
+        """The host has carried out `rd` (persisted, sent, applied).
+
+        durable=False: the host wrote rd.entries but has not synced them yet, so that a leader's
+        fdatasync overlaps the next cycles instead of holding them up (thesis §10.2.1 lets the
+        leader write in parallel with replication). The leader then does not count itself
+        toward commit for them until the host calls persisted(). Allowed only while leading,
+        for a Ready with no snapshot and no persisted_messages (nothing in it promises durable
+        state to anyone); the host must sync before it sends any later persisted_messages.
+        """
         if not self._ready_out:
             raise RuntimeError("advance() without an outstanding ready()")
+        if not durable and (self.role != Role.LEADER or rd.snapshot is not None or rd.persisted_messages):
+            raise ValueError("advance(durable=False) is only for a leader's Ready without snapshot or persisted messages")
         self._ready_out = False
         log = self.log
         if rd.hard_state is not None:
@@ -446,11 +456,24 @@ class RaftNode:
             # The leader's own write is now durable: only now does it count toward commit
             # (thesis §10.2.1).
             if (
-                self.role == Role.LEADER
+                durable
+                and self.role == Role.LEADER
                 and self.progress[self.id].maybe_update(log.offset - 1)
                 and self._maybe_commit()
             ):
                 self._bcast_append()
+
+    def persisted(self, index: int, term: int) -> None:
+        """The host's log is durable through entry (index, term), written under an earlier
+        advance(durable=False). A leader now counts itself toward commit up to there. The report
+        counts only if that entry is still in the log with that term: then, by the Log Matching
+        property (§5.3), no entry up to it was replaced since the sync covered it."""
+        if self.role != Role.LEADER or index <= self.progress[self.id].match:
+            return
+        if index >= self.log.offset or not self.log.match_term(index, term):
+            return  # not written under advance() (still unstable), or replaced since
+        if self.progress[self.id].maybe_update(index) and self._maybe_commit():
+            self._bcast_append()
 
     def status(self) -> Status:
         progress: dict[int, tuple[str, int, int]] = {}

@@ -162,6 +162,12 @@ class MemoryStorage:
         del self._entries[first - offset :]
         self._entries.extend(entries)
 
+    def lose_from(self, index: int) -> None:
+        """Drop entries from `index` on (never the snapshot): a crash losing writes that were
+        never synced. Test hosts model torn durability with it."""
+        offset = self._entries[0].index
+        del self._entries[max(index, offset + 1) - offset :]
+
     def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replace the whole log by a snapshot received from the leader (§7)."""
         if self._snapshot_meta is not None and meta.index < self._snapshot_meta.index:

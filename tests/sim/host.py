@@ -20,6 +20,7 @@ from eventstream.raft import (
     RaftNode,
     ReadState,
     Ready,
+    Role,
     SnapshotMeta,
 )
 from eventstream.raft.storage import MemoryStorage, SnapshotUnavailableError
@@ -42,6 +43,11 @@ class MemoryHost:
 
     `synced_commit` is the commit index as of the last synced write: a crash may lose commit
     advances written without sync (Ready.must_sync False), and nothing else that was persisted.
+
+    With `deferred_sync`, a leader's entries are written but synced only when the simulator
+    calls sync_deferred() (or a later Ready must be durable), as the node does with its
+    fdatasync in a worker thread (advance(durable=False), RaftNode.persisted). A crash before
+    then loses them: `unsynced_from` is the first such entry.
     """
 
     __slots__ = (
@@ -61,6 +67,8 @@ class MemoryHost:
         "applied_since_snapshot",
         "keep_entries",
         "node_class",
+        "deferred_sync",
+        "unsynced_from",
     )
 
     def __init__(
@@ -83,6 +91,8 @@ class MemoryHost:
         self.staged = bytearray()
         # The mutation check swaps in a deliberately broken subclass here.
         self.node_class = node_class
+        self.deferred_sync = False
+        self.unsynced_from = 0
         self.start(seed)
 
     def start(self, seed: int) -> None:
@@ -92,6 +102,11 @@ class MemoryHost:
             meta = self.storage.snapshot()
             self.applied, self.digest = decode_image(self.storage.snapshot_data())
             assert self.applied == meta.index
+            if meta.index > self.storage.last_index():
+                # A leader applies (and may snapshot) entries a majority committed before its
+                # own deferred sync; a crash then leaves the snapshot past the log's end. As
+                # the node does (Node.open_storage), the log restarts from the snapshot.
+                self.storage.apply_snapshot(meta, self.storage.snapshot_data())
         except SnapshotUnavailableError:
             self.applied, self.digest = 0, 0
         self.applied_since_snapshot = 0
@@ -101,13 +116,45 @@ class MemoryHost:
         self.node = self.node_class(config, self.storage, random.Random(seed))
 
     def crash(self) -> None:
-        """Lose everything volatile, and the commit index written without sync."""
+        """Lose everything volatile, the entries and the commit index written without sync."""
+        if self.unsynced_from:
+            self.storage.lose_from(self.unsynced_from)
+            self.unsynced_from = 0
         hs = self.storage.hard_state
         if hs.commit > self.synced_commit:
             self.storage.hard_state = hs._replace(commit=max(self.synced_commit, 0))
 
-    def persist(self, rd: Ready) -> None:
+    def defers(self, rd: Ready) -> bool:
+        """Whether this Ready's writes may stay unsynced (advance(durable=False))."""
+        hs = rd.hard_state
+        prev = self.storage.hard_state
+        return (
+            self.deferred_sync
+            and self.node.role == Role.LEADER
+            and bool(rd.entries)
+            and rd.snapshot is None
+            and not rd.snapshot_chunks
+            and not rd.persisted_messages
+            and (hs is None or (hs.term, hs.vote) == (prev.term, prev.vote))
+        )
+
+    def sync_deferred(self) -> None:
+        """Sync what deferred Readys wrote, and tell a leader (RaftNode.persisted)."""
+        if not self.unsynced_from:
+            return
+        self.unsynced_from = 0
+        self.synced_commit = self.storage.hard_state.commit
+        last = self.storage.last_index()
+        self.node.persisted(last, self.storage.term(last))
+
+    def persist(self, rd: Ready, durable: bool = True) -> None:
         storage = self.storage
+        if durable and (rd.must_sync or rd.persisted_messages):
+            # One sync covers every earlier write; and nothing is promised (an ack, a vote)
+            # while a former leader's writes are still unsynced.
+            self.sync_deferred()
+        elif not durable and not self.unsynced_from:
+            self.unsynced_from = rd.entries[0].index
         for chunk in rd.snapshot_chunks:
             if chunk.offset == 0:
                 self.staged = bytearray()
@@ -119,7 +166,7 @@ class MemoryHost:
             storage.append(rd.entries)
         if rd.hard_state is not None:
             storage.set_hard_state(rd.hard_state)
-        if rd.must_sync:
+        if rd.must_sync and durable:
             self.synced_commit = storage.hard_state.commit
 
     def _install(self, meta: SnapshotMeta) -> None:
@@ -167,22 +214,23 @@ class MemoryHost:
         if not node.has_ready():
             return None
         rd = node.ready()
+        durable = not self.defers(rd)
         for m in rd.messages:
             send(m)
-        self.persist(rd)
+        self.persist(rd, durable)
         for m in rd.persisted_messages:
             send(m)
         self.apply(rd)
-        self.finish(rd)
+        self.finish(rd, durable)
         return rd
 
-    def finish(self, rd: Ready) -> None:
+    def finish(self, rd: Ready, durable: bool = True) -> None:
         """The last steps of a Ready: compaction, advance, and a compaction request for the
         snapshot taken while applying (the node accepts it only after advance)."""
         node = self.node
         if rd.compact_index:
             self.storage.compact(rd.compact_index)
-        node.advance(rd)
+        node.advance(rd, durable=durable)
         if self.compact_wanted:
             if self.compact_wanted >= node.log.first_index():
                 node.compact(self.compact_wanted)

@@ -12,6 +12,10 @@ Fault model, during the fault phase:
             persisted; a commit index written without sync (Ready.must_sync False) is lost too.
             Crashes also strike in the middle of a Ready, after its `messages` went out but before
             anything was persisted. A crashed node restarts later from its storage.
+  late sync on half of the seeds, leaders sync their own writes late, as the node does
+            (advance(durable=False), then RaftNode.persisted after a random delay): a crash
+            before the sync loses those entries even though they may already be committed
+            (a majority of followers holds them) and applied on the leader.
   pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
             comes back believing it still leads; messages sent to it arrive late.
   skew      nodes' clocks drift: a node misses ticks at random.
@@ -147,6 +151,10 @@ class Simulation:
         self.rates = FaultRates.draw(self.rng, nodes, fault_ticks)
         rates = self.rates
         self.ids = tuple(range(1, rates.nodes + 1))
+        # Leaders sync their writes late (advance(durable=False)) on half of the seeds. Its own
+        # generator keeps every other draw of a seed as it was before this feature existed.
+        self.sync_rng = random.Random(seed * 7919 + 17)
+        self.deferred_sync = self.sync_rng.random() < 0.5
         self.hosts: dict[int, MemoryHost] = {}
         for node_id in self.ids:
             config = RaftConfig(
@@ -163,6 +171,7 @@ class Simulation:
                 check_quorum=rates.check_quorum,
             )
             host = MemoryHost(config, MemoryStorage(), self._node_seed(), node_class)
+            host.deferred_sync = self.deferred_sync
             host.snapshot_every = rates.snapshot_every
             host.keep_entries = rates.keep_entries
             host.on_apply = self._on_apply
@@ -361,7 +370,10 @@ class Simulation:
             self._crash(host.node_id)
             return
         self._check_persist(host, rd.entries, rd.snapshot)
-        host.persist(rd)
+        durable = not host.defers(rd)
+        if not durable:
+            self.events["deferred_sync"] += 1
+        host.persist(rd, durable)
         for m in rd.persisted_messages:
             self._send(m)
         host.apply(rd)
@@ -369,7 +381,7 @@ class Simulation:
             self._check_reads(host)
         if rd.compact_index:
             self.events["compact"] += 1
-        host.finish(rd)
+        host.finish(rd, durable)
         self._check_leader(host)
 
     def _check_reads(self, host: MemoryHost) -> None:
@@ -491,6 +503,15 @@ class Simulation:
             else:
                 self.held.append(m)
 
+    def _sync_deferred(self) -> None:
+        """Deferred leader writes become durable after a random number of ticks."""
+        for node_id in self.ids:
+            host = self.hosts[node_id]
+            if host.unsynced_from and node_id not in self.down and self.sync_rng.random() < 0.4:
+                self.events["deferred_synced"] += 1
+                host.sync_deferred()
+                self._process_ready(host)
+
     def _tick_all(self) -> None:
         skew = self.rates.skew if self.faults_on else 0.0
         for node_id in self.ids:
@@ -517,6 +538,8 @@ class Simulation:
             self._inject_faults()
             self._workload()
         self._tick_all()
+        if self.deferred_sync:
+            self._sync_deferred()
         self._deliver_due()
 
     def _heal(self) -> None:

@@ -416,3 +416,66 @@ def test_ready_twice_without_advance_is_an_error() -> None:
     cluster.node(1).ready()
     with pytest.raises(RuntimeError):
         cluster.node(1).ready()
+
+
+# ---------------------------------------------------------------- deferred leader sync
+
+
+def _leader_ready_deferred(cluster: Cluster, leader: int) -> tuple[int, int]:
+    """Carry out the leader's Ready but report its write as not yet durable; returns the last
+    written (index, term)."""
+    host = cluster.hosts[leader]
+    node = host.node
+    rd = node.ready()
+    for m in rd.messages:
+        cluster.send(m)
+    host.persist(rd)
+    host.apply(rd)
+    node.advance(rd, durable=False)
+    last = rd.entries[-1]
+    return last.index, last.term
+
+
+def test_deferred_leader_write_counts_toward_commit_only_once_persisted() -> None:
+    """Thesis §10.2.1: the leader may write in parallel with replication but counts itself
+    only once its write is durable. With one follower cut, commit waits for persisted()."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.cut.add(3)
+    leader = cluster.node(1)
+    commit_before = leader.log.committed
+    leader.propose(b"x")
+    index, term = _leader_ready_deferred(cluster, 1)
+    for _ in range(5):
+        cluster.deliver()
+        cluster.process_ready(2)
+    cluster.deliver()
+    assert leader.log.committed == commit_before  # node 2's ack alone is not a majority
+    leader.persisted(index, term + 1)  # a report for another entry at that index: ignored
+    assert leader.log.committed == commit_before
+    leader.persisted(index, term)
+    assert leader.log.committed == index
+
+
+def test_deferred_leader_write_commits_on_two_follower_acks() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    leader = cluster.node(1)
+    leader.propose(b"x")
+    index, _ = _leader_ready_deferred(cluster, 1)
+    for _ in range(5):
+        cluster.deliver()
+        cluster.process_ready(2)
+        cluster.process_ready(3)
+    cluster.deliver()
+    assert leader.log.committed == index  # a majority without the leader's own copy
+
+
+def test_deferred_write_is_refused_outside_a_leader() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    follower = cluster.node(2)
+    follower.campaign()
+    rd = follower.ready()
+    with pytest.raises(ValueError, match="only for a leader"):
+        follower.advance(rd, durable=False)
