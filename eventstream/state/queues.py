@@ -301,7 +301,8 @@ class QueueStore:
                     f"queue {queue}: stored through {log.next_offset} but the apply loop "
                     f"assigned through {self.next_offsets[queue]}"
                 )
-            log.enforce_retention(*retention_limits(config, queue))
+            if len(log.segments) > 1:  # retention drops whole sealed segments, never the last
+                log.enforce_retention(*retention_limits(config, queue))
             self._note_open(queue, log)
         return (
             memoryview(statuses),
