@@ -76,6 +76,8 @@ class NodeMetrics:
         self.snapshots_taken = Counter("esc_snapshots_taken", "Snapshots taken by this node", registry=r)
         self.snapshots_installed = Counter("esc_snapshots_installed", "Snapshots installed from a leader", registry=r)
         self.fsyncs = Counter("esc_fsyncs", "fdatasync calls on the Raft log", registry=r)
+        self.ready_cycles = Counter("esc_ready_cycles", "Ready cycles the node carried out (persist, send, apply)", registry=r)
+        self.peer_messages = Counter("esc_peer_messages_received", "Raft messages received from peers", registry=r)
         self.fsync_seconds = LatencyHistogram(
             "esc_fsync_seconds", "Latency of one fdatasync of the Raft log", _LATENCY_BUCKETS_S, r
         )

@@ -37,6 +37,12 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 1 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    # How a leader tells followers that the commit index moved. False: at once, with an
+    # AppendEntries to every follower (empty when it has no new entries). True: with the next
+    # AppendEntries that carries entries anyway, or at the next tick for a follower that got
+    # none: under load the commit rides on the next entries instead of costing every follower
+    # one more message, ack and Ready per entry; an idle follower learns it within a tick.
+    lazy_commit: bool = False
     # Index the host's state machine had already applied when this node starts (0: use storage's
     # snapshot index).
     applied: int = 0

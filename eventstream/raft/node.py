@@ -461,7 +461,7 @@ class RaftNode:
                 and self.progress[self.id].maybe_update(log.offset - 1)
                 and self._maybe_commit()
             ):
-                self._bcast_append()
+                self._bcast_commit()
 
     def persisted(self, index: int, term: int) -> None:
         """The host's log is durable through entry (index, term), written under an earlier
@@ -473,7 +473,7 @@ class RaftNode:
         if index >= self.log.offset or not self.log.match_term(index, term):
             return  # not written under advance() (still unstable), or replaced since
         if self.progress[self.id].maybe_update(index) and self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
 
     def status(self) -> Status:
         progress: dict[int, tuple[str, int, int]] = {}
@@ -621,6 +621,8 @@ class RaftNode:
                     return
             # An unfinished transfer is abandoned after an election timeout (thesis §3.10).
             self.lead_transferee = NONE
+        if self.role == Role.LEADER and self.config.lazy_commit:
+            self._send_commit_updates()
         if self.role == Role.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat()
@@ -806,7 +808,7 @@ class RaftNode:
         else:
             pr.inflights.free_through(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._send_append(to)
         # Pipelining: keep the window full while there is something to send.
@@ -881,6 +883,23 @@ class RaftNode:
             if peer != self.id:
                 self._send_append(peer)
 
+    def _bcast_commit(self) -> None:
+        """The commit index moved: tell the followers (RaftConfig.lazy_commit says when)."""
+        if not self.config.lazy_commit:
+            self._bcast_append()
+            return
+        for peer in self.progress:
+            if peer != self.id:
+                self._send_append(peer, send_empty=False)
+
+    def _send_commit_updates(self) -> None:
+        """lazy_commit: an AppendEntries, empty if need be, to each follower whose last one
+        carried an older commit index."""
+        committed = self.log.committed
+        for peer, pr in self.progress.items():
+            if peer != self.id and pr.commit_sent < committed:
+                self._send_append(peer)
+
     def _bcast_heartbeat(self, read_seq: int = 0) -> None:
         if not read_seq:
             read_seq = self.read_only.last_seq if len(self.read_only) else 0
@@ -935,6 +954,7 @@ class RaftNode:
                 commit=log.committed,
             )
         )
+        pr.commit_sent = log.committed
         pr.sent_entries(last_sent, size)
         return True
 

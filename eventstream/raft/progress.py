@@ -79,6 +79,7 @@ class Progress:
         "snapshot_term",
         "snapshot_voters",
         "snapshot_offset",
+        "commit_sent",
     )
 
     def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
@@ -90,6 +91,8 @@ class Progress:
         # Heard from since the last check-quorum round (thesis §6.2).
         self.recent_active = True
         self.inflights = Inflights(max_inflight, max_inflight_bytes)
+        # The commit index carried by the last AppendEntries sent (RaftConfig.lazy_commit).
+        self.commit_sent = 0
         self.snapshot_index = 0
         self.snapshot_term = 0
         self.snapshot_voters: tuple[int, ...] = ()

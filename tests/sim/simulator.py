@@ -12,6 +12,8 @@ Fault model, during the fault phase:
             persisted; a commit index written without sync (Ready.must_sync False) is lost too.
             Crashes also strike in the middle of a Ready, after its `messages` went out but before
             anything was persisted. A crashed node restarts later from its storage.
+  lazy commit on half of the seeds (drawn apart from the late syncs), leaders send a new commit
+            index only with the next entries or at the next tick (RaftConfig.lazy_commit).
   late sync on half of the seeds, leaders sync their own writes late, as the node does
             (advance(durable=False), then RaftNode.persisted after a random delay): a crash
             before the sync loses those entries even though they may already be committed
@@ -155,6 +157,7 @@ class Simulation:
         # generator keeps every other draw of a seed as it was before this feature existed.
         self.sync_rng = random.Random(seed * 7919 + 17)
         self.deferred_sync = self.sync_rng.random() < 0.5
+        lazy_commit = self.sync_rng.random() < 0.5
         self.hosts: dict[int, MemoryHost] = {}
         for node_id in self.ids:
             config = RaftConfig(
@@ -167,6 +170,7 @@ class Simulation:
                 max_entry_bytes=64,
                 max_uncommitted_bytes=rates.max_uncommitted_bytes,
                 snapshot_chunk_bytes=64,
+                lazy_commit=lazy_commit,
                 pre_vote=rates.pre_vote,
                 check_quorum=rates.check_quorum,
             )

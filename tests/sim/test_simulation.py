@@ -19,9 +19,10 @@ CI_SEEDS = 1000
 #   python tools/simulate.py --seeds 20000 --mutation old-term-commit
 # The bug needs a rare schedule (an old-term entry on a bare majority, then a leader change
 # that overwrites it), so a random seed range catches it only now and then.
-# 3626 runs with leaders that sync at once, 16399 with leaders that sync late (deferred_sync).
-# Any change to the simulator's draws moves them; tools/simulate.py --mutation finds new ones.
-OLD_TERM_COMMIT_SEEDS = [3626, 16399]
+# 3626 runs with leaders that sync at once and tell commits at once; 53716 with leaders that
+# sync late (deferred_sync) and tell commits lazily (lazy_commit). Any change to the
+# simulator's draws moves them; tools/simulate.py --mutation finds new ones.
+OLD_TERM_COMMIT_SEEDS = [3626, 53716]
 
 
 def _run(seeds: range, nodes: int | None = None, node_class=None):

@@ -479,3 +479,40 @@ def test_deferred_write_is_refused_outside_a_leader() -> None:
     rd = follower.ready()
     with pytest.raises(ValueError, match="only for a leader"):
         follower.advance(rd, durable=False)
+
+
+# ---------------------------------------------------------------- lazy commit broadcast
+
+
+def test_lazy_commit_rides_on_the_next_entries_or_the_next_tick() -> None:
+    cluster = Cluster((1, 2, 3), lazy_commit=True)
+    cluster.elect(1)
+    leader, follower = cluster.node(1), cluster.node(2)
+    leader.propose(b"a")
+    cluster.stabilize()
+    index = leader.log.committed
+    assert leader.log.last_index() == index
+    # Committed on the leader, but no empty AppendEntries went out just to say so.
+    assert follower.log.committed < index
+    assert not [m for m in cluster.delivered[-4:] if m.type == MT.APPEND and not m.entries]
+    # The next proposal's AppendEntries carries it...
+    leader.propose(b"b")
+    cluster.process_ready(1)
+    carried = [m for m in cluster.queue if m.type == MT.APPEND and m.to == 2]
+    assert carried and carried[0].entries and carried[0].commit == index
+    cluster.stabilize()
+    assert follower.log.committed >= index
+    # ...and with nothing more to send, the next tick does.
+    committed = leader.log.committed
+    assert follower.log.committed < committed
+    leader.tick()
+    cluster.stabilize()
+    assert follower.log.committed == committed == cluster.node(3).log.committed
+
+
+def test_eager_commit_tells_followers_at_once() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.node(1).propose(b"a")
+    cluster.stabilize()
+    assert cluster.node(2).log.committed == cluster.node(1).log.committed
