@@ -73,6 +73,7 @@ from eventstream.state import (
     validate_config,
 )
 from eventstream.storage import SegmentLog, crc32c
+from eventstream.storage.errors import StorageError
 from eventstream.transport.client_protocol import (
     REQUEST_HEADER_BYTES,
     Consistency,
@@ -492,9 +493,14 @@ class Node:
             await loop.run_in_executor(None, seg_log.sync)
             self.metrics.fsyncs.inc()
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-            self._synced_through = max(self._synced_through, target[0])
             if self._unsynced == target:
                 self._unsynced = None
+            try:
+                still_there = seg_log.term(target[0]) == target[1]
+            except StorageError:
+                still_there = False
+            if still_there:  # not replaced since (this node may have lost leadership meanwhile)
+                self._synced_through = max(self._synced_through, target[0])
             raft.persisted(*target)
             self._wake.set()
 

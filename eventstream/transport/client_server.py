@@ -12,6 +12,7 @@ import logging
 from typing import Protocol
 
 from eventstream.transport.client_protocol import (
+    REQUEST_HEADER_BYTES,
     Op,
     ProtocolError,
     Request,
@@ -91,7 +92,8 @@ class ClientServer:
         # any other request is handled alone, after the run before it, keeping arrival order.
         run: list[bytes] = []
         for body in bodies:
-            if body[:1] == _APPEND_OP and session.in_flight + len(run) < IN_FLIGHT_PER_CONNECTION_MAX:
+            if (body[:1] == _APPEND_OP and len(body) >= REQUEST_HEADER_BYTES
+                    and session.in_flight + len(run) < IN_FLIGHT_PER_CONNECTION_MAX):
                 run.append(body)
                 continue
             if run:

@@ -81,6 +81,8 @@ def test_unknown_op_closes_that_connection_and_bad_batch_is_invalid_argument(clu
     hello = frame(Hello(ROLE_CLIENT).encode())
     # An op the protocol does not define: the node cannot trust the stream and closes it.
     assert exchange(node.address, hello + frame(bytes([250]) + struct.pack("<Q", 1))) == b""
+    # An APPEND too short to hold its request id cannot be answered: the connection is closed.
+    assert exchange(node.address, hello + frame(bytes([Op.APPEND]) + b"\x07\x00")) == b""
     # A well-framed APPEND whose batch is malformed is refused with a clear error, not logged.
     reply = exchange(node.address, hello + frame(encode_request(Op.APPEND, 7, b"\x01not a batch")), half_close=False)
     resp = decode_response(reply[8:])
