@@ -19,7 +19,13 @@ import pytest
 from eventstream._append_wire import check_appends, frame_append_answers
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
-from eventstream.transport.client_protocol import Op, Status, encode_append_ok, encode_request, encode_response
+from eventstream.transport.client_protocol import (
+    Op,
+    Status,
+    encode_append_ok,
+    encode_request,
+    encode_response,
+)
 from eventstream.transport.frames import FrameDecoder, FrameEncoder
 
 BURST = 64
