@@ -58,6 +58,8 @@ class SharedEntries:
             raise
         self._positions: deque[int] = deque()
         self._first = 0
+        self._tail = 0
+        self._half = self.ring.capacity // 2
         self.entries_written = 0
         self.bytes_written = 0
 
@@ -69,39 +71,48 @@ class SharedEntries:
         """Make sure entries (contiguous, ascending) are in the ring, writing those that are not
         yet; None when they cannot all be sent from it (older than the ring's oldest entry, too
         large, or so old that a worker may not copy them before they are overwritten). Then the
-        caller sends the message in full."""
-        ring = self.ring
+        caller sends the message in full. Called once per follower per message: the path for
+        entries already placed does no writing at all."""
         positions = self._positions
+        first = self._first
+        last = first + len(positions) - 1
         lo = entries[0].index
-        for e in entries:
-            index = e.index
-            if positions and self._first <= index <= self.last:
-                continue
-            if not positions or index != self.last + 1:
-                if positions and index < self._first:
-                    return None
-                # A gap (a new leader's first entries, or after an entry too large): start over.
-                positions.clear()
-                self._first = index
-            try:
-                positions.append(ring.append(index, e.term, e.data))
-            except RecordTooLargeError:
-                positions.clear()
-                return None
-            self.entries_written += 1
-            self.bytes_written += len(e.data)
-        low = ring.low
-        while positions and positions[0] < low:
-            positions.popleft()
-            self._first += 1
         hi = entries[-1].index
-        if not positions or lo < self._first or hi > self.last:
+        if hi > last or not positions:
+            ring = self.ring
+            for e in entries:
+                index = e.index
+                if positions and first <= index <= last:
+                    continue
+                if not positions or index != last + 1:
+                    if positions and index < first:
+                        return None
+                    # A gap (a new leader's first entries, or after an entry too large): start over.
+                    positions.clear()
+                    first = self._first = index
+                try:
+                    positions.append(ring.append(index, e.term, e.data))
+                except RecordTooLargeError:
+                    positions.clear()
+                    return None
+                last = index
+                self.entries_written += 1
+                self.bytes_written += len(e.data)
+            # The ring's low bound moves only when this object writes.
+            low = ring.low
+            while positions and positions[0] < low:
+                positions.popleft()
+                first += 1
+            self._first = first
+            self._tail = ring.tail
+        if not positions or lo < first or hi > last:
             return None
-        pos = positions[lo - self._first]
-        if pos < ring.tail - ring.capacity // 2:
+        pos = positions[lo - first]
+        if pos < self._tail - self._half:
             return None
-        end = positions[hi + 1 - self._first] if hi < self.last else ring.tail
-        return Placement(pos, end, sum(len(e.data) for e in entries))
+        end = positions[hi + 1 - first] if hi < last else self._tail
+        data_bytes = len(entries[0].data) if lo == hi else sum(len(e.data) for e in entries)
+        return Placement(pos, end, data_bytes)
 
     def close(self) -> None:
         """Release the node's end; workers keep their own mappings until they exit."""
