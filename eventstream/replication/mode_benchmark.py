@@ -119,6 +119,10 @@ def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
         counted = [r for r in mine if r.events] or mine
         out[mode]["leader_us_per_event"] = statistics.median(r.leader_cpu_s / max(r.events, 1) * 1e6 for r in counted)
         out[mode]["workers_us_per_event"] = statistics.median(r.workers_cpu_s / max(r.events, 1) * 1e6 for r in counted)
+        # Every node process and worker: what one event costs the machine, which decides
+        # throughput once the cores are all busy.
+        out[mode]["cluster_us_per_event"] = statistics.median(
+            (r.leader_cpu_s + r.workers_cpu_s + r.followers_cpu_s) / max(r.events, 1) * 1e6 for r in counted)
     return out
 
 
@@ -127,8 +131,9 @@ HEADER = (f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'mode':>9} {'events/s':>1
 
 SUMMARY_HEADER = (
     "| nodes | batch | wal_sync | events/s inprocess | events/s pool | pool / inprocess | p99 ms inprocess "
-    "| p99 ms pool | leader us/event inprocess | leader us/event pool | workers us/event | control plane share (pool) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| p99 ms pool | leader us/event inprocess | leader us/event pool | workers us/event | control plane share (pool) "
+    "| cluster us/event inprocess | cluster us/event pool |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -147,7 +152,8 @@ def summary_row(nodes: int, batch: int, sync: str, m: dict[str, dict[str, float]
     share = p["leader_us_per_event"] / leader_total if leader_total else float("nan")
     return (f"| {nodes} | {batch} | {sync} | {i['events_per_s']:,.0f} | {p['events_per_s']:,.0f} | {ratio:.2f} "
             f"| {i['p99_ms']:.1f} | {p['p99_ms']:.1f} | {i['leader_us_per_event']:.2f} "
-            f"| {p['leader_us_per_event']:.2f} | {p['workers_us_per_event']:.2f} | {share:.0%} |")
+            f"| {p['leader_us_per_event']:.2f} | {p['workers_us_per_event']:.2f} | {share:.0%} "
+            f"| {i['cluster_us_per_event']:.2f} | {p['cluster_us_per_event']:.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,7 @@ Status records:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mmap
 import os
 import select
@@ -76,8 +77,9 @@ RESPONSE_TYPES = (MessageType.APPEND_RESPONSE, MessageType.HEARTBEAT_RESPONSE, M
 
 # How often a sleeping worker wakes to check on its parent and report totals.
 POLL_S = 0.2
+POLL_MS = int(POLL_S * 1000)
 # While reports wait for room in the status ring, the worker looks again this soon.
-STATUS_RETRY_S = 0.002
+STATUS_RETRY_MS = 2
 # A send that cannot make progress this long means the follower is stuck (paused, or its
 # receive window closed); the link is dropped and redialled rather than blocking the worker.
 SEND_TIMEOUT_S = 5.0
@@ -165,6 +167,11 @@ class ReplicationWorker:
 
     def run(self) -> None:
         parent = os.getppid()
+        # One poll per cycle covers the doorbell and the follower's answers: no syscall is made
+        # to find that there is nothing to read.
+        poller = select.poll()
+        poller.register(self.doorbell_fd, select.POLLIN)
+        watched: tuple[int, int] | None = None  # (socket fd, events) registered in poller
         while os.getppid() == parent:
             now = time.monotonic()
             if self.sock is None and now >= self._next_dial:
@@ -172,50 +179,57 @@ class ReplicationWorker:
             if now >= self._next_stats:
                 self._report_stats()
                 self._next_stats = now + POLL_S
+            # While answers wait for room in the status ring, the socket is not read.
+            want = (self.sock.fileno(), select.POLLIN if len(self._responses) < PENDING_RESPONSES_MAX else 0) \
+                if self.sock is not None else None
+            if want != watched:
+                if watched is not None and (want is None or want[0] != watched[0]):
+                    poller.unregister(watched[0])
+                    watched = None
+                if want is not None:
+                    if watched is None:
+                        poller.register(*want)
+                    else:
+                        poller.modify(*want)
+                watched = want
             self._flush_status()
+            timeout_ms = 0
             if self._carry is None and self.control.used == 0:
                 if self._responses or self._stale_unreported:
-                    self._sleep(STATUS_RETRY_S)
+                    timeout_ms = STATUS_RETRY_MS
                 elif self.control.prepare_wait():
-                    self._sleep(POLL_S)
-            if self.sock is not None:
-                self._read_answers()
+                    timeout_ms = POLL_MS
+            for fd, _events in poller.poll(timeout_ms):
+                if fd == self.doorbell_fd:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.doorbell_fd, 4096)
+                elif self.sock is not None and fd == self.sock.fileno():
+                    self._read_answers()
             self._carry_out_orders()
 
     # -- one cycle ----------------------------------------------------------------------------
-    def _sleep(self, timeout_s: float) -> None:
-        readable = [self.doorbell_fd]
-        if self.sock is not None and len(self._responses) < PENDING_RESPONSES_MAX:
-            readable.append(self.sock.fileno())
-        ready, _, _ = select.select(readable, [], [], timeout_s)
-        if self.doorbell_fd in ready:
-            try:
-                os.read(self.doorbell_fd, 4096)
-            except BlockingIOError:
-                pass
-
     def _read_answers(self) -> None:
-        """Take what the follower sent back and queue it as status records."""
+        """Take what the follower sent back (poll said there is some) and queue it as status
+        records."""
         sock = self.sock
         assert sock is not None
-        while len(self._responses) < PENDING_RESPONSES_MAX:
-            try:
-                data = sock.recv(RECV_BYTES)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._lost(f"receive failed: {exc}")
-                return
-            if not data:
-                self._lost("follower closed the replication link")
-                return
-            try:
-                bodies = self._decoder.feed(data)
-            except FrameError as exc:
-                self._lost(f"bad frame from the follower: {exc}")
-                return
-            for body in bodies:
-                self._queue_answer(body)
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(f"receive failed: {exc}")
+            return
+        if not data:
+            self._lost("follower closed the replication link")
+            return
+        try:
+            bodies = self._decoder.feed(data)
+        except FrameError as exc:
+            self._lost(f"bad frame from the follower: {exc}")
+            return
+        for body in bodies:
+            self._queue_answer(body)
         self._flush_status()
 
     def _queue_answer(self, body: bytes) -> None:
