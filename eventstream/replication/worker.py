@@ -172,7 +172,12 @@ class ReplicationWorker:
         poller = select.poll()
         poller.register(self.doorbell_fd, select.POLLIN)
         watched: tuple[int, int] | None = None  # (socket fd, events) registered in poller
-        while os.getppid() == parent:
+        cycles = 0
+        while True:
+            cycles += 1
+            # getppid is a system call: ask when idle (below) and every few thousand cycles.
+            if cycles % 4096 == 0 and os.getppid() != parent:
+                return
             now = time.monotonic()
             if self.sock is None and now >= self._next_dial:
                 self._dial(now)
@@ -199,7 +204,10 @@ class ReplicationWorker:
                     timeout_ms = STATUS_RETRY_MS
                 elif self.control.prepare_wait():
                     timeout_ms = POLL_MS
-            for fd, _events in poller.poll(timeout_ms):
+            events = poller.poll(timeout_ms)
+            if not events and timeout_ms and os.getppid() != parent:
+                return
+            for fd, _events in events:
                 if fd == self.doorbell_fd:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.doorbell_fd, 4096)
