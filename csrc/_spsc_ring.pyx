@@ -3,7 +3,7 @@
 
 SpscRing (csrc/spsc_ring.h has the layout and the memory-ordering argument): one object is one
 end: the producer process calls write*, wake_needed; the consumer process calls read,
-drain_frames, prepare_wait. Using both ends of one ring from two processes at once is the
+prepare_wait. Using both ends of one ring from two processes at once is the
 contract; two producers (or two consumers) are not.
 
 EntryRing (csrc/entry_ring.h): the leader appends each new log entry once; every worker builds
@@ -28,19 +28,16 @@ from send_all_h cimport esc_send_all
 from spsc_ring_h cimport (
     ESC_RING_BAD_MAPPING, ESC_RING_CORRUPT, ESC_RING_EMPTY, ESC_RING_FULL, ESC_RING_HEADER_BYTES,
     ESC_RING_MIN_CAPACITY, ESC_RING_OK, ESC_RING_TOO_LARGE, esc_ring, esc_ring_attach,
-    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_peek_many,
+    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek,
     esc_ring_prepare_wait,
     esc_ring_publish, esc_ring_reserve, esc_ring_used, esc_ring_wake_needed,
 )
 
 HEADER_BYTES = ESC_RING_HEADER_BYTES
 MIN_CAPACITY = ESC_RING_MIN_CAPACITY
-# Bytes drain_frames puts before each record's payload: u32 length, u32 CRC-32C (frames.py).
+# Bytes of a wire frame's head: u32 length, u32 CRC-32C (eventstream/transport/frames.py).
 cdef enum:
     FRAME_HEAD = 8
-    # Records per send_frames call: two iovecs each, well under any IOV_MAX.
-    SEND_BATCH = 64
-FRAME_HEADER_BYTES = FRAME_HEAD
 
 
 class RingError(ValueError):
@@ -185,79 +182,6 @@ cdef class SpscRing(_SharedMapping):
         data = payload[:length]
         esc_ring_consume(&self.ring)
         return kind, data
-
-    def drain_frames(self, out):
-        """Move whole records into `out` (a writable buffer) as wire frames (u32 length, u32
-        CRC-32C, payload; eventstream/transport/frames.py) until the ring is empty or the next
-        frame does not fit. Returns (bytes written, records moved). (0, 0) with records waiting
-        means the next frame is larger than `out`: see next_frame_bytes."""
-        self._check()
-        cdef unsigned char[::1] dst = out
-        cdef size_t room = dst.shape[0]
-        cdef size_t pos = 0
-        cdef size_t records = 0
-        cdef uint32_t kind, length, crc
-        cdef const uint8_t *payload
-        cdef int rc = ESC_RING_OK
-        with nogil:
-            while True:
-                rc = esc_ring_peek(&self.ring, &kind, &payload, &length)
-                if rc != ESC_RING_OK:
-                    break
-                if pos + FRAME_HEAD + length > room:
-                    break
-                crc = esc_crc32c(0, payload, length)
-                store_u32le(&dst[pos], length)
-                store_u32le(&dst[pos + 4], crc)
-                if length:
-                    memcpy(&dst[pos + FRAME_HEAD], payload, length)
-                pos += FRAME_HEAD + length
-                records += 1
-                esc_ring_consume(&self.ring)
-        if rc == ESC_RING_CORRUPT:
-            raise RingError("ring corrupt: a record head points outside the published bytes")
-        return pos, records
-
-    def send_frames(self, int fd, int timeout_ms):
-        """Write up to SEND_BATCH of the oldest records to socket `fd` (non-blocking) as wire
-        frames, straight from the shared memory, with one gather write; then release them.
-        Returns (bytes written, records); (0, 0) when the ring is empty. On OSError (socket
-        failed, or a wait for room exceeded timeout_ms) the records stay in the ring, and the
-        stream may hold part of a frame: the caller must close the socket."""
-        self._check()
-        cdef const uint8_t *payloads[SEND_BATCH]
-        cdef uint32_t lengths[SEND_BATCH]
-        cdef uint8_t heads[SEND_BATCH][FRAME_HEAD]
-        cdef iovec iov[2 * SEND_BATCH]
-        cdef int n = esc_ring_peek_many(&self.ring, payloads, lengths, SEND_BATCH)
-        cdef int i, rc
-        cdef size_t total = 0
-        if n < 0:
-            raise RingError("ring corrupt: a record head points outside the published bytes")
-        if n == 0:
-            return 0, 0
-        with nogil:
-            for i in range(n):
-                store_u32le(&heads[i][0], lengths[i])
-                store_u32le(&heads[i][4], esc_crc32c(0, payloads[i], lengths[i]))
-                iov[2 * i].iov_base = &heads[i][0]
-                iov[2 * i].iov_len = FRAME_HEAD
-                iov[2 * i + 1].iov_base = <void *>payloads[i]
-                iov[2 * i + 1].iov_len = lengths[i]
-                total += FRAME_HEAD + lengths[i]
-            rc = esc_send_all(fd, iov, 2 * n, timeout_ms)
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
-        esc_ring_consume(&self.ring)
-        return total, n
-
-    def next_frame_bytes(self):
-        """Bytes the oldest record takes as a frame (drain_frames), or 0 when the ring is empty."""
-        cdef uint32_t kind, length
-        cdef const uint8_t *payload
-        if not self._peek(&kind, &payload, &length):
-            return 0
-        return FRAME_HEAD + length
 
     def prepare_wait(self):
         """Announce that the consumer is about to sleep on its doorbell. True: still empty, sleep;
