@@ -1,34 +1,43 @@
-# distutils: sources = csrc/spsc_ring.c csrc/crc32c.c csrc/send_all.c
-"""Python face of the shared-memory SPSC ring (csrc/spsc_ring.h has the layout and the
-memory-ordering argument). One SpscRing object is one end: the producer process calls write*,
-wake_needed; the consumer process calls read, drain_frames, prepare_wait. Using both ends of one
-ring from two processes at once is the contract; two producers (or two consumers) are not."""
+# distutils: sources = csrc/spsc_ring.c csrc/entry_ring.c csrc/crc32c.c csrc/send_all.c
+"""Python face of the replication pool's shared-memory rings.
+
+SpscRing (csrc/spsc_ring.h has the layout and the memory-ordering argument): one object is one
+end: the producer process calls write*, wake_needed; the consumer process calls read,
+prepare_wait. Using both ends of one ring from two processes at once is the
+contract; two producers (or two consumers) are not.
+
+EntryRing (csrc/entry_ring.h): the leader appends each new log entry once; every worker builds
+AppendEntries frames from it at its own positions (encode_append), and learns when the leader
+has overwritten what it was asked to send."""
 
 import os
 
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from posix.uio cimport iovec
 
 from byte_views cimport as_byte_view
 from crc32c_h cimport esc_crc32c
+from entry_ring_h cimport (
+    ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY, ESC_ENTRY_MISMATCH, ESC_ENTRY_NO_ROOM, ESC_ENTRY_OK,
+    ESC_ENTRY_STALE, ESC_ENTRY_TOO_LARGE, esc_entry_ring, esc_entry_ring_append, esc_entry_ring_attach,
+    esc_entry_ring_gather, esc_entry_ring_init, esc_entry_ring_low, esc_entry_ring_max_payload,
+    esc_entry_ring_tail,
+)
 from send_all_h cimport esc_send_all
 from spsc_ring_h cimport (
     ESC_RING_BAD_MAPPING, ESC_RING_CORRUPT, ESC_RING_EMPTY, ESC_RING_FULL, ESC_RING_HEADER_BYTES,
     ESC_RING_MIN_CAPACITY, ESC_RING_OK, ESC_RING_TOO_LARGE, esc_ring, esc_ring_attach,
-    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek, esc_ring_peek_many,
+    esc_ring_consume, esc_ring_consumed, esc_ring_init, esc_ring_max_payload, esc_ring_peek,
     esc_ring_prepare_wait,
     esc_ring_publish, esc_ring_reserve, esc_ring_used, esc_ring_wake_needed,
 )
 
 HEADER_BYTES = ESC_RING_HEADER_BYTES
 MIN_CAPACITY = ESC_RING_MIN_CAPACITY
-# Bytes drain_frames puts before each record's payload: u32 length, u32 CRC-32C (frames.py).
+# Bytes of a wire frame's head: u32 length, u32 CRC-32C (eventstream/transport/frames.py).
 cdef enum:
     FRAME_HEAD = 8
-    # Records per send_frames call: two iovecs each, well under any IOV_MAX.
-    SEND_BATCH = 64
-FRAME_HEADER_BYTES = FRAME_HEAD
 
 
 class RingError(ValueError):
@@ -46,27 +55,26 @@ cdef inline void store_u32le(uint8_t *p, uint32_t v) noexcept nogil:
     p[3] = (v >> 24) & 0xFF
 
 
-cdef class SpscRing:
-    cdef esc_ring ring
+cdef class _SharedMapping:
+    """One process's end of a ring in shared bytes (an mmap both processes map). Subclasses
+    format the bytes (create) or check another process's format (attach) in their __cinit__."""
     cdef unsigned char[::1] view
     cdef object mapping
     cdef bint attached
+    cdef readonly uint64_t capacity  # bytes of record space, set once the ring is bound
 
     def __cinit__(self, mapping, bint create):
-        cdef int rc
         self.view = mapping
         self.mapping = mapping
-        if create:
-            rc = esc_ring_init(&self.ring, &self.view[0], self.view.shape[0])
-        else:
-            rc = esc_ring_attach(&self.ring, &self.view[0], self.view.shape[0])
-        if rc != ESC_RING_OK:
-            self.view = None
-            raise RingError(
-                f"a {len(mapping)}-byte mapping is not a usable ring (64-byte aligned, at least "
-                f"{ESC_RING_HEADER_BYTES + ESC_RING_MIN_CAPACITY} bytes, formatted by create())"
-            )
-        self.attached = True
+
+    cdef int _refuse(self, str what, size_t min_bytes) except -1:
+        cdef Py_ssize_t size = len(self.mapping)
+        self.view = None
+        self.mapping = None
+        raise RingError(
+            f"a {size}-byte mapping is not a usable {what} (64-byte aligned, at least {min_bytes} bytes, "
+            f"formatted by create())"
+        )
 
     @classmethod
     def create(cls, mapping):
@@ -82,9 +90,26 @@ cdef class SpscRing:
         if not self.attached:
             raise RingError("ring is closed")
 
-    @property
-    def capacity(self):
-        return self.ring.capacity
+    def close(self):
+        """Drop this end's view of the mapping (the mapping can then be closed)."""
+        self.attached = False
+        self.view = None
+        self.mapping = None
+
+
+cdef class SpscRing(_SharedMapping):
+    cdef esc_ring ring
+
+    def __cinit__(self, mapping, bint create):
+        cdef int rc
+        if create:
+            rc = esc_ring_init(&self.ring, &self.view[0], self.view.shape[0])
+        else:
+            rc = esc_ring_attach(&self.ring, &self.view[0], self.view.shape[0])
+        if rc != ESC_RING_OK:
+            self._refuse("ring", ESC_RING_HEADER_BYTES + ESC_RING_MIN_CAPACITY)
+        self.capacity = self.ring.capacity
+        self.attached = True
 
     @property
     def max_payload(self):
@@ -158,87 +183,140 @@ cdef class SpscRing:
         esc_ring_consume(&self.ring)
         return kind, data
 
-    def drain_frames(self, out):
-        """Move whole records into `out` (a writable buffer) as wire frames (u32 length, u32
-        CRC-32C, payload; eventstream/transport/frames.py) until the ring is empty or the next
-        frame does not fit. Returns (bytes written, records moved). (0, 0) with records waiting
-        means the next frame is larger than `out`: see next_frame_bytes."""
-        self._check()
-        cdef unsigned char[::1] dst = out
-        cdef size_t room = dst.shape[0]
-        cdef size_t pos = 0
-        cdef size_t records = 0
-        cdef uint32_t kind, length, crc
-        cdef const uint8_t *payload
-        cdef int rc = ESC_RING_OK
-        with nogil:
-            while True:
-                rc = esc_ring_peek(&self.ring, &kind, &payload, &length)
-                if rc != ESC_RING_OK:
-                    break
-                if pos + FRAME_HEAD + length > room:
-                    break
-                crc = esc_crc32c(0, payload, length)
-                store_u32le(&dst[pos], length)
-                store_u32le(&dst[pos + 4], crc)
-                if length:
-                    memcpy(&dst[pos + FRAME_HEAD], payload, length)
-                pos += FRAME_HEAD + length
-                records += 1
-                esc_ring_consume(&self.ring)
-        if rc == ESC_RING_CORRUPT:
-            raise RingError("ring corrupt: a record head points outside the published bytes")
-        return pos, records
-
-    def send_frames(self, int fd, int timeout_ms):
-        """Write up to SEND_BATCH of the oldest records to socket `fd` (non-blocking) as wire
-        frames, straight from the shared memory, with one gather write; then release them.
-        Returns (bytes written, records); (0, 0) when the ring is empty. On OSError (socket
-        failed, or a wait for room exceeded timeout_ms) the records stay in the ring, and the
-        stream may hold part of a frame: the caller must close the socket."""
-        self._check()
-        cdef const uint8_t *payloads[SEND_BATCH]
-        cdef uint32_t lengths[SEND_BATCH]
-        cdef uint8_t heads[SEND_BATCH][FRAME_HEAD]
-        cdef iovec iov[2 * SEND_BATCH]
-        cdef int n = esc_ring_peek_many(&self.ring, payloads, lengths, SEND_BATCH)
-        cdef int i, rc
-        cdef size_t total = 0
-        if n < 0:
-            raise RingError("ring corrupt: a record head points outside the published bytes")
-        if n == 0:
-            return 0, 0
-        with nogil:
-            for i in range(n):
-                store_u32le(&heads[i][0], lengths[i])
-                store_u32le(&heads[i][4], esc_crc32c(0, payloads[i], lengths[i]))
-                iov[2 * i].iov_base = &heads[i][0]
-                iov[2 * i].iov_len = FRAME_HEAD
-                iov[2 * i + 1].iov_base = <void *>payloads[i]
-                iov[2 * i + 1].iov_len = lengths[i]
-                total += FRAME_HEAD + lengths[i]
-            rc = esc_send_all(fd, iov, 2 * n, timeout_ms)
-        if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
-        esc_ring_consume(&self.ring)
-        return total, n
-
-    def next_frame_bytes(self):
-        """Bytes the oldest record takes as a frame (drain_frames), or 0 when the ring is empty."""
-        cdef uint32_t kind, length
-        cdef const uint8_t *payload
-        if not self._peek(&kind, &payload, &length):
-            return 0
-        return FRAME_HEAD + length
-
     def prepare_wait(self):
         """Announce that the consumer is about to sleep on its doorbell. True: still empty, sleep;
         False: a record arrived meanwhile, read it instead."""
         self._check()
         return esc_ring_prepare_wait(&self.ring) == 1
 
-    def close(self):
-        """Drop this end's view of the mapping (the mapping can then be closed)."""
-        self.attached = False
-        self.view = None
-        self.mapping = None
+
+
+def send_all(int fd, data, int timeout_ms):
+    """Write all of `data` to non-blocking socket fd, waiting up to timeout_ms whenever its
+    buffer is full. OSError on failure or timeout (the stream may then hold part of it)."""
+    cdef const unsigned char[::1] v = as_byte_view(data)
+    cdef iovec iov
+    cdef int rc
+    if v.shape[0] == 0:
+        return
+    iov.iov_base = <void *>&v[0]
+    iov.iov_len = v.shape[0]
+    with nogil:
+        rc = esc_send_all(fd, &iov, 1, timeout_ms)
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+
+
+ENTRY_HEADER_BYTES = ESC_ENTRY_HEADER_BYTES
+ENTRY_MIN_CAPACITY = ESC_ENTRY_MIN_CAPACITY
+# encode_append results other than a frame length.
+GATHER_STALE = ESC_ENTRY_STALE
+GATHER_MISMATCH = ESC_ENTRY_MISMATCH
+cdef enum:
+    # The fixed head of a peer message (eventstream/transport/peer_codec.py): its byte layout is
+    # written field by field below, and a differential test holds it to encode_message.
+    MESSAGE_HEAD = 88
+    ENTRY_ROW = 12
+    PEER_CODEC_VERSION = 1
+    MESSAGE_APPEND = 1
+APPEND_OVERHEAD_BYTES = FRAME_HEAD + MESSAGE_HEAD
+
+
+cdef inline void store_u64le(uint8_t *p, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        p[i] = (v >> (8 * i)) & 0xFF
+
+
+cdef class EntryRing(_SharedMapping):
+    cdef esc_entry_ring ring
+
+    def __cinit__(self, mapping, bint create):
+        cdef int rc
+        if create:
+            rc = esc_entry_ring_init(&self.ring, &self.view[0], self.view.shape[0])
+        else:
+            rc = esc_entry_ring_attach(&self.ring, &self.view[0], self.view.shape[0])
+        if rc != ESC_ENTRY_OK:
+            self._refuse("entry ring", ESC_ENTRY_HEADER_BYTES + ESC_ENTRY_MIN_CAPACITY)
+        self.capacity = self.ring.capacity
+        self.attached = True
+
+    @property
+    def max_payload(self):
+        return esc_entry_ring_max_payload(&self.ring)
+
+    @property
+    def tail(self):
+        """Position after the last record published."""
+        self._check()
+        return esc_entry_ring_tail(&self.ring)
+
+    @property
+    def low(self):
+        """Records at positions below this may be overwritten: they are gone."""
+        self._check()
+        return esc_entry_ring_low(&self.ring)
+
+    def append(self, uint64_t index, uint64_t term, data):
+        """Publish one entry; returns its record's position (for encode_append)."""
+        self._check()
+        cdef const unsigned char[::1] v = as_byte_view(data)
+        cdef uint64_t pos = 0
+        cdef size_t n = v.shape[0]
+        cdef const uint8_t *p = &v[0] if n else NULL
+        cdef int rc
+        with nogil:
+            rc = esc_entry_ring_append(&self.ring, index, term, p, n, &pos)
+        if rc == ESC_ENTRY_TOO_LARGE:
+            raise RecordTooLargeError(
+                f"entry {index} of {n} bytes exceeds the entry ring's limit of {esc_entry_ring_max_payload(&self.ring)}")
+        return pos
+
+    def encode_append(self, out, size_t offset, uint64_t to, uint64_t sender, uint64_t term, uint64_t prev_index,
+                      uint64_t prev_term, uint64_t commit, uint64_t pos, uint64_t lo, uint64_t hi):
+        """Write one framed AppendEntries message (frame header with CRC-32C, then the body that
+        eventstream/transport/peer_codec.py encodes) carrying entries lo..hi, read from the record
+        at `pos` on, into out[offset:]. Returns the frame's length, or GATHER_STALE when the
+        records were overwritten before they were copied out, or GATHER_MISMATCH when `pos` does
+        not hold entry lo (then nothing may be sent). ValueError when out is too small."""
+        self._check()
+        cdef unsigned char[::1] dst = out
+        cdef size_t room
+        cdef int64_t gathered
+        cdef uint8_t *body
+        cdef uint64_t count
+        if offset > <size_t>dst.shape[0] or dst.shape[0] - offset < FRAME_HEAD + MESSAGE_HEAD:
+            raise ValueError("out has no room for an AppendEntries head")
+        if hi < lo or hi - lo >= 0xFFFFFFFF:
+            return GATHER_MISMATCH
+        count = hi - lo + 1
+        room = dst.shape[0] - offset - FRAME_HEAD - MESSAGE_HEAD
+        body = &dst[offset + FRAME_HEAD]
+        with nogil:
+            gathered = esc_entry_ring_gather(&self.ring, pos, lo, hi, body + MESSAGE_HEAD, room)
+            if gathered >= 0:
+                body[0] = PEER_CODEC_VERSION
+                body[1] = MESSAGE_APPEND
+                body[2] = 0  # flags
+                body[3] = 0  # voters
+                store_u64le(body + 4, to)
+                store_u64le(body + 12, sender)
+                store_u64le(body + 20, term)
+                store_u64le(body + 28, prev_index)
+                store_u64le(body + 36, prev_term)
+                store_u64le(body + 44, commit)
+                store_u64le(body + 52, 0)  # hint_index
+                store_u64le(body + 60, 0)  # read_seq
+                store_u64le(body + 68, 0)  # offset
+                store_u32le(body + 76, <uint32_t>count)
+                store_u32le(body + 80, 0)  # context length
+                store_u32le(body + 84, 0)  # data length
+                store_u32le(body - FRAME_HEAD, <uint32_t>(MESSAGE_HEAD + gathered))
+                store_u32le(body - FRAME_HEAD + 4, esc_crc32c(0, body, MESSAGE_HEAD + gathered))
+        if gathered == ESC_ENTRY_NO_ROOM:
+            raise ValueError(f"out has no room for entries {lo}..{hi}")
+        if gathered < 0:
+            return gathered
+        return FRAME_HEAD + MESSAGE_HEAD + gathered
+

@@ -162,24 +162,6 @@ int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint3
     return peek_at(ring, 0, kind, payload, length, &ring->pending);
 }
 
-int esc_ring_peek_many(esc_ring *ring, const uint8_t **payloads, uint32_t *lengths, int max_records)
-{
-    uint64_t offset = 0, span;
-    uint32_t kind;
-    int count = 0, rc;
-    while (count < max_records) {
-        rc = peek_at(ring, offset, &kind, &payloads[count], &lengths[count], &span);
-        if (rc == ESC_RING_EMPTY)
-            break;
-        if (rc != ESC_RING_OK)
-            return rc;
-        offset += span;
-        count++;
-    }
-    ring->pending = offset;
-    return count;
-}
-
 void esc_ring_consume(esc_ring *ring)
 {
     advance(ring, OFF_HEAD, ring->pending);

@@ -95,11 +95,6 @@ int esc_ring_wake_needed(esc_ring *ring);
 int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint32_t *length);
 void esc_ring_consume(esc_ring *ring);
 
-/* Consumer: up to max_records of the oldest records, without consuming them (payload pointers
- * into the ring and lengths); returns how many, or ESC_RING_CORRUPT. esc_ring_consume then
- * releases all of them at once. */
-int esc_ring_peek_many(esc_ring *ring, const uint8_t **payloads, uint32_t *lengths, int max_records);
-
 /* Consumer: announce sleep. Returns 1 when the ring is still empty (block on the doorbell),
  * 0 when a record arrived meanwhile (waiting is withdrawn; read on). */
 int esc_ring_prepare_wait(esc_ring *ring);

@@ -25,5 +25,4 @@ cdef extern from "spsc_ring.h" nogil:
     int esc_ring_wake_needed(esc_ring *ring)
     int esc_ring_peek(esc_ring *ring, uint32_t *kind, const uint8_t **payload, uint32_t *length)
     void esc_ring_consume(esc_ring *ring)
-    int esc_ring_peek_many(esc_ring *ring, const uint8_t **payloads, uint32_t *lengths, int max_records)
     int esc_ring_prepare_wait(esc_ring *ring)

@@ -231,8 +231,10 @@ class Node:
         self._inprocess_pipelines = {pid: InProcessPipeline(pid, self._peers) for pid in peers}
         self._pipelines = dict(self._inprocess_pipelines)
         if cfg.replication == "pool" and peers:
-            self._pool = ReplicationPool(self.id, peers, self._peers, self._on_worker_connected,
-                                         self._on_worker_dropped, local_host=host)
+            assert self.raft is not None
+            self._pool = ReplicationPool(self.id, peers, self._peers, self._on_worker_reprobe,
+                                         on_responses=self._on_worker_responses, on_dropped=self._on_worker_dropped,
+                                         local_host=host, append_bytes_max=self.raft.config.max_append_bytes)
             self.metrics.replication_usage = self._pool.usage
         self._clients = ClientServer(self)
         self._listener.set_owner(ROLE_PEER, self._peers)
@@ -932,11 +934,24 @@ class Node:
         raft.report_reconnected(peer_id)
         self._wake.set()
 
-    def _on_worker_connected(self, peer_id: int) -> None:
-        # A (re)started worker's link: whatever its predecessor held is gone, so probe (§5.3).
+    def _on_worker_reprobe(self, peer_id: int) -> None:
+        # A (re)started worker's link, or entries a worker found overwritten in the shared ring:
+        # what the follower was sent is unknown, so probe it afresh (§5.3).
         raft = self.raft
         assert raft is not None
         raft.report_reconnected(peer_id)
+        self._wake.set()
+
+    def _on_worker_responses(self, peer_id: int, messages: list[Message]) -> None:
+        # The follower's answers as the worker relayed them: the same Messages the peer link
+        # would have carried in-process.
+        raft = self.raft
+        assert raft is not None
+        for msg in messages:
+            try:
+                raft.step(msg)
+            except MalformedMessageError as exc:
+                log.warning("dropping a malformed answer relayed from peer %d: %s", peer_id, exc)
         self._wake.set()
 
     def _on_worker_dropped(self, peer_id: int, count: int) -> None:

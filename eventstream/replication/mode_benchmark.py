@@ -1,32 +1,35 @@
-"""Pool vs in-process replication on real local clusters, measured in one run.
+"""Pool vs in-process replication on real local clusters, measured in one run with esc-bench.
 
-`python -m eventstream.replication.mode_benchmark` runs, for each cluster size, batch_size and
-wal_sync setting, the same client load against a fresh cluster in each replication mode, back
-to back, and prints acknowledged events/s, client p50/p99 append latency, and where the
-leader's CPU went (its own process, the control plane, vs its worker processes). bench/
-test_bench_replication.py runs a subset under pytest-benchmark.
+`python -m eventstream.replication.mode_benchmark` runs, for each cluster size, batch size and
+wal_sync setting, esc-bench's load (eventstream/load/run.py: client processes, closed loop,
+HdrHistogram latencies) against a fresh local cluster in each replication mode, back to back,
+alternating the order from round to round, and prints acknowledged events/s, client p50/p99
+append latency, and where the leader's CPU went: its own process (the control plane: Raft,
+WAL, apply, clients) vs its replication worker processes. bench/test_bench_replication.py runs
+a subset under pytest-benchmark.
 
-The load is `clients` client processes, each with `concurrency` requests in flight, each
-request an append_batch of `events_per_request` events of `payload_bytes`; they share the
+"Batch" is both the events per append request esc-bench sends (--batch-size) and the node's
+batch_size, so one request becomes about one Raft entry in every cell. The load shares the
 machine's cores with every node, so compare the two modes of one run, never figures across runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import psutil
-
-from eventstream.client import AsyncClient, EventIn
-from eventstream.errors import EscError
+from eventstream.load.latency import summary_ms
+from eventstream.load.params import LoadParams
+from eventstream.load.run import run_load
 from eventstream.local_cluster import LocalCluster
+
+# The label under which a leader's worker process is measured: WORKER_LABEL + follower id.
+WORKER_LABEL = "worker-"
 
 
 @dataclass(slots=True)
@@ -44,102 +47,54 @@ class ModeFigures:
     leader_cpu_s: float  # the leader's own process: Raft core, storage, apply, clients
     workers_cpu_s: float  # the leader's replication workers (0 in inprocess mode)
     followers_cpu_s: float
+    leader_changes: int
 
 
-def _percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
-
-
-async def _load(addresses: list[str], seconds: float, concurrency: int, events_per_request: int,
-                payload_bytes: int) -> tuple[int, int, list[float]]:
-    latencies: list[float] = []
-    counts = [0, 0]  # events acknowledged, requests failed
-    payload = b"p" * payload_bytes
-    async with AsyncClient(addresses, timeout_s=10.0) as client:
-        end = time.monotonic() + seconds
-
-        async def one(k: int) -> None:
-            batch = [EventIn(payload, key=b"key-%d-%d" % (k, i)) for i in range(events_per_request)]
-            while time.monotonic() < end:
-                started = time.perf_counter()
-                try:
-                    await client.append_batch(batch)
-                except EscError:
-                    counts[1] += 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-                counts[0] += events_per_request
-
-        await asyncio.gather(*(one(k) for k in range(concurrency)))
-    return counts[0], counts[1], latencies
-
-
-def _load_process(args: tuple[list[str], float, int, int, int]) -> tuple[int, int, list[float]]:
-    return asyncio.run(_load(*args))
-
-
-def _run_clients(addresses: list[str], seconds: float, clients: int, concurrency: int, events_per_request: int,
-                 payload_bytes: int) -> tuple[int, int, list[float]]:
-    """The load from `clients` processes at once, so the client side is not one GIL."""
-    args = (addresses, seconds, concurrency, events_per_request, payload_bytes)
-    with multiprocessing.get_context("spawn").Pool(clients) as pool:
-        results = pool.map(_load_process, [args] * clients)
-    latencies = [x for _, _, lat in results for x in lat]
-    return sum(r[0] for r in results), sum(r[1] for r in results), latencies
-
-
-def _cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
-def _workers_of(leader: psutil.Process) -> list[psutil.Process]:
-    return [c for c in leader.children() if "eventstream.replication.worker" in " ".join(c.cmdline())]
+def _wait_for_workers(cluster: LocalCluster, leader_id: int, nodes: int) -> dict[str, int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = cluster.nodes[leader_id].status()
+        workers = st["replication_workers"] if st is not None else {}
+        if len(workers) == nodes - 1:
+            return {WORKER_LABEL + peer: usage["pid"] for peer, usage in workers.items()}
+        time.sleep(0.05)
+    raise RuntimeError(f"the pool-mode leader {leader_id} did not report {nodes - 1} workers within 10 s")
 
 
 def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: bool, seconds: float,
-                 clients: int = 2, concurrency: int = 16, events_per_request: int = 100,
-                 payload_bytes: int = 100, warmup_s: float = 1.0) -> ModeFigures:
+                 clients: int = 2, concurrency: int = 8, payload_bytes: int = 100,
+                 warmup_s: float = 1.0) -> ModeFigures:
     cluster = LocalCluster(root, nodes, replication=mode, batch_size=batch_size, wal_sync=wal_sync,
                            log_level="warning").start()
     try:
         leader_id = cluster.leader(timeout=20.0)
+        pids = {str(k): n.proc.pid for k, n in cluster.nodes.items() if n.proc is not None}
         if mode == "pool":
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                st = cluster.nodes[leader_id].status()
-                if st is not None and len(st["replication_workers"]) == nodes - 1:
-                    break
-                time.sleep(0.05)
-        asyncio.run(_load(cluster.addresses, warmup_s, concurrency, events_per_request, payload_bytes))
-        procs = {k: psutil.Process(n.proc.pid) for k, n in cluster.nodes.items() if n.proc is not None}
-        leader = procs[leader_id]
-        workers = _workers_of(leader)
-        before = {k: _cpu(p) for k, p in procs.items()}
-        workers_before = sum(_cpu(w) for w in workers)
-        started = time.monotonic()
-        events, errors, latencies = _run_clients(
-            cluster.addresses, seconds, clients, concurrency, events_per_request, payload_bytes)
-        # The clients' own start-up (about 0.2 s) is inside the window: it lowers both modes alike.
-        elapsed = time.monotonic() - started
-        after = {k: _cpu(p) for k, p in procs.items()}
-        workers_after = sum(_cpu(w) for w in workers if w.is_running())
-        latencies.sort()
-        return ModeFigures(
-            mode, nodes, batch_size, wal_sync, round(elapsed, 2), events, errors, round(events / elapsed),
-            round(_percentile(latencies, 50) * 1000, 2), round(_percentile(latencies, 99) * 1000, 2),
-            round(after[leader_id] - before[leader_id], 2), round(workers_after - workers_before, 2),
-            round(sum(after[k] - before[k] for k in procs if k != leader_id), 2),
-        )
+            pids |= _wait_for_workers(cluster, leader_id, nodes)
+        params = LoadParams(clients, concurrency, batch_size, payload_bytes, keys=1000, ids=True, read_ratio=0.0,
+                            duration_s=seconds, events=None, warmup_s=warmup_s, rate_events_per_s=None,
+                            time_limit_s=60.0, request_timeout_s=10.0, report_interval_s=1.0, seed=1)
+        outcome = run_load(params, cluster.addresses, pids, lambda progress: None)
     finally:
         cluster.stop()
+    events = sum(w["events"] for w in outcome.workers)
+    errors = sum(sum(w["errors"].values()) for w in outcome.workers)
+    window_s = max((w["window_s"] for w in outcome.workers), default=0.0)
+    cpu = {n.node: n.cpu_s or 0.0 for n in outcome.nodes}
+    latency = summary_ms(outcome.latency)
+    return ModeFigures(
+        mode, nodes, batch_size, wal_sync, round(window_s, 2), events, errors,
+        round(events / window_s) if window_s else 0.0,
+        float(latency["p50"] or "nan"), float(latency["p99"] or "nan"),
+        round(cpu.get(str(leader_id), 0.0), 3),
+        round(sum(v for k, v in cpu.items() if k.startswith(WORKER_LABEL)), 3),
+        round(sum(v for k, v in cpu.items() if k != str(leader_id) and not k.startswith(WORKER_LABEL)), 3),
+        outcome.leader_changes_seen,
+    )
 
 
 def compare(nodes: int, batch_size: int, wal_sync: bool, seconds: float, root: Path | None = None,
-            rounds: int = 1, **load: int) -> list[ModeFigures]:
+            rounds: int = 1, **load: Any) -> list[ModeFigures]:
     """Both modes on the same settings, back to back; with several rounds the order alternates,
     so a slow minute on the shared machine does not always land on the same mode."""
     rows = []
@@ -152,22 +107,34 @@ def compare(nodes: int, batch_size: int, wal_sync: bool, seconds: float, root: P
 
 
 def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
-    """Per mode: median events/s, p99 and CPU over the rounds."""
+    """Per mode: median events/s, p50, p99 and CPU over the rounds."""
     out: dict[str, dict[str, float]] = {}
     for mode in ("inprocess", "pool"):
         mine = [r for r in rows if r.mode == mode]
         out[mode] = {
             key: statistics.median(getattr(r, key) for r in mine)
-            for key in ("events_per_s", "p99_ms", "leader_cpu_s", "workers_cpu_s")
+            for key in ("events_per_s", "p50_ms", "p99_ms", "leader_cpu_s", "workers_cpu_s")
         }
         # CPU per event is steadier than CPU per second when the load itself swings.
-        out[mode]["leader_us_per_event"] = statistics.median(r.leader_cpu_s / r.events * 1e6 for r in mine if r.events)
-        out[mode]["workers_us_per_event"] = statistics.median(r.workers_cpu_s / r.events * 1e6 for r in mine if r.events)
+        counted = [r for r in mine if r.events] or mine
+        out[mode]["leader_us_per_event"] = statistics.median(r.leader_cpu_s / max(r.events, 1) * 1e6 for r in counted)
+        out[mode]["workers_us_per_event"] = statistics.median(r.workers_cpu_s / max(r.events, 1) * 1e6 for r in counted)
+        # Every node process and worker: what one event costs the machine, which decides
+        # throughput once the cores are all busy.
+        out[mode]["cluster_us_per_event"] = statistics.median(
+            (r.leader_cpu_s + r.workers_cpu_s + r.followers_cpu_s) / max(r.events, 1) * 1e6 for r in counted)
     return out
 
 
 HEADER = (f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'mode':>9} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'leader cpu':>10} {'workers cpu':>11} {'followers cpu':>13} {'errors':>6}")
+
+SUMMARY_HEADER = (
+    "| nodes | batch | wal_sync | events/s inprocess | events/s pool | pool / inprocess | p99 ms inprocess "
+    "| p99 ms pool | leader us/event inprocess | leader us/event pool | workers us/event | control plane share (pool) "
+    "| cluster us/event inprocess | cluster us/event pool |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def row(f: ModeFigures) -> str:
@@ -176,17 +143,32 @@ def row(f: ModeFigures) -> str:
             f"{f.followers_cpu_s:>13.2f} {f.errors:>6}")
 
 
+def summary_row(nodes: int, batch: int, sync: str, m: dict[str, dict[str, float]]) -> str:
+    """One markdown row of medians; the control-plane share is the leader process's part of the
+    leader's CPU (its process plus its workers) in pool mode."""
+    i, p = m["inprocess"], m["pool"]
+    ratio = p["events_per_s"] / i["events_per_s"] if i["events_per_s"] else float("nan")
+    leader_total = p["leader_us_per_event"] + p["workers_us_per_event"]
+    share = p["leader_us_per_event"] / leader_total if leader_total else float("nan")
+    return (f"| {nodes} | {batch} | {sync} | {i['events_per_s']:,.0f} | {p['events_per_s']:,.0f} | {ratio:.2f} "
+            f"| {i['p99_ms']:.1f} | {p['p99_ms']:.1f} | {i['leader_us_per_event']:.2f} "
+            f"| {p['leader_us_per_event']:.2f} | {p['workers_us_per_event']:.2f} | {share:.0%} "
+            f"| {i['cluster_us_per_event']:.2f} | {p['cluster_us_per_event']:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--seconds", type=float, default=4.0, help="measured load per scenario and mode")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured load per scenario and mode")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measurement")
     p.add_argument("--nodes", type=int, nargs="+", default=[3, 5])
     p.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--wal-sync", choices=["on", "off"], nargs="+", default=["off", "on"])
     p.add_argument("--clients", type=int, default=2, help="client processes")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight per client process")
-    p.add_argument("--rounds", type=int, default=1, help="measurements per mode, order alternating")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight per client process")
+    p.add_argument("--rounds", type=int, default=3, help="measurements per mode, order alternating")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     args = p.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if not args.json:
         print(HEADER, flush=True)
     summary = []
@@ -194,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batch:
             for sync in args.wal_sync:
                 rows = compare(nodes, batch, sync == "on", args.seconds, rounds=args.rounds, clients=args.clients,
-                               concurrency=args.concurrency)
+                               concurrency=args.concurrency, warmup_s=args.warmup)
                 for f in rows:
                     print(asdict(f) if args.json else row(f), flush=True)
                 m = medians(rows)
@@ -202,14 +184,11 @@ def main(argv: list[str] | None = None) -> None:
                 if args.json:
                     print({"nodes": nodes, "batch_size": batch, "wal_sync": sync, "medians": m}, flush=True)
     if not args.json:
-        print(f"\nmedians over {args.rounds} round(s); ratios are pool / inprocess; CPU in us per event")
-        print(f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'events/s':>9} {'p99':>6} "
-              f"{'leader inproc':>13} {'leader pool':>11} {'pool workers':>12}")
+        finished = time.strftime("%H:%M UTC", time.gmtime())
+        print(f"\nmedians over {args.rounds} round(s) per mode, {started} to {finished}; CPU in us per event")
+        print(SUMMARY_HEADER)
         for nodes, batch, sync, m in summary:
-            i, p_ = m["inprocess"], m["pool"]
-            print(f"{nodes:>5} {batch:>5} {sync:>8} {p_['events_per_s'] / i['events_per_s']:>9.2f} "
-                  f"{p_['p99_ms'] / i['p99_ms']:>6.2f} {i['leader_us_per_event']:>13.2f} "
-                  f"{p_['leader_us_per_event']:>11.2f} {p_['workers_us_per_event']:>12.2f}")
+            print(summary_row(nodes, batch, sync, m))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,42 @@
 """The replication process pool (replication = "pool"): one worker process per follower.
 
 The Raft core stays in the node process and decides what each follower gets (Progress,
-CONVENTIONS 4). A PoolPipeline writes each message the core produced, encoded, straight into a
-shared-memory SPSC ring (csrc/spsc_ring.h); the follower's worker process
-(eventstream/replication/worker.py) frames the records in native code, CRC included, and writes
-them to the follower's socket. Socket writes and checksums for N followers thus run on N
-processes instead of on the node's one thread.
+CONVENTIONS 4). The node and the workers share three kinds of ring (csrc/entry_ring.h,
+csrc/spsc_ring.h):
+
+- one entry ring per leadership, which the node fills with each new log entry once, whatever
+  the number of followers; every worker reads it at its own positions;
+- per worker, a control ring of orders: "send entries lo..hi from entry-ring position pos as
+  AppendEntries at term T after (prev index, prev term), commit C", or a message the core
+  encoded in full (heartbeats, snapshot chunks, and entries not in the entry ring);
+- per worker, a status ring of reports: the follower's answers (acked up to i / rejected with a
+  hint / snapshot offset / heartbeat), link up or down, orders it could not carry out.
+
+The follower answers a worker on the worker's own link (transport/peers.py); the worker relays
+each answer as a fixed-size record, and the node steps the core with the very Message it would
+have read from the peer link in-process. Encoding, CRC-32C and socket work for N followers thus
+run on N processes, and the node copies each entry's bytes once instead of once per follower.
 
 Choices, and why:
 
-- Entry bytes travel in the ring, not as index ranges the worker reads from the segment files.
-  The node sends AppendEntries before its own WAL write (thesis 10.2.1), so the entries a message
-  carries may not be in any segment file yet; the ring also holds InstallSnapshot chunks and
-  every other message with no second code path. The cost is one copy of the bytes into the ring
-  (the in-process path also copies them once, into its joined message).
-- The worker owns a second, one-way link to its follower (hello role ROLE_REPLICATION); the
-  pair's own peer link (one per pair, eventstream/transport/peers.py) stays where it is and
-  carries everything else: votes, and the follower's responses, which reach the core directly.
-  So acks do not travel through the status ring; it carries what only the worker knows: link up
-  (CONNECTED: the core re-probes the follower), records dropped while the link was down, totals.
+- Entry bytes come from a ring the node fills, not from the segment files: the node sends
+  AppendEntries before its own WAL write (thesis 10.2.1), so the entries may not be in any
+  segment file yet.
+- The entry ring never waits for a reader: a stopped or slow worker must not stall the leader.
+  The node overwrites the oldest entries; a worker that finds an order's entries overwritten
+  (a sequence check on the positions, csrc/entry_ring.h) sends nothing and reports STALE, and
+  the node re-probes that follower (§5.3), whose missing entries then come from the log as
+  full messages. The node itself sends a full message whenever an order's first entry is more
+  than half a ring old, so this is the exception.
 - Workers exist only while this node leads (start() on becoming leader, stop() on stepping
   down). A message the old term's worker still holds is harmless: a follower that has seen the
   new term rejects it (Figure 2, AppendEntries receiver rule 1).
-- A dead worker is restarted with fresh rings; what its ring held is lost, and the CONNECTED of
-  its successor makes the core re-probe the follower, which then gets every missing entry from
-  the leader's log (the log on disk is the source of truth; §5.3 consistency check).
-- A message larger than half the ring (only a single entry bigger than that can be) goes over
-  the pair's peer link instead, so any message the in-process path can send still goes.
+- A dead worker is restarted with fresh control and status rings (the entry ring stays); the
+  CONNECTED of its successor makes the core re-probe the follower, which then gets every missing
+  entry from the leader's log (the log on disk is the source of truth).
+- A full message larger than half the control ring (only a single entry bigger than that can
+  be) goes over the pair's peer link instead, so any message the in-process path can send still
+  goes.
 """
 
 from __future__ import annotations
@@ -39,7 +49,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,25 +56,40 @@ from dataclasses import dataclass
 import psutil
 
 from eventstream._spsc_ring import HEADER_BYTES, SpscRing
-from eventstream.raft.messages import Message
+from eventstream.raft.messages import Message, MessageType
 from eventstream.replication.pipeline import InProcessPipeline, PipelineStats
+from eventstream.replication.shared_entries import (
+    ENTRY_RING_BYTES_DEFAULT,
+    SharedEntries,
+    shared_file,
+)
 from eventstream.replication.worker import (
-    DROPPED_LAYOUT,
+    APPEND_ORDER,
+    COUNT_LAYOUT,
+    ORDER_APPEND,
+    ORDER_MESSAGE,
+    RESPONSE_LAYOUT,
     STATS_LAYOUT,
     STATUS_CONNECTED,
+    STATUS_RESPONSE,
+    STATUS_STALE,
     STATUS_STATS,
     STATUS_UNREACHABLE,
+    response_message,
 )
 from eventstream.transport.peer_codec import encode_message_parts
 from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
-# Record space per follower. Half of it bounds one message; the core's window (max_inflight
-# appends of at most 4 MiB) rarely needs more than a few MiB here because the worker drains
-# continuously. Pages of shared memory are only committed when first written.
+# Control-ring space per follower. Orders are 80 bytes; the space is for full messages (snapshot
+# chunks, entries no longer in the entry ring), half of it bounds one. Pages of shared memory
+# are only committed when first written.
 RING_BYTES_DEFAULT = 16 * 1024 * 1024
-STATUS_RING_BYTES = 64 * 1024
+STATUS_RING_BYTES = 1024 * 1024
+# The most bytes of entries one AppendEntries carries when a worker merges orders; the node
+# passes its core's max_append_bytes.
+APPEND_BYTES_MAX_DEFAULT = 4 * 1024 * 1024
 SUPERVISE_INTERVAL_S = 0.05
 # A worker that dies again soon after a restart is restarted after a growing delay.
 RESTART_BACKOFF_INITIAL_S = 0.05
@@ -75,7 +99,6 @@ RESTART_STABLE_S = 10.0
 # wedged): it is killed and restarted like a dead one. Longer than the worker's own send timeout
 # plus a dial, so a slow or paused follower is handled by the worker (drop the link, redial).
 STALL_S = 10.0
-RECORD_MESSAGE = 1
 
 
 @dataclass(slots=True)
@@ -86,54 +109,51 @@ class WorkerUsage:
     restarts: int
     # As the worker last reported (STATS records, every 0.2 s): messages written to the socket.
     messages_sent: int
-
-
-def _shared_file(size: int) -> int:
-    """An anonymous shared-memory file: nothing to unlink, gone when the last process closes it."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("esc-replication-ring")
-    else:  # pragma: no cover - non-Linux
-        with tempfile.NamedTemporaryFile(delete=False) as fh:
-            fd = os.dup(fh.fileno())
-            os.unlink(fh.name)
-    os.ftruncate(fd, size)
-    return fd
+    # AppendEntries the node ordered by entry-ring position (the rest of what it submitted went
+    # as full messages), follower answers the worker relayed, orders it found overwritten.
+    orders: int
+    answers_relayed: int
+    stale_orders: int
 
 
 class _Worker:
     """One worker process and the node's ends of its rings and doorbell."""
 
     def __init__(self, node_id: int, peer_id: int, address: tuple[str, int], local_host: str | None,
-                 ring_bytes: int) -> None:
+                 ring_bytes: int, entries: SharedEntries, node_bell_fd: int, append_bytes_max: int) -> None:
         self.peer_id = peer_id
-        data_size = HEADER_BYTES + ring_bytes
+        control_size = HEADER_BYTES + ring_bytes
         status_size = HEADER_BYTES + STATUS_RING_BYTES
-        data_fd = _shared_file(data_size)
-        status_fd = _shared_file(status_size)
+        control_fd = shared_file(control_size)
+        status_fd = shared_file(status_size)
         bell_r, bell_w = os.pipe()
         try:
-            self._data_map = mmap.mmap(data_fd, data_size)
+            self._control_map = mmap.mmap(control_fd, control_size)
             self._status_map = mmap.mmap(status_fd, status_size)
-            self.data = SpscRing.create(self._data_map)
+            self.control = SpscRing.create(self._control_map)
             self.status = SpscRing.create(self._status_map)
+            # The node sleeps on its doorbell from the start: the first report wakes it.
+            self.status.prepare_wait()
             os.set_blocking(bell_r, False)
             os.set_blocking(bell_w, False)
             args = [
                 sys.executable, "-m", "eventstream.replication.worker",
                 "--node-id", str(node_id), "--peer-id", str(peer_id),
                 "--host", address[0], "--port", str(address[1]),
-                "--data-fd", str(data_fd), "--data-bytes", str(data_size),
+                "--entries-fd", str(entries.fd), "--entries-bytes", str(entries.size),
+                "--control-fd", str(control_fd), "--control-bytes", str(control_size),
                 "--status-fd", str(status_fd), "--status-bytes", str(status_size),
-                "--doorbell-fd", str(bell_r),
+                "--doorbell-fd", str(bell_r), "--node-bell-fd", str(node_bell_fd),
+                "--append-bytes-max", str(append_bytes_max),
             ]
             if local_host:
                 args += ["--local-host", local_host]
-            self.proc = subprocess.Popen(args, pass_fds=(data_fd, status_fd, bell_r))
+            self.proc = subprocess.Popen(args, pass_fds=(entries.fd, control_fd, status_fd, bell_r, node_bell_fd))
         except BaseException:
             os.close(bell_w)
             raise
         finally:
-            os.close(data_fd)
+            os.close(control_fd)
             os.close(status_fd)
             os.close(bell_r)
         self._doorbell = bell_w
@@ -172,35 +192,50 @@ class _Worker:
 
     def close(self) -> None:
         """Release the node's ends; the process must be gone or going."""
-        self.data.close()
+        self.control.close()
         self.status.close()
-        self._data_map.close()
+        self._control_map.close()
         self._status_map.close()
         with contextlib.suppress(OSError):
             os.close(self._doorbell)
 
 
 class PoolPipeline:
-    """FollowerPipeline over a worker's ring. The worker behind it may be replaced (restart);
-    the node keeps this object."""
+    """FollowerPipeline over a worker's control ring. The worker behind it may be replaced
+    (restart); the node keeps this object."""
 
-    __slots__ = ("peer_id", "stats", "worker", "_fallback", "_unflushed")
+    __slots__ = ("peer_id", "stats", "worker", "orders", "_entries", "_fallback", "_unflushed")
 
-    def __init__(self, peer_id: int, worker: _Worker, fallback: InProcessPipeline) -> None:
+    def __init__(self, peer_id: int, worker: _Worker, entries: SharedEntries, fallback: InProcessPipeline) -> None:
         self.peer_id = peer_id
         self.stats = PipelineStats()
         self.worker = worker
+        # APPEND messages sent as orders over the entry ring (the rest of stats.messages went in full).
+        self.orders = 0
+        self._entries = entries
         self._fallback = fallback
         self._unflushed = False
 
     def submit(self, message: Message) -> None:
+        if message.type == MessageType.APPEND and message.entries:
+            placed = self._entries.place(message.entries)
+            if placed is not None:
+                order = APPEND_ORDER.pack(message.term, message.index, message.log_term, message.commit,
+                                          message.entries[0].index, message.entries[-1].index, placed.pos,
+                                          placed.end, placed.data_bytes)
+                self._write(ORDER_APPEND, (order,), placed.data_bytes, message)
+                self.orders += 1
+                return
         parts = encode_message_parts(message)
-        ring = self.worker.data
         size = sum(len(p) for p in parts)
-        if size > ring.max_payload:
+        if size > self.worker.control.max_payload:
             self._fallback.submit(message)
             return
-        if not ring.write_parts(RECORD_MESSAGE, parts):
+        self._write(ORDER_MESSAGE, parts, size, message)
+
+    def _write(self, kind: int, parts: tuple[bytes, ...] | list[bytes | bytearray | memoryview], size: int,
+               message: Message) -> None:
+        if not self.worker.control.write_parts(kind, parts):
             # The worker is behind by a whole ring: Raft resends what the follower misses.
             self.stats.dropped_window += 1
             return
@@ -214,7 +249,7 @@ class PoolPipeline:
             return
         self._unflushed = False
         self.stats.writes += 1
-        if self.worker.data.wake_needed():
+        if self.worker.control.wake_needed():
             self.worker.ring_doorbell()
 
     def close(self) -> None:
@@ -225,26 +260,42 @@ class PoolPipeline:
 class ReplicationPool:
     """Starts, supervises and stops the workers of one leader.
 
-    on_connected(peer_id) runs on the node's loop each time a worker (re)establishes its link,
-    so the core re-probes that follower; on_dropped(peer_id, count) reports records a worker
-    discarded while its link was down.
+    Callbacks, all on the node's loop:
+      on_reprobe(peer_id): a worker (re)established its link, or could not send entries it was
+        ordered to (overwritten in the entry ring): the core must re-probe that follower.
+      on_responses(peer_id, messages): the follower's answers the worker relayed, in order, as
+        the Messages the core would have read from the peer link.
+      on_dropped(peer_id, count): orders a worker discarded while its link was down.
     """
 
     def __init__(self, node_id: int, peers: dict[int, tuple[str, int]], network: PeerNetwork,
-                 on_connected: Callable[[int], None], on_dropped: Callable[[int, int], None] | None = None,
-                 local_host: str | None = None, ring_bytes: int = RING_BYTES_DEFAULT) -> None:
+                 on_reprobe: Callable[[int], None],
+                 on_responses: Callable[[int, list[Message]], None] | None = None,
+                 on_dropped: Callable[[int, int], None] | None = None,
+                 local_host: str | None = None, ring_bytes: int = RING_BYTES_DEFAULT,
+                 entry_ring_bytes: int = ENTRY_RING_BYTES_DEFAULT,
+                 append_bytes_max: int = APPEND_BYTES_MAX_DEFAULT) -> None:
         self.node_id = node_id
         self.peers = dict(peers)
         self._network = network
-        self._on_connected = on_connected
+        self._on_reprobe = on_reprobe
+        self._on_responses = on_responses
         self._on_dropped = on_dropped
         self._local_host = local_host
         self._ring_bytes = ring_bytes
+        self._entry_ring_bytes = entry_ring_bytes
+        self._append_bytes_max = append_bytes_max
         self._pipelines: dict[int, PoolPipeline] = {}
+        self._entries: SharedEntries | None = None
+        self._bell: tuple[int, int] | None = None
         self._retired: list[_Worker] = []
         self._restart_at: dict[int, float] = {}
         self._restart_delay: dict[int, float] = {}
         self.restarts: dict[int, int] = {pid: 0 for pid in peers}
+        # Answers relayed with no on_responses to take them (tests that only watch delivery).
+        self.responses_unclaimed = 0
+        self.answers_relayed: dict[int, int] = {pid: 0 for pid in peers}
+        self.stale_orders: dict[int, int] = {pid: 0 for pid in peers}
         self._task: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -257,14 +308,22 @@ class ReplicationPool:
         OSError when a worker cannot be started; then none is left running."""
         if self._pipelines:
             return dict(self._pipelines)
+        loop = asyncio.get_running_loop()
         try:
+            self._entries = SharedEntries(self._entry_ring_bytes)
+            bell_r, bell_w = os.pipe()
+            self._bell = (bell_r, bell_w)
+            os.set_blocking(bell_r, False)
+            os.set_blocking(bell_w, False)
+            loop.add_reader(bell_r, self._on_bell)
             for pid, address in self.peers.items():
                 worker = self._spawn(pid, address)
-                self._pipelines[pid] = PoolPipeline(pid, worker, InProcessPipeline(pid, self._network))
+                self._pipelines[pid] = PoolPipeline(pid, worker, self._entries,
+                                                    InProcessPipeline(pid, self._network))
         except BaseException:
             self.stop()
             raise
-        self._task = asyncio.get_running_loop().create_task(self._supervise_loop(), name="replication-pool")
+        self._task = loop.create_task(self._supervise_loop(), name="replication-pool")
         log.info("replication pool: started workers %s",
                  {pid: p.worker.proc.pid for pid, p in self._pipelines.items()})
         return dict(self._pipelines)
@@ -279,6 +338,14 @@ class ReplicationPool:
             pipeline.worker.terminate()
             self._retired.append(pipeline.worker)
         self._pipelines.clear()
+        if self._bell is not None:
+            asyncio.get_running_loop().remove_reader(self._bell[0])
+            for fd in self._bell:
+                os.close(fd)
+            self._bell = None
+        if self._entries is not None:
+            self._entries.close()
+            self._entries = None
         self._reap()
         if self._retired and self._reaper is None:
             # Collect the exit status soon, so no zombie waits for this node's next election.
@@ -310,12 +377,18 @@ class ReplicationPool:
                 self._reaper = None
 
     def backlog_bytes(self, peer_id: int) -> int:
-        """Bytes the follower's worker has not taken from its ring yet."""
-        return self._pipelines[peer_id].worker.data.used
+        """Bytes of orders the follower's worker has not taken from its control ring yet."""
+        return self._pipelines[peer_id].worker.control.used
 
     @property
     def ring_bytes(self) -> int:
         return self._ring_bytes
+
+    def entry_ring_stats(self) -> tuple[int, int]:
+        """(entries, bytes) written into this leadership's entry ring: once each, for all workers."""
+        if self._entries is None:
+            return 0, 0
+        return self._entries.entries_written, self._entries.bytes_written
 
     def worker_pids(self) -> dict[int, int]:
         return {pid: p.worker.proc.pid for pid, p in self._pipelines.items()}
@@ -327,7 +400,8 @@ class ReplicationPool:
             sample = pipeline.worker.usage()
             if sample is not None:
                 out[pid] = WorkerUsage(pipeline.worker.proc.pid, sample[0], sample[1], self.restarts[pid],
-                                       pipeline.worker.worker_stats.messages)
+                                       pipeline.worker.worker_stats.messages, pipeline.orders,
+                                       self.answers_relayed[pid], self.stale_orders[pid])
         return out
 
     def worker_stats(self) -> dict[int, PipelineStats]:
@@ -336,7 +410,9 @@ class ReplicationPool:
 
     # -- supervision ----------------------------------------------------------------------------
     def _spawn(self, peer_id: int, address: tuple[str, int]) -> _Worker:
-        return _Worker(self.node_id, peer_id, address, self._local_host, self._ring_bytes)
+        assert self._entries is not None and self._bell is not None
+        return _Worker(self.node_id, peer_id, address, self._local_host, self._ring_bytes, self._entries,
+                       self._bell[1], self._append_bytes_max)
 
     async def _supervise_loop(self) -> None:
         while True:
@@ -345,6 +421,21 @@ class ReplicationPool:
                 self.supervise()
             except Exception:
                 log.exception("replication pool supervision failed; retrying")
+
+    def _on_bell(self) -> None:
+        """A worker wrote reports and found the node asleep on them: read every status ring,
+        then announce sleep again (an eventcount, csrc/spsc_ring.h) and read once more if a
+        report slipped in meanwhile."""
+        if self._bell is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._bell[0], 4096)
+        again = True
+        while again:
+            again = False
+            for pid, pipeline in list(self._pipelines.items()):
+                self._read_status(pid, pipeline.worker)
+                if not pipeline.worker.status.prepare_wait():
+                    again = True
 
     def supervise(self) -> None:
         """Read every worker's reports, restart dead workers, reap stopped ones."""
@@ -383,8 +474,8 @@ class ReplicationPool:
         self._reap()
 
     def _check_progress(self, peer_id: int, worker: _Worker, now: float) -> None:
-        consumed = worker.data.consumed
-        if worker.data.used == 0 or consumed != worker.last_consumed:
+        consumed = worker.control.consumed
+        if worker.control.used == 0 or consumed != worker.last_consumed:
             worker.last_consumed = consumed
             worker.last_progress = now
         elif now - worker.last_progress > STALL_S:
@@ -394,21 +485,46 @@ class ReplicationPool:
                 worker.proc.kill()  # the next supervision round restarts it
 
     def _read_status(self, peer_id: int, worker: _Worker) -> None:
+        responses: list[Message] = []
         while True:
             record = worker.status.read()
             if record is None:
-                return
+                break
             kind, payload = record
+            if kind == STATUS_RESPONSE and len(payload) == RESPONSE_LAYOUT.size:
+                try:
+                    responses.append(response_message(payload, self.node_id, peer_id))
+                except ValueError:
+                    log.warning("replication worker for node %d relayed an answer of unknown type", peer_id)
+                continue
+            # Answers before a link or stale report are delivered first: the core sees them in order.
+            self._deliver(peer_id, responses)
+            responses = []
             if kind == STATUS_CONNECTED:
-                self._on_connected(peer_id)
-            elif kind == STATUS_UNREACHABLE and len(payload) == DROPPED_LAYOUT.size:
+                self._on_reprobe(peer_id)
+            elif kind == STATUS_STALE and len(payload) == COUNT_LAYOUT.size:
+                self.stale_orders[peer_id] += 1
+                log.info("replication worker for node %d found entries from %d overwritten; re-probing",
+                         peer_id, COUNT_LAYOUT.unpack(payload)[0])
+                self._on_reprobe(peer_id)
+            elif kind == STATUS_UNREACHABLE and len(payload) == COUNT_LAYOUT.size:
                 if self._on_dropped is not None:
-                    self._on_dropped(peer_id, DROPPED_LAYOUT.unpack(payload)[0])
+                    self._on_dropped(peer_id, COUNT_LAYOUT.unpack(payload)[0])
             elif kind == STATUS_STATS and len(payload) == STATS_LAYOUT.size:
                 messages, nbytes, sends, dropped = STATS_LAYOUT.unpack(payload)
                 worker.worker_stats = PipelineStats(messages, nbytes, sends, dropped)
             else:
                 log.warning("replication worker for node %d sent an unknown status record %d", peer_id, kind)
+        self._deliver(peer_id, responses)
+
+    def _deliver(self, peer_id: int, responses: list[Message]) -> None:
+        if not responses:
+            return
+        self.answers_relayed[peer_id] += len(responses)
+        if self._on_responses is None:
+            self.responses_unclaimed += len(responses)
+            return
+        self._on_responses(peer_id, responses)
 
     def _reap(self) -> None:
         still: list[_Worker] = []

@@ -87,6 +87,18 @@ def encode_message_parts(msg: Message) -> list[bytes | bytearray | memoryview]:
     return parts
 
 
+# The answers a follower gives to a leader's replication messages. When the leader replicates
+# through a pool worker these go back on the worker's own link (transport/peers.py).
+REPLICATION_ANSWER_TYPES = frozenset(
+    {MessageType.APPEND_RESPONSE, MessageType.HEARTBEAT_RESPONSE, MessageType.SNAPSHOT_RESPONSE}
+)
+
+
+def is_replication_answer(body: bytes | bytearray | memoryview) -> bool:
+    """Whether an encoded message is one of REPLICATION_ANSWER_TYPES (read from its type byte)."""
+    return len(body) > 1 and body[1] in REPLICATION_ANSWER_TYPES
+
+
 def decode_message(body: bytes | memoryview) -> Message:
     view = memoryview(body)
     size = len(view)

@@ -9,9 +9,11 @@ connected, or whose connection is congested, is dropped and counted rather than 
 bound; the owner is told the peer is unreachable so the core can fall back to probing.
 
 A leader in replication = "pool" mode also accepts nothing new here, but its followers accept a
-second, one-way link per leader (hello role ROLE_REPLICATION) on which a pool worker sends that
-leader's messages; frames from it go to on_messages like frames from the pair's own link, and
-the follower's answers still go back over the pair's link.
+second link per leader (hello role ROLE_REPLICATION) on which a pool worker sends that leader's
+messages; frames from it go to on_messages like frames from the pair's own link. The
+follower's answers to replication (peer_codec.REPLICATION_ANSWER_TYPES) go back on that link
+while it is open, so the worker relays them to its leader's core; everything else, and every
+answer when there is no such link, goes over the pair's link.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from eventstream.transport.connection import WRITE_BUFFER_HIGH_BYTES, FramedConnection
 from eventstream.transport.frames import CrcFunction, FrameError
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION, Hello
+from eventstream.transport.peer_codec import is_replication_answer
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,18 @@ class PeerNetwork:
         if peer_id in self.blocked:
             stats.dropped_blocked += len(bodies)
             return
-        conn = self._conns.get(peer_id)
+        worker_link = self._replication_conns.get(peer_id)
+        if worker_link is not None and not worker_link.closed:
+            answers = [b for b in bodies if is_replication_answer(b)]
+            if answers:
+                bodies = [b for b in bodies if not is_replication_answer(b)]
+                self._send_on(peer_id, worker_link, answers)
+                if not bodies:
+                    return
+        self._send_on(peer_id, self._conns.get(peer_id), bodies)
+
+    def _send_on(self, peer_id: int, conn: FramedConnection | None, bodies: list[bytes] | list[bytes | memoryview]) -> None:
+        stats = self.stats[peer_id]
         if conn is None or conn.closed:
             stats.dropped_unconnected += len(bodies)
             self._report_unreachable(peer_id)

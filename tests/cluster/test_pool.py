@@ -121,6 +121,10 @@ def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cl
     # The restarted worker carried the follower's traffic after the kill.
     final = wait_status(cluster, leader, lambda s: workers_of(s)[victim_peer]["messages_sent"] > 0)
     assert workers_of(final)[victim_peer]["pid"] == restarted["pid"]
+    # Entries went to the workers as orders on the shared entry ring, and the followers' acks
+    # came back through the workers (the peer links carried none of them).
+    for worker in workers_of(final).values():
+        assert worker["orders"] > 0 and worker["answers_relayed"] > 0, worker
     # Worker CPU and RSS are on the leader's /metrics, one series per follower.
     with urllib.request.urlopen(f"http://{cluster.nodes[leader].http}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()

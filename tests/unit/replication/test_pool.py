@@ -1,6 +1,9 @@
-"""The replication pool against a real follower-side PeerNetwork on loopback: messages arrive
-intact and in order through a worker process; a SIGKILLed worker is restarted and reported
-(so the core re-probes); oversize messages take the pair's link; stop() ends the workers."""
+"""The replication pool against a real follower-side PeerNetwork on loopback: entries ordered by
+entry-ring position and full messages arrive intact and in order through a worker process,
+consecutive orders merged; the follower's answers come back through the worker as the same
+Messages; entries overwritten before a stopped worker copied them are never sent, and reported;
+a SIGKILLed worker is restarted and reported (so the core re-probes); oversize messages take
+the pair's link; stop() ends the workers."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from eventstream.replication import pool as pool_module
 from eventstream.replication.pool import ReplicationPool
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.listener import Listener
-from eventstream.transport.peer_codec import decode_message
+from eventstream.transport.peer_codec import decode_message, encode_message
 from eventstream.transport.peers import PeerNetwork
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,10 +37,12 @@ def append(index: int, *payloads: bytes, term: int = 3) -> Message:
 
 
 class Follower:
-    """Node 2: a listener whose peer network records every message, by the link it came on."""
+    """Node 2: a listener whose peer network records every message; with answer=True it acks
+    each AppendEntries (through its network, so on the worker's link) as a follower would."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bool = False) -> None:
         self.got: list[Message] = []
+        self.answer = answer
         self.listener = Listener(crc32c, LIMIT)
         self.network: PeerNetwork | None = None
         self.address: tuple[str, int] = ("", 0)
@@ -51,7 +56,14 @@ class Follower:
 
     def _on_messages(self, peer_id: int, bodies: list[bytes]) -> None:
         assert peer_id == 1
-        self.got.extend(decode_message(b) for b in bodies)
+        messages = [decode_message(b) for b in bodies]
+        self.got.extend(messages)
+        if self.answer and self.network is not None:
+            acks = [
+                Message(MessageType.APPEND_RESPONSE, 1, 2, m.term, index=m.index + len(m.entries))
+                for m in messages if m.type == MessageType.APPEND
+            ]
+            self.network.send(1, [encode_message(a) for a in acks])
 
     async def stop(self) -> None:
         assert self.network is not None
@@ -67,40 +79,76 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None
         await asyncio.sleep(0.01)
 
 
-def test_worker_delivers_in_order_survives_sigkill_and_stops_with_the_pool() -> None:
+def appended(messages: list[Message]) -> list[tuple[int, int, bytes]]:
+    return [(e.index, e.term, bytes(e.data)) for m in messages if m.type == MessageType.APPEND for e in m.entries]
+
+
+def heartbeat(commit: int) -> Message:
+    return Message(MessageType.HEARTBEAT, to=2, sender=1, term=3, commit=commit)
+
+
+def test_orders_and_full_messages_arrive_in_order_merged_and_answers_come_back_as_messages() -> None:
     async def scenario() -> None:
         leader_listener = Listener(crc32c, LIMIT)
         leader_address = await leader_listener.start("127.0.0.1", 0)
-        follower = Follower()
+        follower = Follower(answer=True)
         await follower.start(leader_address)
         leader_net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
         leader_listener.set_owner(ROLE_PEER, leader_net)
         leader_net.start()
         await leader_net.wait_connected(2)
         connected: list[int] = []
-        pool = ReplicationPool(1, {2: follower.address}, leader_net, connected.append, ring_bytes=1 << 20)
+        answers: list[Message] = []
+        pool = ReplicationPool(1, {2: follower.address}, leader_net, connected.append,
+                               on_responses=lambda peer, ms: answers.extend(ms), ring_bytes=1 << 20)
         pipeline = pool.start()[2]
         try:
             await wait_for(lambda: connected == [2])
             sent = [append(10 + 3 * k, b"a%d" % k, b"b" * (k * 13 % 900), b"") for k in range(400)]
             for k, msg in enumerate(sent):
                 pipeline.submit(msg)
+                if k % 50 == 49:
+                    pipeline.submit(heartbeat(commit=k))
                 if k % 10 == 9:
                     pipeline.flush()
             pipeline.flush()
-            await wait_for(lambda: len(follower.got) == len(sent))
-            assert [(m.index, [bytes(e.data) for e in m.entries]) for m in follower.got] == [
-                (m.index, [bytes(e.data) for e in m.entries]) for m in sent
-            ]
-            assert pipeline.stats.messages == len(sent) and pipeline.stats.dropped_window == 0
-            await wait_for(lambda: pool.worker_stats()[2].messages == len(sent))
+            expected = appended(sent)
+            await wait_for(lambda: len(appended(follower.got)) == len(expected))
+            assert appended(follower.got) == expected
+            # Orders that continue each other went out as fewer, larger AppendEntries, each one
+            # consistent: prevLogIndex just before its first entry, the latest order's commit.
+            appends = [m for m in follower.got if m.type == MessageType.APPEND]
+            assert len(appends) < len(sent)
+            for m in appends:
+                assert m.index == m.entries[0].index - 1 and m.log_term == 3 and m.term == 3
+                assert m.commit == m.entries[-1].index - 3  # append() sets commit = prev index
+            # A full message keeps its place between orders: never merged across.
+            seen = 0
+            for m in follower.got:
+                if m.type == MessageType.APPEND:
+                    seen += len(m.entries)
+                elif m.type == MessageType.HEARTBEAT:
+                    assert seen == 3 * (m.commit + 1)
+            assert sum(m.type == MessageType.HEARTBEAT for m in follower.got) == 8
+            # Each entry went into the shared ring once; every APPEND was an order, not a copy.
+            assert pool.entry_ring_stats()[0] == len(expected) and pipeline.orders == len(sent)
+            assert pipeline.stats.dropped_window == 0
 
-            # A message larger than half the ring goes over the pair's own link instead.
-            big = append(2000, b"x" * 600_000)
+            # The follower's acks came back through the worker as the Messages it sent.
+            last = expected[-1][0]
+            await wait_for(lambda: bool(answers) and answers[-1].index == last)
+            assert all(a.type == MessageType.APPEND_RESPONSE and (a.to, a.sender, a.term) == (1, 2, 3) and not a.reject
+                       for a in answers)
+            assert [a.index for a in answers] == sorted(a.index for a in answers)
+            assert pool.usage()[2].answers_relayed == len(answers)
+
+            # A full message larger than half the control ring goes over the pair's own link.
+            big = Message(MessageType.SNAPSHOT, 2, 1, 3, index=7, log_term=3, data=b"x" * 600_000, done=True)
             pipeline.submit(big)
             pipeline.flush()
-            await wait_for(lambda: len(follower.got) == len(sent) + 1)
-            assert bytes(follower.got[-1].entries[0].data) == b"x" * 600_000
+            await wait_for(lambda: follower.got[-1].type == MessageType.SNAPSHOT)
+            assert bytes(follower.got[-1].data) == b"x" * 600_000
+            assert leader_net.stats[2].messages_out == 1
 
             usage = pool.usage()[2]
             assert usage.cpu_seconds > 0 and usage.rss_bytes > 0 and usage.restarts == 0
@@ -113,7 +161,7 @@ def test_worker_delivers_in_order_survives_sigkill_and_stops_with_the_pool() -> 
             assert pool.worker_pids()[2] != old_pid
             pipeline.submit(append(5000, b"after restart"))
             pipeline.flush()
-            await wait_for(lambda: bytes(follower.got[-1].entries[0].data) == b"after restart")
+            await wait_for(lambda: appended(follower.got)[-1][2] == b"after restart")
 
             new_pid = pool.worker_pids()[2]
         finally:
@@ -127,6 +175,48 @@ def test_worker_delivers_in_order_survives_sigkill_and_stops_with_the_pool() -> 
     asyncio.run(scenario())
 
 
+def entry_data(index: int) -> bytes:
+    return index.to_bytes(8, "little") * 125
+
+
+def test_entries_overwritten_before_a_stopped_worker_copies_them_are_reported_and_never_sent() -> None:
+    async def scenario() -> None:
+        leader_listener = Listener(crc32c, LIMIT)
+        follower = Follower()
+        await follower.start(await leader_listener.start("127.0.0.1", 0))
+        reprobes: list[int] = []
+        net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
+        # 64 KiB of entries hold 64 of these 1000-byte entries; 80 are ordered while the
+        # worker is stopped, and it may merge at most 8 per message.
+        pool = ReplicationPool(1, {2: follower.address}, net, reprobes.append, entry_ring_bytes=1 << 16,
+                               append_bytes_max=8000)
+        pipeline = pool.start()[2]
+        try:
+            await wait_for(lambda: reprobes == [2])
+            worker = pool.worker_pids()[2]
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                for k in range(40):
+                    pipeline.submit(append(2 * k, entry_data(2 * k + 1), entry_data(2 * k + 2)))
+                    pipeline.flush()
+                assert pipeline.orders == 40
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            await wait_for(lambda: pool.stale_orders[2] > 0 and len(reprobes) > 1)
+            await wait_for(lambda: bool(follower.got) and follower.got[-1].entries[-1].index == 80)
+            got = appended(follower.got)
+            # Only entries that were still intact went out, each exactly as written.
+            assert got == [(i, 3, entry_data(i)) for i in range(got[0][0], 81)]
+            assert got[0][0] > 1
+            assert pool.usage()[2].stale_orders == pool.stale_orders[2]
+        finally:
+            await pool.close()
+            await follower.stop()
+            await leader_listener.stop()
+
+    asyncio.run(scenario())
+
+
 def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() -> None:
     async def scenario() -> None:
         dropped: list[tuple[int, int]] = []
@@ -135,7 +225,7 @@ def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() 
         address = await placeholder.start("127.0.0.1", 0)
         await placeholder.stop()  # nothing listens on `address` now
         net = PeerNetwork(1, {2: address}, crc32c, LIMIT, lambda p, b: None)
-        pool = ReplicationPool(1, {2: address}, net, connected.append, lambda p, n: dropped.append((p, n)))
+        pool = ReplicationPool(1, {2: address}, net, connected.append, on_dropped=lambda p, n: dropped.append((p, n)))
         pipeline = pool.start()[2]
         try:
             await asyncio.sleep(0.3)
@@ -149,10 +239,11 @@ def test_worker_without_a_follower_drops_reports_and_connects_once_it_appears() 
             follower.network = PeerNetwork(2, {1: ("127.0.0.1", 1)}, crc32c, LIMIT, follower._on_messages)
             follower.listener.set_owner(ROLE_REPLICATION, follower.network)
             await wait_for(lambda: connected == [2])
-            pipeline.submit(append(1, b"resent"))
+            # The core re-sends the same entry from its log; the entry ring still holds it.
+            pipeline.submit(append(1, b"lost"))
             pipeline.flush()
             await wait_for(lambda: len(follower.got) == 1)
-            assert bytes(follower.got[0].entries[0].data) == b"resent"
+            assert bytes(follower.got[0].entries[0].data) == b"lost"
             await follower.listener.stop()
         finally:
             await pool.close()
@@ -181,9 +272,10 @@ def test_a_frozen_worker_holding_records_is_killed_and_replaced(monkeypatch: pyt
             assert pool.restarts[2] == 0  # idle or busy is not stuck: only no progress for STALL_S
             await wait_for(lambda: pool.restarts[2] == 1 and connected == [2, 2])
             assert pool.worker_pids()[2] != frozen and not psutil.pid_exists(frozen)
-            pipeline.submit(append(1, b"resent after the restart"))
+            # The core re-sends the entry from its log after the re-probe.
+            pipeline.submit(append(1, b"held by the frozen worker"))
             pipeline.flush()
-            await wait_for(lambda: any(bytes(m.entries[0].data) == b"resent after the restart" for m in follower.got))
+            await wait_for(lambda: appended(follower.got) == [(2, 3, b"held by the frozen worker")])
         finally:
             await pool.close()
             await follower.stop()

@@ -1,5 +1,5 @@
 """The shared-memory SPSC ring: records, wrap-around, full and oversize rings, corruption, the
-frame drain the workers use, the sleep/wake handshake, and a two-process hammer."""
+sleep/wake handshake, a two-process hammer; and send_all, the workers' socket write."""
 
 from __future__ import annotations
 
@@ -11,19 +11,17 @@ import struct
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 
-from eventstream._crc32c import crc32c
 from eventstream._spsc_ring import (
     HEADER_BYTES,
     MIN_CAPACITY,
     RecordTooLargeError,
     RingError,
     SpscRing,
+    send_all,
 )
-from eventstream.transport.frames import FrameDecoder, iter_frames
 
 RING_BYTES = 1 << 16
 
@@ -77,75 +75,19 @@ def test_max_payload_fits_from_any_position_and_one_byte_more_is_refused() -> No
         producer.write(1, big + b"!")
 
 
-def test_drain_frames_emits_crc_checked_wire_frames_and_stops_at_a_frame_too_big_for_out() -> None:
-    _, producer, consumer = make_ring()
-    bodies = [b"", b"a", b"hello world" * 30, bytes(range(256)) * 20]
-    for body in bodies:
-        assert producer.write(1, body)
-    out = bytearray(2048)
-    nbytes, records = consumer.drain_frames(out)
-    assert records == 3  # the fourth (5120 bytes) does not fit in 2048
-    assert list(iter_frames(bytes(out[:nbytes]), crc32c, 1 << 20)) == bodies[:3]
-    assert consumer.drain_frames(out) == (0, 0)
-    assert consumer.next_frame_bytes() == 8 + len(bodies[3])
-    big = bytearray(consumer.next_frame_bytes())
-    nbytes, records = consumer.drain_frames(big)
-    assert records == 1 and list(iter_frames(bytes(big[:nbytes]), crc32c, 1 << 20)) == bodies[3:]
-    assert consumer.next_frame_bytes() == 0
-
-
-def test_send_frames_writes_records_straight_to_a_socket_across_wraps() -> None:
-    _, producer, consumer = make_ring(1 << 14)
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    got: list[bytes] = []
-    count = 3000
-
-    def read() -> None:
-        decoder = FrameDecoder(crc32c, 1 << 20)
-        while len(got) < count:
-            data = b.recv(1 << 16)
-            if not data:
-                return
-            got.extend(decoder.feed(data))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    sent = records = 0
-    bodies = [bytes([i % 251]) * (i * 37 % 3000) for i in range(count)]
-    try:
-        for body in bodies:
-            while not producer.write(1, body):
-                n, k = consumer.send_frames(a.fileno(), 5000)
-                sent, records = sent + n, records + k
-        while True:
-            n, k = consumer.send_frames(a.fileno(), 5000)
-            if not k:
-                break
-            sent, records = sent + n, records + k
-        reader.join(10)
-    finally:
-        a.close()
-        b.close()
-    assert records == count and sent == sum(8 + len(x) for x in bodies)
-    assert got == bodies
-
-
-def test_send_frames_that_cannot_finish_raise_and_leave_the_records_in_the_ring() -> None:
-    _, producer, consumer = make_ring()
+def test_send_all_that_cannot_finish_raises_timeout_and_a_gone_peer_is_an_error_not_a_signal() -> None:
     a, b = socket.socketpair()
     try:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         a.setblocking(False)
-        big = bytes(producer.max_payload)
-        assert producer.write(1, big)
+        send_all(a.fileno(), b"small", 50)
+        assert b.recv(16) == b"small"
         with pytest.raises(OSError) as caught:
-            consumer.send_frames(a.fileno(), 50)  # nobody reads b: the wait for room runs out
+            send_all(a.fileno(), bytes(1 << 22), 50)  # nobody reads b: the wait for room runs out
         assert caught.value.errno == errno.ETIMEDOUT
-        assert consumer.next_frame_bytes() == 8 + len(big)  # still there, for the caller to drop
         b.close()
         with pytest.raises(OSError):
-            consumer.send_frames(a.fileno(), 50)  # the peer is gone: EPIPE/ECONNRESET, no SIGPIPE
+            send_all(a.fileno(), b"x" * 100_000, 50)  # the peer is gone: EPIPE/ECONNRESET, no SIGPIPE
     finally:
         a.close()
         b.close()
@@ -192,7 +134,7 @@ def test_corrupt_indexes_or_lengths_are_reported_never_read(offset: int, value: 
     with pytest.raises(RingError, match="corrupt"):
         consumer.read()
     with pytest.raises(RingError, match="corrupt"):
-        consumer.drain_frames(bytearray(1 << 16))
+        consumer.read()  # still corrupt: nothing was consumed on the way
 
 
 def test_a_closed_end_refuses_use() -> None:
@@ -209,13 +151,10 @@ def test_a_closed_end_refuses_use() -> None:
 _CONSUMER = textwrap.dedent(
     """
     import mmap, os, select, struct, sys
-    from eventstream._crc32c import crc32c
     from eventstream._spsc_ring import SpscRing
-    from eventstream.transport.frames import FrameDecoder, iter_frames
 
-    fd, size, bell, count, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    fd, size, bell, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     ring = SpscRing.attach(mmap.mmap(fd, size))
-    out = bytearray(1 << 15)
     expect = bad = stalls = sleeps = 0
 
     def check(body):
@@ -226,12 +165,8 @@ _CONSUMER = textwrap.dedent(
         expect = seq + 1
 
     while expect < count:
-        if mode == "read":
-            record = ring.read()
-            got = [record[1]] if record else []
-        else:
-            n, k = ring.drain_frames(out)
-            got = list(iter_frames(bytes(out[:n]), crc32c, 1 << 20)) if k else []
+        record = ring.read()
+        got = [record[1]] if record else []
         for body in got:
             check(body)
         if not got and ring.prepare_wait():
@@ -247,8 +182,7 @@ _CONSUMER = textwrap.dedent(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("mode", ["read", "frames"])
-def test_two_processes_hammer_one_ring_without_loss_reorder_damage_or_lost_wakeups(mode: str) -> None:
+def test_two_processes_hammer_one_ring_without_loss_reorder_damage_or_lost_wakeups() -> None:
     count = 300_000
     size = HEADER_BYTES + (1 << 15)  # small, so the producer keeps finding it full and wrapped
     fd = os.memfd_create("ring-hammer")
@@ -256,7 +190,7 @@ def test_two_processes_hammer_one_ring_without_loss_reorder_damage_or_lost_wakeu
     bell_r, bell_w = os.pipe()
     producer = SpscRing.create(mmap.mmap(fd, size))
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CONSUMER, str(fd), str(size), str(bell_r), str(count), mode],
+        [sys.executable, "-c", _CONSUMER, str(fd), str(size), str(bell_r), str(count)],
         pass_fds=(fd, bell_r), stdout=subprocess.PIPE, text=True,
     )
     full = 0
