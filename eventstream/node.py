@@ -947,6 +947,7 @@ class Node:
         # would have carried in-process.
         raft = self.raft
         assert raft is not None
+        self.metrics.peer_messages.inc(len(messages))
         for msg in messages:
             try:
                 raft.step(msg)
