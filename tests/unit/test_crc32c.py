@@ -65,10 +65,10 @@ def test_three_way_blocks_at_their_boundaries(size: int, skew: int) -> None:
     assert crc32c(view, 0xDEADBEEF) == reference.crc32c(bytes(view), 0xDEADBEEF)
 
 
-@pytest.mark.parametrize("size", [1023, 1024, 1025, 1279, 1280, 1281, 65535, 65536, 65564, 300_001])
+@pytest.mark.parametrize("size", [1023, 1024, 1025, 1151, 1152, 1153, 65535, 65536, 65564, 300_001])
 @pytest.mark.parametrize("skew", [0, 5])
 def test_folding_path_at_its_boundaries(size: int, skew: int) -> None:
-    """Buffers of 1 KiB and more take the VPCLMULQDQ folding path (256-byte blocks, then the
+    """Buffers of 1 KiB and more take the VPCLMULQDQ folding path (128-byte blocks, then the
     crc32 instruction for the rest); the result must not depend on which path ran."""
     view = memoryview(random.Random(size).randbytes(size + skew))[skew:]
     for start in (0, 0xDEADBEEF):
@@ -108,8 +108,8 @@ def test_reports_dispatch() -> None:
 
 def test_reports_folding_dispatch() -> None:
     if not os.path.exists("/proc/cpuinfo"):
-        pytest.skip("needs /proc/cpuinfo to know whether the CPU has AVX-512 and VPCLMULQDQ")
+        pytest.skip("needs /proc/cpuinfo to know whether the CPU has AVX2 and VPCLMULQDQ")
     with open("/proc/cpuinfo") as cpuinfo:
         flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
-    expected = all(flag in flags for flag in ("sse4_2", "avx512f", "vpclmulqdq", "pclmulqdq"))
+    expected = all(flag in flags for flag in ("sse4_2", "avx2", "vpclmulqdq", "pclmulqdq"))
     assert folding_accelerated() == expected
