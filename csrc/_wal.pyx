@@ -308,7 +308,7 @@ cdef class SegmentFile:
         cdef uint8_t header[ESC_WAL_HEADER_BYTES]
         cdef iovec iov[2]
         with nogil:
-            esc_wal_seal_header(header, ESC_WAL_TYPE_ENTRY, <uint16_t>pad, item.payload,
+            esc_wal_seal_header(header, ESC_WAL_TYPE_ENTRY, <uint32_t>pad, item.payload,
                                 <uint32_t>item.length, item.index, item.term)
             iov[0].iov_base = header
             iov[0].iov_len = ESC_WAL_HEADER_BYTES

@@ -19,7 +19,7 @@ cdef extern from "wal_format.h" nogil:
     ctypedef struct esc_wal_record_t:
         const uint8_t *payload
         uint32_t payload_len
-        uint16_t pad_bytes
+        uint32_t pad_bytes
         uint8_t type
         uint64_t index
         uint64_t term
@@ -29,7 +29,7 @@ cdef extern from "wal_format.h" nogil:
     size_t esc_wal_align_pad_bytes(uint64_t boundary)
     size_t esc_wal_seal_record(uint8_t *dst, uint8_t type, uint32_t payload_len,
                                uint64_t index, uint64_t term)
-    size_t esc_wal_seal_header(uint8_t *dst, uint8_t type, uint16_t pad_bytes, const uint8_t *payload,
+    size_t esc_wal_seal_header(uint8_t *dst, uint8_t type, uint32_t pad_bytes, const uint8_t *payload,
                                uint32_t payload_len, uint64_t index, uint64_t term)
     int esc_wal_read_record(const uint8_t *buf, size_t length, size_t offset,
                             esc_wal_record_t *rec, size_t *next_offset)

@@ -116,8 +116,8 @@ class SegmentLog:
         self._directory = directory
         self._segment_bytes = segment_bytes
         self._wal_sync = wal_sync
-        # With wal_sync off, a record appended alone with a payload of 32 KiB or more gets it
-        # aligned to 32 KiB in the file, after a hole (csrc/wal_format.h, SegmentFile.write):
+        # With wal_sync off, a record appended alone with a payload of 64 KiB or more gets it
+        # aligned to 64 KiB in the file, after a hole (csrc/wal_format.h, SegmentFile.write):
         # the kernel's copy into the page cache then costs about what a plain write's does.
         # With wal_sync on the fdatasync dominates instead, and an fdatasync per padded record
         # measured slower than per dense one (265 us against 220 us on this disk).

@@ -12,8 +12,8 @@ from typing import NamedTuple
 WAL_VERSION = 1
 WAL_TYPE_ENTRY = 1
 WAL_PAYLOAD_BYTES_MAX = 128 * 1024 * 1024
-WAL_PAYLOAD_ALIGN_BYTES = 32 * 1024
-_HEADER = struct.Struct("<IBBHIQQ")  # crc, version, type, pad_bytes, payload_len, index, term
+WAL_PAYLOAD_ALIGN_BYTES = 64 * 1024
+_HEADER = struct.Struct("<IBBHIQQ")  # crc, version, type, pad_code, payload_len, index, term
 WAL_HEADER_BYTES = _HEADER.size
 
 
@@ -54,10 +54,17 @@ class ScanResult(NamedTuple):
 
 
 def encode_record(index: int, term: int, payload: bytes, pad_bytes: int = 0) -> bytes:
-    """One framed entry record, from its boundary: `pad_bytes` zero bytes, header, payload."""
-    body = _HEADER.pack(0, WAL_VERSION, WAL_TYPE_ENTRY, pad_bytes, len(payload), index, term)[4:]
+    """One framed entry record, from its boundary: `pad_bytes` zero bytes (0, or at least a
+    header's length), header, payload."""
+    body = _HEADER.pack(0, WAL_VERSION, WAL_TYPE_ENTRY, _pad_code(pad_bytes), len(payload), index,
+                        term)[4:]
     body += payload
     return bytes(pad_bytes) + struct.pack("<I", crc32c(body)) + body
+
+
+def _pad_code(pad_bytes: int) -> int:
+    """The header's pad_code: padding counted from a header's length, so that it fits 16 bits."""
+    return pad_bytes - WAL_HEADER_BYTES if pad_bytes else 0
 
 
 def align_pad_bytes(boundary: int) -> int:
@@ -101,12 +108,12 @@ def _check(data: bytes, offset: int, index_expected: int, term_before: int) -> s
     at = _header_offset(data, offset)
     if len(data) - at < WAL_HEADER_BYTES:
         return cut_short
-    crc, version, kind, pad, length, index, term = _HEADER.unpack_from(data, at)
+    crc, version, kind, pad_code, length, index, term = _HEADER.unpack_from(data, at)
     if version != WAL_VERSION:
         return "unknown record version"
     if kind != WAL_TYPE_ENTRY:
         return "unknown record type"
-    if pad != at - offset:
+    if pad_code != _pad_code(at - offset):
         return "padding length does not match the header's place"
     if length > WAL_PAYLOAD_BYTES_MAX:
         return "payload length above the limit"

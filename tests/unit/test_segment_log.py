@@ -366,7 +366,7 @@ def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path, wal_s
         attempts = [
             records(6, 3),  # copied behind the headers, one write
             [(6, 1, b"v" * 40_000), (7, 1, b"w" * 20_000)],  # vectored
-            [(6, 1, b"v" * 40_000)],  # alone: aligned with wal_sync off (two writes)
+            [(6, 1, b"v" * 70_000)],  # alone: padded with wal_sync off
         ]
         for batch in attempts:
             # The first write stops 10 bytes in.
@@ -377,8 +377,8 @@ def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path, wal_s
             assert segment.stat().st_size == size_before
         log.append(records(6, 3))
         assert payloads(log, 1, 9) == records(1, 8)
-        log.append([(9, 1, b"v" * 40_000)])
-        assert bytes(log.entries(9, 10)[0][2]) == b"v" * 40_000
+        log.append([(9, 1, b"v" * 70_000)])
+        assert bytes(log.entries(9, 10)[0][2]) == b"v" * 70_000
 
 
 def test_failed_fdatasync_fails_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -191,7 +191,7 @@ def test_corrupt_record_is_never_returned(pristine: Path, tmp_path: Path) -> Non
         assert len(log.entries(1, 3)) == 2
 
 
-PADDED_PAYLOADS = [b"s" * 50, b"L" * 40_000, b"L" * 65_536, b"t" * 10, b"L" * 33_000, b"L" * 32_768]
+PADDED_PAYLOADS = [b"s" * 50, b"L" * 70_000, b"L" * 65_536, b"t" * 10, b"L" * 66_000, b"l" * 65_535]
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def padded(tmp_path_factory: pytest.TempPathFactory) -> Path:
             log.append([(index, 1, payload)])
     (segment,) = _segments(directory)
     assert [r.pad_bytes > 0 for r in wal_reference.scan(segment.read_bytes(), 1).records] == [
-        False, True, True, False, True, True
+        False, True, True, False, True, False
     ]
     return directory
 
@@ -253,7 +253,7 @@ def test_damage_around_padding_cuts_to_the_longest_valid_prefix(padded: Path, tm
                 assert (log.recovery.offset, log.recovery.bytes_dropped) == (
                     expected.valid_bytes, len(damaged) - expected.valid_bytes
                 )
-            log.append([(kept + 1, 2, b"L" * 40_000)])  # appends (padded) after the cut
+            log.append([(kept + 1, 2, b"L" * 70_000)])  # appends (padded) after the cut
         with SegmentLog.open(str(directory), wal_sync=False) as log:
             assert log.recovery is None and log.last_index == kept + 1
         shutil.rmtree(directory)

@@ -125,11 +125,11 @@ class PaddedSegmentLogMachine(SegmentLogMachine):
     def __init__(self) -> None:
         super().__init__()
         self.log.close()
-        self.segment_bytes = 200_000
+        self.segment_bytes = 400_000
         self.log = SegmentLog.open(self.directory, segment_bytes=self.segment_bytes,
                                    wal_sync=False)
 
-    @rule(term_step=st.integers(0, 1), size=st.integers(32_000, 70_000))
+    @rule(term_step=st.integers(0, 1), size=st.integers(60_000, 100_000))
     def append_large_alone(self, term_step: int, size: int) -> None:
         term = self.model.last_term + term_step
         index = self.model.last + 1

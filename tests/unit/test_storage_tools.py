@@ -55,11 +55,11 @@ def test_esc_wal_inspect_reads_padded_records(tmp_path: Path) -> None:
     for the table, reference for --records) walk over it."""
     with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
         log.append([(1, 1, b"small")])
-        log.append([(2, 1, b"L" * 40_000)])
+        log.append([(2, 1, b"L" * 70_000)])
         log.append([(3, 2, b"L" * 65_536)])
     result = CliRunner().invoke(esc, ["wal", "inspect", str(tmp_path), "--records"])
     assert result.exit_code == 0, result.output
     assert "3 valid records, all CRCs ok" in result.output
     assert "index 1 term 1 payload 5 bytes\n" in result.output
-    assert "index 2 term 1 payload 40000 bytes after 32707 bytes of padding" in result.output
-    assert "index 3 term 2 payload 65536 bytes after 25508 bytes of padding" in result.output
+    assert "index 2 term 1 payload 70000 bytes after 65475 bytes of padding" in result.output
+    assert "index 3 term 2 payload 65536 bytes after 61044 bytes of padding" in result.output

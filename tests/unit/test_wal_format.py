@@ -36,16 +36,16 @@ GOLDEN_RECORD = bytes.fromhex(
     "72616674"  # b"raft"
 )
 
-# The same record as the first of a segment with its payload aligned: 32740 zero bytes of
-# padding (a hole on disk), then the header, whose pad_bytes says so, then the payload at 32768.
+# The same record as the first of a segment with its payload aligned: 65508 zero bytes of
+# padding (a hole on disk), then the header, whose pad_code says so, then the payload at 65536.
 GOLDEN_PADDED_HEADER = bytes.fromhex(
-    "b3503128"  # CRC-32C of everything after it (the padding is not covered)
-    "01" "01" "e47f"  # version 1, type ENTRY, pad_bytes 32740
+    "94dbb90c"  # CRC-32C of everything after it (the padding is not covered)
+    "01" "01" "c8ff"  # version 1, type ENTRY, pad_code 65480 (padding minus a header's 28)
     "04000000"  # payload_len 4
     "0700000000000000"  # index 7
     "0300000000000000"  # term 3
 )
-GOLDEN_PADDED_RECORD = bytes(32740) + GOLDEN_PADDED_HEADER + b"raft"
+GOLDEN_PADDED_RECORD = bytes(65508) + GOLDEN_PADDED_HEADER + b"raft"
 
 
 def frame_all(records: list[tuple[int, int, bytes]], first_index: int, prev_term: int = 0) -> bytes:
@@ -62,8 +62,8 @@ def test_golden_record() -> None:
 
 
 def test_golden_padded_record() -> None:
-    assert reference.align_pad_bytes(0) == 32740
-    assert reference.encode_record(7, 3, b"raft", pad_bytes=32740) == GOLDEN_PADDED_RECORD
+    assert reference.align_pad_bytes(0) == 65508
+    assert reference.encode_record(7, 3, b"raft", pad_bytes=65508) == GOLDEN_PADDED_RECORD
     assert crc32c(GOLDEN_PADDED_HEADER[4:] + b"raft") == int.from_bytes(GOLDEN_PADDED_HEADER[:4],
                                                                         "little")
     count, valid, last_term, *_ = scan_records(GOLDEN_PADDED_RECORD, 7, 0)
@@ -71,20 +71,27 @@ def test_golden_padded_record() -> None:
     records, *_ = read_records(GOLDEN_PADDED_RECORD, 7, 7, 8, -1, 0, False, "golden", 0)
     assert [(i, t, bytes(p)) for i, t, p in records] == [(7, 3, b"raft")]
     # Only the version byte of the padding is looked at.
-    filled = b"\xff" * 4 + b"\x00" + b"\xff" * 32735 + GOLDEN_PADDED_RECORD[32740:]
+    filled = b"\xff" * 4 + b"\x00" + b"\xff" * 65503 + GOLDEN_PADDED_RECORD[65508:]
     assert scan_records(filled, 7, 0)[:2] == (1, len(filled))
 
 
 @pytest.mark.parametrize(
     "boundary, pad",
-    [(0, 32740), (32740, 0), (32739, 32769), (32741, 32767), (32768 - 56, 28), (32768 - 57, 29)],
+    [(0, 65508), (65508, 0), (65507, 65537), (65509, 65535), (65536 - 56, 28), (65536 - 57, 29),
+     (65536 * 3 - 28 - 65563, 65563)],
 )
 def test_padding_is_zero_or_at_least_a_header(boundary: int, pad: int) -> None:
     """A reader can always see the zero version byte of padding, so padding is never shorter
-    than a header: the header goes one alignment further instead."""
+    than a header: the header goes one alignment further instead. The longest padding still
+    fits pad_code, which counts from a header's length."""
     assert reference.align_pad_bytes(boundary) == pad
     assert (boundary + pad + WAL_HEADER_BYTES) % WAL_PAYLOAD_ALIGN_BYTES == 0
     assert pad == 0 or WAL_HEADER_BYTES <= pad < WAL_PAYLOAD_ALIGN_BYTES + WAL_HEADER_BYTES
+    assert pad == 0 or pad - WAL_HEADER_BYTES <= 0xFFFF
+    # The native reader finds the header from the file offset of the piece it is given.
+    record = reference.encode_record(9, 1, b"x", pad)
+    got, *_ = read_records(record, 9, 9, 10, -1, 0, False, "piece", boundary)
+    assert [(i, bytes(p)) for i, _, p in got] == [(9, b"x")]
 
 
 def test_padded_record_read_from_a_piece_of_the_segment() -> None:
@@ -96,8 +103,8 @@ def test_padded_record_read_from_a_piece_of_the_segment() -> None:
     piece = image[128:]
     records, at, consumed, need, stop, _ = read_records(piece[:1000], 2, 2, 3, -1, 0, False,
                                                         "piece", 128)
-    assert (records, at, consumed, need) == ([], 2, 0, 32740 - 128 + 28)
-    records, at, consumed, need, stop, _ = read_records(piece[:40_000], 2, 2, 3, -1, 0, False,
+    assert (records, at, consumed, need) == ([], 2, 0, reference.align_pad_bytes(128) + 28)
+    records, at, consumed, need, stop, _ = read_records(piece[:70_000], 2, 2, 3, -1, 0, False,
                                                         "piece", 128)
     assert (records, consumed, need) == ([], 0, len(piece))
     records, at, consumed, need, stop, _ = read_records(piece, 2, 2, 3, -1, 0, False, "piece", 128)
@@ -107,7 +114,7 @@ def test_padded_record_read_from_a_piece_of_the_segment() -> None:
 
 
 def test_header_in_the_wrong_place_for_its_padding_is_refused() -> None:
-    image = bytes(32740) + reference.encode_record(7, 3, b"raft")  # pad_bytes 0 after padding
+    image = bytes(65508) + reference.encode_record(7, 3, b"raft")  # pad_code 0 after padding
     reason = "padding length does not match the header's place"
     assert reference.scan(image, 7).reason == reason
     assert scan_records(image, 7, 0)[:2] == (0, 0) and scan_records(image, 7, 0)[6] == reason
@@ -118,8 +125,8 @@ def test_header_in_the_wrong_place_for_its_padding_is_refused() -> None:
 
 
 def test_alignment_constants_match_reference() -> None:
-    assert WAL_PAYLOAD_ALIGN_BYTES == reference.WAL_PAYLOAD_ALIGN_BYTES == 32768
-    assert WAL_ALIGN_PAYLOAD_BYTES_MIN == 32768
+    assert WAL_PAYLOAD_ALIGN_BYTES == reference.WAL_PAYLOAD_ALIGN_BYTES == 65536
+    assert WAL_ALIGN_PAYLOAD_BYTES_MIN == 65536
 
 
 def test_reference_crc_matches_native() -> None:
@@ -281,7 +288,7 @@ def _reference_image(batches: list[list[tuple[int, int, bytes]]], align_alone: b
     return image
 
 
-payload_sizes = st.sampled_from([0, 1, 100, 16_383, 16_384, 32_767, 32_768, 40_000, 65_536])
+payload_sizes = st.sampled_from([0, 1, 100, 16_384, 40_000, 65_535, 65_536, 70_000])
 
 
 @settings(max_examples=40, deadline=None)
@@ -319,7 +326,9 @@ def test_aligned_payload_starts_on_the_boundary_and_leaves_a_hole() -> None:
     )
     second = 128  # after record 1 (28 + 100 bytes)
     assert second + reference.align_pad_bytes(second) + WAL_HEADER_BYTES == WAL_PAYLOAD_ALIGN_BYTES
-    assert image[second : WAL_PAYLOAD_ALIGN_BYTES - WAL_HEADER_BYTES] == bytes(32612)
+    assert image[second : WAL_PAYLOAD_ALIGN_BYTES - WAL_HEADER_BYTES] == bytes(
+        WAL_PAYLOAD_ALIGN_BYTES - WAL_HEADER_BYTES - second
+    )
     assert image[WAL_PAYLOAD_ALIGN_BYTES : WAL_PAYLOAD_ALIGN_BYTES + 65_536] == b"b" * 65_536
     third = WAL_PAYLOAD_ALIGN_BYTES + 65_536
     assert image[third + WAL_PAYLOAD_ALIGN_BYTES :] == b"c" * 65_536
@@ -329,8 +338,8 @@ def test_aligned_payload_starts_on_the_boundary_and_leaves_a_hole() -> None:
 def test_padding_never_rolls_a_segment() -> None:
     """A record that fits only without its padding is written unpadded."""
     small = [(1, 1, b"a" * 100)]
-    big = [(2, 1, b"b" * 40_000)]
-    limit = 128 + WAL_HEADER_BYTES + 40_000  # room for the record, not for its padding
+    big = [(2, 1, b"b" * 70_000)]
+    limit = 128 + WAL_HEADER_BYTES + 70_000  # room for the record, not for its padding
     image, _ = _write_through_segment_file([small, big], limit, True)
     assert image == reference.encode_record(*small[0]) + reference.encode_record(*big[0])
 
