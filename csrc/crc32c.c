@@ -210,6 +210,23 @@ __attribute__((target(ESC_FOLD_TARGET))) static inline __m256i broadcast_constan
     return _mm256_broadcastsi128_si256(_mm_set_epi64x((long long)k[1], (long long)k[0]));
 }
 
+/* The CRC register after four consecutive 32-byte accumulators (x0 first in the message). */
+__attribute__((target(ESC_FOLD_TARGET))) static inline uint64_t reduce_accumulators(
+    __m256i x0, __m256i x1, __m256i x2, __m256i x3)
+{
+    __m256i k = broadcast_constants(fold_256);
+    x1 = fold_lanes(x0, k, x1);
+    x2 = fold_lanes(x1, k, x2);
+    x3 = fold_lanes(x2, k, x3);
+    __m128i first = _mm256_castsi256_si128(x3);
+    __m128i k128 = _mm_set_epi64x((long long)fold_128[1], (long long)fold_128[0]);
+    __m128i lane = _mm_xor_si128(_mm256_extracti128_si256(x3, 1),
+                                 _mm_xor_si128(_mm_clmulepi64_si128(first, k128, 0x00),
+                                               _mm_clmulepi64_si128(first, k128, 0x11)));
+    uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(lane));
+    return _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(lane, 1));
+}
+
 /*
  * Consumes whole 128-byte blocks from *pp (the caller guarantees at least one) with four 32-byte
  * accumulators, whose independent products hide the multiplier's latency. `c` is the raw CRC
@@ -237,20 +254,76 @@ __attribute__((target(ESC_FOLD_TARGET))) static uint64_t crc_fold(uint64_t c, co
         p += 128;
         len -= 128;
     }
-    k = broadcast_constants(fold_256);
-    x1 = fold_lanes(x0, k, x1);
-    x2 = fold_lanes(x1, k, x2);
-    x3 = fold_lanes(x2, k, x3);
-    __m128i first = _mm256_castsi256_si128(x3);
-    __m128i k128 = _mm_set_epi64x((long long)fold_128[1], (long long)fold_128[0]);
-    __m128i lane = _mm_xor_si128(_mm256_extracti128_si256(x3, 1),
-                                 _mm_xor_si128(_mm_clmulepi64_si128(first, k128, 0x00),
-                                               _mm_clmulepi64_si128(first, k128, 0x11)));
-    c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(lane));
-    c = _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(lane, 1));
     *pp = p;
     *lenp = len;
-    return c;
+    return reduce_accumulators(x0, x1, x2, x3);
+}
+
+/*
+ * Hybrid blocks. Folding keeps the carry-less multiplier busy and leaves the crc32 unit idle; a
+ * block of ESC_CRC_HYBRID_BYTES runs both: 128-byte folding steps over its first part while three
+ * crc32 chains walk three equal tails, then the four registers are combined. CRC registers are
+ * linear, so reg(A || B) = reg(A) * x^(8|B|) ^ reg_from_zero(B), and multiplying a register by
+ * x^(8n) is crc32(0, clmul(reg, x^(8n-33) mod P)): the product of two 32-bit values is below
+ * 2^63, and crc32 over it supplies the x^32 and the reduction (same bookkeeping as the fold
+ * constants above).
+ */
+#define ESC_HYBRID_STEPS 64
+#define ESC_HYBRID_TAIL_BYTES (16 * ESC_HYBRID_STEPS)
+#define ESC_HYBRID_FOLD_BYTES (128 * ESC_HYBRID_STEPS)
+#define ESC_CRC_HYBRID_BYTES (ESC_HYBRID_FOLD_BYTES + 3 * ESC_HYBRID_TAIL_BYTES)
+
+/* x^(8n-33) mod P for n = three, two and one tails. */
+static uint64_t hybrid_shift[3];
+
+__attribute__((target(ESC_FOLD_TARGET))) static inline uint64_t shift_register(uint64_t c,
+                                                                               uint64_t k)
+{
+    __m128i product = _mm_clmulepi64_si128(_mm_cvtsi64_si128((long long)c),
+                                           _mm_cvtsi64_si128((long long)k), 0x00);
+    return _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(product));
+}
+
+__attribute__((target(ESC_FOLD_TARGET))) static inline uint64_t load_u64(const uint8_t *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* One ESC_CRC_HYBRID_BYTES block at p; `c` is the raw register before it, returns the one after. */
+__attribute__((target(ESC_FOLD_TARGET))) static uint64_t crc_hybrid_block(uint64_t c,
+                                                                          const uint8_t *p)
+{
+    const uint8_t *t1 = p + ESC_HYBRID_FOLD_BYTES;
+    const uint8_t *t2 = t1 + ESC_HYBRID_TAIL_BYTES;
+    const uint8_t *t3 = t2 + ESC_HYBRID_TAIL_BYTES;
+    uint64_t c1 = 0, c2 = 0, c3 = 0;
+    __m256i x0 = _mm256_loadu_si256((const __m256i *)p);
+    __m256i x1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+    __m256i x2 = _mm256_loadu_si256((const __m256i *)(p + 64));
+    __m256i x3 = _mm256_loadu_si256((const __m256i *)(p + 96));
+    x0 = _mm256_xor_si256(x0, _mm256_set_epi64x(0, 0, 0, (long long)(uint32_t)c));
+    __m256i k = broadcast_constants(fold_1024);
+    for (size_t step = 0; step < ESC_HYBRID_STEPS; step++) {
+        if (step) {
+            const uint8_t *q = p + 128 * step;
+            x0 = fold_lanes(x0, k, _mm256_loadu_si256((const __m256i *)q));
+            x1 = fold_lanes(x1, k, _mm256_loadu_si256((const __m256i *)(q + 32)));
+            x2 = fold_lanes(x2, k, _mm256_loadu_si256((const __m256i *)(q + 64)));
+            x3 = fold_lanes(x3, k, _mm256_loadu_si256((const __m256i *)(q + 96)));
+        }
+        size_t at = 16 * step;
+        c1 = _mm_crc32_u64(c1, load_u64(t1 + at));
+        c2 = _mm_crc32_u64(c2, load_u64(t2 + at));
+        c3 = _mm_crc32_u64(c3, load_u64(t3 + at));
+        c1 = _mm_crc32_u64(c1, load_u64(t1 + at + 8));
+        c2 = _mm_crc32_u64(c2, load_u64(t2 + at + 8));
+        c3 = _mm_crc32_u64(c3, load_u64(t3 + at + 8));
+    }
+    uint64_t a = reduce_accumulators(x0, x1, x2, x3);
+    return shift_register(a, hybrid_shift[0]) ^ shift_register(c1, hybrid_shift[1]) ^
+           shift_register(c2, hybrid_shift[2]) ^ c3;
 }
 
 /* Called once with the SSE4.2 path chosen; __builtin_cpu_supports checks the OS saves ymm state. */
@@ -262,6 +335,8 @@ static void choose_fold(void)
     fold_constants(fold_1024, 1024);
     fold_constants(fold_256, 256);
     fold_constants(fold_128, 128);
+    for (int tails = 3; tails >= 1; tails--)
+        hybrid_shift[3 - tails] = xpow_mod_reflected(8 * ESC_HYBRID_TAIL_BYTES * tails - 33);
     fold_available = 1;
 }
 
@@ -273,6 +348,11 @@ __attribute__((target("sse4.2"))) static uint32_t crc_sse42_with(int fold, uint3
     while (len && ((uintptr_t)p & 7)) {
         c = _mm_crc32_u8((uint32_t)c, *p++);
         len--;
+    }
+    while (fold && len >= ESC_CRC_HYBRID_BYTES) {
+        c = crc_hybrid_block(c, p);
+        p += ESC_CRC_HYBRID_BYTES;
+        len -= ESC_CRC_HYBRID_BYTES;
     }
     if (fold && len >= ESC_CRC_FOLD_BYTES_MIN)
         c = crc_fold(c, &p, &len);
