@@ -361,6 +361,10 @@ cdef class SegmentFile:
 
 def prepare_records(records, uint64_t next_index, uint64_t prev_term):
     """Validates (index, term, payload) tuples that must start at `next_index`."""
+    return _prepare_records(records, next_index, prev_term)
+
+
+cdef PreparedRecords _prepare_records(records, uint64_t next_index, uint64_t prev_term):
     cdef list seq = records if type(records) is list else list(records)
     cdef PreparedRecords prepared = PreparedRecords.__new__(PreparedRecords)
     cdef Py_ssize_t i, count = len(seq)
@@ -522,3 +526,70 @@ def read_records(data, uint64_t first_index, uint64_t lo, uint64_t hi, long long
         offset = next_offset
         stop = index >= hi
     return out, index, offset, need, stop, taken_bytes
+
+
+cdef class LogTail:
+    """The state of a SegmentLog that every append touches, and the append loop itself, in C:
+    an append that fits the active segment then costs one call into native code and no Python
+    bookkeeping. SegmentLog (eventstream/storage/segment_log.py) subclasses it and supplies the
+    rest: _create_segment, _seal_active, _undo_partial_write, _add_run.
+
+    Invariant: _last_index and _last_term describe the last record written; _written_seq counts
+    appends (the group-commit tickets).
+    """
+
+    cdef public object _active  # SegmentFile or None
+    cdef public long long _last_index
+    cdef public long long _last_term
+    cdef public long long _written_seq
+    cdef public long long _records_appended
+    cdef public long long _bytes_appended
+    cdef public long long _segment_bytes
+    cdef public bint _align_payloads
+    cdef public object _lock  # threading.Lock over all of the above
+    cdef public bint _closed
+    cdef public object _failure  # the OSError that failed the log, or None
+
+    def append_nowait(self, records):
+        """append() without waiting for durability, whatever wal_sync says: the records reach
+        the OS now. Returns a ticket for wait_durable(). Lets a leader write its log while it
+        replicates (Raft thesis 10.2.1) and callers order appends under their own lock while
+        sharing the fdatasync outside it."""
+        with self._lock:
+            if self._closed or self._failure is not None:
+                self._check_open()
+            return self._write_prepared(_prepare_records(records, self._last_index + 1,
+                                                         self._last_term))
+
+    def _write_prepared(self, PreparedRecords prepared):
+        """Writes prepared records into the active segment, rolling to new ones as they fill;
+        returns the append's ticket. Runs (term changes) are added as their records land, so
+        the log's terms stay right should a later write fail."""
+        cdef Py_ssize_t start = 0, consumed = 0, runs_added = 0
+        cdef Py_ssize_t run_count = len(prepared.term_starts)
+        cdef SegmentFile segment
+        cdef uint64_t size_before
+        while start < prepared.count:
+            if self._active is None:
+                self._create_segment(prepared.first_index + start)
+            segment = self._active
+            size_before = segment.size
+            try:
+                consumed = segment.write(prepared, start, self._segment_bytes,
+                                         self._align_payloads)
+            except OSError as error:
+                self._undo_partial_write(segment, error)
+                raise
+            if consumed == 0:
+                self._seal_active()
+                continue
+            start += consumed
+            self._last_index += consumed
+            self._records_appended += consumed
+            self._bytes_appended += segment.size - size_before
+            while runs_added < run_count and prepared.term_starts[runs_added][0] <= self._last_index:
+                self._add_run(*prepared.term_starts[runs_added])
+                runs_added += 1
+        self._last_term = prepared.last_term
+        self._written_seq += 1
+        return self._written_seq

@@ -1,4 +1,5 @@
 import array
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +38,21 @@ class SegmentFile:
     def release_preallocation(self) -> None: ...
     def write(self, prepared: PreparedRecords, start: int, segment_bytes: int,
               align_alone: bool) -> int: ...
+
+class LogTail:
+    _active: SegmentFile | None
+    _last_index: int
+    _last_term: int
+    _written_seq: int
+    _records_appended: int
+    _bytes_appended: int
+    _segment_bytes: int
+    _align_payloads: bool
+    _lock: threading.Lock
+    _closed: bool
+    _failure: BaseException | None
+    def append_nowait(self, records: Iterable[tuple[int, int, Any]]) -> int: ...
+    def _write_prepared(self, prepared: PreparedRecords) -> int: ...
 
 def prepare_records(records: Iterable[tuple[int, int, Any]], next_index: int,
                     prev_term: int) -> PreparedRecords: ...

@@ -8,9 +8,9 @@ Layout of a log directory:
                              (written atomically; absent until the first compaction)
     LOCK                     flock'd while the log is open, so two processes never share it
 
-Loops over records (framing, CRC, scans, range reads) and the writes themselves are native
-(eventstream._wal, SegmentFile); this module keeps the per-batch control flow: segment rolls,
-durability, recovery, truncation, compaction. The active segment has disk blocks reserved a few
+Loops over records (framing, CRC, scans, range reads), the writes themselves and the append
+path are native (eventstream._wal: SegmentFile, LogTail, which SegmentLog extends); this module
+keeps the rest of the control flow: segment rolls, durability, recovery, truncation, compaction. The active segment has disk blocks reserved a few
 MiB ahead of its end (fallocate, file size unchanged); sealing or closing it frees the rest.
 
 Durability (issue 2): with wal_sync=True, append() returns only after fdatasync, and appends
@@ -39,9 +39,9 @@ from typing import Any
 from eventstream._wal import (
     SPARSE_STRIDE,
     WAL_HEADER_BYTES,
+    LogTail,
     SegmentFile,
     prepare_packed,
-    prepare_records,
     read_records,
     scan_records,
 )
@@ -103,7 +103,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         offset += written
 
 
-class SegmentLog:
+class SegmentLog(LogTail):
     """The durable Raft log. Use SegmentLog.open(); all methods are thread-safe.
 
     Indexes are contiguous: an append must start at last_index + 1 and terms never decrease
@@ -403,16 +403,6 @@ class SegmentLog:
         if self._wal_sync:
             self.wait_durable(ticket)
 
-    def append_nowait(self, records: Iterable[tuple[int, int, Any]]) -> int:
-        """append() without waiting for durability, whatever wal_sync says: the records reach
-        the OS now. Returns a ticket for wait_durable(). Lets a leader write its log while it
-        replicates (Raft thesis 10.2.1) and callers order appends under their own lock while
-        sharing the fdatasync outside it."""
-        with self._lock:
-            self._check_open()
-            prepared = prepare_records(records, self._last_index + 1, self._last_term)
-            return self._write_prepared(prepared)
-
     def append_packed_nowait(self, first_index: int, term: int, buffer: Any, lengths: Any) -> int:
         """append_packed() without waiting for durability; returns a wait_durable() ticket."""
         with self._lock:
@@ -428,36 +418,6 @@ class SegmentLog:
         """Returns once the appends up to `ticket` are on disk. Concurrent waiters share one
         fdatasync (group commit)."""
         self._sync_through(ticket)
-
-    def _write_prepared(self, prepared: Any) -> int:
-        start = 0
-        count = prepared.count
-        term_starts = prepared.term_starts  # (index, term) where the term changes, in order
-        runs_added = 0
-        while start < count:
-            segment = self._active
-            if segment is None:
-                segment = self._create_segment(prepared.first_index + start)
-            size_before = segment.size
-            try:
-                consumed = segment.write(prepared, start, self._segment_bytes,
-                                         self._align_payloads)
-            except OSError as error:
-                self._undo_partial_write(segment, error)
-            if consumed == 0:
-                self._seal_active()
-                continue
-            start += consumed
-            self._last_index += consumed
-            self._records_appended += consumed
-            self._bytes_appended += segment.size - size_before
-            # Runs follow what is on disk, should a later segment's write fail.
-            while runs_added < len(term_starts) and term_starts[runs_added][0] <= self._last_index:
-                self._add_run(*term_starts[runs_added])
-                runs_added += 1
-        self._last_term = prepared.last_term
-        self._written_seq += 1
-        return self._written_seq
 
     def _undo_partial_write(self, segment: SegmentFile, error: OSError) -> None:
         """A failed write may leave part of a record; cut it so the file stays a valid prefix."""
