@@ -97,18 +97,23 @@ cdef class PreparedRecords:
     cdef readonly list term_starts
     cdef object owners
     cdef list payload_objects  # tuples path: the payload bytes of each record
+    cdef _item single  # items for a batch of one, the common append, without a malloc
 
     def __cinit__(self):
         self.items = NULL
         self.count = 0
 
     def __dealloc__(self):
-        free(self.items)
+        if self.items != &self.single:
+            free(self.items)
 
     cdef int _allocate(self, Py_ssize_t count) except -1:
-        self.items = <_item *>malloc((count + 1) * sizeof(_item))
-        if self.items == NULL:
-            raise MemoryError()
+        if count <= 1:
+            self.items = &self.single
+        else:
+            self.items = <_item *>malloc(count * sizeof(_item))
+            if self.items == NULL:
+                raise MemoryError()
         self.count = count
         return 0
 
@@ -251,8 +256,8 @@ cdef class SegmentFile:
             ftruncate(self.fd, <off_t>self.size)
         self.preallocated_end = self.size
 
-    def write(self, PreparedRecords prepared, Py_ssize_t start, uint64_t segment_bytes,
-              bint align_alone):
+    cpdef Py_ssize_t write(self, PreparedRecords prepared, Py_ssize_t start,
+                           uint64_t segment_bytes, bint align_alone) except -1:
         """Frames and writes prepared records from `start` on while they fit in the segment's
         `segment_bytes` (at least one into an empty segment). Returns how many were written;
         0 means the segment is full.
@@ -549,6 +554,10 @@ cdef class LogTail:
     cdef public object _lock  # threading.Lock over all of the above
     cdef public bint _closed
     cdef public object _failure  # the OSError that failed the log, or None
+
+    @property
+    def last_index(self):
+        return self._last_index
 
     def append_nowait(self, records):
         """append() without waiting for durability, whatever wal_sync says: the records reach

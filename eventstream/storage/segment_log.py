@@ -284,10 +284,6 @@ class SegmentLog(LogTail):
         return self._first_index
 
     @property
-    def last_index(self) -> int:
-        return self._last_index
-
-    @property
     def directory(self) -> str:
         return self._directory
 
