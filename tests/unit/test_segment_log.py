@@ -512,3 +512,19 @@ def test_new_segment_files_are_made_durable_with_the_directory(
         assert len(directory_syncs) == (1 if wal_sync else 0)
         log.sync()
         assert len(directory_syncs) == 1
+
+
+def test_budgeted_reads_over_padded_records(tmp_path: Path) -> None:
+    """entries(max_bytes) reads pieces of a segment; pieces that end inside padding or a padded
+    record's header ask for the rest (wal_sync off pads 64 KiB+ payloads appended alone)."""
+    payloads = [bytes([k]) * (65_536 + 1000 * k) for k in range(1, 14)]  # spans 1 MiB reads
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        for index, payload in enumerate(payloads, start=1):
+            log.append([(index, 1, payload)])
+        for budget, expected in [(1, 1), (150_000, 2), (300_000, 4), (None, 13)]:
+            got = log.entries(1, 14, max_bytes=budget)
+            assert [bytes(p) for _, _, p in got] == payloads[:expected]
+        assert [bytes(p) for _, _, p in log.entries(4, 6)] == payloads[3:5]
+    (segment,) = tmp_path.glob("*.wal")
+    assert segment.stat().st_size > 1024 * 1024  # more than one READ_CHUNK_BYTES piece
+    assert segment.stat().st_size > sum(map(len, payloads)) + 13 * 28  # padding is in the file
