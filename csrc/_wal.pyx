@@ -1,5 +1,6 @@
 # distutils: sources = csrc/crc32c.c
-"""Native WAL kernels for eventstream.storage.segment_log: framing, segment scans, range reads.
+"""Native WAL kernels for eventstream.storage.segment_log: framing, segment writes, scans and
+range reads, and the append path itself (LogTail, which SegmentLog extends).
 
 Every loop over records is here; SegmentLog (Python) calls each once per batch or per segment.
 Record layout: csrc/wal_format.h.

@@ -36,8 +36,10 @@
  * both. The price is address space, and disk space where blocks were preallocated: up to one
  * alignment unit per padded record, which is why only payloads of at least
  * ESC_WAL_ALIGN_PAYLOAD_BYTES_MIN are padded. Records written before padding existed had 0 in
- * pad_code (then "reserved") and read the same; code from before refuses a padded segment
- * ("unknown record version").
+ * pad_code (then "reserved") and read the same, so the version stays 1. The reverse does not
+ * hold: code from before padding stops at the zero version byte, so in the last segment it
+ * would take a padded record for a torn tail and cut it, and refuse any earlier segment. There
+ * are no released users; do not open a log with an older build.
  *
  * A record is accepted only when every field is valid and the CRC matches; zero-filled space
  * and a record cut short by the end of the file are reported as such, so recovery can tell a
