@@ -568,13 +568,16 @@ cdef class LogTail:
         with self._lock:
             if self._closed or self._failure is not None:
                 self._check_open()
-            return self._write_prepared(_prepare_records(records, self._last_index + 1,
-                                                         self._last_term))
+            return self._write(_prepare_records(records, self._last_index + 1, self._last_term))
 
     def _write_prepared(self, PreparedRecords prepared):
         """Writes prepared records into the active segment, rolling to new ones as they fill;
-        returns the append's ticket. Runs (term changes) are added as their records land, so
-        the log's terms stay right should a later write fail."""
+        returns the append's ticket. The caller holds _lock."""
+        return self._write(prepared)
+
+    cdef long long _write(self, PreparedRecords prepared) except -1:
+        """_write_prepared for callers in this module. Runs (term changes) are added as their
+        records land, so the log's terms stay right should a later write fail."""
         cdef Py_ssize_t start = 0, consumed = 0, runs_added = 0
         cdef Py_ssize_t run_count = len(prepared.term_starts)
         cdef SegmentFile segment
