@@ -4,7 +4,13 @@
 from libc.stdint cimport uint32_t
 
 from byte_views cimport as_byte_view
-from crc32c_h cimport esc_crc32c, esc_crc32c_hw_available, esc_crc32c_sw
+from crc32c_h cimport (
+    esc_crc32c,
+    esc_crc32c_fold_available,
+    esc_crc32c_hw_available,
+    esc_crc32c_no_fold,
+    esc_crc32c_sw,
+)
 
 
 def crc32c(data, unsigned int value=0):
@@ -29,6 +35,19 @@ def crc32c_table(data, unsigned int value=0):
     if view.shape[0] == 0:
         return value
     return esc_crc32c_sw(value, &view[0], view.shape[0])
+
+
+def crc32c_without_folding(data, unsigned int value=0):
+    """The crc32-instruction path without VPCLMULQDQ folding; for differential tests."""
+    cdef const unsigned char[::1] view = as_byte_view(data)
+    if view.shape[0] == 0:
+        return value
+    return esc_crc32c_no_fold(value, &view[0], view.shape[0])
+
+
+def folding_accelerated():
+    """True when buffers of 1 KiB and more are folded with VPCLMULQDQ."""
+    return esc_crc32c_fold_available() == 1
 
 
 def hardware_accelerated():

@@ -1,5 +1,6 @@
 # distutils: sources = csrc/crc32c.c
-"""Native WAL kernels for eventstream.storage.segment_log: framing, segment scans, range reads.
+"""Native WAL kernels for eventstream.storage.segment_log: framing, segment writes, scans and
+range reads, and the append path itself (LogTail, which SegmentLog extends).
 
 Every loop over records is here; SegmentLog (Python) calls each once per batch or per segment.
 Record layout: csrc/wal_format.h.
@@ -10,9 +11,14 @@ from cpython.bytes cimport PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsUnsignedLongLong
 from cpython.ref cimport PyObject
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strerror
+from posix.types cimport off_t
+from posix.uio cimport iovec
+from posix.unistd cimport ftruncate
+
+import array
 
 from byte_views cimport as_byte_view
 from wal_format_h cimport *
@@ -43,16 +49,30 @@ cdef extern from "Python.h":
     PyObject *PyTuple_GET_ITEM(object t, Py_ssize_t i)
 
 
+cdef extern from "segment_write.h" nogil:
+    int esc_pwritev_all(int fd, iovec *iov, int count, off_t offset)
+    int esc_preallocate(int fd, off_t offset, off_t length)
+
+
 WAL_VERSION = ESC_WAL_VERSION
 WAL_TYPE_ENTRY = ESC_WAL_TYPE_ENTRY
 WAL_HEADER_BYTES = ESC_WAL_HEADER_BYTES
 WAL_PAYLOAD_BYTES_MAX = ESC_WAL_PAYLOAD_BYTES_MAX
+WAL_PAYLOAD_ALIGN_BYTES = ESC_WAL_PAYLOAD_ALIGN_BYTES
+WAL_ALIGN_PAYLOAD_BYTES_MIN = ESC_WAL_ALIGN_PAYLOAD_BYTES_MIN
 
 # Every SPARSE_STRIDE-th record of a segment has its file offset in the in-memory index, so a
 # lookup is one array read plus at most SPARSE_STRIDE - 1 header hops.
 cdef enum:
     _SPARSE_STRIDE = 64
 SPARSE_STRIDE = _SPARSE_STRIDE
+
+cdef enum:
+    # Batches whose payloads average this much go to the kernel straight from the caller's
+    # buffers (one vectored write) instead of being copied behind their headers first.
+    _VECTORED_PAYLOAD_BYTES_MIN = 16 * 1024
+    # Blocks are reserved this far ahead of the write position (segment_write.h).
+    _PREALLOCATE_BYTES = 8 * 1024 * 1024
 
 
 cdef struct _item:
@@ -78,20 +98,23 @@ cdef class PreparedRecords:
     cdef readonly list term_starts
     cdef object owners
     cdef list payload_objects  # tuples path: the payload bytes of each record
-    cdef object packed_memory  # packed path: memoryview of the payload buffer
-    cdef const uint8_t *packed_base
+    cdef _item single  # items for a batch of one, the common append, without a malloc
 
     def __cinit__(self):
         self.items = NULL
         self.count = 0
 
     def __dealloc__(self):
-        free(self.items)
+        if self.items != &self.single:
+            free(self.items)
 
     cdef int _allocate(self, Py_ssize_t count) except -1:
-        self.items = <_item *>malloc((count + 1) * sizeof(_item))
-        if self.items == NULL:
-            raise MemoryError()
+        if count <= 1:
+            self.items = &self.single
+        else:
+            self.items = <_item *>malloc(count * sizeof(_item))
+            if self.items == NULL:
+                raise MemoryError()
         self.count = count
         return 0
 
@@ -149,60 +172,205 @@ cdef class PreparedRecords:
                                         &sparse_count)
         framed = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
         sparse = PyBytes_FromStringAndSize(NULL, sparse_count * sizeof(uint64_t))
+        cdef uint64_t *sparse_out = <uint64_t *>PyBytes_AS_STRING(sparse)
         cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(framed)
-        cdef uint64_t *sparse_out = <uint64_t *>PyBytes_AS_STRING(sparse)
         cdef size_t offset = 0
-        cdef _item *item
-        sparse_count = 0
-        # self.owners and self.payload_objects hold the payloads: pointers stay valid nogil.
-        with nogil:
-            for i in range(start, end):
-                item = &self.items[i]
-                if (segment_records + <uint64_t>(i - start)) % _SPARSE_STRIDE == 0:
-                    sparse_out[sparse_count] = segment_offset + offset
-                    sparse_count += 1
-                if item.length:
-                    memcpy(out + offset + ESC_WAL_HEADER_BYTES, item.payload, item.length)
-                offset += esc_wal_seal_record(out + offset, ESC_WAL_TYPE_ENTRY,
-                                              <uint32_t>item.length, item.index, item.term)
-        return framed, end - start, sparse
-
-    def frame_vectored(self, Py_ssize_t start, Py_ssize_t room_bytes, bint force_first,
-                       uint64_t segment_records, uint64_t segment_offset):
-        """frame() for large payloads: returns ([header, payload, header, payload, ...],
-        consumed, sparse, total bytes) for os.pwritev, so payloads are never copied."""
-        cdef size_t total
-        cdef Py_ssize_t i, sparse_count
-        cdef Py_ssize_t end = self._fit(start, room_bytes, force_first, segment_records, &total,
-                                        &sparse_count)
-        sparse = PyBytes_FromStringAndSize(NULL, sparse_count * sizeof(uint64_t))
-        cdef uint64_t *sparse_out = <uint64_t *>PyBytes_AS_STRING(sparse)
-        cdef size_t offset = 0
-        cdef _item *item
-        cdef list buffers = []
         sparse_count = 0
         for i in range(start, end):
-            item = &self.items[i]
             if (segment_records + <uint64_t>(i - start)) % _SPARSE_STRIDE == 0:
                 sparse_out[sparse_count] = segment_offset + offset
                 sparse_count += 1
-            header = PyBytes_FromStringAndSize(NULL, ESC_WAL_HEADER_BYTES)
-            offset += esc_wal_seal_header(<uint8_t *>PyBytes_AS_STRING(header),
-                                          ESC_WAL_TYPE_ENTRY, item.payload,
-                                          <uint32_t>item.length, item.index, item.term)
-            buffers.append(header)
-            buffers.append(self._payload_object(i))
-        return buffers, end - start, sparse, total
+            offset += esc_wal_record_bytes(self.items[i].length)
+        with nogil:
+            self._frame_into(out, start, end)
+        return framed, end - start, sparse
 
-    cdef object _payload_object(self, Py_ssize_t i):
-        if self.packed_memory is None:
-            return self.payload_objects[i]
-        start = self.items[i].payload - self.packed_base
-        return self.packed_memory[start : start + self.items[i].length]
+    cdef size_t _frame_into(self, uint8_t *out, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+        """Copies records start .. end - 1 behind their headers into `out`, back to back;
+        returns the bytes written. self.owners and self.payload_objects hold the payloads, so
+        the pointers stay valid without the GIL."""
+        cdef size_t offset = 0
+        cdef Py_ssize_t i
+        cdef _item *item
+        for i in range(start, end):
+            item = &self.items[i]
+            if item.length:
+                memcpy(out + offset + ESC_WAL_HEADER_BYTES, item.payload, item.length)
+            offset += esc_wal_seal_record(out + offset, ESC_WAL_TYPE_ENTRY,
+                                          <uint32_t>item.length, item.index, item.term)
+        return offset
+
+
+cdef class SegmentFile:
+    """One segment file: its descriptor, extent and sparse index. SegmentLog keeps one per
+    segment and writes only through the last (active) one, with write().
+
+    Invariant: records first_index .. first_index + count - 1 occupy bytes [0, size) of the
+    file, and sparse[k] is the file offset of record first_index + k * SPARSE_STRIDE.
+    """
+
+    cdef readonly str path
+    cdef readonly uint64_t first_index
+    cdef public uint64_t count
+    cdef public uint64_t size
+    cdef public int fd
+    cdef readonly object sparse
+    # Blocks are reserved up to here; past `size` the reservation keeps the file size as is.
+    cdef uint64_t preallocated_end
+
+    def __init__(self, str path, uint64_t first_index, int fd):
+        self.path = path
+        self.first_index = first_index
+        self.fd = fd
+        self.count = 0
+        self.size = 0
+        self.sparse = array.array("Q")
+        self.preallocated_end = 0
+
+    @property
+    def last_index(self):
+        return <object>self.first_index + <object>self.count - 1
+
+    def locate(self, uint64_t index):
+        """(file offset, index) of the indexed record at or before `index`."""
+        cdef uint64_t k = (index - self.first_index) // _SPARSE_STRIDE
+        return self.sparse[k], self.first_index + k * _SPARSE_STRIDE
+
+    def end_offset(self, uint64_t index_end):
+        """An offset at or after the end of record index_end - 1 that is a record boundary."""
+        cdef uint64_t k = (index_end - self.first_index + _SPARSE_STRIDE - 1) // _SPARSE_STRIDE
+        return self.sparse[k] if k < <uint64_t>len(self.sparse) else self.size
+
+    def keep_records(self, uint64_t count, uint64_t size):
+        """Forgets records past the first `count`, after the file was cut to `size` bytes (a
+        cut also frees the blocks reserved past it)."""
+        self.count = count
+        self.size = size
+        self.preallocated_end = size
+        del self.sparse[(count + _SPARSE_STRIDE - 1) // _SPARSE_STRIDE :]
+
+    def release_preallocation(self):
+        """Frees blocks reserved past the end of the data: the segment takes no more writes
+        (sealed, or the log is closing). Truncating to the current size keeps every byte."""
+        if self.preallocated_end > self.size:
+            # Best effort, like the reservation: a failure only leaves disk space in use.
+            ftruncate(self.fd, <off_t>self.size)
+        self.preallocated_end = self.size
+
+    cpdef Py_ssize_t write(self, PreparedRecords prepared, Py_ssize_t start,
+                           uint64_t segment_bytes, bint align_alone) except -1:
+        """Frames and writes prepared records from `start` on while they fit in the segment's
+        `segment_bytes` (at least one into an empty segment). Returns how many were written;
+        0 means the segment is full.
+
+        With align_alone, a batch of exactly one record whose payload has at least
+        WAL_ALIGN_PAYLOAD_BYTES_MIN bytes gets padding before its header that puts its payload
+        at a multiple of WAL_PAYLOAD_ALIGN_BYTES in the file (csrc/wal_format.h says why); the
+        padding is left as a hole, and dropped when only the unpadded record fits. Longer writes fill large
+        page-cache folios anyway, and padding inside them would only add copies of zeros. Raises OSError when the write fails: the file may then
+        hold part of a record past `size`, which the caller must cut.
+        """
+        cdef uint64_t room = segment_bytes - self.size if segment_bytes > self.size else 0
+        cdef size_t total = 0, pad = 0
+        cdef Py_ssize_t sparse_count, i
+        cdef Py_ssize_t end = prepared._fit(start, room, self.count == 0, self.count, &total,
+                                            &sparse_count)
+        cdef Py_ssize_t n = end - start
+        if n == 0:
+            return 0
+        cdef _item *item = &prepared.items[start]
+        if align_alone and prepared.count == 1 and item.length >= ESC_WAL_ALIGN_PAYLOAD_BYTES_MIN:
+            pad = esc_wal_align_pad_bytes(self.size)
+            if self.count and self.size + total + pad > segment_bytes:
+                pad = 0  # padding never rolls a segment: the record goes in unpadded
+            total += pad
+        cdef uint64_t write_end = self.size + total
+        cdef uint64_t reserve_end
+        cdef int fd = self.fd, rc = 0
+        if write_end > self.preallocated_end:
+            reserve_end = max(write_end, min(self.size + _PREALLOCATE_BYTES, segment_bytes))
+            with nogil:
+                esc_preallocate(fd, <off_t>self.size, <off_t>(reserve_end - self.size))
+            self.preallocated_end = reserve_end
+        if pad:
+            rc = self._write_padded(item, pad)
+        elif prepared.payload_bytes >= _VECTORED_PAYLOAD_BYTES_MIN * <size_t>prepared.count:
+            rc = self._write_vectored(prepared, start, end)
+        else:
+            rc = self._write_copied(prepared, start, end, total)
+        if rc != 0:
+            raise OSError(rc, strerror(rc).decode(), self.path)
+        cdef uint64_t offset = self.size
+        for i in range(start, end):
+            if (self.count + <uint64_t>(i - start)) % _SPARSE_STRIDE == 0:
+                self.sparse.append(offset)
+            offset += esc_wal_record_bytes(prepared.items[i].length)
+        self.count += <uint64_t>n
+        self.size = write_end
+        return n
+
+    cdef int _write_padded(self, _item *item, size_t pad) except -1:
+        """One record after `pad` bytes of padding (a hole): header and payload in one write."""
+        cdef uint8_t header[ESC_WAL_HEADER_BYTES]
+        cdef iovec iov[2]
+        with nogil:
+            esc_wal_seal_header(header, ESC_WAL_TYPE_ENTRY, <uint32_t>pad, item.payload,
+                                <uint32_t>item.length, item.index, item.term)
+            iov[0].iov_base = header
+            iov[0].iov_len = ESC_WAL_HEADER_BYTES
+            iov[1].iov_base = <void *>item.payload
+            iov[1].iov_len = item.length
+            return esc_pwritev_all(self.fd, iov, 2, <off_t>(self.size + pad))
+
+    cdef int _write_vectored(self, PreparedRecords prepared, Py_ssize_t start,
+                             Py_ssize_t end) except -1:
+        """Headers framed into one buffer; payloads go to the kernel from the caller's buffers."""
+        cdef Py_ssize_t n = end - start, i
+        cdef uint8_t *headers = <uint8_t *>malloc(n * ESC_WAL_HEADER_BYTES)
+        cdef iovec *iov = <iovec *>malloc(2 * n * sizeof(iovec))
+        cdef _item *item
+        cdef int rc = 0
+        if headers == NULL or iov == NULL:
+            free(headers)
+            free(iov)
+            raise MemoryError()
+        # prepared holds the payload objects, so the pointers stay valid without the GIL.
+        with nogil:
+            for i in range(n):
+                item = &prepared.items[start + i]
+                esc_wal_seal_header(headers + i * ESC_WAL_HEADER_BYTES, ESC_WAL_TYPE_ENTRY, 0,
+                                    item.payload, <uint32_t>item.length, item.index, item.term)
+                iov[2 * i].iov_base = headers + i * ESC_WAL_HEADER_BYTES
+                iov[2 * i].iov_len = ESC_WAL_HEADER_BYTES
+                iov[2 * i + 1].iov_base = <void *>item.payload
+                iov[2 * i + 1].iov_len = item.length
+            rc = esc_pwritev_all(self.fd, iov, <int>(2 * n), <off_t>self.size)
+        free(headers)
+        free(iov)
+        return rc
+
+    cdef int _write_copied(self, PreparedRecords prepared, Py_ssize_t start, Py_ssize_t end,
+                           size_t total) except -1:
+        """Small payloads: copied behind their headers into one buffer, one write."""
+        cdef uint8_t *out = <uint8_t *>malloc(total if total else 1)
+        cdef iovec iov
+        cdef int rc
+        if out == NULL:
+            raise MemoryError()
+        with nogil:
+            iov.iov_base = out
+            iov.iov_len = prepared._frame_into(out, start, end)
+            rc = esc_pwritev_all(self.fd, &iov, 1, <off_t>self.size)
+        free(out)
+        return rc
 
 
 def prepare_records(records, uint64_t next_index, uint64_t prev_term):
     """Validates (index, term, payload) tuples that must start at `next_index`."""
+    return _prepare_records(records, next_index, prev_term)
+
+
+cdef PreparedRecords _prepare_records(records, uint64_t next_index, uint64_t prev_term):
     cdef list seq = records if type(records) is list else list(records)
     cdef PreparedRecords prepared = PreparedRecords.__new__(PreparedRecords)
     cdef Py_ssize_t i, count = len(seq)
@@ -210,7 +378,6 @@ def prepare_records(records, uint64_t next_index, uint64_t prev_term):
     cdef _item *item
     cdef object record, payload
     prepared.payload_objects = payload_objects
-    prepared.packed_memory = None
     prepared.first_index = next_index
     prepared.term_starts = []
     prepared.payload_bytes = 0
@@ -277,8 +444,6 @@ def prepare_packed(uint64_t first_index, uint64_t term, uint64_t prev_term, buff
             f"lengths add up to {offset} bytes but the buffer holds {data.shape[0]}"
         )
     prepared.owners = [data]
-    prepared.packed_memory = memoryview(data)
-    prepared.packed_base = base
     prepared.last_term = term if count else prev_term
     return prepared
 
@@ -344,15 +509,9 @@ def read_records(data, uint64_t first_index, uint64_t lo, uint64_t hi, long long
     cdef bint stop = index >= hi
     memory = memoryview(view)
     while not stop and offset < length:
-        status = esc_wal_read_record(base, length, offset, &rec, &next_offset)
-        if status == ESC_WAL_SHORT_HEADER:
-            need = ESC_WAL_HEADER_BYTES
-            break
-        if status == ESC_WAL_SHORT_PAYLOAD:
-            need = esc_wal_record_bytes(
-                base[offset + 8] | (<uint32_t>base[offset + 9] << 8)
-                | (<uint32_t>base[offset + 10] << 16) | (<uint32_t>base[offset + 11] << 24)
-            )
+        status = esc_wal_read_record_at(base, length, offset, file_offset, &rec, &next_offset)
+        if status == ESC_WAL_SHORT_HEADER or status == ESC_WAL_SHORT_PAYLOAD:
+            need = esc_wal_bytes_needed(base, length, offset, file_offset)
             break
         if status == ESC_WAL_OK and rec.index != index:
             status = ESC_WAL_BAD_INDEX
@@ -366,10 +525,84 @@ def read_records(data, uint64_t first_index, uint64_t lo, uint64_t hi, long long
                     and (out or taken_any):
                 stop = True
                 break
-            start = offset + ESC_WAL_HEADER_BYTES
+            start = rec.payload - base
             out.append((rec.index, rec.term, memory[start : start + rec.payload_len]))
             taken_bytes += rec.payload_len
         index += 1
         offset = next_offset
         stop = index >= hi
     return out, index, offset, need, stop, taken_bytes
+
+
+cdef class LogTail:
+    """The state of a SegmentLog that every append touches, and the append loop itself, in C:
+    an append that fits the active segment then costs one call into native code and no Python
+    bookkeeping. SegmentLog (eventstream/storage/segment_log.py) subclasses it and supplies the
+    rest: _create_segment, _seal_active, _undo_partial_write, _add_run.
+
+    Invariant: _last_index and _last_term describe the last record written; _written_seq counts
+    appends (the group-commit tickets).
+    """
+
+    cdef public object _active  # SegmentFile or None
+    cdef public long long _last_index
+    cdef public long long _last_term
+    cdef public long long _written_seq
+    cdef public long long _records_appended
+    cdef public long long _bytes_appended
+    cdef public long long _segment_bytes
+    cdef public bint _align_payloads
+    cdef public object _lock  # threading.Lock over all of the above
+    cdef public bint _closed
+    cdef public object _failure  # the OSError that failed the log, or None
+
+    @property
+    def last_index(self):
+        return self._last_index
+
+    def append_nowait(self, records):
+        """append() without waiting for durability, whatever wal_sync says: the records reach
+        the OS now. Returns a ticket for wait_durable(). Lets a leader write its log while it
+        replicates (Raft thesis 10.2.1) and callers order appends under their own lock while
+        sharing the fdatasync outside it."""
+        with self._lock:
+            if self._closed or self._failure is not None:
+                self._check_open()
+            return self._write(_prepare_records(records, self._last_index + 1, self._last_term))
+
+    def _write_prepared(self, PreparedRecords prepared):
+        """Writes prepared records into the active segment, rolling to new ones as they fill;
+        returns the append's ticket. The caller holds _lock."""
+        return self._write(prepared)
+
+    cdef long long _write(self, PreparedRecords prepared) except -1:
+        """_write_prepared for callers in this module. Runs (term changes) are added as their
+        records land, so the log's terms stay right should a later write fail."""
+        cdef Py_ssize_t start = 0, consumed = 0, runs_added = 0
+        cdef Py_ssize_t run_count = len(prepared.term_starts)
+        cdef SegmentFile segment
+        cdef uint64_t size_before
+        while start < prepared.count:
+            if self._active is None:
+                self._create_segment(prepared.first_index + start)
+            segment = self._active
+            size_before = segment.size
+            try:
+                consumed = segment.write(prepared, start, self._segment_bytes,
+                                         self._align_payloads)
+            except OSError as error:
+                self._undo_partial_write(segment, error)
+                raise
+            if consumed == 0:
+                self._seal_active()
+                continue
+            start += consumed
+            self._last_index += consumed
+            self._records_appended += consumed
+            self._bytes_appended += segment.size - size_before
+            while runs_added < run_count and prepared.term_starts[runs_added][0] <= self._last_index:
+                self._add_run(*prepared.term_starts[runs_added])
+                runs_added += 1
+        self._last_term = prepared.last_term
+        self._written_seq += 1
+        return self._written_seq

@@ -93,7 +93,10 @@ def inspect_log(directory: str, list_records: bool = False, reference: bool = Fa
         report.records += count
         if list_records:
             for rec in reference_scan(data[:valid_bytes], first, prev_term).records:
-                report.lines.append(f"    index {rec.log_index} term {rec.term} payload {len(rec.payload)} bytes")
+                padding = f" after {rec.pad_bytes} bytes of padding" if rec.pad_bytes else ""
+                report.lines.append(
+                    f"    index {rec.log_index} term {rec.term} payload {len(rec.payload)} bytes{padding}"
+                )
         prev_term = last_term
     verdict = "DAMAGE FOUND" if not report.ok else "torn tail, the rest ok" if report.torn_tail else "all CRCs ok"
     report.lines.append(f"{len(segments)} segments, {report.records} valid records, {verdict}")

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstream._crc32c import crc32c_table, hardware_accelerated
+from eventstream._crc32c import (
+    crc32c_table,
+    crc32c_without_folding,
+    folding_accelerated,
+    hardware_accelerated,
+)
 from eventstream.storage import crc32c
 
 reference = pytest.importorskip("crc32c", reason="the PyPI crc32c package is a test dependency")
@@ -60,6 +65,28 @@ def test_three_way_blocks_at_their_boundaries(size: int, skew: int) -> None:
     assert crc32c(view, 0xDEADBEEF) == reference.crc32c(bytes(view), 0xDEADBEEF)
 
 
+@pytest.mark.parametrize(
+    "size",
+    [1023, 1024, 1025, 1151, 1152, 1153, 11263, 11264, 11265, 22528 + 1152, 65535, 65536, 65564,
+     300_001],
+)
+@pytest.mark.parametrize("skew", [0, 5])
+def test_folding_path_at_its_boundaries(size: int, skew: int) -> None:
+    """Buffers of 1 KiB and more take the VPCLMULQDQ folding path (11264-byte hybrid blocks of
+    folding plus three crc32 chains, then 128-byte folding steps, then the crc32 instruction for
+    the rest); the result must not depend on which path ran."""
+    view = memoryview(random.Random(size).randbytes(size + skew))[skew:]
+    for start in (0, 0xDEADBEEF):
+        expected = reference.crc32c(bytes(view), start)
+        assert crc32c(view, start) == expected
+        assert crc32c_without_folding(view, start) == expected
+
+
+@given(st.binary(min_size=1024, max_size=30_000), st.integers(min_value=0, max_value=2**32 - 1))
+def test_folding_matches_reference_package(data: bytes, value: int) -> None:
+    assert crc32c(data, value) == reference.crc32c(data, value) == crc32c_without_folding(data, value)
+
+
 def test_accepts_any_contiguous_buffer() -> None:
     numbers = array.array("I", range(100))
     assert crc32c(numbers) == reference.crc32c(numbers.tobytes())
@@ -82,3 +109,12 @@ def test_reports_dispatch() -> None:
     with open("/proc/cpuinfo") as cpuinfo:
         has_sse42 = " sse4_2" in cpuinfo.read()
     assert hardware_accelerated() == has_sse42
+
+
+def test_reports_folding_dispatch() -> None:
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs /proc/cpuinfo to know whether the CPU has AVX2 and VPCLMULQDQ")
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line.split() for line in cpuinfo if line.startswith("flags")), [])
+    expected = all(flag in flags for flag in ("sse4_2", "avx2", "vpclmulqdq", "pclmulqdq"))
+    assert folding_accelerated() == expected

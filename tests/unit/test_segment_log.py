@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import array
+import contextlib
 import os
+import resource
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -339,31 +343,42 @@ def test_sealed_segments_are_synced_before_they_are_listed(
         assert len(synced) >= len(sealed)
 
 
-def test_failed_write_is_cut_back_and_the_log_stays_usable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+@contextlib.contextmanager
+def file_size_limit(limit_bytes: int) -> Iterator[None]:
+    """Writes past `limit_bytes` of any file fail with EFBIG (RLIMIT_FSIZE, SIGXFSZ ignored):
+    a real partial write followed by an error, from the kernel, for the native writer."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.parametrize("wal_sync", [False, True], ids=["sync_off", "sync_on"])
+def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path, wal_sync: bool) -> None:
+    with SegmentLog.open(str(tmp_path), wal_sync=wal_sync) as log:
         log.append(records(1, 5))
-        size_before = sum(p.stat().st_size for p in tmp_path.glob("*.wal"))
-        real_pwrite, real_pwritev = os.pwrite, os.pwritev
-
-        def half_then_enospc(fd: int, data: bytes, offset: int) -> int:
-            real_pwrite(fd, bytes(memoryview(data)[:10]), offset)
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(os, "pwrite", half_then_enospc)
-        monkeypatch.setattr(os, "pwritev",
-                            lambda fd, buffers, offset: half_then_enospc(fd, buffers[0], offset))
-        with pytest.raises(StorageError, match="No space left"):
-            log.append(records(6, 3))
-        with pytest.raises(StorageError, match="No space left"):
-            log.append([(6, 1, b"v" * 40_000)])  # the vectored path
-        monkeypatch.setattr(os, "pwrite", real_pwrite)
-        monkeypatch.setattr(os, "pwritev", real_pwritev)
-        assert log.last_index == 5
-        assert sum(p.stat().st_size for p in tmp_path.glob("*.wal")) == size_before
+        (segment,) = tmp_path.glob("*.wal")
+        size_before = segment.stat().st_size
+        attempts = [
+            records(6, 3),  # copied behind the headers, one write
+            [(6, 1, b"v" * 40_000), (7, 1, b"w" * 20_000)],  # vectored
+            [(6, 1, b"v" * 70_000)],  # alone: padded with wal_sync off
+        ]
+        for batch in attempts:
+            # The first write stops 10 bytes in.
+            with file_size_limit(size_before + 10), pytest.raises(StorageError,
+                                                                  match="File too large"):
+                log.append(batch)
+            assert log.last_index == 5
+            assert segment.stat().st_size == size_before
         log.append(records(6, 3))
         assert payloads(log, 1, 9) == records(1, 8)
+        log.append([(9, 1, b"v" * 70_000)])
+        assert bytes(log.entries(9, 10)[0][2]) == b"v" * 70_000
 
 
 def test_failed_fdatasync_fails_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -497,3 +512,19 @@ def test_new_segment_files_are_made_durable_with_the_directory(
         assert len(directory_syncs) == (1 if wal_sync else 0)
         log.sync()
         assert len(directory_syncs) == 1
+
+
+def test_budgeted_reads_over_padded_records(tmp_path: Path) -> None:
+    """entries(max_bytes) reads pieces of a segment; pieces that end inside padding or a padded
+    record's header ask for the rest (wal_sync off pads 64 KiB+ payloads appended alone)."""
+    payloads = [bytes([k]) * (65_536 + 1000 * k) for k in range(1, 14)]  # spans 1 MiB reads
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
+        for index, payload in enumerate(payloads, start=1):
+            log.append([(index, 1, payload)])
+        for budget, expected in [(1, 1), (150_000, 2), (300_000, 4), (None, 13)]:
+            got = log.entries(1, 14, max_bytes=budget)
+            assert [bytes(p) for _, _, p in got] == payloads[:expected]
+        assert [bytes(p) for _, _, p in log.entries(4, 6)] == payloads[3:5]
+    (segment,) = tmp_path.glob("*.wal")
+    assert segment.stat().st_size > 1024 * 1024  # more than one READ_CHUNK_BYTES piece
+    assert segment.stat().st_size > sum(map(len, payloads)) + 13 * 28  # padding is in the file

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventstream._wal import WAL_HEADER_BYTES
-from eventstream.storage import CorruptionError, SegmentLog
+from eventstream.storage import CorruptionError, SegmentLog, wal_reference
 
 SEGMENT_BYTES = 2048
 RECORDS = 120
@@ -189,3 +189,71 @@ def test_corrupt_record_is_never_returned(pristine: Path, tmp_path: Path) -> Non
         with pytest.raises(CorruptionError, match=f"offset {starts[2]}"):
             log.entries(1, 10)
         assert len(log.entries(1, 3)) == 2
+
+
+PADDED_PAYLOADS = [b"s" * 50, b"L" * 70_000, b"L" * 65_536, b"t" * 10, b"L" * 66_000, b"l" * 65_535]
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One segment where large records appended alone (wal_sync off) sit after padding."""
+    directory = tmp_path_factory.mktemp("padded")
+    with SegmentLog.open(str(directory), wal_sync=False) as log:
+        for index, payload in enumerate(PADDED_PAYLOADS, start=1):
+            log.append([(index, 1, payload)])
+    (segment,) = _segments(directory)
+    assert [r.pad_bytes > 0 for r in wal_reference.scan(segment.read_bytes(), 1).records] == [
+        False, True, True, False, True, False
+    ]
+    return directory
+
+
+def _padded_damage_points(image: bytes) -> list[int]:
+    """Offsets at every boundary, header and payload edge (the version byte among them), plus
+    one inside each padding, header and payload."""
+    points, offset = set(), 0
+    for record in wal_reference.scan(image, 1).records:
+        header = offset + record.pad_bytes
+        end = header + WAL_HEADER_BYTES + len(record.payload)
+        for base in (offset, header, header + WAL_HEADER_BYTES, end):
+            points.update(p for p in (base - 1, base, base + 1, base + 4) if 0 <= p < len(image))
+        points.update({offset + record.pad_bytes // 2, header + 20, (header + end) // 2})
+        offset = end
+    return sorted(points)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "zero-tail"])
+def test_damage_around_padding_cuts_to_the_longest_valid_prefix(padded: Path, tmp_path: Path,
+                                                                damage: str) -> None:
+    """Torn writes and flipped bytes in and around padded records: recovery keeps exactly what
+    the reference scanner accepts (padding is never mistaken for data, a tear inside padding
+    cuts at the record boundary before it) and reports the cut."""
+    (segment,) = _segments(padded)
+    image = segment.read_bytes()
+    for trial, position in enumerate(_padded_damage_points(image)):
+        damaged = bytearray(image)
+        if damage == "truncate":
+            del damaged[position:]
+        elif damage == "flip":
+            damaged[position] ^= 0x5A
+        else:
+            damaged[position:] = bytes(len(damaged) - position)
+        expected = wal_reference.scan(bytes(damaged), 1)
+        directory = _copy(padded, tmp_path, f"{damage}-{trial}")
+        (directory / segment.name).write_bytes(bytes(damaged))
+        with SegmentLog.open(str(directory), wal_sync=False) as log:
+            kept = len(expected.records)
+            assert log.last_index == kept
+            got = [bytes(p) for _, _, p in log.entries(1, kept + 1)]
+            assert got == PADDED_PAYLOADS[:kept]
+            if expected.valid_bytes == len(damaged):
+                assert log.recovery is None
+            else:
+                assert log.recovery is not None
+                assert (log.recovery.offset, log.recovery.bytes_dropped) == (
+                    expected.valid_bytes, len(damaged) - expected.valid_bytes
+                )
+            log.append([(kept + 1, 2, b"L" * 70_000)])  # appends (padded) after the cut
+        with SegmentLog.open(str(directory), wal_sync=False) as log:
+            assert log.recovery is None and log.last_index == kept + 1
+        shutil.rmtree(directory)

@@ -116,3 +116,29 @@ SegmentLogMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None
 )
 TestSegmentLogAgainstModel = SegmentLogMachine.TestCase
+
+
+class PaddedSegmentLogMachine(SegmentLogMachine):
+    """The same model with large records appended alone, which wal_sync=False writes after
+    padding (csrc/wal_format.h), in segments that hold a few of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log.close()
+        self.segment_bytes = 400_000
+        self.log = SegmentLog.open(self.directory, segment_bytes=self.segment_bytes,
+                                   wal_sync=False)
+
+    @rule(term_step=st.integers(0, 1), size=st.integers(60_000, 100_000))
+    def append_large_alone(self, term_step: int, size: int) -> None:
+        term = self.model.last_term + term_step
+        index = self.model.last + 1
+        payload = bytes([index % 251]) * size
+        self.log.append([(index, term, payload)])
+        self.model.entries.append((term, payload))
+
+
+PaddedSegmentLogMachine.TestCase.settings = settings(
+    max_examples=20, stateful_step_count=20, deadline=None
+)
+TestPaddedSegmentLogAgainstModel = PaddedSegmentLogMachine.TestCase
