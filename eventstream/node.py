@@ -908,9 +908,7 @@ class Node:
             pipeline.flush()
 
     def _on_peer_messages(self, peer_id: int, bodies: list[bytes]) -> None:
-        raft = self.raft
-        assert raft is not None
-        self.metrics.peer_messages.inc(len(bodies))
+        messages = []
         for body in bodies:
             try:
                 msg = decode_message(body)
@@ -920,6 +918,14 @@ class Node:
             if msg.sender != peer_id or msg.to != self.id:
                 log.warning("dropping a message from peer %d that claims sender %d, to %d", peer_id, msg.sender, msg.to)
                 continue
+            messages.append(msg)
+        self._step_peer_messages(peer_id, messages)
+
+    def _step_peer_messages(self, peer_id: int, messages: list[Message]) -> None:
+        raft = self.raft
+        assert raft is not None
+        self.metrics.peer_messages.inc(len(messages))
+        for msg in messages:
             try:
                 raft.step(msg)
             except MalformedMessageError as exc:
@@ -945,15 +951,7 @@ class Node:
     def _on_worker_responses(self, peer_id: int, messages: list[Message]) -> None:
         # The follower's answers as the worker relayed them: the same Messages the peer link
         # would have carried in-process.
-        raft = self.raft
-        assert raft is not None
-        self.metrics.peer_messages.inc(len(messages))
-        for msg in messages:
-            try:
-                raft.step(msg)
-            except MalformedMessageError as exc:
-                log.warning("dropping a malformed answer relayed from peer %d: %s", peer_id, exc)
-        self._wake.set()
+        self._step_peer_messages(peer_id, messages)
 
     def _on_worker_dropped(self, peer_id: int, count: int) -> None:
         self.metrics.peer_frames_dropped.inc(count)
