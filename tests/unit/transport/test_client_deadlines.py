@@ -1,0 +1,66 @@
+"""The client's per-session deadline sweep (client.py _Session): a node that never answers
+makes every request fail in about its timeout, and nothing is left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from eventstream.client import AsyncClient
+from eventstream.errors import Timeout, Unavailable
+
+
+async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass  # reads every request, answers none
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+def test_requests_to_a_silent_node_time_out_and_leave_nothing_pending() -> None:
+    async def run() -> None:
+        server, address = await _silent_server()
+        client = AsyncClient([address], timeout_s=0.6, attempt_timeout_s=0.2)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(*(client.append(b"x") for _ in range(20)), return_exceptions=True)
+            elapsed = time.monotonic() - started
+            assert all(isinstance(r, (Timeout, Unavailable)) for r in results), results
+            # Each call gives up at its overall deadline, not at some multiple of it.
+            assert elapsed < 4.0
+            session = client._session
+            if session is not None:
+                assert not session._pending and not session._deadlines
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
+
+
+def test_one_attempt_fails_after_its_own_timeout() -> None:
+    async def run() -> None:
+        server, address = await _silent_server()
+        client = AsyncClient([address], timeout_s=5.0, attempt_timeout_s=0.15)
+        try:
+            session = await client._connected(1.0)
+            from eventstream.transport.client_protocol import Op
+
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await session.call(Op.STATUS, b"", 0.15)
+            assert 0.1 <= time.monotonic() - started < 2.0  # fires at its deadline, not before
+            assert not session._pending and not session._deadlines
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
