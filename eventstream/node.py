@@ -472,12 +472,15 @@ class Node:
         last = seg_log.last_index
         seg_log.sync()
         self._synced_through = last
-        self.metrics.fsyncs.inc()
-        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        self._count_fsync(started)
         unsynced, self._unsynced = self._unsynced, None
         if unsynced is not None:
             assert self.raft is not None
             self.raft.persisted(*unsynced)
+
+    def _count_fsync(self, started: float) -> None:
+        self.metrics.fsyncs.inc()
+        self.metrics.fsync_seconds.observe(time.perf_counter() - started)
 
     async def _sync_loop(self) -> None:
         """The leader's deferred fdatasyncs: each covers every entry written before it starts,
@@ -493,8 +496,7 @@ class Node:
                 continue
             started = time.perf_counter()
             await loop.run_in_executor(None, seg_log.sync)
-            self.metrics.fsyncs.inc()
-            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            self._count_fsync(started)
             if self._unsynced == target:
                 self._unsynced = None
             try:
@@ -776,11 +778,7 @@ class Node:
         assert raft is not None and state is not None
         if raft.role != Role.LEADER or raft.lead_transferee != NONE:
             for body in bodies:
-                request_id = int.from_bytes(body[1:9], "little")
-                if raft.role == Role.LEADER:
-                    self._reply_error(session, request_id, Status.UNAVAILABLE, "leadership is being transferred; retry")
-                else:
-                    self._reply_not_leader(session, request_id)
+                self._leader_check(session, int.from_bytes(body[1:9], "little"))  # answers the refusal
             return
         request_ids, counts, errors = check_appends(bodies, state.config["queue_count"])
         batcher = self.batcher

@@ -29,6 +29,7 @@ from eventstream.raft.storage import (
     CompactedError,
     SnapshotUnavailableError,
     UnavailableError,
+    limit_size,
 )
 from eventstream.state import StateMachine
 from eventstream.state import snapshot as snapshots
@@ -88,17 +89,7 @@ class RecentEntries:
         first = self.first
         if lo < first or hi > first + len(recent) or lo >= hi:
             return None
-        if max_bytes is None:
-            return [recent[i] for i in range(lo - first, hi - first)]
-        out: list[Entry] = []
-        taken = 0
-        for i in range(lo - first, hi - first):
-            entry = recent[i]
-            taken += len(entry.data)
-            if out and taken > max_bytes:
-                break
-            out.append(entry)
-        return out
+        return list(limit_size([recent[i] for i in range(lo - first, hi - first)], max_bytes))
 
 
 class NodeStorage:

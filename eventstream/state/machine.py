@@ -210,18 +210,19 @@ class StateMachine:
         self, queue: int, offset: int, limit: int = 1000, max_bytes: int = 1 << 20
     ) -> list[StoredEvent]:
         """Events of one queue from `offset`; OffsetRangeError states the valid range."""
-        self._flush_queues()
+        self._flush_queues(queue)
         return self.queues.read(queue, offset, limit, max_bytes, self.config["queue_count"])
 
-    def _flush_queues(self) -> None:
-        """Write what apply gathered (queues.py, QueueLog._unwritten) before the files are read.
+    def _flush_queues(self, queue: int | None = None) -> None:
+        """Write what apply gathered (queues.py, QueueLog._unwritten) before the files are read:
+        of the one queue about to be read, or of all.
         A failed write leaves the files behind the applied state, so apply stops until a reopen
         rebuilds them, exactly as for a write that fails inside apply. A stopped machine's
         files are void until then, so nothing more is written to them."""
         if self._stopped is not None:
             return
         try:
-            self.queues.flush()
+            self.queues.flush(queue)
         except OSError as e:
             self._stopped = f"writing applied events to the queue files failed, reopen to rebuild: {e!r}"
             raise ApplyStoppedError(self._stopped) from e

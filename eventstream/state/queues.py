@@ -196,8 +196,8 @@ class QueueLog:
 
     def read(self, offset: int, limit: int, max_bytes: int) -> list[StoredEvent]:
         """Events from `offset`: at most `limit` and, past the first, at most `max_bytes` of
-        stored records (the first event is always returned, so a reader always progresses)."""
-        self.flush()
+        stored records (the first event is always returned, so a reader always progresses).
+        The caller flushes first (StateMachine.read: a failed write must stop apply)."""
         floor, end = self.floor_offset, self.next_offset
         if not floor <= offset <= end:
             raise OffsetRangeError(
@@ -261,8 +261,13 @@ class QueueStore:
         if failure is not None:
             raise failure
 
-    def flush(self) -> None:
-        """Write every queue's gathered records to its segment file."""
+    def flush(self, queue: int | None = None) -> None:
+        """Write the gathered records of one queue, or of every queue, to the segment files."""
+        if queue is not None:
+            log = self.logs.get(queue)
+            if log is not None:
+                log.flush()
+            return
         for log in self.logs.values():
             log.flush()
 

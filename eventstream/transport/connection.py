@@ -145,14 +145,7 @@ class FramedConnection(asyncio.Protocol):
         length = len(body)
         if length > self._frame_bytes_max:
             raise FrameError(f"frame body of {length} bytes exceeds the limit of {self._frame_bytes_max}")
-        soon = self._soon
-        if soon is None:
-            soon = self._soon = []
-            assert self._loop is not None
-            self._loop.call_soon(self.flush)
-        soon.append(HEADER.pack(length, self._crc(body)))
-        soon.append(body)
-        self.frames_out += 1
+        self._queue_soon(HEADER.pack(length, self._crc(body)), body)
         return True
 
     def send_framed_soon(self, frame: bytes) -> bool:
@@ -160,14 +153,18 @@ class FramedConnection(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return False
+        self._queue_soon(frame)
+        return True
+
+    def _queue_soon(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Add one frame's parts to the next flush, scheduling it if this is the first."""
         soon = self._soon
         if soon is None:
             soon = self._soon = []
             assert self._loop is not None
             self._loop.call_soon(self.flush)
-        soon.append(frame)
+        soon.extend(parts)
         self.frames_out += 1
-        return True
 
     def flush(self) -> None:
         """Write what send_soon() queued, now."""

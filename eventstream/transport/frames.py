@@ -37,6 +37,14 @@ class FrameError(ValueError):
     """The byte stream is not a valid sequence of frames; the connection must be closed."""
 
 
+def _too_long(length: int, limit: int) -> FrameError:
+    return FrameError(f"frame length prefix {length} exceeds the limit of {limit} bytes")
+
+
+def _bad_crc(expected: int, actual: int) -> FrameError:
+    return FrameError(f"frame CRC mismatch: header says {expected:#010x}, body has {actual:#010x}")
+
+
 def frame_header(body_length: int, body_crc: int) -> bytes:
     return HEADER.pack(body_length, body_crc)
 
@@ -85,9 +93,9 @@ class FrameDecoder:
         if self._crc is _native_crc32c:
             status, pos, detail1, detail2 = split_frames(buf, 0, self.frame_bytes_max, bodies)
             if status == SPLIT_TOO_LONG:
-                raise FrameError(f"frame length prefix {detail1} exceeds the limit of {self.frame_bytes_max} bytes")
+                raise _too_long(detail1, self.frame_bytes_max)
             if status == SPLIT_BAD_CRC:
-                raise FrameError(f"frame CRC mismatch: header says {detail1:#010x}, body has {detail2:#010x}")
+                raise _bad_crc(detail1, detail2)
         else:
             pos = self._split_reference(buf, bodies)
         if buf is self._buf:
@@ -107,18 +115,14 @@ class FrameDecoder:
         while end - pos >= HEADER_BYTES:
             length, expected = HEADER.unpack_from(buf, pos)
             if length > limit:
-                raise FrameError(
-                    f"frame length prefix {length} exceeds the limit of {limit} bytes"
-                )
+                raise _too_long(length, limit)
             body_end = pos + HEADER_BYTES + length
             if body_end > end:
                 break
             body = bytes(buf[pos + HEADER_BYTES : body_end])
             actual = crc(body)
             if actual != expected:
-                raise FrameError(
-                    f"frame CRC mismatch: header says {expected:#010x}, body has {actual:#010x}"
-                )
+                raise _bad_crc(expected, actual)
             bodies.append(body)
             pos = body_end
         return pos

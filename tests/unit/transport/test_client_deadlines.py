@@ -4,12 +4,27 @@ makes every request fail in about its timeout, and nothing is left pending."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 from eventstream.client import AsyncClient
 from eventstream.errors import Timeout, Unavailable
+from eventstream.transport.client_protocol import Op
+
+
+@contextlib.asynccontextmanager
+async def _client_of_silent_node(timeout_s: float, attempt_timeout_s: float) -> AsyncIterator[AsyncClient]:
+    server, address = await _silent_server()
+    client = AsyncClient([address], timeout_s=timeout_s, attempt_timeout_s=attempt_timeout_s)
+    try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
@@ -25,9 +40,7 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
 
 def test_requests_to_a_silent_node_time_out_and_leave_nothing_pending() -> None:
     async def run() -> None:
-        server, address = await _silent_server()
-        client = AsyncClient([address], timeout_s=0.6, attempt_timeout_s=0.2)
-        try:
+        async with _client_of_silent_node(0.6, 0.2) as client:
             started = time.monotonic()
             results = await asyncio.gather(*(client.append(b"x") for _ in range(20)), return_exceptions=True)
             elapsed = time.monotonic() - started
@@ -37,30 +50,18 @@ def test_requests_to_a_silent_node_time_out_and_leave_nothing_pending() -> None:
             session = client._session
             if session is not None:
                 assert not session._pending and not session._deadlines
-        finally:
-            await client.close()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(run())
 
 
 def test_one_attempt_fails_after_its_own_timeout() -> None:
     async def run() -> None:
-        server, address = await _silent_server()
-        client = AsyncClient([address], timeout_s=5.0, attempt_timeout_s=0.15)
-        try:
+        async with _client_of_silent_node(5.0, 0.15) as client:
             session = await client._connected(1.0)
-            from eventstream.transport.client_protocol import Op
-
             started = time.monotonic()
             with pytest.raises(TimeoutError):
                 await session.call(Op.STATUS, b"", 0.15)
             assert 0.1 <= time.monotonic() - started < 2.0  # fires at its deadline, not before
             assert not session._pending and not session._deadlines
-        finally:
-            await client.close()
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(run())
