@@ -463,6 +463,22 @@ class RaftNode:
             ):
                 self._bcast_commit()
 
+    def followers_form_quorum(self) -> bool:
+        """Whether, on a leader, enough followers are replicating normally and were heard from
+        within the last election timeout to commit new entries without the leader's own copy
+        (a majority of the voters other than the leader; §5.3 counts any majority). The host
+        may then let its own fdatasync lag (thesis 10.2.1): commit does not wait for it."""
+        if self.role != Role.LEADER:
+            return False
+        healthy = 0
+        for peer in self.voters.voters:
+            if peer == self.id:
+                continue
+            pr = self.progress.get(peer)
+            if pr is not None and pr.state == ProgressState.REPLICATE and pr.recent_active:
+                healthy += 1
+        return healthy >= self.voters.quorum
+
     def persisted(self, index: int, term: int) -> None:
         """The host's log is durable through entry (index, term), written under an earlier
         advance(durable=False). A leader now counts itself toward commit up to there. The report

@@ -516,3 +516,34 @@ def test_eager_commit_tells_followers_at_once() -> None:
     cluster.node(1).propose(b"a")
     cluster.stabilize()
     assert cluster.node(2).log.committed == cluster.node(1).log.committed
+
+
+# ---------------------------------------------------------------- followers forming a quorum
+
+
+def test_followers_form_quorum_only_on_a_leader_with_a_majority_of_healthy_followers() -> None:
+    cluster = Cluster((1, 2, 3), check_quorum=True)
+    cluster.elect(1)
+    leader = cluster.node(1)
+    assert leader.followers_form_quorum()
+    assert not cluster.node(2).followers_form_quorum()  # a follower has no followers
+    # A silent follower stops counting at the next check-quorum round (one election timeout)
+    # and a 3-node cluster then needs the leader's own copy to commit.
+    cluster.cut.add(3)
+    tick_until(cluster, 1, leader.config.election_ticks)
+    assert leader.role == Role.LEADER
+    assert not leader.followers_form_quorum()
+    cluster.cut.clear()
+    tick_until(cluster, 1, leader.config.heartbeat_ticks)
+    assert leader.followers_form_quorum()
+
+
+def test_followers_form_quorum_counts_replicating_followers_of_five() -> None:
+    cluster = Cluster((1, 2, 3, 4, 5), check_quorum=True)
+    cluster.elect(1)
+    leader = cluster.node(1)
+    cluster.cut.add(5)
+    tick_until(cluster, 1, leader.config.election_ticks)
+    assert leader.followers_form_quorum()  # 2, 3 and 4 are a majority of five
+    leader.progress[4].become_probe()  # e.g. after a rejection: not replicating normally
+    assert not leader.followers_form_quorum()
