@@ -781,26 +781,32 @@ class Node:
         self._reply_not_leader(session, request_id)
         return False
 
-    def on_appends(self, session: ClientSession, bodies: list[bytes]) -> None:
-        """A run of APPEND requests from one connection: checked in one native pass, each then
-        queued for the next entry (or answered with its error at once)."""
+    def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
+        """APPEND requests from every connection that sent some this loop turn: checked in one
+        native pass, each then queued for the next entry (or answered with its error at once)."""
         raft, state = self.raft, self.state
         assert raft is not None and state is not None
         if raft.role != Role.LEADER or raft.lead_transferee != NONE:
-            for body in bodies:
-                self._leader_check(session, int.from_bytes(body[1:9], "little"))  # answers the refusal
+            for session, run in runs:
+                for body in run:
+                    self._leader_check(session, int.from_bytes(body[1:9], "little"))  # answers the refusal
             return
+        bodies = runs[0][1] if len(runs) == 1 else [body for _, run in runs for body in run]
         request_ids, counts, errors = check_appends(bodies, state.config["queue_count"])
         batcher = self.batcher
         now = time.monotonic()
         overloaded = batcher.pending_bytes > self.config.max_uncommitted_bytes
-        for i, body in enumerate(bodies):
-            if errors and i in errors:
-                self._reply_error(session, request_ids[i], Status.INVALID_ARGUMENT, errors[i])
-            elif overloaded:
-                self._reply_error(session, request_ids[i], Status.OVERLOADED, "leader's proposal queue is full; back off")
-            else:
-                batcher.add(body, PendingAppend(session, request_ids[i], counts[i], now), REQUEST_HEADER_BYTES)
+        i = 0
+        for session, run in runs:
+            for body in run:
+                if errors and i in errors:
+                    self._reply_error(session, request_ids[i], Status.INVALID_ARGUMENT, errors[i])
+                elif overloaded:
+                    self._reply_error(session, request_ids[i], Status.OVERLOADED,
+                                      "leader's proposal queue is full; back off")
+                else:
+                    batcher.add(body, PendingAppend(session, request_ids[i], counts[i], now), REQUEST_HEADER_BYTES)
+                i += 1
         self._wake.set()
 
     def _on_read(self, session: ClientSession, request: Request) -> None:

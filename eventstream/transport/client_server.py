@@ -4,10 +4,15 @@ The service answers through ClientSession.reply() whenever it is ready (an appen
 after commit and apply), so a slow request never holds up the ones behind it on the same
 connection. Per connection, requests in flight are bounded; past the bound the server answers
 Overloaded at once instead of queueing without limit.
+
+APPEND requests, the bulk of the traffic, reach the service together: every run that arrived on
+any connection during one turn of the event loop is handed over in one on_appends() call, so
+64 clients with one request each cost the leader one native check and one hand-over, not 64.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -32,8 +37,9 @@ _APPEND_OP = bytes([Op.APPEND])
 class ClientService(Protocol):
     def on_request(self, session: ClientSession, request: Request) -> None: ...
 
-    def on_appends(self, session: ClientSession, bodies: list[bytes]) -> None:
-        """APPEND request bodies, whole (op byte and request id included), in arrival order."""
+    def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
+        """Runs of APPEND request bodies, whole (op byte and request id included), each run from
+        one connection in arrival order: all that arrived during one loop turn."""
 
 
 class ClientSession:
@@ -71,6 +77,7 @@ class ClientServer:
         self._service = service
         self.sessions: set[ClientSession] = set()
         self.protocol_errors = 0
+        self._runs: list[tuple[ClientSession, list[bytes]]] = []
 
     def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
         if hello.role != ROLE_CLIENT:
@@ -88,8 +95,8 @@ class ClientServer:
     def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
         session = conn.tag
         assert isinstance(session, ClientSession)
-        # APPENDs, the bulk of the traffic, go to the service in runs (checked natively there);
-        # any other request is handled alone, after the run before it, keeping arrival order.
+        # APPENDs are gathered for flush_appends(); any other request is handled alone, after
+        # the appends that arrived before it have been handed over, keeping arrival order.
         run: list[bytes] = []
         for body in bodies:
             if (body[:1] == _APPEND_OP and len(body) >= REQUEST_HEADER_BYTES
@@ -97,20 +104,32 @@ class ClientServer:
                 run.append(body)
                 continue
             if run:
-                self._appends(session, run)
+                self._gather(session, run)
                 run = []
+            self.flush_appends()
             if not self._one(conn, session, body):
                 return
         if run:
-            self._appends(session, run)
+            self._gather(session, run)
 
-    def _appends(self, session: ClientSession, bodies: list[bytes]) -> None:
-        session.requests += len(bodies)
-        session.in_flight += len(bodies)
+    def _gather(self, session: ClientSession, run: list[bytes]) -> None:
+        session.requests += len(run)
+        session.in_flight += len(run)
+        if not self._runs:
+            # Runs after every read callback of this loop turn (the loop's ready queue).
+            asyncio.get_running_loop().call_soon(self.flush_appends)
+        self._runs.append((session, run))
+
+    def flush_appends(self) -> None:
+        """Hand every gathered APPEND run to the service now."""
+        runs = self._runs
+        if not runs:
+            return
+        self._runs = []
         try:
-            self._service.on_appends(session, bodies)
+            self._service.on_appends(runs)
         except Exception:  # a bug must not take the node down; these requests time out
-            log.exception("a run of %d APPEND requests failed", len(bodies))
+            log.exception("%d runs of APPEND requests failed", len(runs))
 
     def _one(self, conn: FramedConnection, session: ClientSession, body: bytes) -> bool:
         try:
