@@ -411,14 +411,6 @@ class Node:
             self._append_entries(rd.entries)
         if rd.hard_state is not None:
             self._save_hard_state(rd.hard_state)
-        # Committed entries are applied before this Ready's fdatasync, not after it: commit
-        # means a majority already holds them durably (§5.3), so neither the answer to the
-        # client nor this node's state depends on the write below. This takes one fdatasync
-        # off every append's critical path (the leader's next entry is being synced while the
-        # previous one is answered). A crash before the sync loses nothing: the state machine
-        # is rebuilt from its snapshot and the log, and the leader re-sends what is missing.
-        if rd.committed_entries:
-            self._apply(rd.committed_entries)
         durable = True
         wal_sync = self.config.wal_sync
         if wal_sync and rd.must_sync and (rd.entries or rd.snapshot is not None):
@@ -439,6 +431,15 @@ class Node:
             self._sync_now()  # no ack or vote while writes of this node's leadership are unsynced
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
+        # Committed entries are applied once the acknowledgement is on its way: the leader
+        # waits for that acknowledgement, never for this node's apply (commit means a majority
+        # holds them durably, §5.3). Entries written by this very Ready may already be
+        # committed and are applied before this node's own copy is synced when the leader
+        # defers its sync: neither the answer to a client nor the state depends on that copy,
+        # and a crash loses nothing the state machine cannot rebuild from its snapshot and the
+        # log, which the leader completes again.
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
         for rs in rd.read_states:
             pending = self._reads_by_context.pop(rs.context, None)
             if pending is not None:
