@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import cast
 
@@ -19,6 +20,39 @@ log = logging.getLogger(__name__)
 # congested; owners decide whether to drop (peer messages, Raft resends) or push back (clients).
 WRITE_BUFFER_HIGH_BYTES = 8 * 1024 * 1024
 WRITE_BUFFER_LOW_BYTES = 1 * 1024 * 1024
+
+
+class _FlushRound:
+    """The connections of one event loop that have frames queued by send_soon(): flushed
+    together by one callback per loop turn, so a leader answering many clients schedules one
+    callback a turn instead of one per connection."""
+
+    __slots__ = ("_dirty",)
+
+    def __init__(self) -> None:
+        self._dirty: list[FramedConnection] = []
+
+    def add(self, conn: FramedConnection) -> None:
+        if not self._dirty:
+            # The round is keyed by this running loop (_flush_round), so that is the loop
+            # the callback belongs to; holding no reference to it lets the loop be collected.
+            asyncio.get_running_loop().call_soon(self.flush_all)
+        self._dirty.append(conn)
+
+    def flush_all(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.flush()
+
+
+_flush_rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FlushRound] = weakref.WeakKeyDictionary()
+
+
+def _flush_round(loop: asyncio.AbstractEventLoop) -> _FlushRound:
+    flush_round = _flush_rounds.get(loop)
+    if flush_round is None:
+        flush_round = _flush_rounds[loop] = _FlushRound()
+    return flush_round
 
 
 class FramedConnection(asyncio.Protocol):
@@ -50,7 +84,7 @@ class FramedConnection(asyncio.Protocol):
         self.frames_out = 0
         # Frames queued by send_soon(), written together when the loop next runs callbacks.
         self._soon: list[bytes | bytearray | memoryview] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._round: _FlushRound | None = None
         # A place for the owner to hang its per-connection state (peer id, session...).
         self.tag: object = None
 
@@ -59,7 +93,7 @@ class FramedConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport but have the same interface.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
-        self._loop = asyncio.get_running_loop()
+        self._round = _flush_round(asyncio.get_running_loop())
         peer = transport.get_extra_info("peername")
         self.peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self._on_open is not None:
@@ -161,8 +195,8 @@ class FramedConnection(asyncio.Protocol):
         soon = self._soon
         if soon is None:
             soon = self._soon = []
-            assert self._loop is not None
-            self._loop.call_soon(self.flush)
+            assert self._round is not None
+            self._round.add(self)
         soon.extend(parts)
         self.frames_out += 1
 
