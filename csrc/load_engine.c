@@ -428,8 +428,9 @@ static void slot_fail(esc_load_engine_t *e, slot_t *s, int outcome, int64_t now)
     if (s->backoff_ns > e->config.backoff_max_ns)
         s->backoff_ns = e->config.backoff_max_ns;
     note_timer(e, s->retry_ns);
-    /* A refused connection may mean the leader is gone: the Python side asks the cluster. */
-    if (outcome == ESC_LOAD_CONNECT_FAILED)
+    /* A refused connection or a silent node may mean the leader is gone or cut off: the
+     * Python side asks the cluster who leads now. */
+    if (outcome == ESC_LOAD_CONNECT_FAILED || outcome == ESC_LOAD_NO_ANSWER)
         e->lookup_needed = 1;
 }
 

@@ -154,8 +154,8 @@ void esc_load_set_schedule(esc_load_engine_t *engine, int64_t warmup_end_ns, int
 
 /*
  * Drives every connection until `until_ns` (RUN_UNTIL), until every slot is done (RUN_DONE), or
- * until a slot learned that the target is no longer the leader or cannot be reached
- * (RUN_LOOKUP: read the hint, set a target, call again). RUN_SYSTEM_ERROR: epoll failed; errno.
+ * until a slot learned that the target is no longer the leader, cannot be reached or does not
+ * answer (RUN_LOOKUP: read the hint, set a target, call again). RUN_SYSTEM_ERROR: epoll failed; errno.
  */
 int esc_load_run(esc_load_engine_t *engine, int64_t until_ns);
 

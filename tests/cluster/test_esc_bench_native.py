@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +66,35 @@ def test_every_counted_event_is_readable_exactly_once(cluster: LocalCluster, tmp
     assert len(set(ids)) == EVENTS and all(i is not None and len(i) == 16 for i in ids)
     assert {e.payload for e in events} <= payloads
     assert {e.key for e in events} <= {b"key-%d" % k for k in range(50)}
+
+
+def test_the_engine_follows_a_new_leader_when_the_old_one_is_killed(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Runs last in this module: it leaves the cluster one node short."""
+    report_path = tmp_path / "failover.json"
+    old = cluster.leader()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventstream.loadgen", "--cluster", ",".join(cluster.addresses),
+         "--engine", "native", "--clients", "1", "--concurrency", "8", "--batch-size", "1",
+         "--duration", "8", "--warmup", "0", "--timeout", "3", "--json", str(report_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(3.0)
+        killed_at_us = time.time_ns() // 1000
+        cluster.nodes[old].kill()
+        cluster.leader(exclude=(old,))
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(report_path.read_text())
+    assert report["events"] > 0 and report["duplicates"] == 0
+    assert report["client_leader_redirects"] >= 1
+    assert set(report["errors"]) <= {"ConnectFailed", "ConnectionClosed", "NotLeader", "Unavailable", "NoAnswer"}
+    alive = [node.address for node_id, node in cluster.nodes.items() if node_id != old]
+    with Client(alive) as client:
+        events = [e for queue in range(QUEUES) for e in client.read_to_end(queue)]
+    assert len({e.event_id for e in events}) == len(events)
+    # Events stamped after the kill can only have reached the log through the new leader.
+    assert sum(e.timestamp > killed_at_us for e in events) > 0
