@@ -147,7 +147,9 @@ def test_random_bytes_never_pass_as_an_answer(data: bytes, batch_size: int) -> N
 
 
 # -- whole runs against a fake node -----------------------------------------------------------
-Answer = Callable[[int, int, int], bytes | None]  # (request number, request id, events) -> bytes
+# (request number, request id, events) -> the answer's bytes, or pieces of them sent a few
+# milliseconds apart, or None to close the connection instead.
+Answer = Callable[[int, int, int], bytes | list[bytes] | None]
 
 
 @dataclass
@@ -218,7 +220,10 @@ class FakeNode:
                     if reply is None:
                         return
                     try:
-                        conn.sendall(reply)
+                        for k, piece in enumerate([reply] if isinstance(reply, bytes) else reply):
+                            if k:
+                                time.sleep(0.005)
+                            conn.sendall(piece)
                     except OSError:
                         return
 
@@ -234,8 +239,8 @@ def fake_node(answer: Answer) -> Iterator[FakeNode]:
 
 
 def engine(slots: int = 2, batch_size: int = 3, timeout_s: float = 5.0, keys: int = 5,
-           ids: bool = True) -> LoadEngine:
-    return LoadEngine(slots, batch_size, b"payload", keys, 0, ids, timeout_s,
+           ids: bool = True, payload: bytes = b"payload") -> LoadEngine:
+    return LoadEngine(slots, batch_size, payload, keys, 0, ids, timeout_s,
                       backoff_initial_s=0.001, backoff_max_s=0.004)
 
 
@@ -288,6 +293,25 @@ def test_every_request_is_answered_and_counted() -> None:
     assert warmup == [] and sum(count for _, count in counted) == 40
     assert all(us >= 1 for us, _ in counted)
     assert load.take_interval() == (120, 0) and load.take_interval() == (0, 0)
+
+
+def test_answers_arriving_in_pieces_are_put_together() -> None:
+    def answer(k: int, rid: int, n: int) -> list[bytes]:
+        whole = ok_answer(rid, n)
+        return [whole[:3], whole[3:11], whole[11:-1], whole[-1:]]  # the header split, then the body
+
+    with fake_node(answer) as node:
+        figures, _ = run_to_end(engine(slots=2, batch_size=2), node, 6)
+    assert figures["errors"] == {} and figures["requests"] == 6 == node.requests
+
+
+def test_requests_larger_than_the_socket_buffer_and_their_long_answers() -> None:
+    """5,000 events of 1 KiB: a 5 MB request goes out in several sends (EPOLLOUT), and its
+    65 KB answer comes back in several reads."""
+    with fake_node(lambda k, rid, n: ok_answer(rid, n)) as node:
+        load = engine(slots=1, batch_size=5000, payload=b"p" * 1024)
+        figures, _ = run_to_end(load, node, 3)
+    assert figures["errors"] == {} and figures["events"] == 15_000 == len(set(node.event_ids))
 
 
 def test_without_ids_events_carry_none() -> None:
