@@ -4,6 +4,7 @@ loopback that answers well, badly, not at all, or with a NotLeader hint."""
 
 from __future__ import annotations
 
+import queue
 import socket
 import struct
 import threading
@@ -12,7 +13,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from click.testing import CliRunner
@@ -29,7 +30,9 @@ from eventstream._load_engine import (
     monotonic_ns,
     read_answer,
 )
-from eventstream.load.native_worker import resolve
+from eventstream.load.native_worker import LOOKUP_INTERVAL_S, _NativeWorker, resolve
+from eventstream.load.params import LoadParams
+from eventstream.load.worker import WorkerSpec
 from eventstream.loadgen import main
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
@@ -446,6 +449,32 @@ def test_native_engine_refuses_reads_and_open_loop_in_one_line(extra: list[str])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "--engine native" in lines[0] and extra[0] in lines[0]
+
+
+def test_follow_takes_the_hint_and_asks_the_cluster_only_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = LoadParams(clients=1, concurrency=2, batch_size=1, payload_bytes=10, keys=3, ids=True,
+                        read_ratio=0.0, duration_s=1.0, events=None, warmup_s=0.0,
+                        rate_events_per_s=None, time_limit_s=10.0, request_timeout_s=1.0,
+                        report_interval_s=1.0, seed=1, engine="native")
+    spec = WorkerSpec(index=0, addresses=("127.0.0.1:7101", "127.0.0.1:7102"), params=params, run_s=1.0,
+                      append_requests=None, rate_requests_per_s=None, seed=1)
+    worker = _NativeWorker(spec, cast(Any, queue.Queue()))  # the parent's queue is not used here
+    asked: list[float] = []
+
+    def leader_from_status() -> str:
+        asked.append(time.monotonic())
+        return "127.0.0.1:7102"
+
+    monkeypatch.setattr(worker, "_leader_from_status", leader_from_status)
+    worker._follow("")  # no hint at all: the nodes' status names the leader
+    assert (worker.target, worker.leader_redirects, len(asked)) == ("127.0.0.1:7102", 0, 1)
+    worker._follow("127.0.0.1:7101")  # a NotLeader hint naming another node is followed as is
+    assert (worker.target, worker.leader_redirects, len(asked)) == ("127.0.0.1:7101", 1, 1)
+    worker._follow("leadership changed; retry")  # no address: ask, but not twice within the interval
+    assert (worker.target, len(asked)) == ("127.0.0.1:7101", 1)
+    worker.last_lookup -= LOOKUP_INTERVAL_S
+    worker._follow("127.0.0.1:7101")  # a hint naming the current target: ask the cluster
+    assert (worker.target, worker.leader_redirects, len(asked)) == ("127.0.0.1:7102", 2, 2)
 
 
 def test_resolve_gives_a_numeric_address() -> None:
