@@ -139,7 +139,8 @@ class _OneLineErrors(click.Group):
 @click.option("--replication", help="--local only: passed to each node as --replication "
               "(refused while `esc node` has no such option)")
 @click.option("--clients", type=int, default=2, show_default=True, help="client processes")
-@click.option("--concurrency", type=int, default=8, show_default=True, help="requests in flight per client")
+@click.option("--concurrency", type=int, default=8, show_default=True,
+              help="requests in flight per client process (--engine native: connections per process)")
 @click.option("--batch-size", type=int, default=100, show_default=True, help="events per append request")
 @click.option("--payload-bytes", type=int, default=100, show_default=True)
 @click.option("--keys", type=int, default=1000, show_default=True, help="routing-key cardinality")
