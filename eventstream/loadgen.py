@@ -104,6 +104,17 @@ def validate(target: Target, clients: int, concurrency: int, batch_size: int, pa
         raise ParamError("--rate asks for more than 1,000,000 requests/s per client; raise --batch-size")
 
 
+def validate_engine(engine: str, read_ratio: float, rate: float | None) -> None:
+    """The native engine is a closed loop of appends; it refuses what it does not do rather
+    than quietly measuring something else."""
+    if engine != "native":
+        return
+    if read_ratio > 0:
+        raise ParamError("--engine native sends appends only; --read-ratio needs --engine client")
+    if rate is not None:
+        raise ParamError("--engine native is a closed loop; --rate (open loop) needs --engine client")
+
+
 class _OneLineErrors(click.Group):
     """Click's own parameter errors (a value that is not a number, an unknown option) as one
     line, like the errors this module raises, instead of usage text plus the error."""
@@ -128,7 +139,8 @@ class _OneLineErrors(click.Group):
 @click.option("--replication", help="--local only: passed to each node as --replication "
               "(refused while `esc node` has no such option)")
 @click.option("--clients", type=int, default=2, show_default=True, help="client processes")
-@click.option("--concurrency", type=int, default=8, show_default=True, help="requests in flight per client")
+@click.option("--concurrency", type=int, default=8, show_default=True,
+              help="requests in flight per client process (--engine native: connections per process)")
 @click.option("--batch-size", type=int, default=100, show_default=True, help="events per append request")
 @click.option("--payload-bytes", type=int, default=100, show_default=True)
 @click.option("--keys", type=int, default=1000, show_default=True, help="routing-key cardinality")
@@ -146,6 +158,13 @@ class _OneLineErrors(click.Group):
 @click.option("--report-interval", type=float, default=1.0, show_default=True,
               help="seconds between progress lines (and timeline points)")
 @click.option("--seed", type=int, default=1, show_default=True, help="keys and payload bytes")
+@click.option("--engine", type=click.Choice(["client", "native"]), default="client", show_default=True,
+              help="client: each --clients process is one AsyncClient keeping --concurrency requests "
+              "in flight on one connection. native: each process runs a C epoll loop over "
+              "--concurrency connections to the leader, each one client with one request at a time "
+              "(send, wait for the answer, send the next), so --clients 2 --concurrency 32 "
+              "--batch-size 1 is 64 single-event clients; closed loop, appends only "
+              "(no --rate, no --read-ratio)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="PNG of throughput over time and the latency distribution (needs matplotlib)")
@@ -154,7 +173,8 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
          replication: str | None, clients: int, concurrency: int, batch_size: int,
          payload_bytes: int, keys: int, ids: bool, read_ratio: float, duration: float | None,
          events: int | None, warmup: float, rate: float | None, time_limit: float, timeout: float,
-         report_interval: float, seed: int, json_path: str | None, plot_path: str | None) -> None:
+         report_interval: float, seed: int, engine: str, json_path: str | None,
+         plot_path: str | None) -> None:
     """EventStreamCore load generator: drive a cluster and report throughput, latency and CPU.
 
     Subcommands: compare (two --json reports), storage (SegmentLog append benchmark)."""
@@ -168,6 +188,7 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
     try:
         validate(target, clients, concurrency, batch_size, payload_bytes, keys, read_ratio, duration,
                  events, warmup, rate, time_limit, timeout, report_interval)
+        validate_engine(engine, read_ratio, rate)
         if target.cluster is not None:
             _parse_cluster(target.cluster)
         if target.replication is not None:
@@ -181,7 +202,8 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
     from eventstream.load.run import LoadError
 
     params = LoadParams(clients, concurrency, batch_size, payload_bytes, keys, ids, read_ratio,
-                        duration, events, warmup, rate, time_limit, timeout, report_interval, seed)
+                        duration, events, warmup, rate, time_limit, timeout, report_interval, seed,
+                        engine)
     try:
         report = _run(target, params)
     except (LoadError, ParamError) as exc:

@@ -22,3 +22,6 @@ class LoadParams:
     request_timeout_s: float
     report_interval_s: float
     seed: int
+    # "client": worker.py (AsyncClient, `concurrency` requests in flight on one connection);
+    # "native": native_worker.py (`concurrency` connections, one request at a time on each).
+    engine: str = "client"

@@ -89,6 +89,7 @@ def render_table(report: dict[str, Any]) -> str:
     lines = [
         f"target {p['target']['description']}  clients {p['clients']} x concurrency {p['concurrency']}"
         f"  batch {p['batch_size']}  payload {p['payload_bytes']} B  ids {'on' if p['ids'] else 'off'}"
+        f"  engine {p.get('engine', 'client')}"
         + (f"  rate {p['rate_events_per_s']:,.0f} events/s (open loop)" if p["rate_events_per_s"] else "  closed loop"),
         "",
         f"{'events/s':<28}{report['events_per_s']:>16,.0f}",

@@ -18,6 +18,7 @@ from hdrh.histogram import HdrHistogram
 from eventstream.client import Client
 from eventstream.errors import EscError
 from eventstream.load import latency
+from eventstream.load.native_worker import run_native_worker
 from eventstream.load.node_usage import NodeFigures, NodeUsage
 from eventstream.load.params import LoadParams
 from eventstream.load.worker import WorkerSpec, run_worker
@@ -134,7 +135,8 @@ def run_load(params: LoadParams, addresses: list[str], node_pids: dict[str, int]
     go = ctx.Event()
     start_at: Any = ctx.Value("d", 0.0)
     specs = worker_specs(params, addresses)
-    processes = [ctx.Process(target=run_worker, args=(spec, reports, go, start_at),
+    target = run_native_worker if params.engine == "native" else run_worker
+    processes = [ctx.Process(target=target, args=(spec, reports, go, start_at),
                              name=f"esc-bench-client-{spec.index}", daemon=True) for spec in specs]
     for process in processes:
         process.start()
