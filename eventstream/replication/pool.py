@@ -83,9 +83,9 @@ from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
-# Control-ring space per follower. Orders are 80 bytes; the space is for full messages (snapshot
-# chunks, entries no longer in the entry ring), half of it bounds one. Pages of shared memory
-# are only committed when first written.
+# Control-ring space per follower. Orders take 88 bytes with their record header; the space is
+# for full messages (snapshot chunks, entries no longer in the entry ring), half of it bounds
+# one. Pages of shared memory are only committed when first written.
 RING_BYTES_DEFAULT = 16 * 1024 * 1024
 STATUS_RING_BYTES = 1024 * 1024
 # The most bytes of entries one AppendEntries carries when a worker merges orders; the node
