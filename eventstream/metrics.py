@@ -15,8 +15,10 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from eventstream.replication.worker import ORDER_WAIT_BOUNDS_S
 
 # The *_created series double the scrape size and say nothing an operator uses.
 disable_created_metrics()
@@ -51,15 +53,55 @@ class LatencyHistogram(Collector):
         return sum(self._counts)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        cumulative = 0
-        buckets = []
-        for bound, n in zip(self._bounds, self._counts):
-            cumulative += n
-            buckets.append((repr(bound), cumulative))
-        buckets.append(("+Inf", cumulative + self._counts[-1]))
         family = HistogramMetricFamily(self._name, self._doc)
-        family.add_metric([], buckets, self._sum)
+        family.add_metric([], _cumulative_buckets(tuple(self._bounds), self._counts), self._sum)
         yield family
+
+
+def _cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets from per-bucket counts (the last count: above every bound)."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, n in zip(bounds, counts):
+        cumulative += n
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", cumulative + counts[-1]))
+    return buckets
+
+
+class WorkerWakeCollector(Collector):
+    """Per follower, from the pool's latest worker reports: how long APPEND orders waited for
+    the worker (node writes, worker takes) and how often the worker slept, was woken by its
+    doorbell, or missed a wake-up. Built only on scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Set by the node in replication = "pool" mode: peer id -> WakeCounters of live workers.
+        self.source: Callable[[], dict[int, Any]] | None = None
+        registry.register(self)
+
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        waits = HistogramMetricFamily(
+            "esc_replication_order_wait_seconds",
+            "Time from the leader writing an AppendEntries order to its follower's worker taking it", labels=["peer"])
+        counters = {
+            "sleeps": CounterMetricFamily("esc_replication_worker_sleeps",
+                                          "Times the worker slept on an empty control ring", labels=["peer"]),
+            "doorbell_wakes": CounterMetricFamily("esc_replication_worker_doorbell_wakes",
+                                                  "Times a sleeping worker was woken by its doorbell", labels=["peer"]),
+            "missed_wakeups": CounterMetricFamily(
+                "esc_replication_worker_missed_wakeups",
+                "Sleeps that ran to their timeout while orders waited (a lost wake-up; expected 0)", labels=["peer"]),
+        }
+        for peer, wake in (self.source() if self.source is not None else {}).items():
+            waits.add_metric([str(peer)], _cumulative_buckets(ORDER_WAIT_BOUNDS_S, wake.order_wait_buckets),
+                             wake.order_wait_ns / 1e9)
+            for field, family in counters.items():
+                family.add_metric([str(peer)], getattr(wake, field))
+        yield waits
+        yield from counters.values()
+
+    def describe(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        return iter(())
 
 
 class NodeMetrics:
@@ -106,6 +148,7 @@ class NodeMetrics:
         )
         # Set by the node in replication = "pool" mode: peer id -> WorkerUsage of live workers.
         self.replication_usage: Callable[[], dict[int, Any]] | None = None
+        self.worker_wake = WorkerWakeCollector(r)
         self._process = psutil.Process(os.getpid())
 
     def render(self) -> bytes:

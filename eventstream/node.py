@@ -239,6 +239,7 @@ class Node:
                                          on_responses=self._on_worker_responses, on_dropped=self._on_worker_dropped,
                                          local_host=host, append_bytes_max=self.raft.config.max_append_bytes)
             self.metrics.replication_usage = self._pool.usage
+            self.metrics.worker_wake.source = self._pool.wake_counters
         self._clients = ClientServer(self)
         self._listener.set_owner(ROLE_PEER, self._peers)
         # Any node may follow a pool-mode leader, whatever its own mode.

@@ -16,6 +16,8 @@ machine's cores with every node, so compare the two modes of one run, never figu
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,6 +50,11 @@ class ModeFigures:
     workers_cpu_s: float  # the leader's replication workers (0 in inprocess mode)
     followers_cpu_s: float
     leader_changes: int
+    # Pool mode, from the leader's /status after the load (warm-up included): the worst of its
+    # workers' 99th-percentile order waits (bucket upper bound, ms: from the node writing an
+    # order to the worker taking it) and their missed wake-ups in total.
+    order_wait_ms_p99: float = 0.0
+    missed_wakeups: int = 0
 
 
 def _wait_for_workers(cluster: LocalCluster, leader_id: int, nodes: int) -> dict[str, int]:
@@ -64,6 +71,11 @@ def _wait_for_workers(cluster: LocalCluster, leader_id: int, nodes: int) -> dict
 def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: bool, seconds: float,
                  clients: int = 2, concurrency: int = 8, payload_bytes: int = 100,
                  warmup_s: float = 1.0) -> ModeFigures:
+    # Every round starts from the same state of the page cache: the data earlier rounds wrote
+    # (about 0.5 GB per round at batch 1000) is on disk before this one starts, and each
+    # round's files are deleted when it ends. Otherwise the kernel's writeback of earlier
+    # rounds lands in later ones and throttles their writers (first rounds ran fastest).
+    os.sync()
     cluster = LocalCluster(root, nodes, replication=mode, batch_size=batch_size, wal_sync=wal_sync,
                            log_level="warning").start()
     try:
@@ -75,8 +87,13 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
                             duration_s=seconds, events=None, warmup_s=warmup_s, rate_events_per_s=None,
                             time_limit_s=60.0, request_timeout_s=10.0, report_interval_s=1.0, seed=1)
         outcome = run_load(params, cluster.addresses, pids, lambda progress: None)
+        workers: dict[str, dict[str, Any]] = {}
+        if mode == "pool":
+            st = cluster.nodes[leader_id].status()
+            workers = st["replication_workers"] if st is not None else {}
     finally:
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
     events = sum(w["events"] for w in outcome.workers)
     errors = sum(sum(w["errors"].values()) for w in outcome.workers)
     window_s = max((w["window_s"] for w in outcome.workers), default=0.0)
@@ -90,6 +107,8 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
         round(sum(v for k, v in cpu.items() if k.startswith(WORKER_LABEL)), 3),
         round(sum(v for k, v in cpu.items() if k != str(leader_id) and not k.startswith(WORKER_LABEL)), 3),
         outcome.leader_changes_seen,
+        max((w["order_wait_ms_p99"] for w in workers.values()), default=0.0),
+        sum(w["missed_wakeups"] for w in workers.values()),
     )
 
 
@@ -127,7 +146,8 @@ def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
 
 
 HEADER = (f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'mode':>9} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'leader cpu':>10} {'workers cpu':>11} {'followers cpu':>13} {'errors':>6}")
+          f"{'leader cpu':>10} {'workers cpu':>11} {'followers cpu':>13} {'errors':>6} {'wait p99 ms':>11} "
+          f"{'missed':>6}")
 
 SUMMARY_HEADER = (
     "| nodes | batch | wal_sync | events/s inprocess | events/s pool | pool / inprocess | p99 ms inprocess "
@@ -140,7 +160,7 @@ SUMMARY_HEADER = (
 def row(f: ModeFigures) -> str:
     return (f"{f.nodes:>5} {f.batch_size:>5} {'on' if f.wal_sync else 'off':>8} {f.mode:>9} {f.events_per_s:>10,.0f} "
             f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.leader_cpu_s:>10.2f} {f.workers_cpu_s:>11.2f} "
-            f"{f.followers_cpu_s:>13.2f} {f.errors:>6}")
+            f"{f.followers_cpu_s:>13.2f} {f.errors:>6} {f.order_wait_ms_p99:>11.2f} {f.missed_wakeups:>6}")
 
 
 def summary_row(nodes: int, batch: int, sync: str, m: dict[str, dict[str, float]]) -> str:

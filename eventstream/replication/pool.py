@@ -75,6 +75,7 @@ from eventstream.replication.worker import (
     STATUS_STALE,
     STATUS_STATS,
     STATUS_UNREACHABLE,
+    WakeCounters,
     response_message,
 )
 from eventstream.transport.peer_codec import encode_message_parts
@@ -82,9 +83,9 @@ from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
-# Control-ring space per follower. Orders are 80 bytes; the space is for full messages (snapshot
-# chunks, entries no longer in the entry ring), half of it bounds one. Pages of shared memory
-# are only committed when first written.
+# Control-ring space per follower. Orders take 88 bytes with their record header; the space is
+# for full messages (snapshot chunks, entries no longer in the entry ring), half of it bounds
+# one. Pages of shared memory are only committed when first written.
 RING_BYTES_DEFAULT = 16 * 1024 * 1024
 STATUS_RING_BYTES = 1024 * 1024
 # The most bytes of entries one AppendEntries carries when a worker merges orders; the node
@@ -114,6 +115,16 @@ class WorkerUsage:
     orders: int
     answers_relayed: int
     stale_orders: int
+    # As last reported: times the worker slept on an empty control ring, was woken by its
+    # doorbell, and slept to its timeout while orders waited (a missed wake-up: must stay 0);
+    # APPEND orders timed from the node writing them to the worker taking them, and the upper
+    # bounds (ms) of the histogram buckets holding their median and 99th percentile.
+    sleeps: int
+    doorbell_wakes: int
+    missed_wakeups: int
+    orders_timed: int
+    order_wait_ms_p50: float
+    order_wait_ms_p99: float
 
 
 class _Worker:
@@ -161,6 +172,7 @@ class _Worker:
         self.last_consumed = 0
         self.last_progress = self.started_at
         self.worker_stats = PipelineStats()
+        self.wake = WakeCounters()
         self.doorbell_failures = 0
         self._usage: psutil.Process | None = None
 
@@ -222,7 +234,7 @@ class PoolPipeline:
             if placed is not None:
                 order = APPEND_ORDER.pack(message.term, message.index, message.log_term, message.commit,
                                           message.entries[0].index, message.entries[-1].index, placed.pos,
-                                          placed.end, placed.data_bytes)
+                                          placed.end, placed.data_bytes, time.monotonic_ns())
                 self._write(ORDER_APPEND, (order,), placed.data_bytes, message)
                 self.orders += 1
                 return
@@ -399,14 +411,21 @@ class ReplicationPool:
         for pid, pipeline in self._pipelines.items():
             sample = pipeline.worker.usage()
             if sample is not None:
+                wake = pipeline.worker.wake
                 out[pid] = WorkerUsage(pipeline.worker.proc.pid, sample[0], sample[1], self.restarts[pid],
                                        pipeline.worker.worker_stats.messages, pipeline.orders,
-                                       self.answers_relayed[pid], self.stale_orders[pid])
+                                       self.answers_relayed[pid], self.stale_orders[pid], wake.sleeps,
+                                       wake.doorbell_wakes, wake.missed_wakeups, wake.orders_timed,
+                                       wake.order_wait_quantile_s(0.5) * 1000, wake.order_wait_quantile_s(0.99) * 1000)
         return out
 
     def worker_stats(self) -> dict[int, PipelineStats]:
         """What each worker reports it sent (its latest STATS record)."""
         return {pid: p.worker.worker_stats for pid, p in self._pipelines.items()}
+
+    def wake_counters(self) -> dict[int, WakeCounters]:
+        """How each worker slept and woke, and how long its orders waited (latest STATS record)."""
+        return {pid: p.worker.wake for pid, p in self._pipelines.items()}
 
     # -- supervision ----------------------------------------------------------------------------
     def _spawn(self, peer_id: int, address: tuple[str, int]) -> _Worker:
@@ -511,8 +530,9 @@ class ReplicationPool:
                 if self._on_dropped is not None:
                     self._on_dropped(peer_id, COUNT_LAYOUT.unpack(payload)[0])
             elif kind == STATUS_STATS and len(payload) == STATS_LAYOUT.size:
-                messages, nbytes, sends, dropped = STATS_LAYOUT.unpack(payload)
+                messages, nbytes, sends, dropped, *wake = STATS_LAYOUT.unpack(payload)
                 worker.worker_stats = PipelineStats(messages, nbytes, sends, dropped)
+                worker.wake = WakeCounters.from_fields(tuple(wake))
             else:
                 log.warning("replication worker for node %d sent an unknown status record %d", peer_id, kind)
         self._deliver(peer_id, responses)

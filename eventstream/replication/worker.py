@@ -31,11 +31,14 @@ node leaves no workers behind.
 
 Control records (kind, then little-endian fields):
     MESSAGE  (1)  an encoded peer message (transport/peer_codec.py)
-    APPEND   (2)  APPEND_ORDER: term, prev_index, prev_term, commit, lo, hi, pos, end, data_bytes
+    APPEND   (2)  APPEND_ORDER: term, prev_index, prev_term, commit, lo, hi, pos, end, data_bytes,
+                  published_ns (the node's CLOCK_MONOTONIC when it wrote the order)
 Status records:
     CONNECTED    (1)  link (re)established
     UNREACHABLE  (2)  u64 records dropped since the last report
-    STATS        (3)  u64 messages, bytes, sends, dropped (totals since the worker started)
+    STATS        (3)  STATS_LAYOUT: u64 messages, bytes, sends, dropped, then the wake-up counters
+                      (WakeCounters: sleeps, doorbell wakes, missed wake-ups, order wait sum ns
+                      and ORDER_WAIT_BOUNDS_S bucket counts); totals since the worker started
     RESPONSE     (4)  RESPONSE_LAYOUT: the fields of one follower answer
     STALE        (5)  u64 the first index of an order whose entries were overwritten
 """
@@ -43,6 +46,7 @@ Status records:
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import mmap
 import os
@@ -62,14 +66,18 @@ from eventstream.transport.peer_codec import PeerCodecError, decode_message
 
 ORDER_MESSAGE = 1
 ORDER_APPEND = 2
-APPEND_ORDER = struct.Struct("<QQQQQQQQQ")
+APPEND_ORDER = struct.Struct("<QQQQQQQQQQ")
+# Upper bounds of the order-wait histogram: from the node writing an APPEND order to the worker
+# taking it. Its tail is the wake-up delay of a sleeping worker (doorbell, then the scheduler).
+ORDER_WAIT_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_ORDER_WAIT_BOUNDS_NS = [int(b * 1e9) for b in ORDER_WAIT_BOUNDS_S]
 
 STATUS_CONNECTED = 1
 STATUS_UNREACHABLE = 2
 STATUS_STATS = 3
 STATUS_RESPONSE = 4
 STATUS_STALE = 5
-STATS_LAYOUT = struct.Struct("<QQQQ")
+STATS_LAYOUT = struct.Struct("<" + "Q" * (8 + len(ORDER_WAIT_BOUNDS_S) + 1))
 COUNT_LAYOUT = struct.Struct("<Q")
 # type, reject, then term, index, log_term, hint_index, read_seq, offset.
 RESPONSE_LAYOUT = struct.Struct("<BB6xQQQQQQ")
@@ -110,6 +118,56 @@ def response_message(payload: bytes, to: int, sender: int) -> Message:
                    hint_index=hint_index, read_seq=read_seq, offset=offset)
 
 
+class WakeCounters:
+    """How a worker slept and woke, and how long APPEND orders waited for it.
+
+    A missed wake-up is a sleep that ran to its timeout (POLL_S) while orders waited in the
+    control ring: the eventcount in csrc/spsc_ring.h is meant to make that impossible, so any
+    count here is a bug (or an order published in the instant the timeout fired).
+    """
+
+    __slots__ = ("sleeps", "doorbell_wakes", "missed_wakeups", "order_wait_ns", "order_wait_buckets")
+
+    def __init__(self, sleeps: int = 0, doorbell_wakes: int = 0, missed_wakeups: int = 0, order_wait_ns: int = 0,
+                 order_wait_buckets: list[int] | None = None) -> None:
+        self.sleeps = sleeps
+        self.doorbell_wakes = doorbell_wakes
+        self.missed_wakeups = missed_wakeups
+        self.order_wait_ns = order_wait_ns
+        # Invariant: len == len(ORDER_WAIT_BOUNDS_S) + 1; the last bucket is "longer than all".
+        self.order_wait_buckets = order_wait_buckets or [0] * (len(ORDER_WAIT_BOUNDS_S) + 1)
+
+    def observe_order_wait(self, wait_ns: int) -> None:
+        wait_ns = max(0, wait_ns)
+        self.order_wait_ns += wait_ns
+        self.order_wait_buckets[bisect.bisect_left(_ORDER_WAIT_BOUNDS_NS, wait_ns)] += 1
+
+    @property
+    def orders_timed(self) -> int:
+        return sum(self.order_wait_buckets)
+
+    def order_wait_quantile_s(self, q: float) -> float:
+        """Upper bound of the bucket holding quantile q (inf past the last bound; 0 with no orders)."""
+        total = self.orders_timed
+        if not total:
+            return 0.0
+        rank = q * total
+        seen = 0
+        for bound, n in zip((*ORDER_WAIT_BOUNDS_S, float("inf")), self.order_wait_buckets):
+            seen += n
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+    def fields(self) -> tuple[int, ...]:
+        return (self.sleeps, self.doorbell_wakes, self.missed_wakeups, self.order_wait_ns, *self.order_wait_buckets)
+
+    @classmethod
+    def from_fields(cls, fields: tuple[int, ...]) -> WakeCounters:
+        sleeps, doorbell_wakes, missed, wait_ns, *buckets = fields
+        return cls(sleeps, doorbell_wakes, missed, wait_ns, list(buckets))
+
+
 class _Append:
     """One AppendEntries being assembled from one or more consecutive orders."""
 
@@ -117,13 +175,13 @@ class _Append:
 
     def __init__(self, fields: tuple[int, ...]) -> None:
         (self.term, self.prev_index, self.prev_term, self.commit, self.lo, self.hi, self.pos, self.end,
-         self.data_bytes) = fields
+         self.data_bytes, _published_ns) = fields
 
     def frame_bytes(self) -> int:
         return APPEND_OVERHEAD_BYTES + 12 * (self.hi - self.lo + 1) + self.data_bytes
 
     def maybe_extend(self, o: tuple[int, ...], capacity: int, bytes_max: int) -> bool:
-        term, prev_index, _prev_term, commit, lo, hi, pos, end, data_bytes = o
+        term, prev_index, _prev_term, commit, lo, hi, pos, end, data_bytes, _published_ns = o
         # The next record follows this one's end, or starts the next lap after a wrap marker.
         follows = pos == self.end or (pos % capacity == 0 and 0 < pos - self.end < capacity)
         if (term != self.term or prev_index != self.hi or lo != self.hi + 1 or not follows
@@ -158,6 +216,7 @@ class ReplicationWorker:
         self.sends = 0
         self.dropped = 0
         self.stale = 0
+        self.wake = WakeCounters()
         self._dropped_unreported = 0
         self._stale_unreported: list[int] = []
         self._connected_unreported = False
@@ -205,10 +264,16 @@ class ReplicationWorker:
                 elif self.control.prepare_wait():
                     timeout_ms = POLL_MS
             events = poller.poll(timeout_ms)
+            if timeout_ms == POLL_MS:
+                self.wake.sleeps += 1
+                if not events and self.control.used:
+                    self.wake.missed_wakeups += 1
             if not events and timeout_ms and os.getppid() != parent:
                 return
             for fd, _events in events:
                 if fd == self.doorbell_fd:
+                    if timeout_ms == POLL_MS:
+                        self.wake.doorbell_wakes += 1
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.doorbell_fd, 4096)
                 elif self.sock is not None and fd == self.sock.fileno():
@@ -291,15 +356,22 @@ class ReplicationWorker:
                 print(f"replication worker {self.node_id}->{self.peer_id}: unknown order {kind}; dropped",
                       file=sys.stderr, flush=True)
                 continue
-            append = _Append(APPEND_ORDER.unpack(payload))
+            fields = APPEND_ORDER.unpack(payload)
+            # Both ends read CLOCK_MONOTONIC, one clock for the whole machine.
+            self.wake.observe_order_wait(time.monotonic_ns() - fields[-1])
+            append = _Append(fields)
             while True:
                 following = self.control.read()
                 if following is None:
                     break
-                if not (following[0] == ORDER_APPEND and len(following[1]) == APPEND_ORDER.size
-                        and append.maybe_extend(APPEND_ORDER.unpack(following[1]), capacity, self.append_bytes_max)):
+                if not (following[0] == ORDER_APPEND and len(following[1]) == APPEND_ORDER.size):
                     self._carry = following
                     break
+                fields = APPEND_ORDER.unpack(following[1])
+                if not append.maybe_extend(fields, capacity, self.append_bytes_max):
+                    self._carry = following
+                    break
+                self.wake.observe_order_wait(time.monotonic_ns() - fields[-1])
             need = append.frame_bytes()
             if used and used + need > len(out):
                 self._send(used)
@@ -399,7 +471,8 @@ class ReplicationWorker:
 
     def _report_stats(self) -> None:
         # Totals, not deltas: a report that finds the ring full is simply superseded by the next.
-        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(self.messages, self.bytes, self.sends, self.dropped))
+        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(self.messages, self.bytes, self.sends, self.dropped,
+                                                          *self.wake.fields()))
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

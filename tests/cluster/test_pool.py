@@ -123,8 +123,11 @@ def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cl
     assert workers_of(final)[victim_peer]["pid"] == restarted["pid"]
     # Entries went to the workers as orders on the shared entry ring, and the followers' acks
     # came back through the workers (the peer links carried none of them).
-    for worker in workers_of(final).values():
+    for peer, worker in workers_of(final).items():
         assert worker["orders"] > 0 and worker["answers_relayed"] > 0, worker
+        # Under load, no worker slept through an order: its doorbell always came.
+        assert worker["missed_wakeups"] == 0, worker
+        assert peer == victim_peer or worker["orders_timed"] > 0, worker
     # Worker CPU and RSS are on the leader's /metrics, one series per follower.
     with urllib.request.urlopen(f"http://{cluster.nodes[leader].http}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
@@ -132,6 +135,7 @@ def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cl
         assert re.search(rf'esc_replication_worker_rss_bytes{{peer="{peer}"}} [1-9]', metrics), metrics
         assert f'esc_replication_worker_cpu_seconds{{peer="{peer}"}}' in metrics
     assert f'esc_replication_worker_restarts{{peer="{victim_peer}"}} 1.0' in metrics
+    assert f'esc_replication_order_wait_seconds_count{{peer="{victim_peer}"}}' in metrics
 
 
 def test_old_terms_messages_held_by_workers_are_refused_after_a_new_leader(cluster: LocalCluster) -> None:

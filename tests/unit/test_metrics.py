@@ -1,6 +1,7 @@
 from prometheus_client import CollectorRegistry, generate_latest
 
-from eventstream.metrics import LatencyHistogram
+from eventstream.metrics import LatencyHistogram, WorkerWakeCollector
+from eventstream.replication.worker import STATS_LAYOUT, WakeCounters
 
 
 def test_latency_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
@@ -13,3 +14,25 @@ def test_latency_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     assert 'x_seconds_bucket{le="0.01"} 3.0' in text
     assert 'x_seconds_bucket{le="+Inf"} 4.0' in text
     assert "x_seconds_count 4.0" in text and h.count == 4
+
+
+def test_worker_wake_counters_render_per_follower_and_survive_the_status_record_round_trip() -> None:
+    wake = WakeCounters(sleeps=7, doorbell_wakes=6)
+    for wait_ms in (0.05, 0.3, 3.0, 40.0):
+        wake.observe_order_wait(int(wait_ms * 1e6))
+    # The node reads what the worker reported through a STATS record.
+    record = STATS_LAYOUT.pack(1, 2, 3, 4, *wake.fields())
+    reported = WakeCounters.from_fields(STATS_LAYOUT.unpack(record)[4:])
+    assert reported.fields() == wake.fields() and reported.orders_timed == 4
+    assert reported.order_wait_quantile_s(0.5) == 0.0005 and reported.order_wait_quantile_s(0.99) == 0.05
+    registry = CollectorRegistry()
+    collector = WorkerWakeCollector(registry)
+    assert "esc_replication_order_wait_seconds_count" not in generate_latest(registry).decode()  # not leading
+    collector.source = lambda: {3: reported}
+    text = generate_latest(registry).decode()
+    assert 'esc_replication_order_wait_seconds_bucket{le="0.0001",peer="3"} 1.0' in text
+    assert 'esc_replication_order_wait_seconds_bucket{le="0.005",peer="3"} 3.0' in text
+    assert 'esc_replication_order_wait_seconds_bucket{le="+Inf",peer="3"} 4.0' in text
+    assert 'esc_replication_worker_sleeps_total{peer="3"} 7.0' in text
+    assert 'esc_replication_worker_doorbell_wakes_total{peer="3"} 6.0' in text
+    assert 'esc_replication_worker_missed_wakeups_total{peer="3"} 0.0' in text

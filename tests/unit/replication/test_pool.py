@@ -8,10 +8,11 @@ the pair's link; stop() ends the workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psutil
@@ -20,7 +21,7 @@ import pytest
 from eventstream._crc32c import crc32c
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.replication import pool as pool_module
-from eventstream.replication.pool import ReplicationPool
+from eventstream.replication.pool import PoolPipeline, ReplicationPool
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.listener import Listener
 from eventstream.transport.peer_codec import decode_message, encode_message
@@ -77,6 +78,23 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def pool_with_follower(**options: Any) -> AsyncIterator[tuple[ReplicationPool, PoolPipeline, Follower, list[int]]]:
+    """A one-follower pool (leader 1, follower 2) and the re-probes it asked for; all stopped after."""
+    leader_listener = Listener(crc32c, LIMIT)
+    follower = Follower()
+    await follower.start(await leader_listener.start("127.0.0.1", 0))
+    reprobes: list[int] = []
+    net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
+    pool = ReplicationPool(1, {2: follower.address}, net, reprobes.append, **options)
+    try:
+        yield pool, pool.start()[2], follower, reprobes
+    finally:
+        await pool.close()
+        await follower.stop()
+        await leader_listener.stop()
 
 
 def appended(messages: list[Message]) -> list[tuple[int, int, bytes]]:
@@ -181,17 +199,10 @@ def entry_data(index: int) -> bytes:
 
 def test_entries_overwritten_before_a_stopped_worker_copies_them_are_reported_and_never_sent() -> None:
     async def scenario() -> None:
-        leader_listener = Listener(crc32c, LIMIT)
-        follower = Follower()
-        await follower.start(await leader_listener.start("127.0.0.1", 0))
-        reprobes: list[int] = []
-        net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
         # 64 KiB of entries hold 64 of these 1000-byte entries; 80 are ordered while the
         # worker is stopped, and it may merge at most 8 per message.
-        pool = ReplicationPool(1, {2: follower.address}, net, reprobes.append, entry_ring_bytes=1 << 16,
-                               append_bytes_max=8000)
-        pipeline = pool.start()[2]
-        try:
+        async with pool_with_follower(entry_ring_bytes=1 << 16, append_bytes_max=8000) as (
+                pool, pipeline, follower, reprobes):
             await wait_for(lambda: reprobes == [2])
             worker = pool.worker_pids()[2]
             os.kill(worker, signal.SIGSTOP)
@@ -209,10 +220,6 @@ def test_entries_overwritten_before_a_stopped_worker_copies_them_are_reported_an
             assert got == [(i, 3, entry_data(i)) for i in range(got[0][0], 81)]
             assert got[0][0] > 1
             assert pool.usage()[2].stale_orders == pool.stale_orders[2]
-        finally:
-            await pool.close()
-            await follower.stop()
-            await leader_listener.stop()
 
     asyncio.run(scenario())
 
@@ -255,14 +262,7 @@ def test_a_frozen_worker_holding_records_is_killed_and_replaced(monkeypatch: pyt
     monkeypatch.setattr(pool_module, "STALL_S", 0.5)
 
     async def scenario() -> None:
-        leader_listener = Listener(crc32c, LIMIT)
-        follower = Follower()
-        await follower.start(await leader_listener.start("127.0.0.1", 0))
-        connected: list[int] = []
-        net = PeerNetwork(1, {2: follower.address}, crc32c, LIMIT, lambda p, b: None)
-        pool = ReplicationPool(1, {2: follower.address}, net, connected.append)
-        pipeline = pool.start()[2]
-        try:
+        async with pool_with_follower() as (pool, pipeline, follower, connected):
             await wait_for(lambda: connected == [2])
             frozen = pool.worker_pids()[2]
             os.kill(frozen, signal.SIGSTOP)
@@ -276,10 +276,6 @@ def test_a_frozen_worker_holding_records_is_killed_and_replaced(monkeypatch: pyt
             pipeline.submit(append(1, b"held by the frozen worker"))
             pipeline.flush()
             await wait_for(lambda: appended(follower.got) == [(2, 3, b"held by the frozen worker")])
-        finally:
-            await pool.close()
-            await follower.stop()
-            await leader_listener.stop()
 
     asyncio.run(scenario())
 
@@ -306,5 +302,30 @@ def test_a_worker_that_cannot_be_started_leaves_no_other_worker_running(monkeypa
         # The stopped worker is reaped by the pool itself: no zombie waits for a close().
         await wait_for(lambda: started[0].proc.returncode is not None, timeout=10)
         await pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_asleep_on_its_empty_control_ring_is_woken_by_every_order() -> None:
+    """Ping-pong through a real worker: each order is written only after the follower got the
+    one before, so the worker has gone back to sleep every time. None may be found by the
+    worker's poll timeout instead of its doorbell (a missed wake-up, which would cost POLL_S),
+    and the worker's report must account for every order's wait."""
+    rounds = 300
+
+    async def scenario() -> None:
+        async with pool_with_follower() as (pool, pipeline, follower, connected):
+            await wait_for(lambda: connected == [2])
+            for k in range(rounds):
+                pipeline.submit(append(k, b"order %d" % k))
+                pipeline.flush()
+                await wait_for(lambda k=k: len(follower.got) == k + 1)
+            await wait_for(lambda: pool.wake_counters()[2].orders_timed == rounds)
+            wake = pool.wake_counters()[2]
+            assert wake.missed_wakeups == 0
+            assert wake.doorbell_wakes > rounds // 2 and wake.sleeps >= wake.doorbell_wakes
+            usage = pool.usage()[2]
+            assert (usage.missed_wakeups, usage.orders_timed) == (0, rounds)
+            assert 0 < usage.order_wait_ms_p50 <= usage.order_wait_ms_p99
 
     asyncio.run(scenario())

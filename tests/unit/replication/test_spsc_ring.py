@@ -217,3 +217,69 @@ def test_two_processes_hammer_one_ring_without_loss_reorder_damage_or_lost_wakeu
     received, bad, stalls, sleeps = map(int, stdout.split())
     assert (received, bad, stalls) == (count, 0, 0)
     assert full > 0  # the producer did run into a full ring, so the reuse of space was exercised
+
+
+_ECHO_CONSUMER = textwrap.dedent(
+    """
+    import mmap, os, select, sys
+    from eventstream._spsc_ring import SpscRing
+
+    fd, size, bell, echo, count = (int(a) for a in sys.argv[1:6])
+    ring = SpscRing.attach(mmap.mmap(fd, size))
+    got = stalls = sleeps = withdrawn = 0
+    while got < count:
+        record = ring.read()
+        if record is not None:
+            got += 1
+            os.write(echo, b"\\x01")  # the producer publishes the next record only after this
+            continue
+        if not ring.prepare_wait():
+            withdrawn += 1  # the record landed between the empty read and the announcement
+            continue
+        sleeps += 1
+        ready, _, _ = select.select([bell], [], [], 2.0)
+        if not ready:
+            stalls += 1  # asleep on a published record: a lost wake-up
+        else:
+            os.read(bell, 4096)
+    print(got, stalls, sleeps, withdrawn)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_asleep_on_an_empty_ring_is_woken_by_every_single_publish() -> None:
+    """One record at a time, each published only after the consumer echoed the one before, so
+    every publish races the consumer going back to sleep: the window between "ring empty" and
+    "asleep" that an eventcount must close (csrc/spsc_ring.h). A lost wake-up shows as a 2 s
+    stall; none may happen, and the consumer must really have slept on most records."""
+    count = 20_000
+    size = HEADER_BYTES + MIN_CAPACITY
+    fd = os.memfd_create("ring-wake")
+    os.ftruncate(fd, size)
+    bell_r, bell_w = os.pipe()
+    echo_r, echo_w = os.pipe()
+    producer = SpscRing.create(mmap.mmap(fd, size))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_CONSUMER, str(fd), str(size), str(bell_r), str(echo_w), str(count)],
+        pass_fds=(fd, bell_r, echo_w), stdout=subprocess.PIPE, text=True,
+    )
+    rings = 0
+    try:
+        for seq in range(count):
+            assert producer.write(1, struct.pack("<Q", seq))
+            if producer.wake_needed():
+                rings += 1
+                os.write(bell_w, b"\x01")
+            assert os.read(echo_r, 1) == b"\x01"
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for f in (fd, bell_r, bell_w, echo_r, echo_w):
+            os.close(f)
+    got, stalls, sleeps, withdrawn = map(int, stdout.split())
+    assert (got, stalls) == (count, 0)
+    # Nearly every record found the consumer asleep (or announcing sleep): the race was run.
+    assert sleeps + withdrawn > count // 2
+    assert rings >= sleeps
