@@ -52,6 +52,7 @@ cdef extern from "Python.h":
 cdef extern from "segment_write.h" nogil:
     int esc_pwritev_all(int fd, iovec *iov, int count, off_t offset)
     int esc_preallocate(int fd, off_t offset, off_t length)
+    int esc_zero_fill(int fd, off_t offset, off_t length)
 
 
 WAL_VERSION = ESC_WAL_VERSION
@@ -73,6 +74,8 @@ cdef enum:
     _VECTORED_PAYLOAD_BYTES_MIN = 16 * 1024
     # Blocks are reserved this far ahead of the write position (segment_write.h).
     _PREALLOCATE_BYTES = 8 * 1024 * 1024
+    # A zero-filled segment is written with zeros this far ahead of the write position.
+    _ZERO_FILL_BYTES = 1024 * 1024
 
 
 cdef struct _item:
@@ -215,8 +218,13 @@ cdef class SegmentFile:
     cdef public uint64_t size
     cdef public int fd
     cdef readonly object sparse
-    # Blocks are reserved up to here; past `size` the reservation keeps the file size as is.
+    # Blocks are reserved up to here; past `size` the reservation keeps the file size as is,
+    # except in a zero-filled segment, where the file holds zeros up to here.
     cdef uint64_t preallocated_end
+    # Set for logs that fdatasync every append (wal_sync): the file is extended with zeros
+    # ahead of the writes instead of reserving blocks (esc_zero_fill says why). Recovery reads
+    # an all-zero tail as the end of the log.
+    cdef public bint zero_fill
 
     def __init__(self, str path, uint64_t first_index, int fd):
         self.path = path
@@ -226,6 +234,7 @@ cdef class SegmentFile:
         self.size = 0
         self.sparse = array.array("Q")
         self.preallocated_end = 0
+        self.zero_fill = False
 
     @property
     def last_index(self):
@@ -287,10 +296,21 @@ cdef class SegmentFile:
         cdef uint64_t write_end = self.size + total
         cdef uint64_t reserve_end
         cdef int fd = self.fd, rc = 0
+        cdef uint64_t fill_from
         if write_end > self.preallocated_end:
-            reserve_end = max(write_end, min(self.size + _PREALLOCATE_BYTES, segment_bytes))
-            with nogil:
-                esc_preallocate(fd, <off_t>self.size, <off_t>(reserve_end - self.size))
+            if self.zero_fill:
+                # Zeros first, then the records over them: a crash in between leaves a zero
+                # tail, which recovery reads as the end of the log.
+                reserve_end = max(write_end, min(write_end + _ZERO_FILL_BYTES, segment_bytes))
+                fill_from = max(self.preallocated_end, write_end)
+                with nogil:
+                    rc = esc_zero_fill(fd, <off_t>fill_from, <off_t>(reserve_end - fill_from))
+                if rc != 0:
+                    raise OSError(rc, strerror(rc).decode(), self.path)
+            else:
+                reserve_end = max(write_end, min(self.size + _PREALLOCATE_BYTES, segment_bytes))
+                with nogil:
+                    esc_preallocate(fd, <off_t>self.size, <off_t>(reserve_end - self.size))
             self.preallocated_end = reserve_end
         if pad:
             rc = self._write_padded(item, pad)

@@ -29,6 +29,7 @@ class SegmentFile:
     size: int
     fd: int
     sparse: array.array[int]
+    zero_fill: bool
     def __init__(self, path: str, first_index: int, fd: int) -> None: ...
     @property
     def last_index(self) -> int: ...

@@ -10,8 +10,12 @@ Layout of a log directory:
 
 Loops over records (framing, CRC, scans, range reads), the writes themselves and the append
 path are native (eventstream._wal: SegmentFile, LogTail, which SegmentLog extends); this module
-keeps the rest of the control flow: segment rolls, durability, recovery, truncation, compaction. The active segment has disk blocks reserved a few
-MiB ahead of its end (fallocate, file size unchanged); sealing or closing it frees the rest.
+keeps the rest of the control flow: segment rolls, durability, recovery, truncation, compaction.
+With wal_sync=False the active segment has disk blocks reserved a few MiB ahead of its end
+(fallocate, file size unchanged); with wal_sync=True it is extended with zeros 1 MiB ahead of
+its records, so each append overwrites written blocks and its fdatasync commits no filesystem
+journal (SegmentFile.zero_fill). Sealing or closing a segment cuts what is past its records;
+recovery reads an all-zero tail of the last segment as the end of the log, not as a cut.
 
 Durability (issue 2): with wal_sync=True, append() returns only after fdatasync, and appends
 from concurrent threads share one fdatasync (group commit). With wal_sync=False, data reaches
@@ -236,11 +240,18 @@ class SegmentLog(LogTail):
                 raise CorruptionError(
                     f"{path}: offset {valid_bytes}: {reason} (damage before the tail of the log)"
                 )
+            zero_tail = _all_zero(fd, valid_bytes, file_bytes)
             os.ftruncate(fd, valid_bytes)
             os.fdatasync(fd)
-            self._recovery = RecoveryCut(path, valid_bytes, file_bytes - valid_bytes, reason)
-            log.warning("recovery cut %s at offset %d: %d bytes dropped (%s)",
-                        path, valid_bytes, file_bytes - valid_bytes, reason)
+            if zero_tail:
+                # The zeros a wal_sync log writes ahead of its records (SegmentFile.zero_fill):
+                # no byte of any further record reached the file, so nothing was cut.
+                log.info("%s: %d zero bytes after the last record removed", path,
+                         file_bytes - valid_bytes)
+            else:
+                self._recovery = RecoveryCut(path, valid_bytes, file_bytes - valid_bytes, reason)
+                log.warning("recovery cut %s at offset %d: %d bytes dropped (%s)",
+                            path, valid_bytes, file_bytes - valid_bytes, reason)
         if count == 0 and not is_last:
             raise CorruptionError(f"{path}: offset 0: sealed segment holds no record")
         segment.count = count
@@ -252,6 +263,7 @@ class SegmentLog(LogTail):
         self._last_term = last_term if count else prev_term
         if is_last:
             self._active = segment
+            segment.zero_fill = self._wal_sync
         return self._last_term
 
     def _apply_meta(self, first_index: int, prev_term: int) -> None:
@@ -419,6 +431,7 @@ class SegmentLog(LogTail):
         """A failed write may leave part of a record; cut it so the file stays a valid prefix."""
         try:
             os.ftruncate(segment.fd, segment.size)
+            segment.keep_records(segment.count, segment.size)  # the cut also took any zero fill
         except OSError as second:
             self._failure = second
             raise StorageError(f"{segment.path}: write failed ({error}) and the partial record "
@@ -435,6 +448,7 @@ class SegmentLog(LogTail):
             raise StorageError(f"{path}: segment file already exists") from None
         self._directory_unsynced = True
         segment = SegmentFile(path, first_index, fd)
+        segment.zero_fill = self._wal_sync
         self._segments.append(segment)
         self._firsts.append(first_index)
         self._active = segment
@@ -743,6 +757,18 @@ def _mapped(fd: int, size: int) -> Iterator[Any]:
         yield image
     finally:
         image.close()
+
+
+def _all_zero(fd: int, start: int, end: int) -> bool:
+    """Whether bytes [start, end) of the file are all zero."""
+    piece_bytes = 1 << 20
+    position = start
+    while position < end:
+        piece = os.pread(fd, min(piece_bytes, end - position), position)
+        if not piece or piece.count(0) != len(piece):
+            return False
+        position += len(piece)
+    return True
 
 
 class _IntervalFlusher:

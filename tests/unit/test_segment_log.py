@@ -357,9 +357,8 @@ def file_size_limit(limit_bytes: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
-@pytest.mark.parametrize("wal_sync", [False, True], ids=["sync_off", "sync_on"])
-def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path, wal_sync: bool) -> None:
-    with SegmentLog.open(str(tmp_path), wal_sync=wal_sync) as log:
+def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path) -> None:
+    with SegmentLog.open(str(tmp_path), wal_sync=False) as log:
         log.append(records(1, 5))
         (segment,) = tmp_path.glob("*.wal")
         size_before = segment.stat().st_size
@@ -379,6 +378,38 @@ def test_failed_write_is_cut_back_and_the_log_stays_usable(tmp_path: Path, wal_s
         assert payloads(log, 1, 9) == records(1, 8)
         log.append([(9, 1, b"v" * 70_000)])
         assert bytes(log.entries(9, 10)[0][2]) == b"v" * 70_000
+
+
+def test_wal_sync_log_writes_zeros_ahead_and_leaves_none_behind(tmp_path: Path) -> None:
+    """A wal_sync log extends its segment with zeros ahead of the records (appends are then
+    overwrites, whose fdatasync commits no journal); closing cuts them off."""
+    with SegmentLog.open(str(tmp_path), wal_sync=True) as log:
+        log.append(records(1, 5))
+        (segment,) = tmp_path.glob("*.wal")
+        data_end = log._segments[-1].size  # bytes of records; private, no user needs it
+        assert segment.stat().st_size >= data_end + 1024 * 1024
+        assert segment.read_bytes()[data_end:].count(0) == segment.stat().st_size - data_end
+    assert segment.stat().st_size == data_end
+
+
+def test_failed_zero_fill_is_cut_back_and_the_log_stays_usable(tmp_path: Path) -> None:
+    with SegmentLog.open(str(tmp_path), wal_sync=True) as log:
+        log.append(records(1, 5))
+        (segment,) = tmp_path.glob("*.wal")
+        data_end = log._segments[-1].size
+        filled_end = segment.stat().st_size
+        # Enough to pass the zeros written so far: the next fill must extend the file, which
+        # the limit refuses (EFBIG) before any byte of the batch is written.
+        batch = [(6 + k, 1, bytes([k]) * 60_000) for k in range(20)]
+        with file_size_limit(filled_end + 10), pytest.raises(StorageError, match="File too large"):
+            log.append(batch)
+        assert log.last_index == 5
+        assert segment.stat().st_size == data_end  # the zeros went with the failed write
+        log.append(batch)
+        assert payloads(log, 6, 26) == batch
+    with SegmentLog.open(str(tmp_path), wal_sync=True) as log:
+        assert log.recovery is None
+        assert payloads(log, 1, 26) == records(1, 5) + batch
 
 
 def test_failed_fdatasync_fails_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
