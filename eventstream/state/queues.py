@@ -70,7 +70,7 @@ class StoredEvent(NamedTuple):
     payload: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class QueueSegment:
     base_offset: int
     path: str
@@ -153,26 +153,32 @@ class QueueLog:
     def append(
         self, records: memoryview, positions: memoryview, count: int, max_ts: int, roll_bytes: int
     ) -> None:
-        if not self.segments or self.segments[-1].sealed:
+        # Called once per queue an entry touches, on every replica: kept to plain local work.
+        segments = self.segments
+        if not segments or segments[-1].sealed:
             os.makedirs(self.folder, exist_ok=True)
             path = os.path.join(self.folder, segment_name(self.next_offset))
             self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-            self.segments.append(
+            segments.append(
                 QueueSegment(self.next_offset, path, PositionIndex(), 0, max_ts, False)
             )
-        segment = self.segments[-1]
-        self._unwritten += records
-        if len(self._unwritten) >= WRITE_BEHIND_BYTES:
+        segment = segments[-1]
+        unwritten = self._unwritten
+        unwritten += records
+        if len(unwritten) >= WRITE_BEHIND_BYTES:
             self.flush()
-        segment.index.extend(positions, segment.size_bytes)
-        segment.size_bytes += len(records)
-        segment.max_timestamp_us = max(segment.max_timestamp_us, max_ts)
-        self.bytes_total += len(records)
-        self.newest_timestamp_us = (
-            max(self.newest_timestamp_us, max_ts) if self.next_offset else max_ts
-        )
+        size = segment.size_bytes
+        segment.index.extend(positions, size)
+        length = len(records)
+        size += length
+        segment.size_bytes = size
+        if max_ts > segment.max_timestamp_us:
+            segment.max_timestamp_us = max_ts
+        self.bytes_total += length
+        if max_ts > self.newest_timestamp_us or not self.next_offset:
+            self.newest_timestamp_us = max_ts
         self.next_offset += count
-        if segment.size_bytes >= roll_bytes:
+        if size >= roll_bytes:
             segment.sealed = True
             self.close()
 
@@ -292,23 +298,32 @@ class QueueStore:
         )
         records_view = memoryview(records)
         positions_view = memoryview(positions)
+        roll_bytes = config["queue_segment_bytes"]
+        logs = self.logs
+        next_offsets = self.next_offsets
+        recent = self._appended_recently
         for queue, byte_start, byte_end, position_start, count, max_ts in touched:
-            log = self.log(queue)
+            log = logs.get(queue)
+            if log is None:
+                log = logs[queue] = QueueLog(self.root, queue)
             log.append(
                 records_view[byte_start:byte_end],
                 positions_view[position_start * 4 : (position_start + count) * 4],
                 count,
                 max_ts,
-                config["queue_segment_bytes"],
+                roll_bytes,
             )
-            if log.next_offset != self.next_offsets[queue]:
+            if log.next_offset != next_offsets[queue]:
                 raise StateError(
                     f"queue {queue}: stored through {log.next_offset} but the apply loop "
-                    f"assigned through {self.next_offsets[queue]}"
+                    f"assigned through {next_offsets[queue]}"
                 )
             if len(log.segments) > 1:  # retention drops whole sealed segments, never the last
                 log.enforce_retention(*retention_limits(config, queue))
-            self._note_open(queue, log)
+            if queue in recent:
+                recent.move_to_end(queue)
+            else:
+                self._note_open(queue, log)
         return (
             memoryview(statuses),
             memoryview(queues).cast("i"),
