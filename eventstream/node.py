@@ -108,9 +108,11 @@ READ_BYTES_MAX = 16 * 1024 * 1024
 READ_EVENTS_MAX = 100_000
 # Reads kept waiting for their ReadIndex confirmation or for apply to catch up.
 PENDING_READS_MAX = 100_000
-# How long a leader whose followers commit on their own lets its own writes gather before one
-# fdatasync covers them all (see _sync_loop).
-LEADER_SYNC_GATHER_S = 0.005
+# A leader whose followers commit on their own lets its writes gather for up to
+# LEADER_SYNC_GATHER_STEPS steps of LEADER_SYNC_STEP_S before one fdatasync covers them all,
+# unless its copy is needed for a commit sooner (see _sync_loop).
+LEADER_SYNC_STEP_S = 0.001
+LEADER_SYNC_GATHER_STEPS = 5
 
 
 @dataclass(slots=True)
@@ -498,10 +500,14 @@ class Node:
             if raft.followers_form_quorum():
                 # The followers commit without this copy, so it is not on any append's path:
                 # gather the writes of the next few entries into one fdatasync, saving the
-                # leader a sync and two thread handoffs per entry. A follower that stops
-                # answering turns this off within an election timeout (or at once when its
-                # connection drops), so commit then waits for this sync without the pause.
-                await asyncio.sleep(LEADER_SYNC_GATHER_S)
+                # leader a sync and two thread handoffs per entry. Checked every step: when
+                # one follower's answer is late and this copy would decide a commit, sync
+                # now, so a slow follower costs an append at most a step. A follower that
+                # stops answering turns the gathering off within an election timeout.
+                for _ in range(LEADER_SYNC_GATHER_STEPS):
+                    await asyncio.sleep(LEADER_SYNC_STEP_S)
+                    if raft.commit_waits_on_leader():
+                        break
             self._sync_wanted.clear()
             target = self._unsynced
             if target is None:

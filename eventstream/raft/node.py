@@ -479,6 +479,17 @@ class RaftNode:
                 healthy += 1
         return healthy >= self.voters.quorum
 
+    def commit_waits_on_leader(self) -> bool:
+        """Whether, on a leader, its own copy of its written entries would move the commit
+        index now: the followers' acknowledgements leave it one vote short. A host that lets
+        its own fdatasync lag (followers_form_quorum) syncs at once when this holds."""
+        if self.role != Role.LEADER:
+            return False
+        matches = {n: pr.match for n, pr in self.progress.items()}
+        matches[self.id] = self.log.offset - 1  # every entry written (durable or not)
+        index = self.voters.committed_index(matches)
+        return index > self.log.committed and self._may_commit_at(index)
+
     def persisted(self, index: int, term: int) -> None:
         """The host's log is durable through entry (index, term), written under an earlier
         advance(durable=False). A leader now counts itself toward commit up to there. The report

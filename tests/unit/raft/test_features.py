@@ -547,3 +547,23 @@ def test_followers_form_quorum_counts_replicating_followers_of_five() -> None:
     assert leader.followers_form_quorum()  # 2, 3 and 4 are a majority of five
     leader.progress[4].become_probe()  # e.g. after a rejection: not replicating normally
     assert not leader.followers_form_quorum()
+
+
+def test_commit_waits_on_leader_when_its_copy_is_the_missing_vote() -> None:
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    leader = cluster.node(1)
+    assert not cluster.node(2).commit_waits_on_leader()
+    cluster.cut.add(3)
+    leader.propose(b"x")
+    index, term = _leader_ready_deferred(cluster, 1)
+    assert not leader.commit_waits_on_leader()  # no follower has it yet: the leader alone is not a majority
+    for _ in range(5):
+        cluster.deliver()
+        cluster.process_ready(2)
+    cluster.deliver()
+    assert leader.log.committed < index
+    assert leader.commit_waits_on_leader()  # node 2 and the leader's copy would commit it
+    leader.persisted(index, term)
+    assert leader.log.committed == index
+    assert not leader.commit_waits_on_leader()
