@@ -79,8 +79,13 @@ def inspect_log(directory: str, list_records: bool = False, reference: bool = Fa
         count, valid_bytes, last_term, terms, reason = _scan(data, first, prev_term, reference)
         last = first + count - 1
         terms = terms or "-"
+        tail = data[valid_bytes:]
         if valid_bytes == len(data):
             verdict = "ok"
+        elif k == len(segments) - 1 and tail.count(0) == len(tail):
+            # A wal_sync log writes zeros ahead of its records (SegmentFile.zero_fill); an open or
+            # killed node's last segment ends with them, and recovery removes them silently.
+            verdict = f"ok; {len(tail)} zero bytes written ahead after offset {valid_bytes}"
         else:
             if k == len(segments) - 1:
                 where = "torn/corrupt tail (recovery cuts it)"

@@ -63,3 +63,25 @@ def test_esc_wal_inspect_reads_padded_records(tmp_path: Path) -> None:
     assert "index 1 term 1 payload 5 bytes\n" in result.output
     assert "index 2 term 1 payload 70000 bytes after 65475 bytes of padding" in result.output
     assert "index 3 term 2 payload 65536 bytes after 61044 bytes of padding" in result.output
+
+
+def test_esc_wal_inspect_reads_zeros_written_ahead_as_ok_and_anything_else_as_torn(tmp_path: Path) -> None:
+    """An open (or killed) wal_sync log ends with zeros written ahead of its records; that is
+    no damage. A byte that is not zero after the last record still is."""
+    live = tmp_path / "live"
+    with SegmentLog.open(str(live), wal_sync=True) as log:
+        log.append([(i, 1, b"p" * 30) for i in range(1, 6)])
+        (segment,) = live.glob("*.wal")
+        image = segment.read_bytes()  # as a SIGKILL would leave it
+    assert len(image) > 1 << 20
+    for name, data, expected in (
+        ("zeros", image, "zero bytes written ahead"),
+        ("torn", image[:-100] + b"\x07" + image[-99:], "torn/corrupt tail"),
+    ):
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / segment.name).write_bytes(data)
+        result = CliRunner().invoke(esc, ["wal", "inspect", str(directory)])
+        assert result.exit_code == 0, result.output
+        assert expected in result.output
+        assert " 5 valid records" in result.output
