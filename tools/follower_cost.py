@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 
 import psutil
 
+from eventstream.local_cluster import free_port_block
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.state import encode_set_event
 from eventstream.storage import crc32c
@@ -33,12 +33,6 @@ from eventstream.transport.peer_codec import decode_message, encode_message
 from eventstream.transport.peers import PeerNetwork
 
 TERM = 7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def entry_data(events: int, seed: int) -> bytes:
@@ -99,7 +93,8 @@ async def drive(port_leader: int, port_follower: int, entries: list[bytes], wind
 
 def run_once(args: argparse.Namespace, entries: list[bytes]) -> tuple[float, float, float]:
     data_dir = tempfile.mkdtemp(prefix="esc-follower-cost-")
-    p1, p2 = free_port(), free_port()
+    p1 = free_port_block(2)
+    p2 = p1 + 1
     cmd = [sys.executable, "-m", "eventstream.cli", "node", "--id", "2", "--listen", f"127.0.0.1:{p2}",
            "--peers", f"1=127.0.0.1:{p1},2=127.0.0.1:{p2}", "--data-dir", data_dir,
            "--election-ticks", "1000", "--wal-sync" if args.wal_sync else "--no-wal-sync",

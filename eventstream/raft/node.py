@@ -485,10 +485,7 @@ class RaftNode:
         its own fdatasync lag (followers_form_quorum) syncs at once when this holds."""
         if self.role != Role.LEADER:
             return False
-        matches = {n: pr.match for n, pr in self.progress.items()}
-        matches[self.id] = self.log.offset - 1  # every entry written (durable or not)
-        index = self.voters.committed_index(matches)
-        return index > self.log.committed and self._may_commit_at(index)
+        return self._commit_candidate(own_match=self.log.offset - 1) > 0  # every entry written
 
     def persisted(self, index: int, term: int) -> None:
         """The host's log is durable through entry (index, term), written under an earlier
@@ -844,9 +841,18 @@ class RaftNode:
         if to == self.lead_transferee and pr.match == self.log.last_index():
             self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
 
+    def _commit_candidate(self, own_match: int | None = None) -> int:
+        """The index the voters' matches commit past the current commit index, or 0. With
+        own_match, the leader counts at that index instead of at its durable match."""
+        matches = {n: pr.match for n, pr in self.progress.items()}
+        if own_match is not None:
+            matches[self.id] = own_match
+        index = self.voters.committed_index(matches)
+        return index if index > self.log.committed and self._may_commit_at(index) else 0
+
     def _maybe_commit(self) -> bool:
-        index = self.voters.committed_index({n: pr.match for n, pr in self.progress.items()})
-        if index > self.log.committed and self._may_commit_at(index):
+        index = self._commit_candidate()
+        if index:
             self.log.commit_to(index)
             self._on_commit()
             return True
