@@ -4,9 +4,8 @@
 #include <string.h>
 
 #include "byte_order.h"
+#include "ring_header.h"
 
-#define OFF_MAGIC 0
-#define OFF_CAPACITY 8
 #define OFF_TAIL 64
 #define OFF_LOW 128
 #define TABLE_ROW 12u
@@ -15,42 +14,26 @@
 
 static inline uint64_t pad8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
-static int check_mapping(void *mem, size_t mem_bytes)
-{
-    return mem != NULL && ((uintptr_t)mem & 63u) == 0 &&
-           mem_bytes >= ESC_ENTRY_HEADER_BYTES + ESC_ENTRY_MIN_CAPACITY;
-}
-
 int esc_entry_ring_init(esc_entry_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity = ESC_ENTRY_MIN_CAPACITY;
-    if (!check_mapping(mem, mem_bytes))
-        return ESC_ENTRY_BAD_MAPPING;
     /* At most 2^31, so a payload length always fits the record's u32. */
-    while (capacity * 2 <= mem_bytes - ESC_ENTRY_HEADER_BYTES && capacity < ESC_ENTRY_MAX_CAPACITY)
-        capacity *= 2;
-    memset(mem, 0, ESC_ENTRY_HEADER_BYTES);
+    uint64_t capacity = esc_ring_header_format(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
+                                               ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC);
+    if (capacity == 0)
+        return ESC_ENTRY_BAD_MAPPING;
     ring->base = (uint8_t *)mem;
     ring->data = ring->base + ESC_ENTRY_HEADER_BYTES;
     ring->capacity = capacity;
-    *U64_AT(ring, OFF_CAPACITY) = capacity;
-    /* Release: an attacher that sees the magic sees the capacity too. */
-    __atomic_store_n(U64_AT(ring, OFF_MAGIC), ESC_ENTRY_MAGIC, __ATOMIC_RELEASE);
     return ESC_ENTRY_OK;
 }
 
 int esc_entry_ring_attach(esc_entry_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity;
-    if (!check_mapping(mem, mem_bytes))
+    uint64_t capacity = esc_ring_header_read(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
+                                             ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC);
+    if (capacity == 0)
         return ESC_ENTRY_BAD_MAPPING;
     ring->base = (uint8_t *)mem;
-    if (__atomic_load_n(U64_AT(ring, OFF_MAGIC), __ATOMIC_ACQUIRE) != ESC_ENTRY_MAGIC)
-        return ESC_ENTRY_BAD_MAPPING;
-    capacity = *U64_AT(ring, OFF_CAPACITY);
-    if (capacity < ESC_ENTRY_MIN_CAPACITY || capacity > ESC_ENTRY_MAX_CAPACITY || (capacity & (capacity - 1)) != 0 ||
-        capacity > mem_bytes - ESC_ENTRY_HEADER_BYTES)
-        return ESC_ENTRY_BAD_MAPPING;
     ring->data = ring->base + ESC_ENTRY_HEADER_BYTES;
     ring->capacity = capacity;
     return ESC_ENTRY_OK;

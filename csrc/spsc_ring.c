@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-#define OFF_MAGIC 0
-#define OFF_CAPACITY 8
+#include "ring_header.h"
+
 #define OFF_TAIL 64
 #define OFF_HEAD 128
 #define OFF_WAITING 192
@@ -14,37 +14,30 @@
 
 static inline uint64_t pad8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
+/* No bound of its own beyond what the mapping holds; this only keeps the doubling finite. */
+#define RING_MAX_CAPACITY (UINT64_C(1) << 62)
+
 int esc_ring_init(esc_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity = ESC_RING_MIN_CAPACITY;
-    if (mem == NULL || ((uintptr_t)mem & 63u) != 0 || mem_bytes < ESC_RING_HEADER_BYTES + ESC_RING_MIN_CAPACITY)
+    uint64_t capacity = esc_ring_header_format(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
+                                               RING_MAX_CAPACITY, ESC_RING_MAGIC);
+    if (capacity == 0)
         return ESC_RING_BAD_MAPPING;
-    while (capacity * 2 <= mem_bytes - ESC_RING_HEADER_BYTES)
-        capacity *= 2;
-    memset(mem, 0, ESC_RING_HEADER_BYTES);
     ring->base = (uint8_t *)mem;
     ring->data = ring->base + ESC_RING_HEADER_BYTES;
     ring->capacity = capacity;
     ring->reserved = 0;
     ring->pending = 0;
-    *U64_AT(ring, OFF_CAPACITY) = capacity;
-    /* Release: an attacher that sees the magic sees the capacity too. */
-    __atomic_store_n(U64_AT(ring, OFF_MAGIC), ESC_RING_MAGIC, __ATOMIC_RELEASE);
     return ESC_RING_OK;
 }
 
 int esc_ring_attach(esc_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity;
-    if (mem == NULL || ((uintptr_t)mem & 63u) != 0 || mem_bytes < ESC_RING_HEADER_BYTES + ESC_RING_MIN_CAPACITY)
+    uint64_t capacity = esc_ring_header_read(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
+                                             RING_MAX_CAPACITY, ESC_RING_MAGIC);
+    if (capacity == 0)
         return ESC_RING_BAD_MAPPING;
     ring->base = (uint8_t *)mem;
-    if (__atomic_load_n(U64_AT(ring, OFF_MAGIC), __ATOMIC_ACQUIRE) != ESC_RING_MAGIC)
-        return ESC_RING_BAD_MAPPING;
-    capacity = *U64_AT(ring, OFF_CAPACITY);
-    if (capacity < ESC_RING_MIN_CAPACITY || (capacity & (capacity - 1)) != 0 ||
-        capacity > mem_bytes - ESC_RING_HEADER_BYTES)
-        return ESC_RING_BAD_MAPPING;
     ring->data = ring->base + ESC_RING_HEADER_BYTES;
     ring->capacity = capacity;
     ring->reserved = 0;
