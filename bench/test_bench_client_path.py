@@ -107,3 +107,64 @@ def test_frame_burst_of_answers(benchmark: Any, impl: str) -> None:
         frames = benchmark(python_frames)
     assert len(frames) == BURST and all(frames)
     benchmark.extra_info["us_per_request"] = round(benchmark.stats.stats.median * 1e6 / BURST, 3)
+
+
+@pytest.mark.parametrize("impl", ["intake", "session3"])
+def test_request_path_of_64_connections(benchmark: Any, impl: str) -> None:
+    """One request on each of 64 connections, read to answer bytes, without the syscalls:
+    AppendIntake (feed per read, take, answer, flush to Python) against session 3's path (a
+    FrameDecoder per connection, the APPEND run gathered, one check_appends, a PendingAppend
+    and ProposalBatcher.add per request, take, frame_append_answers, answers joined per
+    connection) with the same native kernels."""
+    import time
+
+    from eventstream._append_wire import AppendIntake
+    from eventstream.batcher import PendingAppend, ProposalBatcher
+    from eventstream.metrics import LATENCY_BUCKETS_S
+
+    bodies, _ = _burst()
+    reads = [struct.pack("<II", len(b), crc32c(b)) + b for b in bodies]
+    statuses = bytes([1]) * BURST
+    queues = array("I", range(BURST))
+    offsets = array("Q", range(BURST))
+    refused = bytes(256)
+
+    if impl == "intake":
+        intake = AppendIntake(LIMIT, 4096, LIMIT, LATENCY_BUCKETS_S, 16)
+        slots = [intake.open_slot(-1)[0] for _ in range(BURST)]
+
+        def round_trip() -> int:
+            now = time.monotonic()
+            for slot, data in zip(slots, reads):
+                intake.feed(slot, data, now, True)
+            _, waiters = intake.take(1000, LIMIT)
+            intake.answer(waiters, 77, statuses, queues, offsets, refused, 2, now)
+            return len(intake.flush())
+    else:
+        decoders = [FrameDecoder(crc32c, LIMIT) for _ in range(BURST)]
+        batcher = ProposalBatcher(1000, LIMIT)
+        append_op = bytes([Op.APPEND])
+
+        def round_trip() -> int:
+            runs = []
+            for k, (decoder, data) in enumerate(zip(decoders, reads)):
+                run = [body for body in decoder.feed(data) if body[:1] == append_op and len(body) >= 9]
+                runs.append((k, run))
+            flat = [body for _, run in runs for body in run]
+            ids, counts, _ = check_appends(flat, 16)
+            now = time.monotonic()
+            i = 0
+            for k, run in runs:
+                for body in run:
+                    batcher.add(body, PendingAppend(k, ids[i], counts[i], now), 9)
+                    i += 1
+            built = batcher.take()
+            assert built is not None
+            frames, _ = frame_append_answers(built.waiters, 77, statuses, queues, offsets, refused, 2)
+            out: list[list[bytes]] = [[] for _ in range(BURST)]
+            for w, f in zip(built.waiters, frames):
+                out[w.session].append(f)  # type: ignore[index]
+            return len([b"".join(parts) for parts in out])
+
+    assert benchmark(round_trip) == BURST
+    benchmark.extra_info["us_per_request"] = round(benchmark.stats.stats.median * 1e6 / BURST, 3)

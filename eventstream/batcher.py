@@ -1,5 +1,9 @@
 """ProposalBatcher: coalesces concurrent client appends into one SET_EVENT Raft entry.
 
+This is the Python reference of the leader's entry building: the node runs its native twin,
+csrc/_append_wire.pyx AppendIntake (which also reads the requests and frames the answers),
+and tests/unit/transport/test_append_intake.py checks both build the same entries.
+
 Many clients each sending one event would otherwise cost one entry, one WAL record and one
 fdatasync each. The leader instead gathers every append that arrives while the previous entry
 is being written and proposes them together (up to batch_size events or batch_bytes_max), so

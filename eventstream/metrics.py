@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from prometheus_client import (
@@ -23,9 +23,17 @@ from eventstream.replication.worker import ORDER_WAIT_BOUNDS_S
 # The *_created series double the scrape size and say nothing an operator uses.
 disable_created_metrics()
 
-_LATENCY_BUCKETS_S = (
+LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
+
+
+class NativeLatency(Protocol):
+    """Per-bucket counts (the last: above every bound) and their sum, kept in native code."""
+
+    latency_sum: float
+
+    def latency_counts(self) -> list[int]: ...
 
 
 class LatencyHistogram(Collector):
@@ -42,19 +50,31 @@ class LatencyHistogram(Collector):
         self._bounds = list(buckets)
         self._counts = [0] * (len(buckets) + 1)
         self._sum = 0.0
+        # Observations made in native code (AppendIntake) over the same buckets, added on scrape.
+        self.native: NativeLatency | None = None
         registry.register(self)
 
     def observe(self, value: float) -> None:
         self._counts[bisect.bisect_left(self._bounds, value)] += 1
         self._sum += value
 
+    def _totals(self) -> tuple[list[int], float]:
+        native = self.native
+        if native is None:
+            return self._counts, self._sum
+        counts = native.latency_counts()
+        if len(counts) != len(self._counts):
+            raise ValueError("native latency histogram has other buckets")
+        return [a + b for a, b in zip(self._counts, counts)], self._sum + native.latency_sum
+
     @property
     def count(self) -> int:
-        return sum(self._counts)
+        return sum(self._totals()[0])
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts, total = self._totals()
         family = HistogramMetricFamily(self._name, self._doc)
-        family.add_metric([], _cumulative_buckets(tuple(self._bounds), self._counts), self._sum)
+        family.add_metric([], _cumulative_buckets(tuple(self._bounds), counts), total)
         yield family
 
 
@@ -121,10 +141,10 @@ class NodeMetrics:
         self.ready_cycles = Counter("esc_ready_cycles", "Ready cycles the node carried out (persist, send, apply)", registry=r)
         self.peer_messages = Counter("esc_peer_messages_received", "Raft messages received from peers", registry=r)
         self.fsync_seconds = LatencyHistogram(
-            "esc_fsync_seconds", "Latency of one fdatasync of the Raft log", _LATENCY_BUCKETS_S, r
+            "esc_fsync_seconds", "Latency of one fdatasync of the Raft log", LATENCY_BUCKETS_S, r
         )
         self.append_seconds = LatencyHistogram(
-            "esc_append_seconds", "Client append latency on the leader, receipt to answer", _LATENCY_BUCKETS_S, r
+            "esc_append_seconds", "Client append latency on the leader, receipt to answer", LATENCY_BUCKETS_S, r
         )
         self.client_errors = Counter("esc_client_errors", "Client requests answered with an error", ["status"], registry=r)
         self.peer_frames_dropped = Counter("esc_peer_messages_dropped", "Peer messages dropped (link down or congested)", registry=r)

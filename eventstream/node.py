@@ -38,10 +38,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventstream import __version__
-from eventstream._append_wire import check_appends, frame_append_answers
-from eventstream.batcher import PendingAppend, ProposalBatcher
+from eventstream._append_wire import (
+    REFUSED_INVALID,
+    REFUSED_NOT_ACCEPTING,
+    REFUSED_OVERLOADED,
+    AppendIntake,
+    EntryWaiters,
+)
 from eventstream.config import NodeConfig, parse_address
-from eventstream.metrics import NodeMetrics
+from eventstream.metrics import LATENCY_BUCKETS_S, NodeMetrics
 from eventstream.node_storage import NodeStorage
 from eventstream.raft.config import RaftConfig
 from eventstream.raft.messages import NONE, Entry, HardState, Message, SnapshotChunk
@@ -75,7 +80,6 @@ from eventstream.state import (
 from eventstream.storage import SegmentLog, crc32c
 from eventstream.storage.errors import StorageError
 from eventstream.transport.client_protocol import (
-    REQUEST_HEADER_BYTES,
     Consistency,
     Op,
     ProtocolError,
@@ -87,7 +91,12 @@ from eventstream.transport.client_protocol import (
     encode_read_ok,
     encode_response,
 )
-from eventstream.transport.client_server import ClientServer, ClientSession
+from eventstream.transport.client_server import (
+    IN_FLIGHT_PER_CONNECTION_MAX,
+    ClientServer,
+    ClientSession,
+    Refusal,
+)
 from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.http_status import HttpStatusServer
 from eventstream.transport.listener import Listener
@@ -118,7 +127,7 @@ LEADER_SYNC_GATHER_STEPS = 5
 @dataclass(slots=True)
 class _EntryWaiters:
     term: int
-    waiters: list[PendingAppend]
+    waiters: EntryWaiters
 
 
 @dataclass(slots=True)
@@ -143,7 +152,10 @@ class Node:
         self.raft: RaftNode | None = None
         self.state: StateMachine | None = None
         self.seg_log: SegmentLog | None = None
-        self.batcher = ProposalBatcher(config.batch_size, config.batch_bytes_max)
+        # Client APPENDs, from the bytes read to the entry proposed and the answers written.
+        self.intake = AppendIntake(config.frame_bytes_max, IN_FLIGHT_PER_CONNECTION_MAX,
+                                   config.max_uncommitted_bytes, LATENCY_BUCKETS_S)
+        self.metrics.append_seconds.native = self.intake
         self._waiting: dict[int, _EntryWaiters] = {}
         self._config_waiters: dict[int, list[tuple[ClientSession, int]]] = {}
         self._reads_by_context: dict[bytes, _PendingRead] = {}
@@ -197,6 +209,7 @@ class Node:
             # A snapshot was installed but the crash came before the log was reset to it.
             self.seg_log.compact_through(applied, self.state.applied_term)
         self._last_snapshot_index = applied
+        self.intake.queue_count = self.state.config["queue_count"]
         self._synced_through = self.seg_log.last_index  # recovery kept only what is on disk
         hard, _ = self.storage.initial_state()
         self._saved_term_vote = (hard.term, hard.vote)
@@ -242,7 +255,7 @@ class Node:
                                          local_host=host, append_bytes_max=self.raft.config.max_append_bytes)
             self.metrics.replication_usage = self._pool.usage
             self.metrics.worker_wake.source = self._pool.wake_counters
-        self._clients = ClientServer(self)
+        self._clients = ClientServer(self, self.intake)
         self._listener.set_owner(ROLE_PEER, self._peers)
         # Any node may follow a pool-mode leader, whatever its own mode.
         self._listener.set_owner(ROLE_REPLICATION, self._peers)
@@ -359,11 +372,10 @@ class Node:
                 self._propose_command(encode_dedup_expire(cutoff))
 
     def _expire_requests(self, now: float) -> None:
-        for index in [i for i, w in self._waiting.items() if w.waiters and now - w.waiters[0].received_at > APPEND_TIMEOUT_S]:
+        for index in [i for i, w in self._waiting.items() if now - w.waiters.first_arrival > APPEND_TIMEOUT_S]:
             entry = self._waiting.pop(index)
-            for waiter in entry.waiters:
-                self._reply_error(waiter.session, waiter.request_id, Status.TIMEOUT,
-                                  f"entry {index} not committed within {APPEND_TIMEOUT_S:.0f} s; retry with the same event ids")
+            self._fail_waiters(entry.waiters, Status.TIMEOUT,
+                               f"entry {index} not committed within {APPEND_TIMEOUT_S:.0f} s; retry with the same event ids")
         expired = [ctx for ctx, r in self._reads_by_context.items() if r.deadline < now]
         for ctx in expired:
             r = self._reads_by_context.pop(ctx)
@@ -630,6 +642,7 @@ class Node:
         seg_log.compact_through(index, term)
         storage.refresh_snapshot()
         self._last_snapshot_index = index
+        self.intake.queue_count = state.config["queue_count"]
         self.metrics.snapshots_installed.inc()
         self.metrics.applied_index.set(index)
         log.info("installed snapshot at index %d (term %d) from the leader", index, term)
@@ -692,58 +705,56 @@ class Node:
                         self._fail_waiters(waiting.waiters, Status.NOT_LEADER, "entry replaced by a new leader; retry")
             elif waiting is not None:
                 self._fail_waiters(waiting.waiters, Status.INTERNAL, f"entry {entry.index} held another command")
-            if result.command == CommandType.CONFIG_UPDATE and self._config_waiters:
+            if result.command == CommandType.CONFIG_UPDATE:
+                self.intake.queue_count = state.config["queue_count"]
                 for session, request_id in self._config_waiters.pop(entry.index, ()):
                     session.reply(encode_response(Status.OK, request_id, encode_json(state.config)))
         metrics.applies.inc(len(entries))
         metrics.applied_index.set(state.applied_index)
         metrics.commit_index.set(entries[-1].index)
 
-    def _answer_appends(self, index: int, waiters: list[PendingAppend], statuses: memoryview,
+    def _answer_appends(self, index: int, waiters: EntryWaiters, statuses: memoryview,
                         queues: memoryview, offsets: memoryview) -> None:
-        frames, duplicates = frame_append_answers(waiters, index, statuses, queues, offsets,
-                                                  _REFUSED_FLAGS, STATUS_DUPLICATE)
+        clients = self._clients
+        refused, duplicates = self.intake.answer(waiters, index, statuses, queues, offsets,
+                                                 _REFUSED_FLAGS, STATUS_DUPLICATE, time.monotonic())
         if duplicates:
             self.metrics.duplicates.inc(duplicates)
-        now = time.monotonic()
-        observe = self.metrics.append_seconds.observe
-        for w, frame in zip(waiters, frames):
-            session = w.session
-            assert isinstance(session, ClientSession)
-            if frame is None:
-                self._reply_error(session, w.request_id, Status.INVALID_ARGUMENT,
+        for slot, gen, request_id in refused:
+            session = clients.session_for(slot, gen) if clients is not None else None
+            if session is not None:
+                self._reply_error(session, request_id, Status.INVALID_ARGUMENT,
                                   f"entry {index}: some events were refused (explicit queue out of range after a "
                                   "queue_count change, or the dedup table is full); the rest were stored")
-                continue
-            session.reply_framed(frame)
-            observe(now - w.received_at)
+        if clients is not None:
+            clients.flush_soon()
 
     # ----------------------------------------------------------------- proposals
     def _flush_proposals(self) -> None:
         raft = self.raft
         assert raft is not None
-        if not len(self.batcher):
+        intake = self.intake
+        if not len(intake):
             return
         if raft.role != Role.LEADER:
-            self._fail_waiters(self.batcher.drain(), Status.NOT_LEADER, "leadership changed; retry")
+            self._fail_waiters(intake.drain(), Status.NOT_LEADER, "leadership changed; retry")
             return
-        while len(self.batcher):
-            built = self.batcher.take()
-            assert built is not None
+        while len(intake):
+            data, waiters = intake.take(self.config.batch_size, self.config.batch_bytes_max)
             try:
-                index = raft.propose(built.data)
+                index = raft.propose(data)
             except UncommittedLimitError as exc:
-                self._fail_waiters(built.waiters, Status.OVERLOADED, str(exc))
+                self._fail_waiters(waiters, Status.OVERLOADED, str(exc))
                 continue
             except TransferInProgressError as exc:
-                self._fail_waiters(built.waiters, Status.UNAVAILABLE, str(exc))
+                self._fail_waiters(waiters, Status.UNAVAILABLE, str(exc))
                 continue
             except NotLeaderError:
-                self._fail_waiters(built.waiters, Status.NOT_LEADER, "leadership changed; retry")
+                self._fail_waiters(waiters, Status.NOT_LEADER, "leadership changed; retry")
                 continue
-            self._waiting[index] = _EntryWaiters(raft.term, built.waiters)
+            self._waiting[index] = _EntryWaiters(raft.term, waiters)
             self.metrics.proposals.inc()
-            self.metrics.events_proposed.inc(built.event_count)
+            self.metrics.events_proposed.inc(waiters.event_count)
 
     def _propose_command(self, data: bytes) -> int | None:
         raft = self.raft
@@ -760,7 +771,8 @@ class Node:
     # ----------------------------------------------------------------- client requests
     def on_request(self, session: ClientSession, request: Request) -> None:
         op = request.op
-        # APPENDs never come here: the client server hands them to on_appends() in runs.
+        # APPENDs come here only past a connection's in-flight limit (answered there): the
+        # intake queues all others natively.
         if op == Op.READ:
             self._on_read(session, request)
         elif op == Op.STATUS:
@@ -789,33 +801,23 @@ class Node:
         self._reply_not_leader(session, request_id)
         return False
 
-    def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
-        """APPEND requests from every connection that sent some this loop turn: checked in one
-        native pass, each then queued for the next entry (or answered with its error at once)."""
-        raft, state = self.raft, self.state
-        assert raft is not None and state is not None
-        if raft.role != Role.LEADER or raft.lead_transferee != NONE:
-            for session, run in runs:
-                for body in run:
-                    self._leader_check(session, int.from_bytes(body[1:9], "little"))  # answers the refusal
-            return
-        bodies = runs[0][1] if len(runs) == 1 else [body for _, run in runs for body in run]
-        request_ids, counts, errors = check_appends(bodies, state.config["queue_count"])
-        batcher = self.batcher
-        now = time.monotonic()
-        overloaded = batcher.pending_bytes > self.config.max_uncommitted_bytes
-        i = 0
-        for session, run in runs:
-            for body in run:
-                if errors and i in errors:
-                    self._reply_error(session, request_ids[i], Status.INVALID_ARGUMENT, errors[i])
-                elif overloaded:
-                    self._reply_error(session, request_ids[i], Status.OVERLOADED,
-                                      "leader's proposal queue is full; back off")
-                else:
-                    batcher.add(body, PendingAppend(session, request_ids[i], counts[i], now), REQUEST_HEADER_BYTES)
-                i += 1
+    def accepting_appends(self) -> bool:
+        raft = self.raft
+        assert raft is not None
+        return raft.role == Role.LEADER and raft.lead_transferee == NONE
+
+    def on_appends_queued(self) -> None:
         self._wake.set()
+
+    def on_refused_appends(self, refusals: list[Refusal]) -> None:
+        for session, request_id, code, message in refusals:
+            if code == REFUSED_INVALID:
+                self._reply_error(session, request_id, Status.INVALID_ARGUMENT, message or "bad append")
+            elif code == REFUSED_OVERLOADED:
+                self._reply_error(session, request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
+            else:
+                assert code == REFUSED_NOT_ACCEPTING
+                self._leader_check(session, request_id)  # answers the refusal
 
     def _on_read(self, session: ClientSession, request: Request) -> None:
         req = decode_read(request.body)
@@ -897,15 +899,18 @@ class Node:
             # The message is the leader's client address: the client follows it directly.
             self._reply_error(session, request_id, Status.NOT_LEADER, self.config.peers[leader], leader)
 
-    def _fail_waiters(self, waiters: list[PendingAppend], status: Status, message: str) -> None:
-        for w in waiters:
-            self._reply_error(w.session, w.request_id, status, message)
+    def _fail_waiters(self, waiters: EntryWaiters, status: Status, message: str) -> None:
+        count = self.intake.fail(waiters, status, message.encode())
+        if count:
+            self.metrics.client_errors.labels(status.name).inc(count)
+            if self._clients is not None:
+                self._clients.flush_soon()
 
     def _fail_all_waiters(self, status: Status, message: str) -> None:
         waiting, self._waiting = self._waiting, {}
         for entry in waiting.values():
             self._fail_waiters(entry.waiters, status, message)
-        self._fail_waiters(self.batcher.drain(), status, message)
+        self._fail_waiters(self.intake.drain(), status, message)
         config_waiters, self._config_waiters = self._config_waiters, {}
         for waiters in config_waiters.values():
             for session, request_id in waiters:

@@ -1,24 +1,30 @@
-"""Server side of the client protocol: decodes requests and hands them to the node's service.
+"""Server side of the client protocol: requests in, answers out, per connection read.
 
-The service answers through ClientSession.reply() whenever it is ready (an append is answered
-after commit and apply), so a slow request never holds up the ones behind it on the same
-connection. Per connection, requests in flight are bounded; past the bound the server answers
-Overloaded at once instead of queueing without limit.
+Each client connection's bytes go straight to the node's AppendIntake (csrc/_append_wire.pyx):
+one native call per read splits the frames, checks every APPEND request and queues its events
+for the next entry, so 64 single-event clients cost the leader no Python work per request.
+Any other request is handed back here and served in arrival order, after the APPENDs that came
+before it on its connection were queued (or refused) and before those after it.
 
-APPEND requests, the bulk of the traffic, reach the service together: every run that arrived on
-any connection during one turn of the event loop is handed over in one on_appends() call, so
-64 clients with one request each cost the leader one native check and one hand-over, not 64.
+Answers are queued per connection in the intake (the service's own replies too, framed there,
+so the order on a connection is the order they were queued) and written by one native flush
+per loop turn: one send() per connection with the GIL released. What a socket does not take
+goes to the connection's transport, and the connection stays on that path until the
+transport's buffer has drained, so nothing overtakes it.
+
+Per connection, requests in flight are bounded; past the bound the server answers Overloaded
+at once instead of queueing without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
+from eventstream._append_wire import AppendIntake
 from eventstream.transport.client_protocol import (
-    REQUEST_HEADER_BYTES,
-    Op,
     ProtocolError,
     Request,
     Status,
@@ -26,46 +32,57 @@ from eventstream.transport.client_protocol import (
     encode_error,
 )
 from eventstream.transport.connection import FramedConnection
+from eventstream.transport.frames import FrameError
 from eventstream.transport.hello import ROLE_CLIENT, Hello
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_PER_CONNECTION_MAX = 4096
-_APPEND_OP = bytes([Op.APPEND])
+
+# (session, request_id, AppendIntake REFUSED_* code, message for REFUSED_INVALID)
+Refusal = tuple["ClientSession", int, int, "str | None"]
 
 
 class ClientService(Protocol):
     def on_request(self, session: ClientSession, request: Request) -> None: ...
 
-    def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
-        """Runs of APPEND request bodies, whole (op byte and request id included), each run from
-        one connection in arrival order: all that arrived during one loop turn."""
+    def accepting_appends(self) -> bool:
+        """Whether APPENDs arriving now may be queued for the next entry."""
+
+    def on_appends_queued(self) -> None:
+        """APPENDs were queued in the intake during this loop turn (called once per turn)."""
+
+    def on_refused_appends(self, refusals: list[Refusal]) -> None:
+        """APPENDs the intake refused, in arrival order: answer each with its error."""
 
 
 class ClientSession:
-    """One client connection. reply() may be called once per request, from any callback."""
+    """One client connection: a slot of the intake. reply() may be called once per request."""
 
-    __slots__ = ("conn", "in_flight", "requests", "_server")
+    __slots__ = ("conn", "slot", "gen", "open", "_server")
 
-    def __init__(self, server: ClientServer, conn: FramedConnection) -> None:
+    def __init__(self, server: ClientServer, conn: FramedConnection, slot: int, gen: int) -> None:
         self._server = server
         self.conn = conn
-        self.in_flight = 0
-        self.requests = 0
+        self.slot = slot
+        self.gen = gen
+        self.open = True
 
     def reply(self, body: bytes) -> None:
-        self.in_flight -= 1
-        if not self.conn.closed:
-            self.conn.send_soon(body)
-
-    def reply_framed(self, frame: bytes) -> None:
-        """Answer with a frame already encoded whole (header and CRC included)."""
-        self.in_flight -= 1
-        if not self.conn.closed:
-            self.conn.send_framed_soon(frame)
+        server = self._server
+        if server.intake.reply(self.slot, self.gen, body):
+            server.flush_soon()
 
     def reply_error(self, status: Status, request_id: int, message: str, leader_id: int = 0) -> None:
         self.reply(encode_error(status, request_id, message, leader_id))
+
+    @property
+    def in_flight(self) -> int:
+        return self._server.intake.in_flight(self.slot) if self.open else 0
+
+    @property
+    def requests(self) -> int:
+        return self._server.intake.requests(self.slot) if self.open else 0
 
     @property
     def closed(self) -> bool:
@@ -73,75 +90,83 @@ class ClientSession:
 
 
 class ClientServer:
-    def __init__(self, service: ClientService) -> None:
+    def __init__(self, service: ClientService, intake: AppendIntake) -> None:
         self._service = service
+        self.intake = intake
         self.sessions: set[ClientSession] = set()
+        self._by_slot: dict[int, ClientSession] = {}
+        # Slots whose answers last went through their transport's buffer (see module doc).
+        self._backlogged: set[int] = set()
         self.protocol_errors = 0
-        self._runs: list[tuple[ClientSession, list[bytes]]] = []
+        self._turn_scheduled = False
+        self._appends_queued = False
 
     def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
         if hello.role != ROLE_CLIENT:
             return False
-        session = ClientSession(self, conn)
+        slot, gen = self.intake.open_slot(conn.socket_fd())
+        session = ClientSession(self, conn, slot, gen)
         conn.tag = session
-        conn.rebind(self._on_frames, self._on_close)
+        conn.take_raw(self._on_data, self._on_close)
         self.sessions.add(session)
+        self._by_slot[slot] = session
         return True
 
-    def _on_close(self, conn: FramedConnection, reason: str) -> None:
-        if isinstance(conn.tag, ClientSession):
-            self.sessions.discard(conn.tag)
+    def session_for(self, slot: int, gen: int) -> ClientSession | None:
+        session = self._by_slot.get(slot)
+        return session if session is not None and session.gen == gen else None
 
-    def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
+    def _on_close(self, conn: FramedConnection, reason: str) -> None:
+        session = conn.tag
+        if not isinstance(session, ClientSession) or not session.open:
+            return
+        buffered = self.intake.buffered_bytes(session.slot)
+        if buffered:
+            log.warning("connection from %s ended inside a frame (%d bytes pending)", conn.peername, buffered)
+        self.intake.close_slot(session.slot)
+        session.open = False
+        self.sessions.discard(session)
+        self._by_slot.pop(session.slot, None)
+        self._backlogged.discard(session.slot)
+
+    def _on_data(self, conn: FramedConnection, data: bytes) -> None:
         session = conn.tag
         assert isinstance(session, ClientSession)
-        # APPENDs are gathered for flush_appends(); any other request is handled alone, after
-        # the appends that arrived before it have been handed over, keeping arrival order.
-        run: list[bytes] = []
-        for body in bodies:
-            if (body[:1] == _APPEND_OP and len(body) >= REQUEST_HEADER_BYTES
-                    and session.in_flight + len(run) < IN_FLIGHT_PER_CONNECTION_MAX):
-                run.append(body)
-                continue
-            if run:
-                self._gather(session, run)
-                run = []
-            self.flush_appends()
-            if not self._one(conn, session, body):
-                return
-        if run:
-            self._gather(session, run)
-
-    def _gather(self, session: ClientSession, run: list[bytes]) -> None:
-        session.requests += len(run)
-        session.in_flight += len(run)
-        if not self._runs:
-            # Runs after every read callback of this loop turn (the loop's ready queue).
-            asyncio.get_running_loop().call_soon(self.flush_appends)
-        self._runs.append((session, run))
-
-    def flush_appends(self) -> None:
-        """Hand every gathered APPEND run to the service now."""
-        runs = self._runs
-        if not runs:
-            return
-        self._runs = []
+        intake = self.intake
+        slot = session.slot
+        now = time.monotonic()
         try:
-            self._service.on_appends(runs)
+            body = intake.feed(slot, data, now, self._service.accepting_appends())
+            self._appends_queued = True
+            self._schedule_turn_end()
+            while True:
+                if intake.refusals:
+                    self._refuse(intake.take_refusals())
+                if body is None or not self._one(conn, session, body):
+                    return
+                body = intake.feed(slot, b"", now, self._service.accepting_appends())
+        except FrameError as exc:
+            log.warning("closing connection from %s: %s", conn.peername, exc)
+            self._close(session, f"bad frame: {exc}")
+
+    def _refuse(self, refusals: list[tuple[int, int, int, str | None]]) -> None:
+        sessions = self._by_slot
+        try:
+            self._service.on_refused_appends([(sessions[slot], request_id, code, message)
+                                              for slot, request_id, code, message in refusals])
         except Exception:  # a bug must not take the node down; these requests time out
-            log.exception("%d runs of APPEND requests failed", len(runs))
+            log.exception("%d refused APPEND requests were not answered", len(refusals))
 
     def _one(self, conn: FramedConnection, session: ClientSession, body: bytes) -> bool:
+        """Serve one request that is not a queued APPEND; False when the connection closed."""
         try:
             request = decode_request(body)
         except ProtocolError as exc:
             self.protocol_errors += 1
             log.warning("closing client %s: %s", conn.peername, exc)
-            conn.close(f"protocol error: {exc}")
+            self._close(session, f"protocol error: {exc}")
             return False
-        session.requests += 1
-        session.in_flight += 1
-        if session.in_flight > IN_FLIGHT_PER_CONNECTION_MAX:
+        if self.intake.count_request(session.slot) > IN_FLIGHT_PER_CONNECTION_MAX:
             session.reply_error(
                 Status.OVERLOADED,
                 request.request_id,
@@ -155,4 +180,53 @@ class ClientServer:
         except Exception as exc:  # a bug in one request must not take the node down
             log.exception("request %d (%s) failed", request.request_id, request.op.name)
             session.reply_error(Status.INTERNAL, request.request_id, f"internal error: {exc}")
-        return True
+        return not conn.closed
+
+    def _close(self, session: ClientSession, reason: str) -> None:
+        """Close a connection after writing the answers already queued for it."""
+        if session.open:
+            pending = self.intake.take_output(session.slot)
+            if pending:
+                session.conn.write_now(pending)
+        session.conn.close(reason)
+
+    # -- once per loop turn ---------------------------------------------------------------
+    def flush_soon(self) -> None:
+        """Write the queued answers when this loop turn's callbacks are done."""
+        self._schedule_turn_end()
+
+    def _schedule_turn_end(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            # Runs after every read callback of this loop turn (the loop's ready queue).
+            asyncio.get_running_loop().call_soon(self._turn_end)
+
+    def _turn_end(self) -> None:
+        self._turn_scheduled = False
+        if self._appends_queued:
+            self._appends_queued = False
+            try:
+                self._service.on_appends_queued()
+            except Exception:
+                log.exception("handing queued APPENDs to the node failed")
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every queued answer now."""
+        intake = self.intake
+        backlogged = self._backlogged
+        if backlogged:
+            for slot in list(backlogged):
+                session = self._by_slot.get(slot)
+                if session is None or session.conn.write_buffer_bytes == 0:
+                    backlogged.discard(slot)
+                    if session is not None:
+                        intake.set_backlogged(slot, False)
+        if not intake.dirty_count:
+            return
+        for slot, data in intake.flush():
+            session = self._by_slot[slot]
+            session.conn.write_now(data)
+            if session.conn.write_buffer_bytes:
+                intake.set_backlogged(slot, True)
+                backlogged.add(slot)

@@ -76,6 +76,9 @@ class FramedConnection(asyncio.Protocol):
         self._on_frames = on_frames
         self._on_close = on_close
         self._on_open = on_open
+        # Set by take_raw(): the owner splits frames itself and gets every read as it came.
+        self._on_data: Callable[[FramedConnection, bytes], None] | None = None
+        self._raw_pending = b""
         self.transport: asyncio.Transport | None = None
         self.peername: str = "?"
         self.paused = False
@@ -100,6 +103,12 @@ class FramedConnection(asyncio.Protocol):
             self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
+        on_data = self._on_data
+        if on_data is not None:
+            if self._raw_pending:
+                data, self._raw_pending = self._raw_pending + data, b""
+            on_data(self, data)
+            return
         try:
             bodies = self._decoder.feed(data)
         except FrameError as exc:
@@ -111,7 +120,7 @@ class FramedConnection(asyncio.Protocol):
             self._on_frames(self, bodies)
 
     def eof_received(self) -> bool:
-        if not self._decoder.at_boundary():
+        if self._on_data is None and not self._decoder.at_boundary():
             log.warning(
                 "connection from %s ended inside a frame (%d bytes pending)",
                 self.peername,
@@ -138,8 +147,38 @@ class FramedConnection(asyncio.Protocol):
         self._on_close = on_close
 
     def deliver(self, bodies: list[bytes]) -> None:
-        """Pass bodies that arrived before a rebind() to the current owner."""
-        self._on_frames(self, bodies)
+        """Pass bodies that arrived before a rebind() or take_raw() to the current owner."""
+        on_data = self._on_data
+        if on_data is None:
+            self._on_frames(self, bodies)
+            return
+        framed = b"".join(HEADER.pack(len(body), self._crc(body)) + body for body in bodies)
+        data, self._raw_pending = framed + self._raw_pending, b""
+        on_data(self, data)
+
+    def take_raw(
+        self,
+        on_data: Callable[[FramedConnection, bytes], None],
+        on_close: Callable[[FramedConnection, str], None] | None,
+    ) -> None:
+        """Hand the connection to an owner that splits frames itself (AppendIntake): every
+        later read goes to on_data as it came, after the incomplete frame the decoder held."""
+        self._on_data = on_data
+        self._on_close = on_close
+        self._raw_pending = self._decoder.take_buffered()
+
+    def socket_fd(self) -> int:
+        """The socket's descriptor, for an owner that writes to it directly; -1 if none."""
+        transport = self.transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
+    def write_now(self, data: bytes) -> None:
+        """Write bytes already framed through the transport (which buffers what the socket
+        does not take)."""
+        transport = self.transport
+        if not self.closed and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, body: bytes | bytearray | memoryview) -> bool:

@@ -131,6 +131,12 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buf)
 
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes of the incomplete frame held."""
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        return data
+
     def at_boundary(self) -> bool:
         """True when no partial frame is pending: the stream may end here cleanly."""
         return not self._buf

@@ -1,50 +1,88 @@
-"""ClientServer: APPEND runs of one loop turn reach the service together, in arrival order."""
+"""ClientServer: each read goes to the intake; other requests are served in arrival order."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from eventstream.transport.client_protocol import Op, Request, encode_request
-from eventstream.transport.client_server import ClientServer, ClientSession
+from eventstream._append_wire import REFUSED_INVALID, REFUSED_NOT_ACCEPTING, AppendIntake
+from eventstream.storage import crc32c
+from eventstream.storage.codec import encode_batch
+from eventstream.transport.client_protocol import (
+    Op,
+    Request,
+    Status,
+    decode_response,
+    encode_request,
+)
+from eventstream.transport.client_server import ClientServer, ClientSession, Refusal
+from eventstream.transport.frames import HEADER, iter_frames
 from eventstream.transport.hello import ROLE_CLIENT, Hello
 
 
 class FakeConn:
-    """The part of FramedConnection that ClientServer and ClientSession use."""
+    """The part of FramedConnection that ClientServer and ClientSession use (no socket: every
+    write goes through write_now)."""
 
     def __init__(self, name: str) -> None:
         self.peername = name
         self.tag: Any = None
         self.closed = False
-        self.sent: list[bytes] = []
-        self.on_frames: Any = None
+        self.written = b""
+        self.on_data: Any = None
+        self.on_close: Any = None
+        self.write_buffer_bytes = 0
 
-    def rebind(self, on_frames: Any, on_close: Any) -> None:
-        self.on_frames = on_frames
+    def take_raw(self, on_data: Any, on_close: Any) -> None:
+        self.on_data, self.on_close = on_data, on_close
 
-    def send_soon(self, body: bytes) -> bool:
-        self.sent.append(body)
-        return True
+    def socket_fd(self) -> int:
+        return -1
+
+    def write_now(self, data: bytes) -> None:
+        self.written += data
 
     def close(self, reason: str) -> None:
         self.closed = True
+        self.on_close(self, reason)
+
+    def answers(self) -> list[tuple[Status, int]]:
+        return [(r.status, r.request_id) for r in map(decode_response, iter_frames(self.written, crc32c, 1 << 20))]
 
 
 class RecordingService:
-    def __init__(self) -> None:
+    def __init__(self, server_intake: AppendIntake) -> None:
+        self.intake = server_intake
         self.calls: list[Any] = []
+        self.accepting = True
 
     def on_request(self, session: ClientSession, request: Request) -> None:
-        self.calls.append(("request", session.conn.peername, request.op, request.request_id))
+        # What the intake holds when a request is served shows the order kept.
+        self.calls.append(("request", session.conn.peername, request.request_id, len(self.intake)))
+        session.reply(encode_request(Op.STATUS, request.request_id))
 
-    def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
-        self.calls.append(("appends", [(s.conn.peername, [int.from_bytes(b[1:9], "little") for b in run])
-                                       for s, run in runs]))
+    def accepting_appends(self) -> bool:
+        return self.accepting
+
+    def on_appends_queued(self) -> None:
+        self.calls.append(("queued", len(self.intake)))
+
+    def on_refused_appends(self, refusals: list[Refusal]) -> None:
+        self.calls.append(("refused", [(s.conn.peername, rid, code) for s, rid, code, _ in refusals]))
+
+
+def frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body), crc32c(body)) + body
 
 
 def append(request_id: int) -> bytes:
-    return encode_request(Op.APPEND, request_id, b"batch bytes are checked by the service")
+    return frame(encode_request(Op.APPEND, request_id, encode_batch([(None, None, None, 1, b"x")])))
+
+
+def setup() -> tuple[ClientServer, RecordingService]:
+    intake = AppendIntake(1 << 20, 4, 1 << 30, (0.1,), 4)
+    service = RecordingService(intake)
+    return ClientServer(service, intake), service  # type: ignore[arg-type]
 
 
 def connect(server: ClientServer, name: str) -> FakeConn:
@@ -53,59 +91,83 @@ def connect(server: ClientServer, name: str) -> FakeConn:
     return conn
 
 
-def test_appends_of_one_loop_turn_from_many_connections_reach_the_service_in_one_call() -> None:
-    service = RecordingService()
-
+def test_appends_of_one_loop_turn_from_many_connections_are_handed_over_once() -> None:
     async def scenario() -> None:
-        server = ClientServer(service)  # type: ignore[arg-type]
+        server, service = setup()
         a, b, c = (connect(server, name) for name in "abc")
-        a.on_frames(a, [append(1), append(2)])
-        b.on_frames(b, [append(7)])
-        c.on_frames(c, [append(9)])
-        assert service.calls == []  # gathered until the loop turn's read callbacks are done
+        a.on_data(a, append(1) + append(2))
+        b.on_data(b, append(7))
+        c.on_data(c, append(9)[:10])
+        c.on_data(c, append(9)[10:])
+        assert service.calls == []  # the node is woken once the loop turn's reads are done
         await asyncio.sleep(0)
-        assert service.calls == [("appends", [("a", [1, 2]), ("b", [7]), ("c", [9])])]
+        assert service.calls == [("queued", 4)]
+        _, waiters = server.intake.take(100, 1 << 20)
+        assert waiters.request_ids() == [1, 2, 7, 9]
         assert [s.in_flight for s in sorted(server.sessions, key=lambda s: s.conn.peername)] == [2, 1, 1]
-        a.on_frames(a, [append(3)])
-        await asyncio.sleep(0)
-        assert service.calls[-1] == ("appends", [("a", [3])])
 
     asyncio.run(scenario())
 
 
-def test_another_request_is_handled_after_the_appends_that_arrived_before_it() -> None:
-    service = RecordingService()
-
+def test_another_request_is_served_after_the_appends_before_it_and_before_those_after() -> None:
     async def scenario() -> None:
-        server = ClientServer(service)  # type: ignore[arg-type]
-        a, b = connect(server, "a"), connect(server, "b")
-        b.on_frames(b, [append(5)])
-        a.on_frames(a, [append(1), encode_request(Op.STATUS, 2), append(3)])
-        assert service.calls == [
-            ("appends", [("b", [5]), ("a", [1])]),
-            ("request", "a", Op.STATUS, 2),
-        ]
-        await asyncio.sleep(0)
-        assert service.calls[-1] == ("appends", [("a", [3])])
-        assert len(service.calls) == 3
-
-    asyncio.run(scenario())
-
-
-def test_a_failing_service_loses_the_runs_but_not_the_server() -> None:
-    class Failing(RecordingService):
-        def on_appends(self, runs: list[tuple[ClientSession, list[bytes]]]) -> None:
-            raise RuntimeError("bug")
-
-    service = Failing()
-
-    async def scenario() -> None:
-        server = ClientServer(service)  # type: ignore[arg-type]
+        server, service = setup()
         a = connect(server, "a")
-        a.on_frames(a, [append(1)])
+        a.on_data(a, append(1) + frame(encode_request(Op.STATUS, 2)) + append(3))
+        assert service.calls == [("request", "a", 2, 1)]
+        assert len(server.intake) == 2
         await asyncio.sleep(0)
-        a.on_frames(a, [encode_request(Op.STATUS, 2)])
-        assert service.calls == [("request", "a", Op.STATUS, 2)]
-        assert not a.closed
+        assert a.answers() == [(Op.STATUS, 2)]  # its reply was written at the end of the turn
+
+    asyncio.run(scenario())
+
+
+def test_refused_appends_and_the_in_flight_limit_are_answered_in_order() -> None:
+    async def scenario() -> None:
+        server, service = setup()
+        a = connect(server, "a")
+        service.accepting = False
+        bad = frame(encode_request(Op.APPEND, 5, b"junk"))
+        a.on_data(a, append(1) + bad)
+        assert service.calls == [("refused", [("a", 1, REFUSED_NOT_ACCEPTING), ("a", 5, REFUSED_INVALID)])]
+        service.accepting = True
+        a.on_data(a, append(2) + append(3) + append(4) + append(6) + append(8))
+        await asyncio.sleep(0)
+        # Refused requests count as in flight until the service answers them (this one does
+        # not): 1 and 5, then 2 and 3 fill the limit of 4, so 4, 6 and 8 are answered Overloaded.
+        assert a.answers() == [(Status.OVERLOADED, 4), (Status.OVERLOADED, 6), (Status.OVERLOADED, 8)]
+
+    asyncio.run(scenario())
+
+
+def test_a_protocol_error_closes_the_connection_after_its_queued_answers() -> None:
+    async def scenario() -> None:
+        server, service = setup()
+        a, b = connect(server, "a"), connect(server, "b")
+        a.on_data(a, frame(encode_request(Op.STATUS, 1)) + frame(b"\x63" + bytes(8)) + append(2))
+        assert a.closed and a.answers() == [(Op.STATUS, 1)]
+        assert server.protocol_errors == 1 and len(server.intake) == 0
+        b.on_data(b, b"\x05\x00\x00\x00\x00\x00\x00\x00xxxxx")  # bad CRC
+        assert b.closed and not server.sessions
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
+def test_frames_read_before_the_connection_was_adopted_come_first() -> None:
+    from eventstream.transport.connection import FramedConnection
+
+    async def scenario() -> None:
+        server, service = setup()
+        conn = FramedConnection(crc32c, 1 << 20, lambda c, bodies: None)
+        stream = append(1) + append(2) + append(3)
+        bodies = conn._decoder.feed(stream[: len(append(1)) * 2 + 5])
+        assert len(bodies) == 2
+        assert server.adopt(conn, Hello(ROLE_CLIENT, 0))
+        conn.deliver(bodies)
+        conn.data_received(stream[len(append(1)) * 2 + 5:])
+        _, waiters = server.intake.take(100, 1 << 20)
+        assert waiters.request_ids() == [1, 2, 3]
+        await asyncio.sleep(0)
 
     asyncio.run(scenario())
