@@ -443,6 +443,7 @@ class Node:
         # and a crash loses nothing the state machine cannot rebuild from its snapshot and the
         # log, which the leader completes again.
         if rd.committed_entries:
+            self.metrics.commits.inc(len(rd.committed_entries))
             self._apply(rd.committed_entries)
         for rs in rd.read_states:
             pending = self._reads_by_context.pop(rs.context, None)
