@@ -588,8 +588,8 @@ cdef class QueueLogCore:
     interpreter time per queue: an entry of single-event requests touches most queues, and
     that per-queue Python was a fifth of a follower's apply. eventstream/state/queues.py
     QueueLog derives from it and owns the files: it provides start_segment(), flush() and
-    close(), which append() calls when a segment starts, the gathered bytes are due, or a
-    segment is full.
+    close(), which _append() (driven by append_touched) calls when a segment starts, the
+    gathered bytes are due, or a segment is full.
     """
 
     cdef public list segments

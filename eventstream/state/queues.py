@@ -103,7 +103,7 @@ class QueueLog(QueueLogCore):
     """One queue: its segments, offsets and retention.
 
     QueueLogCore (native) holds segments, next_offset, newest_timestamp_us, bytes_total and
-    `unwritten`, and does append(); this class owns the files. `unwritten` holds records
+    `unwritten`, and stores each applied batch (append_touched); this class owns the files. `unwritten` holds records
     applied but not yet written to the active segment file. The queue files are not the
     durable copy of the state (a restart rebuilds them from the newest snapshot and the Raft
     log, machine.py _rebuild), so small applies are gathered there and written in large pieces:
