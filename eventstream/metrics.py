@@ -58,41 +58,39 @@ class LatencyHistogram(Collector):
         yield family
 
 
-class LoopCounter(Collector):
-    """A Prometheus counter that only the node's event-loop thread changes: a plain number.
+class _LoopValue(Collector):
+    """One unlabelled number that only the node's event-loop thread changes, kept as a plain
+    attribute and rendered on scrape.
 
-    prometheus_client's Counter takes a lock and checks its labels on every inc(); the node
-    counts several things per Raft entry on every replica, so that was a measurable part of a
-    follower's work per AppendEntries.
+    prometheus_client's Counter and Gauge take a lock and check their labels on every call; the
+    node counts several things per Raft entry on every replica, so that was a measurable part of
+    a follower's work per AppendEntries.
     """
+
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily]
 
     def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
         self._name = name
         self._doc = documentation
         self.value: float = 0
         registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield self.family(self._name, self._doc, value=self.value)
+
+
+class LoopCounter(_LoopValue):
+    family = CounterMetricFamily
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._doc, value=self.value)
 
-
-class LoopGauge(Collector):
-    """A Prometheus gauge that only the node's event-loop thread sets (see LoopCounter)."""
-
-    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
-        self._name = name
-        self._doc = documentation
-        self.value: float = 0
-        registry.register(self)
+class LoopGauge(_LoopValue):
+    family = GaugeMetricFamily
 
     def set(self, value: float) -> None:
         self.value = value
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        yield GaugeMetricFamily(self._name, self._doc, value=self.value)
 
 
 def _cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
