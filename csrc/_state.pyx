@@ -11,6 +11,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 from batch_codec_h cimport *
@@ -536,18 +537,162 @@ cdef class PositionIndex:
         written at) of appended records, keeping every STRIDE-th."""
         if positions.shape[0] % 4:
             raise ValueError("positions must be whole u32 values")
-        cdef size_t n = positions.shape[0] // 4
-        cdef const uint32_t *src = <const uint32_t *>data_ptr(positions)
+        self.extend_raw(<const uint32_t *>data_ptr(positions), positions.shape[0] // 4, base)
+
+    cdef int extend_raw(self, const uint32_t *src, size_t n, uint64_t base) except -1:
         self.reserve(n // INDEX_STRIDE + 1)
         cdef size_t i
         for i in range(n):
             self.note(src[i] + base)
+        return 0
 
     def locate(self, uint64_t record):
         """(byte position, records to skip from it) to reach record number `record`."""
         if record >= self.records:
             raise IndexError(f"record {record} of a segment holding {self.records}")
         return self.data[record // INDEX_STRIDE], record % INDEX_STRIDE
+
+
+cdef class QueueSegment:
+    """One segment file of a queue: the offset of its first event, its path, its sparse index,
+    its size and the newest event time in it; sealed once it reached queue_segment_bytes and
+    never appended to again (eventstream/state/queues.py)."""
+
+    cdef public uint64_t base_offset
+    cdef public str path
+    cdef public PositionIndex index
+    cdef public uint64_t size_bytes
+    cdef public int64_t max_timestamp_us
+    cdef public bint sealed
+
+    def __init__(self, uint64_t base_offset, str path, PositionIndex index, uint64_t size_bytes,
+                 int64_t max_timestamp_us, bint sealed):
+        self.base_offset = base_offset
+        self.path = path
+        self.index = index
+        self.size_bytes = size_bytes
+        self.max_timestamp_us = max_timestamp_us
+        self.sealed = sealed
+
+    @property
+    def count(self):
+        return self.index.records
+
+    def __repr__(self):
+        return (f"QueueSegment({self.base_offset}, {self.path!r}, {self.index.records} records, "
+                f"{self.size_bytes} bytes, newest {self.max_timestamp_us}, sealed={self.sealed})")
+
+
+cdef class QueueLogCore:
+    """What applying an entry changes in one queue, typed, so the apply step costs no
+    interpreter time per queue: an entry of single-event requests touches most queues, and
+    that per-queue Python was a fifth of a follower's apply. eventstream/state/queues.py
+    QueueLog derives from it and owns the files: it provides start_segment(), flush() and
+    close(), which _append() (driven by append_touched) calls when a segment starts, the
+    gathered bytes are due, or a segment is full.
+    """
+
+    cdef public list segments
+    cdef public int64_t next_offset
+    cdef public int64_t newest_timestamp_us
+    cdef public int64_t bytes_total
+    # Records applied but not yet written to the active segment file (QueueLog.flush).
+    cdef public bytearray unwritten
+
+    def __cinit__(self, *args, **kwargs):
+        self.segments = []
+        self.unwritten = bytearray()
+
+    cdef int _append(self, const uint8_t *records, size_t length, const uint32_t *positions,
+                     uint32_t count, int64_t max_ts, uint64_t roll_bytes,
+                     size_t write_behind_bytes) except -1:
+        """Store `length` bytes of records, `count` events at the u32 `positions` (relative to
+        the first record), the newest at max_ts."""
+        cdef Py_ssize_t last = len(self.segments) - 1
+        if last < 0 or (<QueueSegment>self.segments[last]).sealed:
+            self.start_segment(max_ts)
+            last = len(self.segments) - 1
+            if last < 0:
+                raise RuntimeError("start_segment() added no segment")
+        cdef QueueSegment segment = <QueueSegment>self.segments[last]
+        cdef Py_ssize_t held = PyByteArray_GET_SIZE(self.unwritten)
+        if length:
+            PyByteArray_Resize(self.unwritten, held + <Py_ssize_t>length)
+            memcpy(PyByteArray_AS_STRING(self.unwritten) + held, records, length)
+        if held + <Py_ssize_t>length >= <Py_ssize_t>write_behind_bytes:
+            self.flush()
+        cdef uint64_t size = segment.size_bytes
+        segment.index.extend_raw(positions, count, size)
+        size += length
+        segment.size_bytes = size
+        if max_ts > segment.max_timestamp_us:
+            segment.max_timestamp_us = max_ts
+        self.bytes_total += <int64_t>length
+        if max_ts > self.newest_timestamp_us or self.next_offset == 0:
+            self.newest_timestamp_us = max_ts
+        self.next_offset += count
+        if size >= roll_bytes:
+            segment.sealed = True
+            self.close()
+        return 0
+
+    def start_segment(self, int64_t max_ts):
+        raise NotImplementedError("QueueLog opens segment files")
+
+    def flush(self):
+        raise NotImplementedError("QueueLog writes segment files")
+
+    def close(self):
+        raise NotImplementedError("QueueLog closes segment files")
+
+
+def append_touched(dict logs, list touched, const uint8_t[::1] records,
+                   const uint8_t[::1] positions, const int64_t[::1] next_offsets,
+                   uint64_t roll_bytes, size_t write_behind_bytes, object recent,
+                   object open_log, object note_open, object retain):
+    """Store what apply_set_event grouped per queue: for each (queue, byte_start, byte_end,
+    position_start, count, max_ts) of `touched`, append its records to logs[queue] (a
+    QueueLogCore; open_log(queue) creates a missing one), check that the log now ends where
+    the apply loop's next_offsets says, call retain(queue, log) when the log holds more than
+    one segment, and mark the queue most recently appended in the OrderedDict `recent`
+    (note_open(queue, log) when it is not there). Returns the first queue whose log ends
+    elsewhere than next_offsets says (the caller raises), or -1."""
+    cdef Py_ssize_t t, n = len(touched)
+    cdef tuple item
+    cdef QueueLogCore log
+    cdef int64_t queue
+    cdef size_t byte_start, byte_end, position_start
+    cdef uint32_t count
+    cdef const uint8_t *records_at = data_ptr(records)
+    cdef const uint8_t *positions_at = data_ptr(positions)
+    move_to_end = recent.move_to_end
+    for t in range(n):
+        item = <tuple>touched[t]
+        queue = item[0]
+        byte_start = item[1]
+        byte_end = item[2]
+        position_start = item[3]
+        count = item[4]
+        if (queue < 0 or queue >= next_offsets.shape[0] or byte_end < byte_start
+                or byte_end > <size_t>records.shape[0]
+                or (position_start + count) * 4 > <size_t>positions.shape[0]):
+            raise ValueError(f"touched {item} is outside the apply result")
+        found = logs.get(queue)
+        if found is None:
+            found = open_log(queue)
+        log = <QueueLogCore?>found
+        log._append(records_at + byte_start, byte_end - byte_start,
+                    <const uint32_t *>(positions_at + position_start * 4), count, item[5],
+                    roll_bytes, write_behind_bytes)
+        if log.next_offset != next_offsets[queue]:
+            return queue
+        if len(log.segments) > 1:  # retention drops whole sealed segments, never the last
+            retain(queue, log)
+        if queue in recent:
+            move_to_end(queue)
+        else:
+            note_open(queue, log)
+    return -1
 
 
 cdef int check_event_record(const uint8_t *buf, size_t length, size_t pos, uint64_t offset,

@@ -1,5 +1,5 @@
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from typing_extensions import Buffer
 
@@ -49,6 +49,43 @@ class PositionIndex:
     def record_count(self) -> int: ...
     def extend(self, positions: Buffer, base: int) -> None: ...
     def locate(self, record: int) -> tuple[int, int]: ...
+
+class QueueSegment:
+    base_offset: int
+    path: str
+    index: PositionIndex
+    size_bytes: int
+    max_timestamp_us: int
+    sealed: bool
+    def __init__(
+        self, base_offset: int, path: str, index: PositionIndex, size_bytes: int, max_timestamp_us: int, sealed: bool
+    ) -> None: ...
+    @property
+    def count(self) -> int: ...
+
+class QueueLogCore:
+    segments: list[QueueSegment]
+    next_offset: int
+    newest_timestamp_us: int
+    bytes_total: int
+    unwritten: bytearray
+    def start_segment(self, max_ts: int) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+def append_touched(
+    logs: dict[int, Any],
+    touched: list[tuple[int, int, int, int, int, int]],
+    records: Buffer,
+    positions: Buffer,
+    next_offsets: Buffer,
+    roll_bytes: int,
+    write_behind_bytes: int,
+    recent: Any,
+    open_log: Callable[[int], Any],
+    note_open: Callable[[int, Any], None],
+    retain: Callable[[int, Any], Any],
+) -> int: ...
 
 def apply_set_event(
     batch: Buffer, queue_count: int, dedup: DedupTable, next_offsets: Buffer, log_index: int

@@ -15,7 +15,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from eventstream.replication.worker import ORDER_WAIT_BOUNDS_S
@@ -78,6 +78,41 @@ class LatencyHistogram(Collector):
         yield family
 
 
+class _LoopValue(Collector):
+    """One unlabelled number that only the node's event-loop thread changes, kept as a plain
+    attribute and rendered on scrape.
+
+    prometheus_client's Counter and Gauge take a lock and check their labels on every call; the
+    node counts several things per Raft entry on every replica, so that was a measurable part of
+    a follower's work per AppendEntries.
+    """
+
+    family: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._doc = documentation
+        self.value: float = 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield self.family(self._name, self._doc, value=self.value)
+
+
+class LoopCounter(_LoopValue):
+    family = CounterMetricFamily
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class LoopGauge(_LoopValue):
+    family = GaugeMetricFamily
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
 def _cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
     """Prometheus buckets from per-bucket counts (the last count: above every bound)."""
     cumulative = 0
@@ -128,18 +163,19 @@ class NodeMetrics:
     def __init__(self, node_id: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.proposals = Counter("esc_proposals", "Raft entries proposed by this node as leader", registry=r)
-        self.events_proposed = Counter("esc_events_proposed", "Events carried by proposed entries", registry=r)
-        self.commits = Counter("esc_commits", "Raft entries seen committed", registry=r)
-        self.applies = Counter("esc_applies", "Raft entries applied to the state machine", registry=r)
-        self.events_applied = Counter("esc_events_applied", "Events applied (duplicates included)", registry=r)
-        self.duplicates = Counter("esc_duplicates", "Appends answered as duplicates of an earlier id", registry=r)
+        # Counted on the event-loop thread, several times per entry: LoopCounter, no lock.
+        self.proposals = LoopCounter("esc_proposals", "Raft entries proposed by this node as leader", r)
+        self.events_proposed = LoopCounter("esc_events_proposed", "Events carried by proposed entries", r)
+        self.commits = LoopCounter("esc_commits", "Raft entries seen committed", r)
+        self.applies = LoopCounter("esc_applies", "Raft entries applied to the state machine", r)
+        self.events_applied = LoopCounter("esc_events_applied", "Events applied (duplicates included)", r)
+        self.duplicates = LoopCounter("esc_duplicates", "Appends answered as duplicates of an earlier id", r)
         self.elections = Counter("esc_elections", "Times this node became leader", registry=r)
         self.snapshots_taken = Counter("esc_snapshots_taken", "Snapshots taken by this node", registry=r)
         self.snapshots_installed = Counter("esc_snapshots_installed", "Snapshots installed from a leader", registry=r)
-        self.fsyncs = Counter("esc_fsyncs", "fdatasync calls on the Raft log", registry=r)
-        self.ready_cycles = Counter("esc_ready_cycles", "Ready cycles the node carried out (persist, send, apply)", registry=r)
-        self.peer_messages = Counter("esc_peer_messages_received", "Raft messages received from peers", registry=r)
+        self.fsyncs = LoopCounter("esc_fsyncs", "fdatasync calls on the Raft log", r)
+        self.ready_cycles = LoopCounter("esc_ready_cycles", "Ready cycles the node carried out (persist, send, apply)", r)
+        self.peer_messages = LoopCounter("esc_peer_messages_received", "Raft messages received from peers", r)
         self.fsync_seconds = LatencyHistogram(
             "esc_fsync_seconds", "Latency of one fdatasync of the Raft log", LATENCY_BUCKETS_S, r
         )
@@ -148,9 +184,9 @@ class NodeMetrics:
         )
         self.client_errors = Counter("esc_client_errors", "Client requests answered with an error", ["status"], registry=r)
         self.peer_frames_dropped = Counter("esc_peer_messages_dropped", "Peer messages dropped (link down or congested)", registry=r)
-        self.term = Gauge("esc_term", "Current Raft term", registry=r)
-        self.commit_index = Gauge("esc_commit_index", "Commit index", registry=r)
-        self.applied_index = Gauge("esc_applied_index", "Applied index", registry=r)
+        self.term = LoopGauge("esc_term", "Current Raft term", r)
+        self.commit_index = LoopGauge("esc_commit_index", "Commit index", r)
+        self.applied_index = LoopGauge("esc_applied_index", "Applied index", r)
         self.is_leader = Gauge("esc_is_leader", "1 when this node leads", registry=r)
         self.cpu_seconds = Gauge("esc_process_cpu_seconds", "Process CPU seconds (user+system)", registry=r)
         self.rss_bytes = Gauge("esc_process_rss_bytes", "Process resident set size", registry=r)

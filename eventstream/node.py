@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
 import logging
 import os
@@ -454,6 +455,7 @@ class Node:
         # and a crash loses nothing the state machine cannot rebuild from its snapshot and the
         # log, which the leader completes again.
         if rd.committed_entries:
+            self.metrics.commits.inc(len(rd.committed_entries))
             self._apply(rd.committed_entries)
         for rs in rd.read_states:
             pending = self._reads_by_context.pop(rs.context, None)
@@ -1043,6 +1045,8 @@ class Node:
 
 
 DIGEST_RECOMPUTE_S = 10.0
+# Container allocations between two young-generation collections once serving (default 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def _install_signal_handlers(node: Node) -> None:
@@ -1051,11 +1055,26 @@ def _install_signal_handlers(node: Node) -> None:
         loop.add_signal_handler(sig, node.request_stop)
 
 
+def _tune_gc_for_serving() -> None:
+    """Make the cycle collector cheaper once the node is up.
+
+    Everything alive at this point (modules, classes, the opened storage and state) lives as
+    long as the process, yet every full collection would walk it again: freeze() moves it out
+    of the collector's sight. Messages, entries and requests are short-lived containers that
+    come in thousands a second; with the default first threshold (700) the collector ran every
+    few AppendEntries and took about a tenth of a follower's CPU (perf), so it runs less often.
+    Cycles among those objects are rare and still collected, only later.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def run_node(config: NodeConfig) -> int:
     """Run one node until SIGTERM/SIGINT (graceful) or a fatal error; returns the exit code."""
     node = Node(config)
     node.open_storage()
     await node.start()
+    _tune_gc_for_serving()
     _install_signal_handlers(node)
     await node.wait_stopped()
     await node.shutdown(transfer=node.fatal is None)

@@ -214,7 +214,7 @@ class StateMachine:
         return self.queues.read(queue, offset, limit, max_bytes, self.config["queue_count"])
 
     def _flush_queues(self, queue: int | None = None) -> None:
-        """Write what apply gathered (queues.py, QueueLog._unwritten) before the files are read:
+        """Write what apply gathered (queues.py, QueueLog.unwritten) before the files are read:
         of the one queue about to be read, or of all.
         A failed write leaves the files behind the applied state, so apply stops until a reopen
         rebuilds them, exactly as for a write that fails inside apply. A stopped machine's

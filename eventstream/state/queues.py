@@ -35,12 +35,14 @@ import os
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from eventstream._state import (
     PositionIndex,
     QueueDataError,
+    QueueLogCore,
+    QueueSegment,
+    append_touched,
     apply_set_event,
     decode_queue_records,
     scan_queue_segment,
@@ -55,7 +57,7 @@ READ_BYTES_MAX = 64 << 20
 # past this, so 65,536 queues never need 65,536 descriptors.
 OPEN_SEGMENTS_MAX = 256
 # Records a queue gathers in memory before they are written to its segment file (see
-# QueueLog._unwritten); with OPEN_SEGMENTS_MAX this bounds the memory at 64 MiB.
+# QueueLog.unwritten); with OPEN_SEGMENTS_MAX this bounds the memory at 64 MiB.
 WRITE_BEHIND_BYTES = 256 * 1024
 
 
@@ -68,20 +70,6 @@ class StoredEvent(NamedTuple):
     queue: int | None  # the explicit queue the client named, None when routed by key
     timestamp_us: int
     payload: bytes
-
-
-@dataclass(slots=True)
-class QueueSegment:
-    base_offset: int
-    path: str
-    index: PositionIndex
-    size_bytes: int
-    max_timestamp_us: int
-    sealed: bool
-
-    @property
-    def count(self) -> int:
-        return int(self.index.record_count)
 
 
 def segment_name(base_offset: int) -> str:
@@ -111,23 +99,22 @@ def write_all(fd: int, data: memoryview) -> None:
         data = data[written:]
 
 
-class QueueLog:
-    """One queue: its segments, offsets and retention."""
+class QueueLog(QueueLogCore):
+    """One queue: its segments, offsets and retention.
+
+    QueueLogCore (native) holds segments, next_offset, newest_timestamp_us, bytes_total and
+    `unwritten`, and stores each applied batch (append_touched); this class owns the files. `unwritten` holds records
+    applied but not yet written to the active segment file. The queue files are not the
+    durable copy of the state (a restart rebuilds them from the newest snapshot and the Raft
+    log, machine.py _rebuild), so small applies are gathered there and written in large pieces:
+    one write per WRITE_BEHIND_BYTES instead of one per queue per entry. Anything that reads
+    the files (reads, describe() for digests and snapshots) flushes first.
+    """
 
     def __init__(self, root: str, queue: int) -> None:
         self.queue = queue
         self.folder = os.path.join(root, queue_folder(queue))
-        self.segments: list[QueueSegment] = []
-        self.next_offset = 0
-        self.newest_timestamp_us = 0
-        self.bytes_total = 0
         self._active_fd: int | None = None
-        # Records applied but not yet written to the active segment file. The queue files are
-        # not the durable copy of the state (a restart rebuilds them from the newest snapshot
-        # and the Raft log, machine.py _rebuild), so small applies are gathered here and written
-        # in large pieces: one write per WRITE_BEHIND_BYTES instead of one per queue per entry.
-        # Anything that reads the files (reads, describe() for digests and snapshots) flushes first.
-        self._unwritten = bytearray()
 
     @property
     def floor_offset(self) -> int:
@@ -135,12 +122,12 @@ class QueueLog:
 
     def flush(self) -> None:
         """Write the gathered records to the active segment file."""
-        if not self._unwritten:
+        if not self.unwritten:
             return
         if self._active_fd is None:
             self._active_fd = os.open(self.segments[-1].path, os.O_WRONLY | os.O_APPEND)
-        write_all(self._active_fd, memoryview(self._unwritten))
-        self._unwritten = bytearray()
+        write_all(self._active_fd, memoryview(self.unwritten))
+        self.unwritten = bytearray()
 
     def close(self) -> None:
         try:
@@ -150,37 +137,12 @@ class QueueLog:
                 os.close(self._active_fd)
                 self._active_fd = None
 
-    def append(
-        self, records: memoryview, positions: memoryview, count: int, max_ts: int, roll_bytes: int
-    ) -> None:
-        # Called once per queue an entry touches, on every replica: kept to plain local work.
-        segments = self.segments
-        if not segments or segments[-1].sealed:
-            os.makedirs(self.folder, exist_ok=True)
-            path = os.path.join(self.folder, segment_name(self.next_offset))
-            self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-            segments.append(
-                QueueSegment(self.next_offset, path, PositionIndex(), 0, max_ts, False)
-            )
-        segment = segments[-1]
-        unwritten = self._unwritten
-        unwritten += records
-        if len(unwritten) >= WRITE_BEHIND_BYTES:
-            self.flush()
-        size = segment.size_bytes
-        segment.index.extend(positions, size)
-        length = len(records)
-        size += length
-        segment.size_bytes = size
-        if max_ts > segment.max_timestamp_us:
-            segment.max_timestamp_us = max_ts
-        self.bytes_total += length
-        if max_ts > self.newest_timestamp_us or not self.next_offset:
-            self.newest_timestamp_us = max_ts
-        self.next_offset += count
-        if size >= roll_bytes:
-            segment.sealed = True
-            self.close()
+    def start_segment(self, max_ts: int) -> None:
+        """Create the next segment file, starting at next_offset (QueueLogCore.append)."""
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, segment_name(self.next_offset))
+        self._active_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+        self.segments.append(QueueSegment(self.next_offset, path, PositionIndex(), 0, max_ts, False))
 
     def enforce_retention(self, bytes_max: int, age_ms_max: int) -> int:
         """Drop whole old segments over the caps (0 = no cap); returns how many were dropped."""
@@ -296,34 +258,16 @@ class QueueStore:
         statuses, queues, offsets, records, positions, touched = apply_set_event(
             batch, queue_count, dedup, self.next_offsets, log_index
         )
-        records_view = memoryview(records)
-        positions_view = memoryview(positions)
-        roll_bytes = config["queue_segment_bytes"]
-        logs = self.logs
-        next_offsets = self.next_offsets
-        recent = self._appended_recently
-        for queue, byte_start, byte_end, position_start, count, max_ts in touched:
-            log = logs.get(queue)
-            if log is None:
-                log = logs[queue] = QueueLog(self.root, queue)
-            log.append(
-                records_view[byte_start:byte_end],
-                positions_view[position_start * 4 : (position_start + count) * 4],
-                count,
-                max_ts,
-                roll_bytes,
+        mismatch = append_touched(
+            self.logs, touched, records, positions, self.next_offsets, config["queue_segment_bytes"],
+            WRITE_BEHIND_BYTES, self._appended_recently, self.log, self._note_open,
+            lambda queue, log: log.enforce_retention(*retention_limits(config, queue)),
+        )
+        if mismatch >= 0:
+            raise StateError(
+                f"queue {mismatch}: stored through {self.logs[mismatch].next_offset} but the apply "
+                f"loop assigned through {self.next_offsets[mismatch]}"
             )
-            if log.next_offset != next_offsets[queue]:
-                raise StateError(
-                    f"queue {queue}: stored through {log.next_offset} but the apply loop "
-                    f"assigned through {next_offsets[queue]}"
-                )
-            if len(log.segments) > 1:  # retention drops whole sealed segments, never the last
-                log.enforce_retention(*retention_limits(config, queue))
-            if queue in recent:
-                recent.move_to_end(queue)
-            else:
-                self._note_open(queue, log)
         return (
             memoryview(statuses),
             memoryview(queues).cast("i"),

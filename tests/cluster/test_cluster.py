@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: P
                 c.append(b"x", queue=99)
             statuses = cluster.wait_converged()
             assert {s["leader"] for s in statuses.values()} == {leader}
+            # Every node counts the entries it saw committed and applied; the leader, those it proposed.
+            for node_id, node in cluster.nodes.items():
+                with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as resp:
+                    samples = dict(line.rsplit(" ", 1) for line in resp.read().decode().splitlines()
+                                   if line and not line.startswith("#") and "{" not in line)
+                commits, applies = float(samples["esc_commits_total"]), float(samples["esc_applies_total"])
+                assert commits == applies >= 5 and float(samples["esc_applied_index"]) >= statuses[node_id]["applied"]
+                assert (float(samples["esc_proposals_total"]) >= 5) == (node_id == leader)
             # A follower serves a stale read from its own applied state.
             follower = next(n for k, n in cluster.nodes.items() if k != leader)
             with Client([follower.address]) as fc:

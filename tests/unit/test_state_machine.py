@@ -381,9 +381,9 @@ def test_open_segment_files_are_bounded(tmp_path: Any, monkeypatch: Any) -> None
         machine.apply(index, 1, encode_set_event(batch))
     # A queue holds a descriptor or records not yet written only while it is among the
     # OPEN_SEGMENTS_MAX most recently appended; closing the others wrote their records.
-    holding = [log for log in machine.queues.logs.values() if log._active_fd is not None or log._unwritten]
+    holding = [log for log in machine.queues.logs.values() if log._active_fd is not None or log.unwritten]
     assert 1 <= len(holding) <= 3
-    assert all(not log._unwritten for log in machine.queues.logs.values() if log not in holding)
+    assert all(not log.unwritten for log in machine.queues.logs.values() if log not in holding)
     assert [e.payload for e in machine.read(0, 0)] == [b"q0-%d" % i for i in range(2, 6)]
 
 
@@ -435,7 +435,7 @@ def test_disk_error_writing_gathered_events_stops_apply(tmp_path: Any, monkeypat
 def test_gathered_events_are_read_digested_and_snapshotted(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     machine.apply(1, 1, encode_set_event(events(7)))
-    assert any(log._unwritten for log in machine.queues.logs.values())
+    assert any(log.unwritten for log in machine.queues.logs.values())
     stored = sum(len(machine.read(q, 0)) for q in machine.queues.logs)
     assert stored == 7
     digest = machine.digest()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import struct
+from collections import OrderedDict
 
 import mmh3
 import pytest
@@ -24,6 +25,9 @@ from eventstream._state import (
     MalformedCommandError,
     PositionIndex,
     QueueDataError,
+    QueueLogCore,
+    QueueSegment,
+    append_touched,
     apply_dedup_add,
     apply_set_event,
     decode_queue_records,
@@ -175,6 +179,96 @@ def test_set_event_routing_dedup_and_rejection() -> None:
     # A later batch sees the id remembered across batches.
     statuses, queues, offs, *_ = apply([Event(b"a", b"zzz", None, 1, b"")], 8, table, offsets)
     assert (statuses, queues, offs) == ([STATUS_DUPLICATE], [home], [0])
+
+
+class RecordingLog(QueueLogCore):
+    """A queue log whose files are lists: what append_touched asks of the file side."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.written = bytearray()
+
+    def start_segment(self, max_ts: int) -> None:
+        self.calls.append("start")
+        self.segments.append(QueueSegment(self.next_offset, "mem", PositionIndex(), 0, max_ts, False))
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+        self.written += self.unwritten
+        self.unwritten = bytearray()
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self.flush()
+
+
+def _store(touched_events: list[Event], logs: dict, offsets: array.array, roll_bytes: int = 1 << 30,
+           write_behind: int = 1 << 20) -> tuple[int, list]:
+    """apply_set_event then append_touched with recording hooks; returns (result, hook calls)."""
+    *_, records, positions, touched = apply(touched_events, len(offsets), DedupTable(), offsets)
+    hooks: list = []
+    recent: OrderedDict[int, object] = OrderedDict()
+
+    def open_log(queue: int) -> RecordingLog:
+        log = logs[queue] = RecordingLog()
+        return log
+
+    def note_open(queue: int, log: object) -> None:
+        hooks.append(("open", queue))
+        recent[queue] = log
+
+    result = append_touched(logs, touched, records, array.array("I", positions).tobytes(), offsets, roll_bytes,
+                            write_behind, recent, open_log, note_open, lambda q, log: hooks.append(("retain", q)))
+    return result, hooks
+
+
+def test_append_touched_stores_each_queue_once_and_rolls_after_the_batch() -> None:
+    offsets = array.array("q", [0] * 4)
+    logs: dict[int, RecordingLog] = {}
+    batch = [Event(None, None, q % 2, 10 + i, b"p%d" % i) for i, q in enumerate(range(6))]
+    result, hooks = _store(batch, logs, offsets)
+    assert result == -1 and sorted(logs) == [0, 1] and hooks == [("open", 0), ("open", 1)]
+    for queue, log in logs.items():
+        assert log.calls == ["start"] and log.next_offset == 3 == offsets[queue]
+        segment = log.segments[0]
+        assert segment.count == 3 and segment.size_bytes == len(log.unwritten) == log.bytes_total
+        assert log.newest_timestamp_us == segment.max_timestamp_us == max(e.timestamp_us for e in batch[queue::2])
+        stored, _ = decode_queue_records(bytes(log.unwritten), 0, 0, 0, 10, 1 << 20, True, lambda *f: f)
+        assert [s[5] for s in stored] == [e.payload for e in batch[queue::2]]
+    # A tiny roll size seals the segment after the batch (never inside it), and the next batch
+    # starts a new one; a tiny write-behind size writes at once; two segments ask for retention.
+    result, hooks = _store([Event(None, None, 0, 50, b"x" * 10)] * 3, logs, offsets, roll_bytes=1, write_behind=1)
+    log = logs[0]
+    assert result == -1 and log.calls[1:] == ["flush", "close", "flush"]
+    assert [s.sealed for s in log.segments] == [True] and log.next_offset == 6
+    result, hooks = _store([Event(None, None, 0, 60, b"y")], logs, offsets)
+    assert [s.sealed for s in log.segments] == [True, False] and log.segments[1].base_offset == 6
+    assert hooks == [("retain", 0), ("open", 0)]
+    assert "QueueSegment(6, 'mem', 1 records" in repr(log.segments[1])
+
+
+def test_append_touched_reports_a_log_out_of_step_and_refuses_bad_groups() -> None:
+    offsets = array.array("q", [0] * 2)
+    logs: dict[int, RecordingLog] = {0: RecordingLog()}
+    logs[0].next_offset = 5  # holds more than the apply loop assigned from
+    result, _ = _store([Event(None, None, 0, 1, b"a")], logs, offsets)
+    assert result == 0
+    *_, records, positions, touched = apply([Event(None, None, 1, 1, b"b")], 2, DedupTable(), offsets)
+    pos = array.array("I", positions).tobytes()
+    queue, start, end, pstart, count, ts = touched[0]
+    bad = [
+        [(queue, start, len(records) + 1, pstart, count, ts)],  # records past the end
+        [(queue, start, end, pstart, count + 1, ts)],  # positions past the end
+        [(2, start, end, pstart, count, ts)],  # queue past next_offsets
+        [(queue, 1, 0, pstart, count, ts)],  # ends before it starts
+    ]
+    for touched_bad in bad:
+        with pytest.raises(ValueError, match="outside the apply result"):
+            append_touched({}, touched_bad, records, pos, offsets, 1 << 30, 1 << 20, OrderedDict(),
+                           lambda q: RecordingLog(), lambda q, log: None, lambda q, log: None)
+    with pytest.raises(TypeError):
+        append_touched({1: object()}, touched, records, pos, offsets, 1 << 30, 1 << 20, OrderedDict(),
+                       lambda q: RecordingLog(), lambda q, log: None, lambda q, log: None)
 
 
 def test_set_event_full_dedup_table_rejects_per_event() -> None:

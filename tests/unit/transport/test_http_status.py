@@ -18,6 +18,8 @@ async def fetch(port: int, request: bytes) -> tuple[int, bytes]:
 def test_status_metrics_and_errors() -> None:
     metrics = NodeMetrics(1)
     metrics.proposals.inc(3)
+    metrics.commits.inc(2)
+    metrics.applied_index.set(7)
 
     async def main() -> None:
         server = HttpStatusServer(lambda: {"id": 1, "role": "leader"}, metrics.render)
@@ -27,6 +29,8 @@ def test_status_metrics_and_errors() -> None:
             assert code == 200 and json.loads(body) == {"id": 1, "role": "leader"}
             code, body = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
             assert code == 200 and b"esc_proposals_total 3.0" in body and b"esc_process_rss_bytes" in body
+            assert b"\nesc_commits_total 2.0\n" in body and b"\nesc_applied_index 7.0\n" in body
+            assert b"# TYPE esc_commits_total counter" in body and b"# TYPE esc_applied_index gauge" in body
             assert (await fetch(port, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
             assert (await fetch(port, b"POST /status HTTP/1.1\r\n\r\n"))[0] == 405
             assert (await fetch(port, b"garbage\r\n\r\n"))[0] == 400
