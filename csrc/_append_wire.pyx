@@ -23,6 +23,14 @@ from crc32c_h cimport esc_crc32c
 
 from eventstream.transport.frames import FrameError
 
+cdef extern from "<fcntl.h>" nogil:
+    int fcntl(int fd, int cmd, ...)
+    enum:
+        F_DUPFD_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     enum:
@@ -290,6 +298,9 @@ cdef inline void _release(Buffer *b) noexcept nogil:
 cdef struct Slot:
     # Invariant: gen changes every time the slot is closed, so a waiter holding (slot, gen)
     # of a closed connection is never answered on the connection that reuses the slot.
+    # fd is this slot's own duplicate of the socket (or -1): the transport may close its
+    # descriptor before the owner closes the slot, and a number the kernel then reused for
+    # another socket or a log file must never receive answers.
     int fd
     uint32_t gen
     bint open
@@ -424,6 +435,8 @@ cdef class AppendIntake:
     def __dealloc__(self):
         cdef Py_ssize_t i
         for i in range(self._slot_count):
+            if self._slots[i].open and self._slots[i].fd >= 0:
+                close(self._slots[i].fd)
             _release(&self._slots[i].inbound)
             _release(&self._slots[i].outbound)
         free(self._slots)
@@ -436,9 +449,15 @@ cdef class AppendIntake:
 
     # -- connections ----------------------------------------------------------------------
     def open_slot(self, int fd):
-        """A new connection's (slot, gen); fd is its socket, or -1 to write through Python."""
+        """A new connection's (slot, gen); fd is its socket (duplicated here, so the caller
+        keeps its own), or -1 to write through Python."""
         cdef uint32_t index
         cdef Slot *s
+        cdef int own = -1
+        if fd >= 0:
+            own = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+            if own < 0:
+                raise OSError(errno, f"cannot duplicate socket descriptor {fd}")
         if self._free_count:
             self._free_count -= 1
             index = self._free[self._free_count]
@@ -451,7 +470,7 @@ cdef class AppendIntake:
             # A reused slot keeps its dirty flag: it may still be listed for the next flush.
             self._slots[index].dirty = False
         s = &self._slots[index]
-        s.fd = fd
+        s.fd = own
         s.open = True
         s.backlogged = False
         s.in_flight = 0
@@ -500,6 +519,8 @@ cdef class AppendIntake:
         _release(&s.outbound)
         s.open = False
         s.gen += 1
+        if s.fd >= 0:
+            close(s.fd)
         s.fd = -1
         self._free[self._free_count] = <uint32_t>slot
         self._free_count += 1

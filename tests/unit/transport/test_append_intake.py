@@ -6,6 +6,7 @@ against client_protocol.py's encoders and frames.py's decoder.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from array import array
@@ -293,3 +294,20 @@ def test_a_peer_that_is_gone_loses_its_answers_without_an_error() -> None:
     assert it.reply(slot, gen, b"x")
     assert it.flush() == []
     left.close()
+
+
+def test_a_slot_writes_through_its_own_descriptor_until_it_is_closed() -> None:
+    it = intake()
+    left, right = socket.socketpair()
+    right.settimeout(5)
+    slot, gen = it.open_slot(left.fileno())
+    number = left.fileno()
+    left.close()  # the transport closed its descriptor before the slot was closed
+    with open(os.devnull, "rb") as reused:
+        assert reused.fileno() == number  # the kernel hands the number out again at once
+        assert it.reply(slot, gen, b"still here")
+        assert it.flush() == []
+    assert right.recv(100) == frame(b"still here")
+    it.close_slot(slot)
+    assert right.recv(100) == b""  # the socket closed with the slot's own descriptor
+    right.close()
