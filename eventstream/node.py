@@ -742,7 +742,9 @@ class Node:
             self._fail_waiters(intake.drain(), Status.NOT_LEADER, "leadership changed; retry")
             return
         while len(intake):
-            data, waiters = intake.take(self.config.batch_size, self.config.batch_bytes_max)
+            taken = intake.take(self.config.batch_size, self.config.batch_bytes_max)
+            assert taken is not None  # requests are waiting
+            data, waiters = taken
             try:
                 index = raft.propose(data)
             except UncommittedLimitError as exc:
