@@ -20,9 +20,13 @@ out two kinds of order:
              many orders exist, so the worker keeps no window of its own.
     MESSAGE  a message the core encoded in full (heartbeats, snapshot chunks, entries that are
              no longer, or never were, in the entry ring): framed and sent as it is.
-When the entries an order names were overwritten in the entry ring before the worker copied
-them (the worker fell a whole ring behind), nothing is sent: the worker reports STALE and the
-node re-probes the follower, which then gets them from the log (§5.3 consistency check).
+An AppendEntries goes to the socket with its entries' bytes read straight from the entry ring
+(csrc/append_stream.h). When the entries an order names were overwritten in the entry ring
+before the worker got to them (it fell a whole ring behind), nothing is sent: the worker reports
+STALE and the node re-probes the follower, which then gets them from the log (§5.3 consistency
+check). When they were overwritten while the kernel copied them, the frame is left without its
+last byte, so the follower can never take it, and the link is dropped and redialled; the node
+re-probes on CONNECTED.
 
 When the link is down the worker discards orders, tells the node (UNREACHABLE), redials with
 capped backoff, and says CONNECTED once back: the node then re-probes the follower, so what
@@ -58,7 +62,14 @@ import sys
 import time
 
 from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import APPEND_OVERHEAD_BYTES, EntryRing, SpscRing, send_all
+from eventstream._spsc_ring import (
+    APPEND_OVERHEAD_BYTES,
+    SEND_LAPPED,
+    SEND_TOO_MANY,
+    AppendStream,
+    EntryRing,
+    SpscRing,
+)
 from eventstream.raft.messages import Message, MessageType
 from eventstream.transport.frames import FrameDecoder, FrameError, frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
@@ -95,8 +106,8 @@ SEND_TIMEOUT_MS = int(SEND_TIMEOUT_S * 1000)
 DIAL_TIMEOUT_S = 1.0
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
-# Bytes of frames gathered before one write to the socket.
-SEND_CHUNK_BYTES = 1 << 20
+# Bytes of frames one cycle sends before it looks at the follower's answers again.
+CYCLE_SEND_BYTES = 4 << 20
 # Entries one merged AppendEntries may carry (each entry is already a batch of events).
 APPEND_ENTRIES_MAX = 256
 # Bytes read from the follower per recv, and the largest answer frame accepted.
@@ -177,9 +188,6 @@ class _Append:
         (self.term, self.prev_index, self.prev_term, self.commit, self.lo, self.hi, self.pos, self.end,
          self.data_bytes, _published_ns) = fields
 
-    def frame_bytes(self) -> int:
-        return APPEND_OVERHEAD_BYTES + 12 * (self.hi - self.lo + 1) + self.data_bytes
-
     def maybe_extend(self, o: tuple[int, ...], capacity: int, bytes_max: int) -> bool:
         term, prev_index, _prev_term, commit, lo, hi, pos, end, data_bytes, _published_ns = o
         # The next record follows this one's end, or starts the next lap after a wrap marker.
@@ -207,13 +215,11 @@ class ReplicationWorker:
         self.node_bell_fd = node_bell_fd
         self.append_bytes_max = append_bytes_max
         self.sock: socket.socket | None = None
-        self.out = bytearray(SEND_CHUNK_BYTES)
+        self.stream = AppendStream(-1, SEND_TIMEOUT_MS)
         self._carry: tuple[int, bytes] | None = None
         self._decoder = FrameDecoder(crc32c, ANSWER_FRAME_BYTES_MAX)
         self._responses: list[bytes] = []
         self.messages = 0
-        self.bytes = 0
-        self.sends = 0
         self.dropped = 0
         self.stale = 0
         self.wake = WakeCounters()
@@ -331,25 +337,24 @@ class ReplicationWorker:
         if self.sock is None:
             self._discard_orders()
             return
-        out = self.out
-        used = 0
+        try:
+            self._send_orders()
+        except OSError as exc:
+            self._lost(f"send failed: {exc}")
+
+    def _send_orders(self) -> None:
+        stream = self.stream
         capacity = self.entries.capacity
-        while used < SEND_CHUNK_BYTES:
+        queued = 0
+        while queued < CYCLE_SEND_BYTES:
             record = self._carry if self._carry is not None else self.control.read()
             self._carry = None
             if record is None:
                 break
             kind, payload = record
             if kind == ORDER_MESSAGE:
-                need = 8 + len(payload)
-                if used and used + need > len(out):
-                    self._carry = record
-                    break
-                if need > len(out):
-                    out = self.out = bytearray(need)
-                out[used:used + 8] = frame_header(len(payload), crc32c(payload))
-                out[used + 8:used + need] = payload
-                used += need
+                stream.queue_message(payload)
+                queued += 8 + len(payload)
                 self.messages += 1
                 continue
             if kind != ORDER_APPEND or len(payload) != APPEND_ORDER.size:
@@ -372,36 +377,31 @@ class ReplicationWorker:
                     self._carry = following
                     break
                 self.wake.observe_order_wait(time.monotonic_ns() - fields[-1])
-            need = append.frame_bytes()
-            if used and used + need > len(out):
-                self._send(used)
-                if self.sock is None:
-                    return
-                used = 0
-            if need > len(out):
-                out = self.out = bytearray(need)
-            n = self.entries.encode_append(out, used, self.peer_id, self.node_id, append.term, append.prev_index,
-                                           append.prev_term, append.commit, append.pos, append.lo, append.hi)
+            n = stream.queue_append(self.entries, self.peer_id, self.node_id, append.term, append.prev_index,
+                                    append.prev_term, append.commit, append.pos, append.lo, append.hi)
+            if n == SEND_TOO_MANY:
+                n = self._queue_copied(append)
             if n < 0:
-                # Overwritten (or never there): send nothing; the node re-probes from the log.
+                # Overwritten (or never there): not sent; the node re-probes from the log.
                 self.stale += 1
                 self._stale_unreported.append(append.lo)
+                if n == SEND_LAPPED:
+                    self._lost(f"entries from {append.lo} were overwritten while being sent; frame left unfinished")
+                    return
                 continue
-            used += n
+            queued += n
             self.messages += 1
-        if used:
-            self._send(used)
+        stream.flush()
 
-    def _send(self, used: int) -> None:
-        sock = self.sock
-        assert sock is not None
-        try:
-            send_all(sock.fileno(), memoryview(self.out)[:used], SEND_TIMEOUT_MS)
-        except OSError as exc:
-            self._lost(f"send failed: {exc}")
-            return
-        self.bytes += used
-        self.sends += 1
+    def _queue_copied(self, append: _Append) -> int:
+        """An order of more entries than one gather list takes (a follower catching up): its
+        frame is copied out of the ring, checked, and sent from the copy."""
+        out = bytearray(APPEND_OVERHEAD_BYTES + 12 * (append.hi - append.lo + 1) + append.data_bytes)
+        n: int = self.entries.encode_append(out, 0, self.peer_id, self.node_id, append.term, append.prev_index,
+                                            append.prev_term, append.commit, append.pos, append.lo, append.hi)
+        if n > 0:
+            self.stream.queue_frame(memoryview(out)[:n])
+        return n
 
     def _discard_orders(self) -> None:
         count = 1 if self._carry is not None else 0
@@ -422,13 +422,14 @@ class ReplicationWorker:
             sock.settimeout(SEND_TIMEOUT_S)
             hello = Hello(ROLE_REPLICATION, self.node_id, self.peer_id).encode()
             sock.sendall(frame_header(len(hello), crc32c(hello)) + hello)
-            # From here on: answers are read without waiting, frames written by send_all.
+            # From here on: answers are read without waiting, frames written by the stream.
             sock.setblocking(False)
         except OSError:
             self._next_dial = now + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             return
         self.sock = sock
+        self.stream.reset(sock.fileno())
         self._decoder = FrameDecoder(crc32c, ANSWER_FRAME_BYTES_MAX)
         self._backoff = BACKOFF_INITIAL_S
         self._connected_unreported = True
@@ -471,7 +472,8 @@ class ReplicationWorker:
 
     def _report_stats(self) -> None:
         # Totals, not deltas: a report that finds the ring full is simply superseded by the next.
-        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(self.messages, self.bytes, self.sends, self.dropped,
+        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(self.messages, self.stream.bytes_sent, self.stream.sends,
+                                                          self.dropped,
                                                           *self.wake.fields()))
 
 
