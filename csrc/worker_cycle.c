@@ -419,8 +419,13 @@ int esc_worker_run(esc_worker *w, uint64_t deadline_ns)
             if (w->pending_n || w->stale_n) {
                 timeout = w->cfg.status_retry_ms;
             } else if (esc_ring_prepare_wait(w->control)) {
+                /* A full poll_ms, not cut short by the deadline, while the link is up: a sleep
+                 * that ends by its timeout then means nothing came for poll_ms, and one that
+                 * finds orders waiting is a missed wake-up (worker.py's WakeCounters). Under
+                 * load the loop passes its top often enough to meet the deadline anyway. With
+                 * the link down the next dial is due at the deadline. */
                 uint64_t left_ms = (deadline_ns - now + 999999u) / 1000000u;
-                timeout = left_ms < (uint64_t)w->cfg.poll_ms ? (int)left_ms : w->cfg.poll_ms;
+                timeout = w->fd >= 0 || left_ms >= (uint64_t)w->cfg.poll_ms ? w->cfg.poll_ms : (int)left_ms;
                 slept = 1;
             }
         }
@@ -440,7 +445,7 @@ int esc_worker_run(esc_worker *w, uint64_t deadline_ns)
             ready = 0;
         if (slept) {
             w->sleeps++;
-            if (ready <= 0 && esc_ring_used(w->control))
+            if (ready <= 0 && timeout == w->cfg.poll_ms && esc_ring_used(w->control))
                 w->missed_wakeups++;
         }
         if (ready <= 0 && timeout > 0)

@@ -15,9 +15,10 @@
  * at init: the receive buffer holds one largest answer frame plus one read; pending answers,
  * pending stale reports and the entries of one merged AppendEntries are bounded.
  *
- * The run returns to Python when a deadline passes (time for the totals report or a redial),
- * after an idle sleep (Python checks its parent is alive), when the link is lost (the caller
- * closes its socket; lost_reason says why), or on a corrupt control ring.
+ * The run returns to Python when a deadline passes (time for the totals report or a redial;
+ * met at the next pass, so an idle worker with a link up may report up to poll_ms late), after
+ * an idle sleep (Python checks its parent is alive), when the link is lost (the caller closes
+ * its socket; lost_reason says why), or on a corrupt control ring.
  */
 #ifndef ESC_WORKER_CYCLE_H
 #define ESC_WORKER_CYCLE_H
