@@ -1,4 +1,4 @@
-# distutils: sources = csrc/spsc_ring.c csrc/entry_ring.c csrc/crc32c.c csrc/send_all.c
+# distutils: sources = csrc/spsc_ring.c csrc/entry_ring.c csrc/crc32c.c csrc/send_all.c csrc/append_stream.c csrc/worker_cycle.c
 """Python face of the replication pool's shared-memory rings.
 
 SpscRing (csrc/spsc_ring.h has the layout and the memory-ordering argument): one object is one
@@ -8,23 +8,41 @@ contract; two producers (or two consumers) are not.
 
 EntryRing (csrc/entry_ring.h): the leader appends each new log entry once; every worker builds
 AppendEntries frames from it at its own positions (encode_append), and learns when the leader
-has overwritten what it was asked to send."""
+has overwritten what it was asked to send.
+
+AppendStream (csrc/append_stream.h): a worker's frames to its follower, AppendEntries sent with
+their entry bytes straight from the entry ring (no copy into a send buffer), each frame's last
+byte held back until a check after the send proves the kernel copied untorn bytes.
+
+WorkerCycle (csrc/worker_cycle.h): a replication worker's whole cycle (answers in, orders out,
+reports, sleep) run without the GIL until a deadline or until the worker's Python code is needed."""
 
 import os
 
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
-from posix.uio cimport iovec
+
+from append_stream_h cimport (
+    ESC_FRAME_HEAD, ESC_MESSAGE_HEAD, ESC_STREAM_LAPPED, ESC_STREAM_SEND_FAILED, esc_append_frame_encode, esc_append_head,
+    esc_stream,
+    esc_stream_flush, esc_stream_free, esc_stream_init, esc_stream_queue_append, esc_stream_queue_frame,
+    esc_stream_queue_message,
+    esc_stream_reset,
+)
 
 from byte_views cimport as_byte_view
-from crc32c_h cimport esc_crc32c
+from worker_cycle_h cimport (
+    ESC_LOST_CLOSED, ESC_LOST_FRAME_CRC, ESC_LOST_FRAME_TOO_LONG, ESC_LOST_LAPPED, ESC_LOST_RECV_FAILED,
+    ESC_LOST_SEND_FAILED, ESC_RECV_BYTES, ESC_RESPONSE_BYTES, ESC_RUN_DEADLINE, ESC_RUN_IDLE, ESC_RUN_LOST,
+    ESC_RUN_RING_CORRUPT, ESC_WAIT_BOUNDS_MAX, esc_worker, esc_worker_config, esc_worker_feed, esc_worker_free, esc_worker_init,
+    esc_worker_link, esc_worker_run,
+)
 from entry_ring_h cimport (
     ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY, ESC_ENTRY_MISMATCH, ESC_ENTRY_NO_ROOM, ESC_ENTRY_OK,
     ESC_ENTRY_STALE, ESC_ENTRY_TOO_LARGE, esc_entry_ring, esc_entry_ring_append, esc_entry_ring_attach,
-    esc_entry_ring_gather, esc_entry_ring_init, esc_entry_ring_low, esc_entry_ring_max_payload,
+    esc_entry_ring_init, esc_entry_ring_low, esc_entry_ring_max_payload,
     esc_entry_ring_tail,
 )
-from send_all_h cimport esc_send_all
 from spsc_ring_h cimport (
     ESC_RING_BAD_MAPPING, ESC_RING_CORRUPT, ESC_RING_EMPTY, ESC_RING_FULL, ESC_RING_HEADER_BYTES,
     ESC_RING_MIN_CAPACITY, ESC_RING_OK, ESC_RING_TOO_LARGE, esc_ring, esc_ring_attach,
@@ -35,24 +53,12 @@ from spsc_ring_h cimport (
 
 HEADER_BYTES = ESC_RING_HEADER_BYTES
 MIN_CAPACITY = ESC_RING_MIN_CAPACITY
-# Bytes of a wire frame's head: u32 length, u32 CRC-32C (eventstream/transport/frames.py).
-cdef enum:
-    FRAME_HEAD = 8
-
-
 class RingError(ValueError):
     """The mapping is not a ring, or its contents break the ring's invariants."""
 
 
 class RecordTooLargeError(ValueError):
     """A record larger than the ring's max_payload: it can never be written."""
-
-
-cdef inline void store_u32le(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v & 0xFF
-    p[1] = (v >> 8) & 0xFF
-    p[2] = (v >> 16) & 0xFF
-    p[3] = (v >> 24) & 0xFF
 
 
 cdef class _SharedMapping:
@@ -191,41 +197,22 @@ cdef class SpscRing(_SharedMapping):
 
 
 
-def send_all(int fd, data, int timeout_ms):
-    """Write all of `data` to non-blocking socket fd, waiting up to timeout_ms whenever its
-    buffer is full. OSError on failure or timeout (the stream may then hold part of it)."""
-    cdef const unsigned char[::1] v = as_byte_view(data)
-    cdef iovec iov
-    cdef int rc
-    if v.shape[0] == 0:
-        return
-    iov.iov_base = <void *>&v[0]
-    iov.iov_len = v.shape[0]
-    with nogil:
-        rc = esc_send_all(fd, &iov, 1, timeout_ms)
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
-
-
 ENTRY_HEADER_BYTES = ESC_ENTRY_HEADER_BYTES
 ENTRY_MIN_CAPACITY = ESC_ENTRY_MIN_CAPACITY
 # encode_append results other than a frame length.
 GATHER_STALE = ESC_ENTRY_STALE
 GATHER_MISMATCH = ESC_ENTRY_MISMATCH
-cdef enum:
-    # The fixed head of a peer message (eventstream/transport/peer_codec.py): its byte layout is
-    # written field by field below, and a differential test holds it to encode_message.
-    MESSAGE_HEAD = 88
-    ENTRY_ROW = 12
-    PEER_CODEC_VERSION = 1
-    MESSAGE_APPEND = 1
-APPEND_OVERHEAD_BYTES = FRAME_HEAD + MESSAGE_HEAD
-
-
-cdef inline void store_u64le(uint8_t *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        p[i] = (v >> (8 * i)) & 0xFF
+# The frame head (u32 length, u32 CRC-32C; eventstream/transport/frames.py) and the fixed head of
+# a peer message (eventstream/transport/peer_codec.py) before an AppendEntries' entry table: its
+# byte layout is written field by field in csrc/append_stream.c, and a differential test holds
+# it to encode_message.
+APPEND_OVERHEAD_BYTES = ESC_FRAME_HEAD + ESC_MESSAGE_HEAD
+# AppendStream.queue_append: the entries were overwritten while the kernel copied them; the frame
+# was left without its last byte and the link must be closed.
+SEND_LAPPED = ESC_STREAM_LAPPED
+# AppendStream.queue_append: more entries than one gather list takes; nothing was sent (copy the
+# frame out with encode_append and queue_frame it).
+SEND_TOO_MANY = ESC_ENTRY_NO_ROOM
 
 
 cdef class EntryRing(_SharedMapping):
@@ -282,41 +269,202 @@ cdef class EntryRing(_SharedMapping):
         not hold entry lo (then nothing may be sent). ValueError when out is too small."""
         self._check()
         cdef unsigned char[::1] dst = out
-        cdef size_t room
-        cdef int64_t gathered
-        cdef uint8_t *body
-        cdef uint64_t count
-        if offset > <size_t>dst.shape[0] or dst.shape[0] - offset < FRAME_HEAD + MESSAGE_HEAD:
+        cdef int64_t n
+        cdef esc_append_head head
+        if offset > <size_t>dst.shape[0] or dst.shape[0] - offset < ESC_FRAME_HEAD + ESC_MESSAGE_HEAD:
             raise ValueError("out has no room for an AppendEntries head")
-        if hi < lo or hi - lo >= 0xFFFFFFFF:
-            return GATHER_MISMATCH
-        count = hi - lo + 1
-        room = dst.shape[0] - offset - FRAME_HEAD - MESSAGE_HEAD
-        body = &dst[offset + FRAME_HEAD]
+        head.to, head.sender, head.term = to, sender, term
+        head.prev_index, head.prev_term, head.commit = prev_index, prev_term, commit
         with nogil:
-            gathered = esc_entry_ring_gather(&self.ring, pos, lo, hi, body + MESSAGE_HEAD, room)
-            if gathered >= 0:
-                body[0] = PEER_CODEC_VERSION
-                body[1] = MESSAGE_APPEND
-                body[2] = 0  # flags
-                body[3] = 0  # voters
-                store_u64le(body + 4, to)
-                store_u64le(body + 12, sender)
-                store_u64le(body + 20, term)
-                store_u64le(body + 28, prev_index)
-                store_u64le(body + 36, prev_term)
-                store_u64le(body + 44, commit)
-                store_u64le(body + 52, 0)  # hint_index
-                store_u64le(body + 60, 0)  # read_seq
-                store_u64le(body + 68, 0)  # offset
-                store_u32le(body + 76, <uint32_t>count)
-                store_u32le(body + 80, 0)  # context length
-                store_u32le(body + 84, 0)  # data length
-                store_u32le(body - FRAME_HEAD, <uint32_t>(MESSAGE_HEAD + gathered))
-                store_u32le(body - FRAME_HEAD + 4, esc_crc32c(0, body, MESSAGE_HEAD + gathered))
-        if gathered == ESC_ENTRY_NO_ROOM:
+            n = esc_append_frame_encode(&self.ring, &head, pos, lo, hi, &dst[offset], dst.shape[0] - offset)
+        if n == ESC_ENTRY_NO_ROOM:
             raise ValueError(f"out has no room for entries {lo}..{hi}")
-        if gathered < 0:
-            return gathered
-        return FRAME_HEAD + MESSAGE_HEAD + gathered
+        return n
 
+
+cdef class AppendStream:
+    """A worker's frames to its follower over socket fd (non-blocking), written with sendmsg.
+
+    queue_message and queue_append queue frames; an AppendEntries goes to the kernel at once
+    (all but its last byte, which leads the next send: csrc/append_stream.h), the rest on
+    flush(). Sends wait up to timeout_ms whenever the socket's buffer is full. A send that fails
+    raises OSError; the stream then holds part of a frame at most and the link must be closed
+    (reset() starts over on a new one)."""
+    cdef esc_stream stream
+
+    def __cinit__(self, int fd, int timeout_ms, size_t local_bytes=1 << 18):
+        if local_bytes < 4096:
+            raise ValueError(f"a local buffer of {local_bytes} bytes is below the 4096 the stream needs")
+        if esc_stream_init(&self.stream, fd, timeout_ms, local_bytes) != 0:
+            raise MemoryError("no memory for the stream's local buffer")
+
+    def __dealloc__(self):
+        esc_stream_free(&self.stream)
+
+    cdef int _failed(self) except -1:
+        raise OSError(self.stream.error, os.strerror(self.stream.error))
+
+    def reset(self, int fd):
+        """Forget whatever is queued (the link was lost) and write to fd from now on."""
+        esc_stream_reset(&self.stream, fd)
+
+    cdef int _queue(self, data, bint framed) except -1:
+        cdef const unsigned char[::1] v = as_byte_view(data)
+        cdef const uint8_t *p = &v[0] if v.shape[0] else NULL
+        cdef size_t n = v.shape[0]
+        cdef int rc
+        with nogil:
+            if framed:
+                rc = esc_stream_queue_frame(&self.stream, NULL, 0, p, n)
+            else:
+                rc = esc_stream_queue_message(&self.stream, p, n)
+        if rc != 0:
+            self._failed()
+        return 0
+
+    def queue_message(self, payload):
+        """Queue one full message (an encoded peer message) as a frame."""
+        self._queue(payload, False)
+
+    def queue_frame(self, frame):
+        """Queue bytes that are already a whole frame (from EntryRing.encode_append)."""
+        self._queue(frame, True)
+
+    def queue_append(self, EntryRing entries, uint64_t to, uint64_t sender, uint64_t term, uint64_t prev_index,
+                     uint64_t prev_term, uint64_t commit, uint64_t pos, uint64_t lo, uint64_t hi):
+        """Send entries lo..hi of `entries`, read from the record at `pos` on, as one
+        AppendEntries frame (the body eventstream/transport/peer_codec.py encodes). Returns the
+        frame's length; GATHER_STALE or GATHER_MISMATCH when nothing was sent (as encode_append);
+        SEND_TOO_MANY when nothing was sent because the entries are too many for one gather
+        list; SEND_LAPPED when the entries were overwritten during the send (close the link)."""
+        entries._check()
+        cdef esc_append_head head
+        cdef int64_t rc
+        head.to, head.sender, head.term = to, sender, term
+        head.prev_index, head.prev_term, head.commit = prev_index, prev_term, commit
+        with nogil:
+            rc = esc_stream_queue_append(&self.stream, &entries.ring, &head, pos, lo, hi)
+        if rc == ESC_STREAM_SEND_FAILED:
+            self._failed()
+        return rc
+
+    def flush(self):
+        """Send and push everything queued."""
+        cdef int rc
+        with nogil:
+            rc = esc_stream_flush(&self.stream)
+        if rc != 0:
+            self._failed()
+
+    @property
+    def bytes_sent(self):
+        """Bytes handed to the kernel since the stream was made."""
+        return self.stream.bytes_sent
+
+    @property
+    def sends(self):
+        """esc_send_all calls (sendmsg batches) since the stream was made."""
+        return self.stream.sends
+
+
+RUN_DEADLINE = ESC_RUN_DEADLINE
+RUN_IDLE = ESC_RUN_IDLE
+RUN_LOST = ESC_RUN_LOST
+RUN_RING_CORRUPT = ESC_RUN_RING_CORRUPT
+RECV_BYTES = ESC_RECV_BYTES
+
+
+cdef class WorkerCycle:
+    """One replication worker's cycle in C (csrc/worker_cycle.h). The rings stay owned by their
+    Python objects, which this keeps alive; the status ring's other records (STATS) may be
+    written through its SpscRing between runs, never during one."""
+    cdef esc_worker w
+    cdef bint ready
+    cdef object rings
+
+    def __cinit__(self, uint64_t node_id, uint64_t peer_id, EntryRing entries, SpscRing control, SpscRing status,
+                  int doorbell_fd, int node_bell_fd, uint64_t append_bytes_max, uint64_t append_entries_max,
+                  uint64_t answer_frame_max, int send_timeout_ms, int poll_ms, int status_retry_ms,
+                  wait_bounds_ns):
+        cdef esc_worker_config cfg
+        cdef int n = len(wait_bounds_ns)
+        cdef int i
+        if n > ESC_WAIT_BOUNDS_MAX:
+            raise ValueError(f"{n} order-wait bounds; at most {ESC_WAIT_BOUNDS_MAX}")
+        for i in range(n):
+            cfg.wait_bounds_ns[i] = wait_bounds_ns[i]
+        cfg.n_wait_bounds = n
+        cfg.node_id, cfg.peer_id = node_id, peer_id
+        cfg.append_bytes_max, cfg.append_entries_max = append_bytes_max, append_entries_max
+        cfg.answer_frame_max = answer_frame_max
+        cfg.doorbell_fd, cfg.node_bell_fd = doorbell_fd, node_bell_fd
+        cfg.send_timeout_ms, cfg.poll_ms, cfg.status_retry_ms = send_timeout_ms, poll_ms, status_retry_ms
+        entries._check()
+        control._check()
+        status._check()
+        if esc_worker_init(&self.w, &cfg, &entries.ring, &control.ring, &status.ring) != 0:
+            raise MemoryError("no memory for the worker's buffers")
+        self.rings = (entries, control, status)
+        self.ready = True
+
+    def __dealloc__(self):
+        if self.ready:
+            esc_worker_free(&self.w)
+
+    def link(self, int fd):
+        """The link to the follower is up on fd (CONNECTED is reported), or down (-1)."""
+        esc_worker_link(&self.w, fd)
+
+    def run(self, uint64_t deadline_ns):
+        """Cycle until CLOCK_MONOTONIC deadline_ns, an idle sleep, a lost link or a corrupt control
+        ring: RUN_DEADLINE, RUN_IDLE, RUN_LOST (see lost_reason) or RUN_RING_CORRUPT."""
+        cdef int rc
+        with nogil:
+            rc = esc_worker_run(&self.w, deadline_ns)
+        return rc
+
+    def lost_reason(self):
+        """Why the last RUN_LOST happened, in words."""
+        cdef int reason = self.w.lost_reason
+        if reason == ESC_LOST_RECV_FAILED:
+            return f"receive failed: {os.strerror(self.w.lost_errno)}"
+        if reason == ESC_LOST_CLOSED:
+            return "follower closed the replication link"
+        if reason == ESC_LOST_FRAME_TOO_LONG:
+            return f"bad frame from the follower: length prefix {self.w.lost_a} exceeds the limit"
+        if reason == ESC_LOST_FRAME_CRC:
+            return (f"bad frame from the follower: frame CRC mismatch: header says {self.w.lost_a:#010x}, "
+                    f"body has {self.w.lost_b:#010x}")
+        if reason == ESC_LOST_SEND_FAILED:
+            return f"send failed: {os.strerror(self.w.lost_errno)}"
+        if reason == ESC_LOST_LAPPED:
+            return f"entries from {self.w.lost_a} were overwritten while being sent; frame left unfinished"
+        return "link lost"
+
+    def feed(self, data):
+        """Take received bytes as a read of the link would (tests drive the answer decoder with
+        this): 0, -1 after a bad frame (the link is then down), -2 when nothing could be taken."""
+        cdef const unsigned char[::1] v = as_byte_view(data)
+        return esc_worker_feed(&self.w, &v[0] if v.shape[0] else NULL, v.shape[0])
+
+    def take_pending(self):
+        """The RESPONSE records waiting for the status ring, removed from it (tests)."""
+        records = [bytes(self.w.pending[k][:ESC_RESPONSE_BYTES]) for k in range(self.w.pending_n)]
+        self.w.pending_n = 0
+        return records
+
+    def totals(self):
+        """messages, bytes, sends, dropped, then the wake counters (worker.py's WakeCounters
+        fields): sleeps, doorbell wakes, missed wake-ups, order wait ns, the wait buckets."""
+        buckets = [self.w.wait_buckets[k] for k in range(self.w.cfg.n_wait_bounds + 1)]
+        return (self.w.messages, self.w.stream.bytes_sent, self.w.stream.sends, self.w.dropped, self.w.sleeps,
+                self.w.doorbell_wakes, self.w.missed_wakeups, self.w.order_wait_ns, *buckets)
+
+    @property
+    def refusals(self):
+        """(malformed answers, unexpected answers, unknown orders) dropped so far."""
+        return (self.w.malformed_answers, self.w.unexpected_answers, self.w.unknown_orders)
+
+    @property
+    def answers_relayed(self):
+        return self.w.answers_relayed

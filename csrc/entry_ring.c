@@ -93,60 +93,82 @@ int esc_entry_ring_append(esc_entry_ring *ring, uint64_t index, uint64_t term, c
 }
 
 /* After a failed check: the bytes were overwritten (STALE) or the order was wrong (MISMATCH). */
-static int64_t failure(const esc_entry_ring *ring, uint64_t pos)
+static int failure(const esc_entry_ring *ring, uint64_t pos)
+{
+    return esc_entry_ring_check(ring, pos) == ESC_ENTRY_STALE ? ESC_ENTRY_STALE : ESC_ENTRY_MISMATCH;
+}
+
+int esc_entry_ring_check(const esc_entry_ring *ring, uint64_t pos)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    return __atomic_load_n(U64_AT(ring, OFF_LOW), __ATOMIC_RELAXED) > pos ? ESC_ENTRY_STALE : ESC_ENTRY_MISMATCH;
+    return __atomic_load_n(U64_AT(ring, OFF_LOW), __ATOMIC_RELAXED) > pos ? ESC_ENTRY_STALE : ESC_ENTRY_OK;
+}
+
+int esc_entry_cursor_begin(const esc_entry_ring *ring, esc_entry_cursor *cursor, uint64_t pos)
+{
+    cursor->cur = pos;
+    cursor->tail = __atomic_load_n(U64_AT(ring, OFF_TAIL), __ATOMIC_ACQUIRE);
+    return (pos & 7u) != 0 ? ESC_ENTRY_MISMATCH : ESC_ENTRY_OK;
+}
+
+int esc_entry_cursor_next(const esc_entry_ring *ring, esc_entry_cursor *cursor, uint64_t walk_pos, uint64_t index,
+                          uint64_t *term, const uint8_t **payload, uint32_t *length)
+{
+    const uint64_t tail = cursor->tail;
+    uint64_t cur = cursor->cur, at, got, need;
+    const uint8_t *rec;
+    if (cur + ESC_ENTRY_RECORD_HEAD > tail)
+        return failure(ring, walk_pos);
+    at = cur & (ring->capacity - 1);
+    memcpy(&got, ring->data + at, 8);
+    if (got == ESC_ENTRY_WRAP) {
+        cur += ring->capacity - at;
+        at = 0;
+        if (cur + ESC_ENTRY_RECORD_HEAD > tail)
+            return failure(ring, walk_pos);
+        memcpy(&got, ring->data, 8);
+    }
+    if (at + ESC_ENTRY_RECORD_HEAD > ring->capacity)
+        return failure(ring, walk_pos);
+    rec = ring->data + at;
+    memcpy(term, rec + 8, 8);
+    memcpy(length, rec + 16, 4);
+    need = pad8(ESC_ENTRY_RECORD_HEAD + (uint64_t)*length);
+    if (got != index || *length > esc_entry_ring_max_payload(ring) || at + need > ring->capacity || cur + need > tail)
+        return failure(ring, walk_pos);
+    *payload = rec + ESC_ENTRY_RECORD_HEAD;
+    cursor->cur = cur + need;
+    return ESC_ENTRY_OK;
 }
 
 int64_t esc_entry_ring_gather(const esc_entry_ring *ring, uint64_t pos, uint64_t lo, uint64_t hi, uint8_t *out,
                               size_t room)
 {
-    const uint64_t mask = ring->capacity - 1;
-    const uint64_t max_payload = esc_entry_ring_max_payload(ring);
-    uint64_t tail = __atomic_load_n(U64_AT(ring, OFF_TAIL), __ATOMIC_ACQUIRE);
-    uint64_t count, cur = pos, index;
+    esc_entry_cursor cursor;
+    uint64_t count, index;
     size_t written;
-    if (hi < lo || (pos & 7u) != 0)
+    if (hi < lo || esc_entry_cursor_begin(ring, &cursor, pos) != ESC_ENTRY_OK)
         return ESC_ENTRY_MISMATCH;
     count = hi - lo + 1;
     if (count > room / TABLE_ROW)
         return ESC_ENTRY_NO_ROOM;
     written = (size_t)(count * TABLE_ROW);
     for (index = lo; index <= hi; index++) {
-        uint64_t at, got, term, need;
+        uint64_t term;
         uint32_t length;
-        const uint8_t *rec;
-        if (cur + ESC_ENTRY_RECORD_HEAD > tail)
-            return failure(ring, pos);
-        at = cur & mask;
-        memcpy(&got, ring->data + at, 8);
-        if (got == ESC_ENTRY_WRAP) {
-            cur += ring->capacity - at;
-            at = 0;
-            if (cur + ESC_ENTRY_RECORD_HEAD > tail)
-                return failure(ring, pos);
-            memcpy(&got, ring->data, 8);
-        }
-        if (at + ESC_ENTRY_RECORD_HEAD > ring->capacity)
-            return failure(ring, pos);
-        rec = ring->data + at;
-        memcpy(&term, rec + 8, 8);
-        memcpy(&length, rec + 16, 4);
-        need = pad8(ESC_ENTRY_RECORD_HEAD + (uint64_t)length);
-        if (got != index || length > max_payload || at + need > ring->capacity || cur + need > tail)
-            return failure(ring, pos);
+        const uint8_t *payload;
+        int rc = esc_entry_cursor_next(ring, &cursor, pos, index, &term, &payload, &length);
+        if (rc != ESC_ENTRY_OK)
+            return rc;
         if (length > room - written)
             return ESC_ENTRY_NO_ROOM;
         esc_store_u64(out + (index - lo) * TABLE_ROW, term);
         esc_store_u32(out + (index - lo) * TABLE_ROW + 8, length);
-        memcpy(out + written, rec + ESC_ENTRY_RECORD_HEAD, length);
+        memcpy(out + written, payload, length);
         written += length;
-        cur += need;
     }
     /* The copy is good only if no byte from `pos` on was given up while we read it. */
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    if (__atomic_load_n(U64_AT(ring, OFF_LOW), __ATOMIC_RELAXED) > pos)
+    if (esc_entry_ring_check(ring, pos) != ESC_ENTRY_OK)
         return ESC_ENTRY_STALE;
     return (int64_t)written;
 }

@@ -90,6 +90,28 @@ uint64_t esc_entry_ring_low(const esc_entry_ring *ring);
 int esc_entry_ring_append(esc_entry_ring *ring, uint64_t index, uint64_t term, const uint8_t *payload,
                           uint64_t length, uint64_t *pos);
 
+/* Reader: a walk over consecutive records from a position, one entry at a time. */
+typedef struct {
+    uint64_t cur;   /* position of the next record (or of a wrap marker before it) */
+    uint64_t tail;  /* the producer's tail, loaded ACQUIRE when the walk began */
+} esc_entry_cursor;
+
+/* Start a walk at pos (8-aligned, else ESC_ENTRY_MISMATCH). */
+int esc_entry_cursor_begin(const esc_entry_ring *ring, esc_entry_cursor *cursor, uint64_t pos);
+
+/* The next record, which must hold entry `index`: its term, payload (pointing INTO the ring: a
+ * later overwrite can change those bytes, see esc_entry_ring_check) and length. ESC_ENTRY_OK, or
+ * ESC_ENTRY_STALE / ESC_ENTRY_MISMATCH (for the walk that began at walk_pos). Every header is
+ * bounds-checked before use: whatever the mapping holds, the payload lies inside the ring. */
+int esc_entry_cursor_next(const esc_entry_ring *ring, esc_entry_cursor *cursor, uint64_t walk_pos, uint64_t index,
+                          uint64_t *term, const uint8_t **payload, uint32_t *length);
+
+/* The seqlock check: ESC_ENTRY_OK when no byte at a position >= pos had been given up for
+ * overwriting when this is called, so every read of those bytes made before the call (by this
+ * thread, or by the kernel on its behalf in a system call that returned) saw what was published
+ * there; ESC_ENTRY_STALE otherwise. */
+int esc_entry_ring_check(const esc_entry_ring *ring, uint64_t pos);
+
 /* Reader: copy entries lo..hi (the record at pos is lo, each next record the next index) into
  * out: first the wire table of the AppendEntries message (u64 term, u32 length per entry,
  * little-endian; eventstream/transport/peer_codec.py), then the payloads back to back. Returns

@@ -5,10 +5,10 @@
 #include <poll.h>
 #include <sys/socket.h>
 
-/* POSIX guarantees at least 16; Linux allows 1024. Callers here pass 128 at most. */
+/* POSIX guarantees at least 16; Linux allows 1024, the most append_stream.h queues. */
 #define SEND_IOV_MAX 1024
 
-int esc_send_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms)
+int esc_send_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int flags)
 {
     struct msghdr msg = {0};
     while (iovcnt > 0) {
@@ -16,7 +16,7 @@ int esc_send_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms)
         msg.msg_iov = iov;
         msg.msg_iovlen = (size_t)(iovcnt < SEND_IOV_MAX ? iovcnt : SEND_IOV_MAX);
         /* MSG_NOSIGNAL: a closed peer is an EPIPE to report, not a SIGPIPE to the worker. */
-        sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        sent = sendmsg(fd, &msg, flags | MSG_NOSIGNAL);
         if (sent < 0) {
             struct pollfd pfd = {fd, POLLOUT, 0};
             int ready;

@@ -9,7 +9,8 @@
 #include <sys/uio.h>
 
 /* 0 when every byte was written; -errno otherwise (-ETIMEDOUT when a wait ran out). iov is
- * modified (advanced past what was written). */
-int esc_send_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms);
+ * modified (advanced past what was written). flags are sendmsg's (MSG_MORE: more follows, do not
+ * push a partial segment yet); MSG_NOSIGNAL is always added. */
+int esc_send_all(int fd, struct iovec *iov, int iovcnt, int timeout_ms, int flags);
 
 #endif /* ESC_SEND_ALL_H */

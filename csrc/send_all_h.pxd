@@ -3,4 +3,4 @@ from posix.uio cimport iovec
 
 
 cdef extern from "send_all.h" nogil:
-    int esc_send_all(int fd, iovec *iov, int iovcnt, int timeout_ms)
+    int esc_send_all(int fd, iovec *iov, int iovcnt, int timeout_ms, int flags)

@@ -10,6 +10,10 @@ its answers to the leader's replication messages back on this link (transport/pe
 the worker reads them and relays each as a compact status record, which the node turns back
 into the Message the core would have received in-process.
 
+The cycle itself (poll, answers in, orders out, reports, sleep) runs in C without the GIL
+(csrc/worker_cycle.h); this module dials the link, reports totals every POLL_S, watches its
+parent, and says why a link was dropped or what it refused.
+
 The worker never decides what to send (Progress stays in the core, CONVENTIONS 4). It carries
 out two kinds of order:
     APPEND   "send entries lo..hi, read from the entry ring at position pos, as AppendEntries
@@ -20,9 +24,13 @@ out two kinds of order:
              many orders exist, so the worker keeps no window of its own.
     MESSAGE  a message the core encoded in full (heartbeats, snapshot chunks, entries that are
              no longer, or never were, in the entry ring): framed and sent as it is.
-When the entries an order names were overwritten in the entry ring before the worker copied
-them (the worker fell a whole ring behind), nothing is sent: the worker reports STALE and the
-node re-probes the follower, which then gets them from the log (§5.3 consistency check).
+An AppendEntries goes to the socket with its entries' bytes read straight from the entry ring
+(csrc/append_stream.h). When the entries an order names were overwritten in the entry ring
+before the worker got to them (it fell a whole ring behind), nothing is sent: the worker reports
+STALE and the node re-probes the follower, which then gets them from the log (§5.3 consistency
+check). When they were overwritten while the kernel copied them, the frame is left without its
+last byte, so the follower can never take it, and the link is dropped and redialled; the node
+re-probes on CONNECTED.
 
 When the link is down the worker discards orders, tells the node (UNREACHABLE), redials with
 capped backoff, and says CONNECTED once back: the node then re-probes the follower, so what
@@ -47,10 +55,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import contextlib
 import mmap
 import os
-import select
 import signal
 import socket
 import struct
@@ -58,11 +64,17 @@ import sys
 import time
 
 from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import APPEND_OVERHEAD_BYTES, EntryRing, SpscRing, send_all
+from eventstream._spsc_ring import (
+    RUN_LOST,
+    RUN_RING_CORRUPT,
+    EntryRing,
+    RingError,
+    SpscRing,
+    WorkerCycle,
+)
 from eventstream.raft.messages import Message, MessageType
-from eventstream.transport.frames import FrameDecoder, FrameError, frame_header
+from eventstream.transport.frames import frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
-from eventstream.transport.peer_codec import PeerCodecError, decode_message
 
 ORDER_MESSAGE = 1
 ORDER_APPEND = 2
@@ -95,16 +107,10 @@ SEND_TIMEOUT_MS = int(SEND_TIMEOUT_S * 1000)
 DIAL_TIMEOUT_S = 1.0
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
-# Bytes of frames gathered before one write to the socket.
-SEND_CHUNK_BYTES = 1 << 20
 # Entries one merged AppendEntries may carry (each entry is already a batch of events).
 APPEND_ENTRIES_MAX = 256
-# Bytes read from the follower per recv, and the largest answer frame accepted.
-RECV_BYTES = 1 << 16
+# The largest answer frame accepted from the follower.
 ANSWER_FRAME_BYTES_MAX = 1 << 20
-# Answers held while the status ring is full; past this the socket is not read (the follower's
-# own send buffer then holds them).
-PENDING_RESPONSES_MAX = 4096
 
 
 def response_record(m: Message) -> bytes:
@@ -168,30 +174,6 @@ class WakeCounters:
         return cls(sleeps, doorbell_wakes, missed, wait_ns, list(buckets))
 
 
-class _Append:
-    """One AppendEntries being assembled from one or more consecutive orders."""
-
-    __slots__ = ("term", "prev_index", "prev_term", "commit", "lo", "hi", "pos", "end", "data_bytes")
-
-    def __init__(self, fields: tuple[int, ...]) -> None:
-        (self.term, self.prev_index, self.prev_term, self.commit, self.lo, self.hi, self.pos, self.end,
-         self.data_bytes, _published_ns) = fields
-
-    def frame_bytes(self) -> int:
-        return APPEND_OVERHEAD_BYTES + 12 * (self.hi - self.lo + 1) + self.data_bytes
-
-    def maybe_extend(self, o: tuple[int, ...], capacity: int, bytes_max: int) -> bool:
-        term, prev_index, _prev_term, commit, lo, hi, pos, end, data_bytes, _published_ns = o
-        # The next record follows this one's end, or starts the next lap after a wrap marker.
-        follows = pos == self.end or (pos % capacity == 0 and 0 < pos - self.end < capacity)
-        if (term != self.term or prev_index != self.hi or lo != self.hi + 1 or not follows
-                or hi - self.lo + 1 > APPEND_ENTRIES_MAX or self.data_bytes + data_bytes > bytes_max):
-            return False
-        self.hi, self.commit, self.end = hi, commit, end
-        self.data_bytes += data_bytes
-        return True
-
-
 class ReplicationWorker:
     def __init__(self, node_id: int, peer_id: int, address: tuple[str, int], local_host: str | None,
                  entries: EntryRing, control: SpscRing, status: SpscRing, doorbell_fd: int, node_bell_fd: int,
@@ -200,216 +182,48 @@ class ReplicationWorker:
         self.peer_id = peer_id
         self.address = address
         self.local_host = local_host
-        self.entries = entries
-        self.control = control
         self.status = status
-        self.doorbell_fd = doorbell_fd
-        self.node_bell_fd = node_bell_fd
-        self.append_bytes_max = append_bytes_max
         self.sock: socket.socket | None = None
-        self.out = bytearray(SEND_CHUNK_BYTES)
-        self._carry: tuple[int, bytes] | None = None
-        self._decoder = FrameDecoder(crc32c, ANSWER_FRAME_BYTES_MAX)
-        self._responses: list[bytes] = []
-        self.messages = 0
-        self.bytes = 0
-        self.sends = 0
-        self.dropped = 0
-        self.stale = 0
-        self.wake = WakeCounters()
-        self._dropped_unreported = 0
-        self._stale_unreported: list[int] = []
-        self._connected_unreported = False
+        self.cycle = WorkerCycle(node_id, peer_id, entries, control, status, doorbell_fd, node_bell_fd,
+                                 append_bytes_max, APPEND_ENTRIES_MAX, ANSWER_FRAME_BYTES_MAX, SEND_TIMEOUT_MS,
+                                 POLL_MS, STATUS_RETRY_MS, _ORDER_WAIT_BOUNDS_NS)
+        self._refusals = (0, 0, 0)
         self._backoff = BACKOFF_INITIAL_S
         self._next_dial = 0.0
         self._next_stats = 0.0
 
     def run(self) -> None:
         parent = os.getppid()
-        # One poll per cycle covers the doorbell and the follower's answers: no syscall is made
-        # to find that there is nothing to read.
-        poller = select.poll()
-        poller.register(self.doorbell_fd, select.POLLIN)
-        watched: tuple[int, int] | None = None  # (socket fd, events) registered in poller
-        cycles = 0
         while True:
-            cycles += 1
-            # getppid is a system call: ask when idle (below) and every few thousand cycles.
-            if cycles % 4096 == 0 and os.getppid() != parent:
-                return
             now = time.monotonic()
             if self.sock is None and now >= self._next_dial:
                 self._dial(now)
             if now >= self._next_stats:
                 self._report_stats()
                 self._next_stats = now + POLL_S
-            # While answers wait for room in the status ring, the socket is not read.
-            want = (self.sock.fileno(), select.POLLIN if len(self._responses) < PENDING_RESPONSES_MAX else 0) \
-                if self.sock is not None else None
-            if want != watched:
-                if watched is not None and (want is None or want[0] != watched[0]):
-                    poller.unregister(watched[0])
-                    watched = None
-                if want is not None:
-                    if watched is None:
-                        poller.register(*want)
-                    else:
-                        poller.modify(*want)
-                watched = want
-            self._flush_status()
-            timeout_ms = 0
-            if self._carry is None and self.control.used == 0:
-                if self._responses or self._stale_unreported:
-                    timeout_ms = STATUS_RETRY_MS
-                elif self.control.prepare_wait():
-                    timeout_ms = POLL_MS
-            events = poller.poll(timeout_ms)
-            if timeout_ms == POLL_MS:
-                self.wake.sleeps += 1
-                if not events and self.control.used:
-                    self.wake.missed_wakeups += 1
-            if not events and timeout_ms and os.getppid() != parent:
+            deadline = self._next_stats if self.sock is not None else min(self._next_stats, self._next_dial)
+            # time.monotonic is CLOCK_MONOTONIC, the clock the cycle reads.
+            result = self.cycle.run(int(deadline * 1e9))
+            self._report_refusals()
+            if result == RUN_LOST:
+                self._lost(self.cycle.lost_reason())
+            elif result == RUN_RING_CORRUPT:
+                raise RingError("control ring corrupt: a record head points outside the published bytes")
+            # The cycle returns at least every POLL_S: often enough to notice an orphaned worker.
+            if os.getppid() != parent:
                 return
-            for fd, _events in events:
-                if fd == self.doorbell_fd:
-                    if timeout_ms == POLL_MS:
-                        self.wake.doorbell_wakes += 1
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self.doorbell_fd, 4096)
-                elif self.sock is not None and fd == self.sock.fileno():
-                    self._read_answers()
-            self._carry_out_orders()
 
-    # -- one cycle ----------------------------------------------------------------------------
-    def _read_answers(self) -> None:
-        """Take what the follower sent back (poll said there is some) and queue it as status
-        records."""
-        sock = self.sock
-        assert sock is not None
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+    def _report_refusals(self) -> None:
+        refusals = self.cycle.refusals
+        if refusals == self._refusals:
             return
-        except OSError as exc:
-            self._lost(f"receive failed: {exc}")
-            return
-        if not data:
-            self._lost("follower closed the replication link")
-            return
-        try:
-            bodies = self._decoder.feed(data)
-        except FrameError as exc:
-            self._lost(f"bad frame from the follower: {exc}")
-            return
-        for body in bodies:
-            self._queue_answer(body)
-        self._flush_status()
-
-    def _queue_answer(self, body: bytes) -> None:
-        try:
-            m = decode_message(body)
-        except PeerCodecError as exc:
-            print(f"replication worker {self.node_id}->{self.peer_id}: dropping a malformed answer: {exc}",
-                  file=sys.stderr, flush=True)
-            return
-        if m.type not in RESPONSE_TYPES or m.sender != self.peer_id or m.to != self.node_id:
-            print(f"replication worker {self.node_id}->{self.peer_id}: dropping an unexpected {m.type.name} "
-                  f"from {m.sender} to {m.to}", file=sys.stderr, flush=True)
-            return
-        record = response_record(m)
-        pending = self._responses
-        if pending and m.type == MessageType.APPEND_RESPONSE and not m.reject:
-            # A success supersedes the success just before it at the same term: the core only
-            # needs the highest index matched (its window frees through it).
-            last = RESPONSE_LAYOUT.unpack(pending[-1])
-            if last[0] == MessageType.APPEND_RESPONSE and not last[1] and last[2] == m.term and last[3] <= m.index:
-                pending[-1] = record
-                return
-        pending.append(record)
-
-    def _carry_out_orders(self) -> None:
-        if self.sock is None:
-            self._discard_orders()
-            return
-        out = self.out
-        used = 0
-        capacity = self.entries.capacity
-        while used < SEND_CHUNK_BYTES:
-            record = self._carry if self._carry is not None else self.control.read()
-            self._carry = None
-            if record is None:
-                break
-            kind, payload = record
-            if kind == ORDER_MESSAGE:
-                need = 8 + len(payload)
-                if used and used + need > len(out):
-                    self._carry = record
-                    break
-                if need > len(out):
-                    out = self.out = bytearray(need)
-                out[used:used + 8] = frame_header(len(payload), crc32c(payload))
-                out[used + 8:used + need] = payload
-                used += need
-                self.messages += 1
-                continue
-            if kind != ORDER_APPEND or len(payload) != APPEND_ORDER.size:
-                print(f"replication worker {self.node_id}->{self.peer_id}: unknown order {kind}; dropped",
+        what = ("malformed answers", "unexpected answers (not a replication answer from the follower to this "
+                "node)", "orders of an unknown kind")
+        for name, before, now in zip(what, self._refusals, refusals):
+            if now > before:
+                print(f"replication worker {self.node_id}->{self.peer_id}: dropped {now - before} {name}",
                       file=sys.stderr, flush=True)
-                continue
-            fields = APPEND_ORDER.unpack(payload)
-            # Both ends read CLOCK_MONOTONIC, one clock for the whole machine.
-            self.wake.observe_order_wait(time.monotonic_ns() - fields[-1])
-            append = _Append(fields)
-            while True:
-                following = self.control.read()
-                if following is None:
-                    break
-                if not (following[0] == ORDER_APPEND and len(following[1]) == APPEND_ORDER.size):
-                    self._carry = following
-                    break
-                fields = APPEND_ORDER.unpack(following[1])
-                if not append.maybe_extend(fields, capacity, self.append_bytes_max):
-                    self._carry = following
-                    break
-                self.wake.observe_order_wait(time.monotonic_ns() - fields[-1])
-            need = append.frame_bytes()
-            if used and used + need > len(out):
-                self._send(used)
-                if self.sock is None:
-                    return
-                used = 0
-            if need > len(out):
-                out = self.out = bytearray(need)
-            n = self.entries.encode_append(out, used, self.peer_id, self.node_id, append.term, append.prev_index,
-                                           append.prev_term, append.commit, append.pos, append.lo, append.hi)
-            if n < 0:
-                # Overwritten (or never there): send nothing; the node re-probes from the log.
-                self.stale += 1
-                self._stale_unreported.append(append.lo)
-                continue
-            used += n
-            self.messages += 1
-        if used:
-            self._send(used)
-
-    def _send(self, used: int) -> None:
-        sock = self.sock
-        assert sock is not None
-        try:
-            send_all(sock.fileno(), memoryview(self.out)[:used], SEND_TIMEOUT_MS)
-        except OSError as exc:
-            self._lost(f"send failed: {exc}")
-            return
-        self.bytes += used
-        self.sends += 1
-
-    def _discard_orders(self) -> None:
-        count = 1 if self._carry is not None else 0
-        self._carry = None
-        while self.control.read() is not None:
-            count += 1
-        self.dropped += count
-        self._dropped_unreported += count
+        self._refusals = refusals
 
     # -- the link -----------------------------------------------------------------------------
     def _dial(self, now: float) -> None:
@@ -422,57 +236,27 @@ class ReplicationWorker:
             sock.settimeout(SEND_TIMEOUT_S)
             hello = Hello(ROLE_REPLICATION, self.node_id, self.peer_id).encode()
             sock.sendall(frame_header(len(hello), crc32c(hello)) + hello)
-            # From here on: answers are read without waiting, frames written by send_all.
+            # From here on the cycle reads answers without waiting and writes frames with sendmsg.
             sock.setblocking(False)
         except OSError:
             self._next_dial = now + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             return
         self.sock = sock
-        self._decoder = FrameDecoder(crc32c, ANSWER_FRAME_BYTES_MAX)
+        self.cycle.link(sock.fileno())
         self._backoff = BACKOFF_INITIAL_S
-        self._connected_unreported = True
 
     def _lost(self, reason: str) -> None:
+        """The cycle dropped the link (it is already marked down there): close the socket."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         self._next_dial = time.monotonic() + self._backoff
         print(f"replication worker {self.node_id}->{self.peer_id}: {reason}", file=sys.stderr, flush=True)
 
-    # -- reports to the node ------------------------------------------------------------------
-    def _flush_status(self) -> None:
-        status = self.status
-        wrote = False
-        if self._connected_unreported and status.write(STATUS_CONNECTED, b""):
-            self._connected_unreported = False
-            wrote = True
-        if self._dropped_unreported and status.write(STATUS_UNREACHABLE, COUNT_LAYOUT.pack(self._dropped_unreported)):
-            self._dropped_unreported = 0
-            wrote = True
-        while self._stale_unreported and status.write(STATUS_STALE, COUNT_LAYOUT.pack(self._stale_unreported[0])):
-            del self._stale_unreported[0]
-            wrote = True
-        sent = 0
-        for record in self._responses:
-            if not status.write(STATUS_RESPONSE, record):
-                break
-            sent += 1
-        if sent:
-            del self._responses[:sent]
-            wrote = True
-        if wrote and status.wake_needed():
-            try:
-                os.write(self.node_bell_fd, b"\x01")
-            except BlockingIOError:
-                pass  # the pipe already holds unread rings: the node will wake
-            except OSError:
-                pass  # the pool stopped (read end closed): this worker is being stopped too
-
     def _report_stats(self) -> None:
         # Totals, not deltas: a report that finds the ring full is simply superseded by the next.
-        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(self.messages, self.bytes, self.sends, self.dropped,
-                                                          *self.wake.fields()))
+        self.status.write(STATUS_STATS, STATS_LAYOUT.pack(*self.cycle.totals()))
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -1,12 +1,10 @@
 """The shared-memory SPSC ring: records, wrap-around, full and oversize rings, corruption, the
-sleep/wake handshake, a two-process hammer; and send_all, the workers' socket write."""
+sleep/wake handshake, a two-process hammer."""
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -20,7 +18,6 @@ from eventstream._spsc_ring import (
     RecordTooLargeError,
     RingError,
     SpscRing,
-    send_all,
 )
 
 RING_BYTES = 1 << 16
@@ -73,24 +70,6 @@ def test_max_payload_fits_from_any_position_and_one_byte_more_is_refused() -> No
         assert consumer.read() == (3, big)
     with pytest.raises(RecordTooLargeError, match="exceeds"):
         producer.write(1, big + b"!")
-
-
-def test_send_all_that_cannot_finish_raises_timeout_and_a_gone_peer_is_an_error_not_a_signal() -> None:
-    a, b = socket.socketpair()
-    try:
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        a.setblocking(False)
-        send_all(a.fileno(), b"small", 50)
-        assert b.recv(16) == b"small"
-        with pytest.raises(OSError) as caught:
-            send_all(a.fileno(), bytes(1 << 22), 50)  # nobody reads b: the wait for room runs out
-        assert caught.value.errno == errno.ETIMEDOUT
-        b.close()
-        with pytest.raises(OSError):
-            send_all(a.fileno(), b"x" * 100_000, 50)  # the peer is gone: EPIPE/ECONNRESET, no SIGPIPE
-    finally:
-        a.close()
-        b.close()
 
 
 def test_sleep_handshake_asks_for_a_wake_only_when_the_consumer_announced_sleep() -> None:
