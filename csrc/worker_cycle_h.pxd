@@ -7,6 +7,13 @@ from spsc_ring_h cimport esc_ring
 
 
 cdef extern from "worker_cycle.h" nogil:
+    int ESC_ORDER_MESSAGE
+    int ESC_ORDER_APPEND
+    int ESC_ORDER_APPEND_BYTES
+    int ESC_STATUS_CONNECTED
+    int ESC_STATUS_UNREACHABLE
+    int ESC_STATUS_RESPONSE
+    int ESC_STATUS_STALE
     int ESC_WAIT_BOUNDS_MAX
     int ESC_RESPONSE_BYTES
     int ESC_RECV_BYTES

@@ -74,6 +74,7 @@ RUN_IDLE: int
 RUN_LOST: int
 RUN_RING_CORRUPT: int
 RECV_BYTES: int
+CYCLE_RECORDS: dict[str, int]
 
 class WorkerCycle:
     def __init__(self, node_id: int, peer_id: int, entries: EntryRing, control: SpscRing, status: SpscRing,

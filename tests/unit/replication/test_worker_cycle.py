@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from eventstream._crc32c import crc32c
 from eventstream._spsc_ring import (
+    CYCLE_RECORDS,
     ENTRY_HEADER_BYTES,
     HEADER_BYTES,
     RECV_BYTES,
@@ -28,6 +29,7 @@ from eventstream._spsc_ring import (
     WorkerCycle,
 )
 from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication import worker as worker_module
 from eventstream.replication.worker import (
     _ORDER_WAIT_BOUNDS_NS,
     RESPONSE_LAYOUT,
@@ -116,6 +118,19 @@ def bodies(draw: st.DrawFn) -> bytes:
     elif damage == "raw":
         body = draw(st.binary(max_size=120))
     return body
+
+
+def test_the_c_cycle_uses_the_record_kinds_and_sizes_of_the_python_side() -> None:
+    # worker_cycle.h repeats them as #defines; the node (pool.py) and worker.py use these.
+    python_side = {
+        "ORDER_MESSAGE": worker_module.ORDER_MESSAGE, "ORDER_APPEND": worker_module.ORDER_APPEND,
+        "ORDER_APPEND_BYTES": worker_module.APPEND_ORDER.size,
+        "STATUS_CONNECTED": worker_module.STATUS_CONNECTED, "STATUS_UNREACHABLE": worker_module.STATUS_UNREACHABLE,
+        "STATUS_RESPONSE": worker_module.STATUS_RESPONSE, "STATUS_STALE": worker_module.STATUS_STALE,
+        "RESPONSE_BYTES": RESPONSE_LAYOUT.size,
+    }
+    assert {k: CYCLE_RECORDS[k] for k in python_side} == python_side
+    assert len(worker_module.ORDER_WAIT_BOUNDS_S) <= CYCLE_RECORDS["WAIT_BOUNDS_MAX"]
 
 
 @settings(max_examples=300, deadline=None)
