@@ -14,11 +14,15 @@
 
 static inline uint64_t pad8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 
-int esc_entry_ring_init(esc_entry_ring *ring, void *mem, size_t mem_bytes)
+/* Formats a new ring in `mem` (format) or checks the one there (attach). */
+static int entry_ring_open(esc_entry_ring *ring, void *mem, size_t mem_bytes, int format)
 {
     /* At most 2^31, so a payload length always fits the record's u32. */
-    uint64_t capacity = esc_ring_header_format(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
-                                               ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC);
+    uint64_t capacity = format
+        ? esc_ring_header_format(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
+                                 ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC)
+        : esc_ring_header_read(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
+                               ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC);
     if (capacity == 0)
         return ESC_ENTRY_BAD_MAPPING;
     ring->base = (uint8_t *)mem;
@@ -27,16 +31,14 @@ int esc_entry_ring_init(esc_entry_ring *ring, void *mem, size_t mem_bytes)
     return ESC_ENTRY_OK;
 }
 
+int esc_entry_ring_init(esc_entry_ring *ring, void *mem, size_t mem_bytes)
+{
+    return entry_ring_open(ring, mem, mem_bytes, 1);
+}
+
 int esc_entry_ring_attach(esc_entry_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity = esc_ring_header_read(mem, mem_bytes, ESC_ENTRY_HEADER_BYTES, ESC_ENTRY_MIN_CAPACITY,
-                                             ESC_ENTRY_MAX_CAPACITY, ESC_ENTRY_MAGIC);
-    if (capacity == 0)
-        return ESC_ENTRY_BAD_MAPPING;
-    ring->base = (uint8_t *)mem;
-    ring->data = ring->base + ESC_ENTRY_HEADER_BYTES;
-    ring->capacity = capacity;
-    return ESC_ENTRY_OK;
+    return entry_ring_open(ring, mem, mem_bytes, 0);
 }
 
 uint64_t esc_entry_ring_max_payload(const esc_entry_ring *ring)

@@ -17,10 +17,14 @@ static inline uint64_t pad8(uint64_t n) { return (n + 7u) & ~(uint64_t)7u; }
 /* No bound of its own beyond what the mapping holds; this only keeps the doubling finite. */
 #define RING_MAX_CAPACITY (UINT64_C(1) << 62)
 
-int esc_ring_init(esc_ring *ring, void *mem, size_t mem_bytes)
+/* Formats a new ring in `mem` (format) or checks the one there (attach). */
+static int ring_open(esc_ring *ring, void *mem, size_t mem_bytes, int format)
 {
-    uint64_t capacity = esc_ring_header_format(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
-                                               RING_MAX_CAPACITY, ESC_RING_MAGIC);
+    uint64_t capacity = format
+        ? esc_ring_header_format(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
+                                 RING_MAX_CAPACITY, ESC_RING_MAGIC)
+        : esc_ring_header_read(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
+                               RING_MAX_CAPACITY, ESC_RING_MAGIC);
     if (capacity == 0)
         return ESC_RING_BAD_MAPPING;
     ring->base = (uint8_t *)mem;
@@ -31,18 +35,14 @@ int esc_ring_init(esc_ring *ring, void *mem, size_t mem_bytes)
     return ESC_RING_OK;
 }
 
+int esc_ring_init(esc_ring *ring, void *mem, size_t mem_bytes)
+{
+    return ring_open(ring, mem, mem_bytes, 1);
+}
+
 int esc_ring_attach(esc_ring *ring, void *mem, size_t mem_bytes)
 {
-    uint64_t capacity = esc_ring_header_read(mem, mem_bytes, ESC_RING_HEADER_BYTES, ESC_RING_MIN_CAPACITY,
-                                             RING_MAX_CAPACITY, ESC_RING_MAGIC);
-    if (capacity == 0)
-        return ESC_RING_BAD_MAPPING;
-    ring->base = (uint8_t *)mem;
-    ring->data = ring->base + ESC_RING_HEADER_BYTES;
-    ring->capacity = capacity;
-    ring->reserved = 0;
-    ring->pending = 0;
-    return ESC_RING_OK;
+    return ring_open(ring, mem, mem_bytes, 0);
 }
 
 uint64_t esc_ring_max_payload(const esc_ring *ring)
