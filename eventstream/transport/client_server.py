@@ -108,6 +108,7 @@ class ClientServer:
         session = ClientSession(self, conn, slot, gen)
         conn.tag = session
         conn.take_raw(self._on_data, self._on_close)
+        conn.reads_wait_for_writes = True  # answers a client does not read hold back its requests
         self.sessions.add(session)
         self._by_slot[slot] = session
         return True

@@ -82,6 +82,10 @@ class FramedConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peername: str = "?"
         self.paused = False
+        # Set by an owner whose peer must read its answers before it may send more (a client):
+        # while the transport holds more unsent bytes than its high mark, nothing more is read
+        # from the peer, so a client that never reads cannot grow the node's memory without end.
+        self.reads_wait_for_writes = False
         self.closed = False
         self.frames_in = 0
         self.frames_out = 0
@@ -133,9 +137,15 @@ class FramedConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        transport = self.transport
+        if self.reads_wait_for_writes and transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        transport = self.transport
+        if self.reads_wait_for_writes and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def rebind(
         self,

@@ -88,6 +88,7 @@ def setup() -> tuple[ClientServer, RecordingService]:
 def connect(server: ClientServer, name: str) -> FakeConn:
     conn = FakeConn(name)
     assert server.adopt(conn, Hello(ROLE_CLIENT, 0))  # type: ignore[arg-type]
+    assert getattr(conn, "reads_wait_for_writes", False)  # answers it does not read hold back its requests
     return conn
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from eventstream.storage import crc32c
 from eventstream.transport.connection import FramedConnection, _flush_round
 
@@ -73,3 +75,56 @@ def test_frames_queued_on_many_connections_in_one_turn_are_flushed_by_one_callba
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_a_peer_that_does_not_read_is_not_read_until_it_does(runner: str) -> None:
+    """A client connection (reads_wait_for_writes) stops being read while its answers pile up
+    past the transport's high mark, and is read again once the client has taken them."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        accepted: list[FramedConnection] = []
+
+        def server_side() -> FramedConnection:
+            conn = FramedConnection(crc32c, LIMIT, lambda c, b: None)
+            conn.reads_wait_for_writes = True
+            accepted.append(conn)
+            return conn
+
+        server = await loop.create_server(server_side, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while not accepted:
+            await asyncio.sleep(0.01)
+        conn = accepted[0]
+        assert conn.transport is not None
+        conn.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        answer = b"a" * 65536
+        sent = 0
+        while conn.transport.is_reading() and sent < 64 << 20:  # the client reads nothing
+            conn.write_now(answer)
+            sent += len(answer)
+            await asyncio.sleep(0)
+        assert conn.paused and not conn.transport.is_reading() and sent < 64 << 20
+        got = 0
+        while got < sent:  # the client catches up: reading resumes
+            got += len(await asyncio.wait_for(reader.read(1 << 20), 5))
+        await asyncio.sleep(0.05)
+        assert not conn.paused and conn.transport.is_reading()
+        # A connection whose owner did not ask for it is read whatever it has to write.
+        conn.reads_wait_for_writes = False
+        while not conn.paused:
+            conn.write_now(answer)
+            await asyncio.sleep(0)
+        assert conn.transport.is_reading()
+        writer.close()
+        conn.abort("done")
+        server.close()
+        await server.wait_closed()
+
+    if runner == "uvloop":  # the node's loop (eventstream/cli.py)
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
