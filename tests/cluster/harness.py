@@ -7,10 +7,89 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
+from collections import Counter
 
+from eventstream.client import Client
+from eventstream.errors import EscError
 from eventstream.local_cluster import LocalCluster, NodeProcess, local_cluster
 
-__all__ = ["LocalCluster", "NetNamespace", "NodeProcess", "local_cluster", "netns_unavailable_reason"]
+__all__ = [
+    "LocalCluster", "NetNamespace", "NodeProcess", "Writers", "check_every_ack_stored_once", "local_cluster",
+    "netns_unavailable_reason", "read_all",
+]
+
+
+# ------------------------------------------------------------------------------ load and checks
+class Writers:
+    """Client threads appending unique event ids until stopped (or events_max are sent);
+    remembers every acknowledged id. batch > 1 sends append_batch requests of that many."""
+
+    def __init__(self, cluster: LocalCluster, count: int = 3, batch: int = 1, events_max: int | None = None,
+                 attempt_timeout_s: float = 3.0) -> None:
+        self.acked: list[bytes] = []
+        self.errors: Counter[str] = Counter()
+        self._addresses = cluster.addresses
+        self._batch = batch
+        self._events_max = events_max
+        self._attempt_timeout_s = attempt_timeout_s
+        self._sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(w,)) for w in range(count)]
+
+    def __enter__(self) -> Writers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def _run(self, w: int) -> None:
+        with Client(self._addresses, timeout_s=15.0, attempt_timeout_s=self._attempt_timeout_s) as c:
+            k = 0
+            while not self._stop.is_set():
+                with self._lock:
+                    if self._events_max is not None and self._sent >= self._events_max:
+                        return
+                    self._sent += self._batch
+                ids = [f"w{w}-{k + i}".encode() for i in range(self._batch)]
+                try:
+                    if self._batch == 1:
+                        c.append(b"payload-" + ids[0], key=f"key-{k % 11}", event_id=ids[0])
+                    else:
+                        c.append_batch([{"payload": b"payload-" + i, "event_id": i} for i in ids])
+                except EscError as exc:
+                    # The next attempt sends the same ids: the dedup table answers what was applied.
+                    self.errors[type(exc).__name__] += 1
+                    continue
+                with self._lock:
+                    self.acked.extend(ids)
+                k += self._batch
+
+
+def read_all(client: Client, queue_count: int) -> list:
+    return [e for q in range(queue_count) for e in client.read_to_end(q)]
+
+
+def check_every_ack_stored_once(cluster: LocalCluster, acked: list[bytes], queue_count: int) -> None:
+    """Every live node ends on one digest, and each acknowledged id is stored exactly once."""
+    statuses = cluster.wait_converged(30)
+    assert len({s["digest"] for s in statuses.values()}) == 1
+    with Client(cluster.addresses) as c:
+        events = read_all(c, queue_count)
+    ids = Counter(e.event_id for e in events)
+    twice = [i for i, n in ids.items() if n > 1]
+    assert not twice, f"ids applied twice: {twice[:5]}"
+    lost = [a for a in acked if a not in ids]
+    assert not lost, f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
 
 CLONE_NEWNET = 0x40000000
 

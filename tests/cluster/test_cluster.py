@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 import urllib.request
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from eventstream.client import Client
-from eventstream.errors import EscError, InvalidArgument, OutOfRange
-from tests.cluster.harness import LocalCluster, local_cluster
+from eventstream.errors import InvalidArgument, OutOfRange
+from tests.cluster.harness import (
+    LocalCluster,
+    Writers,
+    check_every_ack_stored_once,
+    local_cluster,
+)
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def read_all(client: Client, queue_count: int) -> list:
-    return [e for q in range(queue_count) for e in client.read_to_end(q)]
 
 
 def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: Path) -> None:
@@ -66,53 +65,20 @@ def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: P
 def test_sigkill_leader_under_load_loses_nothing_and_applies_nothing_twice(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 3, queue_count=8) as cluster:
         old_leader = cluster.leader()
-        acked: list[tuple[bytes, int, int]] = []
-        errors: Counter[str] = Counter()
-        stop = threading.Event()
-        lock = threading.Lock()
-
-        def writer(w: int) -> None:
-            with Client(cluster.addresses, timeout_s=15.0) as c:
-                k = 0
-                while not stop.is_set():
-                    event_id = f"w{w}-{k}".encode()
-                    try:
-                        r = c.append(b"payload-" + event_id, key=f"key-{k % 13}", event_id=event_id)
-                    except EscError as exc:
-                        errors[type(exc).__name__] += 1
-                        continue
-                    with lock:
-                        acked.append((event_id, r.queue, r.offset))
-                    k += 1
-
-        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(2.0)
-        killed_at = time.monotonic()
-        cluster.nodes[old_leader].kill()
-        new_leader = cluster.leader(timeout=10.0, exclude=(old_leader,))
-        failover_s = time.monotonic() - killed_at
-        acked_at_kill = len(acked)
-        time.sleep(2.0)
-        stop.set()
-        for t in threads:
-            t.join(30)
+        with Writers(cluster, count=4) as writers:
+            time.sleep(2.0)
+            killed_at = time.monotonic()
+            cluster.nodes[old_leader].kill()
+            new_leader = cluster.leader(timeout=10.0, exclude=(old_leader,))
+            failover_s = time.monotonic() - killed_at
+            acked_at_kill = writers.count()
+            time.sleep(2.0)
         assert new_leader != old_leader
         assert failover_s < 3.0, f"new leader after {failover_s:.2f} s"
-        assert len(acked) > acked_at_kill, "clients did not carry on after the failover"
+        assert len(writers.acked) > acked_at_kill, "clients did not carry on after the failover"
         cluster.nodes[old_leader].start()
-        statuses = cluster.wait_converged(30)
-        assert len({s["digest"] for s in statuses.values()}) == 1
-        with Client(cluster.addresses) as c:
-            events = read_all(c, 8)
-        ids = Counter(e.event_id for e in events)
-        twice = [i for i, n in ids.items() if n > 1]
-        assert not twice, f"ids applied twice: {twice[:5]}"
-        stored = {(e.event_id): e.offset for e in events}
-        lost = [a for a in acked if a[0] not in stored]
-        assert not lost, f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
-        print(f"failover {failover_s:.2f} s, {len(acked)} acked, errors {dict(errors)}")
+        check_every_ack_stored_once(cluster, writers.acked, 8)
+        print(f"failover {failover_s:.2f} s, {len(writers.acked)} acked, errors {dict(writers.errors)}")
 
 
 def test_follower_behind_a_compacted_log_catches_up_by_snapshot(tmp_path: Path) -> None:

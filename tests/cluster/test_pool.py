@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from eventstream.client import Client
-from eventstream.errors import EscError
-from tests.cluster.harness import LocalCluster, local_cluster
-from tests.cluster.test_cluster import read_all
+from tests.cluster.harness import LocalCluster, Writers, check_every_ack_stored_once, local_cluster
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,54 +24,6 @@ pytestmark = pytest.mark.timeout(180)
 def replication_mode() -> str:
     """Overrides the conftest's: these tests are about the pool alone."""
     return "pool"
-
-
-class Writers:
-    """Client threads appending unique ids until stopped; remembers every acknowledged one."""
-
-    def __init__(self, cluster: LocalCluster, count: int = 3) -> None:
-        self.acked: list[bytes] = []
-        self.errors: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(cluster, w)) for w in range(count)]
-
-    def __enter__(self) -> Writers:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(40)
-
-    def _run(self, cluster: LocalCluster, w: int) -> None:
-        # Short attempts: a frozen leader's client moves on to the others quickly.
-        with Client(cluster.addresses, timeout_s=15.0, attempt_timeout_s=1.0) as c:
-            k = 0
-            while not self._stop.is_set():
-                event_id = f"w{w}-{k}".encode()
-                try:
-                    c.append(b"payload-" + event_id, key=f"key-{k % 11}", event_id=event_id)
-                except EscError as exc:
-                    self.errors[type(exc).__name__] += 1
-                    continue
-                with self._lock:
-                    self.acked.append(event_id)
-                k += 1
-
-
-def check_every_ack_stored_once(cluster: LocalCluster, acked: list[bytes], queue_count: int) -> None:
-    statuses = cluster.wait_converged(30)
-    assert len({s["digest"] for s in statuses.values()}) == 1
-    with Client(cluster.addresses) as c:
-        events = read_all(c, queue_count)
-    ids = Counter(e.event_id for e in events)
-    twice = [i for i, n in ids.items() if n > 1]
-    assert not twice, f"ids applied twice: {twice[:5]}"
-    lost = [a for a in acked if a not in ids]
-    assert not lost, f"{len(lost)} acknowledged events lost, e.g. {lost[:3]}"
 
 
 def workers_of(status: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -104,7 +51,8 @@ def test_sigkilled_worker_under_load_is_restarted_and_its_follower_catches_up(cl
     leader = cluster.leader()
     before = wait_status(cluster, leader, lambda s: len(s["replication_workers"]) == 2)
     victim_peer, victim = next(iter(workers_of(before).items()))
-    with Writers(cluster) as writers:
+    # Short attempts: a frozen leader's client moves on to the others quickly.
+    with Writers(cluster, attempt_timeout_s=1.0) as writers:
         time.sleep(1.5)
         acked_at_kill = len(writers.acked)
         os.kill(victim["pid"], signal.SIGKILL)
@@ -144,7 +92,7 @@ def test_old_terms_messages_held_by_workers_are_refused_after_a_new_leader(clust
     pids = [w["pid"] for w in workers_of(status).values()]
     leader_proc = cluster.nodes[old].proc
     assert leader_proc is not None
-    with Writers(cluster, count=2) as writers:
+    with Writers(cluster, count=2, attempt_timeout_s=1.0) as writers:
         time.sleep(1.0)
         # Freeze the workers first: the leader keeps filling their rings with its term's
         # appends and heartbeats, which stay there, in flight, undelivered.
