@@ -406,6 +406,13 @@ class Node:
                 log.critical("stopping: %s", exc)
                 self.request_stop()
                 return
+            except StorageError as exc:
+                # The log's disk refused a write or a sync (full, failing): the message names
+                # the file and the error, and a traceback would only hide it.
+                self.fatal = f"log storage failed: {exc}"
+                log.critical("stopping: %s", self.fatal)
+                self.request_stop()
+                return
             except Exception as exc:
                 self.fatal = f"ready loop failed: {exc!r}"
                 log.critical("stopping: ready loop failed", exc_info=True)
