@@ -156,12 +156,14 @@ cdef long long _write_ok_frame(uint8_t *out, uint64_t request_id, uint64_t index
     return duplicates
 
 
-cdef inline bint _any_refused(const uint8_t *statuses, Py_ssize_t count, const uint8_t *refused) noexcept nogil:
+cdef inline uint8_t _any_refused(const uint8_t *statuses, Py_ssize_t count, const uint8_t *refused) noexcept nogil:
+    """The largest refusal flag among the statuses (0: none refused)."""
     cdef Py_ssize_t j
+    cdef uint8_t worst = 0
     for j in range(count):
-        if refused[statuses[j]]:
-            return True
-    return False
+        if refused[statuses[j]] > worst:
+            worst = refused[statuses[j]]
+    return worst
 
 
 def check_appends(list bodies, uint32_t queue_count):
@@ -755,7 +757,8 @@ cdef class AppendIntake:
                uint32_t duplicate_status, double now):
         """Queue the APPEND OK answer of every waiter of the entry at `index` (result columns
         as in frame_append_answers). Returns (refused, duplicates): refused lists (slot, gen,
-        request_id) of waiters with a refused event, for the caller to answer with an error."""
+        request_id, flag) of waiters with a refused event, flag the largest refused_table value
+        among its events, for the caller to answer with an error."""
         cdef _ResultViews r = _ResultViews(statuses, queues, offsets, refused_table)
         cdef Py_ssize_t i
         cdef Waiter *w
@@ -763,6 +766,7 @@ cdef class AppendIntake:
         cdef uint8_t *at
         cdef long long duplicates = 0
         cdef uint32_t j
+        cdef uint8_t flag
         cdef list refused = []
         for i in range(waiters.n):
             w = &waiters.items[i]
@@ -771,8 +775,9 @@ cdef class AppendIntake:
                                  f"outside the entry's {r.cols.events}")
         for i in range(waiters.n):
             w = &waiters.items[i]
-            if _any_refused(r.cols.statuses + w.first_event, w.event_count, r.cols.refused):
-                refused.append((w.slot, w.gen, w.request_id))
+            flag = _any_refused(r.cols.statuses + w.first_event, w.event_count, r.cols.refused)
+            if flag:
+                refused.append((w.slot, w.gen, w.request_id, flag))
                 continue
             self._observe(now - w.arrival)
             s = self._live(w.slot, w.gen)

@@ -187,6 +187,7 @@ class NodeMetrics:
         self.term = LoopGauge("esc_term", "Current Raft term", r)
         self.commit_index = LoopGauge("esc_commit_index", "Commit index", r)
         self.applied_index = LoopGauge("esc_applied_index", "Applied index", r)
+        self.dedup_ids = LoopGauge("esc_dedup_ids", "Event ids the dedup table remembers (cap: config dedup_ids_max)", r)
         self.is_leader = Gauge("esc_is_leader", "1 when this node leads", registry=r)
         self.cpu_seconds = Gauge("esc_process_cpu_seconds", "Process CPU seconds (user+system)", registry=r)
         self.rss_bytes = Gauge("esc_process_rss_bytes", "Process resident set size", registry=r)

@@ -106,9 +106,18 @@ from eventstream.transport.peers import PeerNetwork
 
 log = logging.getLogger(__name__)
 
-# Statuses of the state machine's per-event results that refuse an event, as a lookup table
-# for the native answer encoder.
-_REFUSED_FLAGS = bytes(1 if s in (STATUS_BAD_QUEUE, STATUS_DEDUP_FULL) else 0 for s in range(256))
+# Statuses of the state machine's per-event results that refuse an event, as flags for the
+# native answer encoder; a request is answered for its gravest. A full dedup table passes: the
+# request is answered OVERLOADED, so the client backs off and retries the same ids, stored once
+# older ids expire. An explicit queue out of range does not pass (INVALID_ARGUMENT).
+_REFUSED_DEDUP_FULL = 1
+_REFUSED_BAD_QUEUE = 2
+_REFUSED_FLAGS = bytes(
+    _REFUSED_BAD_QUEUE if s == STATUS_BAD_QUEUE else _REFUSED_DEDUP_FULL if s == STATUS_DEDUP_FULL else 0
+    for s in range(256)
+)
+# A full dedup table is logged at most this often.
+DEDUP_FULL_LOG_INTERVAL_S = 10.0
 
 # Appends wait at most this long for commit and apply before they are answered Timeout; the
 # client then retries with the same event ids, which the dedup table makes safe.
@@ -182,6 +191,7 @@ class Node:
         self._unsynced: tuple[int, int] | None = None
         self._synced_through = 0
         self._sync_wanted = asyncio.Event()
+        self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
         self._role = Role.FOLLOWER
         self._leader = NONE
         self._bootstrap_config_proposed = False
@@ -719,6 +729,7 @@ class Node:
                 for session, request_id in self._config_waiters.pop(entry.index, ()):
                     session.reply(encode_response(Status.OK, request_id, encode_json(state.config)))
         metrics.applies.inc(len(entries))
+        metrics.dedup_ids.set(len(state.dedup))
         metrics.applied_index.set(state.applied_index)
         metrics.commit_index.set(entries[-1].index)
 
@@ -729,14 +740,38 @@ class Node:
                                                  _REFUSED_FLAGS, STATUS_DUPLICATE, time.monotonic())
         if duplicates:
             self.metrics.duplicates.inc(duplicates)
-        for slot, gen, request_id in refused:
+        for slot, gen, request_id, flag in refused:
             session = clients.session_for(slot, gen) if clients is not None else None
-            if session is not None:
+            if session is None:
+                continue
+            if flag == _REFUSED_DEDUP_FULL:
+                self._reply_error(session, request_id, Status.OVERLOADED, self._dedup_full(index))
+            else:
                 self._reply_error(session, request_id, Status.INVALID_ARGUMENT,
-                                  f"entry {index}: some events were refused (explicit queue out of range after a "
-                                  "queue_count change, or the dedup table is full); the rest were stored")
+                                  f"entry {index}: events naming a queue outside 0..{self._queue_count() - 1} "
+                                  "were refused (queue_count changed since they were sent); the request's other "
+                                  "events were stored")
         if clients is not None:
             clients.flush_soon()
+
+    def _queue_count(self) -> int:
+        assert self.state is not None
+        return int(self.state.config["queue_count"])
+
+    def _dedup_full(self, index: int) -> str:
+        """The answer to a request with events refused by a full dedup table; also logged, at
+        most every DEDUP_FULL_LOG_INTERVAL_S."""
+        state = self.state
+        assert state is not None
+        message = (f"entry {index}: the dedup table is full ({len(state.dedup):,} ids remembered, dedup_ids_max "
+                   f"{state.dedup.ids_max:,}): events with new ids were not stored, the request's other events were; "
+                   f"retry with the same ids once older ids expire (dedup_window_ms {state.config['dedup_window_ms']:,}),"
+                   " or raise dedup_ids_max")
+        now = time.monotonic()
+        if now - self._dedup_full_logged >= DEDUP_FULL_LOG_INTERVAL_S:
+            self._dedup_full_logged = now
+            log.warning("appends with new ids are answered OVERLOADED: %s", message)
+        return message
 
     # ----------------------------------------------------------------- proposals
     def _flush_proposals(self) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import threading
+import urllib.request
 from collections import Counter
 
 from eventstream.client import Client
@@ -16,7 +17,7 @@ from eventstream.local_cluster import LocalCluster, NodeProcess, local_cluster
 
 __all__ = [
     "LocalCluster", "NetNamespace", "NodeProcess", "Writers", "check_every_ack_stored_once", "local_cluster",
-    "netns_unavailable_reason", "read_all",
+    "netns_unavailable_reason", "read_all", "scrape",
 ]
 
 
@@ -73,6 +74,13 @@ class Writers:
                 with self._lock:
                     self.acked.extend(ids)
                 k += self._batch
+
+
+def scrape(node: NodeProcess) -> dict[str, float]:
+    """A node's /metrics as {series: value}, labels kept in the series name."""
+    with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
 
 
 def read_all(client: Client, queue_count: int) -> list:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from eventstream.client import Client
-from eventstream.errors import InvalidArgument, OutOfRange
+from eventstream.errors import InvalidArgument, OutOfRange, Overloaded
 from tests.cluster.harness import (
     LocalCluster,
     Writers,
     check_every_ack_stored_once,
     local_cluster,
+    scrape,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,12 +46,10 @@ def test_cluster_elects_one_leader_and_round_trips_appends_and_reads(tmp_path: P
             assert {s["leader"] for s in statuses.values()} == {leader}
             # Every node counts the entries it saw committed and applied; the leader, those it proposed.
             for node_id, node in cluster.nodes.items():
-                with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as resp:
-                    samples = dict(line.rsplit(" ", 1) for line in resp.read().decode().splitlines()
-                                   if line and not line.startswith("#") and "{" not in line)
-                commits, applies = float(samples["esc_commits_total"]), float(samples["esc_applies_total"])
-                assert commits == applies >= 5 and float(samples["esc_applied_index"]) >= statuses[node_id]["applied"]
-                assert (float(samples["esc_proposals_total"]) >= 5) == (node_id == leader)
+                samples = scrape(node)
+                commits, applies = samples["esc_commits_total"], samples["esc_applies_total"]
+                assert commits == applies >= 5 and samples["esc_applied_index"] >= statuses[node_id]["applied"]
+                assert (samples["esc_proposals_total"] >= 5) == (node_id == leader)
             # A follower serves a stale read from its own applied state.
             follower = next(n for k, n in cluster.nodes.items() if k != leader)
             with Client([follower.address]) as fc:
@@ -198,4 +196,29 @@ def test_leader_expires_dedup_ids_on_its_timer(tmp_path: Path) -> None:
             # Past the window the id is forgotten (the leader proposed DEDUP_EXPIRE with a
             # cutoff from its clock), so the same id is a new event at a new offset.
             assert not later.duplicate and later.offset > first.offset
+        cluster.wait_converged()
+
+
+def test_a_full_dedup_table_answers_overloaded_until_there_is_room(tmp_path: Path) -> None:
+    """At dedup_ids_max, events with new ids are not stored (exactly-once would otherwise be
+    lost) and their requests are answered OVERLOADED, which the client retries with the same
+    ids; once there is room the retry is stored, once."""
+    with local_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        with Client(cluster.addresses) as c:
+            c.config_update({"dedup_ids_max": 1000})
+            for b in range(10):
+                c.append_batch([{"payload": b"x", "event_id": f"full-{b}-{i}"} for i in range(100)])
+        with Client(cluster.addresses, timeout_s=1.5) as c, pytest.raises(Overloaded, match="dedup table is full"):
+            c.append(b"one more", event_id="after-full")
+        samples = scrape(cluster.nodes[leader])
+        assert samples["esc_dedup_ids"] == 1000
+        assert samples['esc_client_errors_total{status="OVERLOADED"}'] >= 1
+        assert "appends with new ids are answered OVERLOADED" in cluster.nodes[leader].log_text()
+        with Client(cluster.addresses) as c:
+            assert c.append(b"x", event_id="full-3-7").duplicate  # remembered ids still answer
+            c.config_update({"dedup_ids_max": 2000})
+            stored = c.append(b"one more", event_id="after-full")
+            again = c.append(b"one more", event_id="after-full")
+            assert not stored.duplicate and again.duplicate and again.offset == stored.offset
         cluster.wait_converged()

@@ -39,7 +39,7 @@ from eventstream.transport.frames import HEADER, FrameError, iter_frames
 
 BOUNDS = (0.001, 0.01, 0.1)
 DUPLICATE = 2
-REFUSED = bytes(1 if s in (3, 4) else 0 for s in range(256))
+REFUSED = bytes({3: 1, 4: 2}.get(s, 0) for s in range(256))  # two refusal kinds, 4 the graver
 
 
 def intake(in_flight_max: int = 100, pending_bytes_max: int = 1 << 30, frame_bytes_max: int = 1 << 20) -> AppendIntake:
@@ -200,7 +200,7 @@ def test_answers_are_the_python_encoder_s_frames_and_skip_closed_connections() -
     c, gen_c = it.open_slot(-1)
     assert c == b and gen_c != 0  # the slot is reused with a new generation
     refused, duplicates = it.answer(waiters, 77, st_, queues, offsets, REFUSED, DUPLICATE, 1.0005)
-    assert refused == [(a, gen_a, 11)] and duplicates == 1
+    assert refused == [(a, gen_a, 11, REFUSED[3])] and duplicates == 1
     assert it.dirty_count == 1
     out = dict(it.flush())
     assert set(out) == {a}  # nothing for the closed connection, nor the one that took its slot
@@ -210,6 +210,16 @@ def test_answers_are_the_python_encoder_s_frames_and_skip_closed_connections() -
     assert it.in_flight(a) == 1 and it.in_flight(c) == 0
     # Both answered requests count, the gone connection's too (it was answered; no one listened).
     assert it.latency_counts() == [2, 0, 0, 0] and it.latency_sum == pytest.approx(0.001)
+
+
+def test_a_refused_waiter_carries_the_gravest_flag_of_its_events() -> None:
+    it = intake()
+    a, gen_a = it.open_slot(-1)
+    it.feed(a, append(1, 3) + append(2, 2), 1.0, True)
+    _, waiters = it.take(100, 1 << 20)
+    st_, queues, offsets = columns(5, bytes([3, 4, 0, 0, 3]))
+    refused, _ = it.answer(waiters, 9, st_, queues, offsets, REFUSED, DUPLICATE, 1.0)
+    assert refused == [(a, gen_a, 1, 2), (a, gen_a, 2, 1)]
 
 
 def test_answer_refuses_waiters_outside_the_result_columns() -> None:
