@@ -209,7 +209,7 @@ def test_a_full_dedup_table_answers_overloaded_until_there_is_room(tmp_path: Pat
             c.config_update({"dedup_ids_max": 1000})
             for b in range(10):
                 c.append_batch([{"payload": b"x", "event_id": f"full-{b}-{i}"} for i in range(100)])
-        with Client(cluster.addresses, timeout_s=1.5) as c, pytest.raises(Overloaded, match="dedup table is full"):
+        with Client(cluster.addresses, timeout_s=4.0) as c, pytest.raises(Overloaded, match="dedup table is full"):
             c.append(b"one more", event_id="after-full")
         samples = scrape(cluster.nodes[leader])
         assert samples["esc_dedup_ids"] == 1000
