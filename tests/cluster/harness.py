@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 
 from eventstream.client import Client
 from eventstream.errors import EscError
@@ -17,7 +19,7 @@ from eventstream.local_cluster import LocalCluster, NodeProcess, local_cluster
 
 __all__ = [
     "LocalCluster", "NetNamespace", "NodeProcess", "Writers", "check_every_ack_stored_once", "local_cluster",
-    "netns_unavailable_reason", "read_all", "scrape",
+    "netns_unavailable_reason", "read_all", "scrape", "wait_until",
 ]
 
 
@@ -74,6 +76,16 @@ class Writers:
                 with self._lock:
                     self.acked.extend(ids)
                 k += self._batch
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Polls predicate every 0.1 s; whether it held within timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
 
 
 def scrape(node: NodeProcess) -> dict[str, float]:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import LocalCluster, Writers, check_every_ack_stored_once
+from tests.cluster.harness import LocalCluster, Writers, check_every_ack_stored_once, wait_until
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("replication_mode")]
 
@@ -77,25 +76,16 @@ def _shrink_to_nearly_full(path: Path) -> None:
     _remount(path, str(used + HEADROOM_BYTES))
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def _fill_victim_and_check(cluster: LocalCluster, victim: int) -> None:
     node = cluster.nodes[victim]
     _shrink_to_nearly_full(node.data_dir)
     with Writers(cluster, count=2, batch=200, events_max=EVENTS_MAX) as writers:
-        assert _wait_until(lambda: not node.alive, LOAD_SECONDS_MAX), \
+        assert wait_until(lambda: not node.alive, LOAD_SECONDS_MAX), \
             f"node {victim} still running with a full disk after {writers.count()} events acked"
         stopped_at = writers.count()
         # The majority carries on (after an election when the victim led).
         assert cluster.leader(timeout=10.0, exclude=(victim,)) != victim
-        assert _wait_until(lambda: writers.count() > stopped_at + 1000, 30.0), \
+        assert wait_until(lambda: writers.count() > stopped_at + 1000, 30.0), \
             f"no appends acked after node {victim} stopped; errors {dict(writers.errors)}"
     text = node.log_text()
     assert node.proc is not None and node.proc.returncode != 0
@@ -105,7 +95,7 @@ def _fill_victim_and_check(cluster: LocalCluster, victim: int) -> None:
     # Still full: the restarted node stops again, with a line, not a traceback.
     lines_before = len(text.splitlines())
     node.start()
-    assert _wait_until(lambda: not node.alive, 30.0), "restarted on a full disk and kept running"
+    assert wait_until(lambda: not node.alive, 30.0), "restarted on a full disk and kept running"
     again = "\n".join(node.log_text().splitlines()[lines_before:])
     assert "No space left on device" in again and "Traceback" not in again, again[-3000:]
 
