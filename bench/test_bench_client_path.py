@@ -28,6 +28,8 @@ from eventstream.transport.client_protocol import (
 )
 from eventstream.transport.frames import FrameDecoder, FrameEncoder
 
+SEEN_US = 1_790_000_000_123_456  # the leader's clock when it takes an entry
+
 BURST = 64
 LIMIT = 64 << 20
 
@@ -137,7 +139,7 @@ def test_request_path_of_64_connections(benchmark: Any, impl: str) -> None:
             now = time.monotonic()
             for slot, data in zip(slots, reads):
                 intake.feed(slot, data, now, True)
-            _, waiters = intake.take(1000, LIMIT)
+            _, waiters = intake.take(1000, LIMIT, SEEN_US)
             intake.answer(waiters, 77, statuses, queues, offsets, refused, 2, now)
             return len(intake.flush())
     else:
@@ -158,7 +160,7 @@ def test_request_path_of_64_connections(benchmark: Any, impl: str) -> None:
                 for body in run:
                     batcher.add(body, PendingAppend(k, ids[i], counts[i], now), 9)
                     i += 1
-            built = batcher.take()
+            built = batcher.take(SEEN_US)
             assert built is not None
             frames, _ = frame_append_answers(built.waiters, 77, statuses, queues, offsets, refused, 2)
             out: list[list[bytes]] = [[] for _ in range(BURST)]

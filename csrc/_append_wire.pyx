@@ -48,8 +48,10 @@ cdef enum:
     APPEND_OK_FIXED = 12
     # Error body after the answer header: u64 leader hint, then the UTF-8 message.
     ERROR_FIXED = 8
-    # The SET_EVENT command byte that starts an entry (eventstream/state/commands.py).
-    COMMAND_SET_EVENT = 1
+    # The SET_EVENT_AT command byte that starts an entry, then its i64 first-seen time
+    # (eventstream/state/commands.py).
+    COMMAND_SET_EVENT_AT = 5
+    ENTRY_HEAD_BYTES = 9
     # A batch whose events end before its length says (esc_batch_read_* never return it).
     BATCH_BYTES_LEFT = -1
 
@@ -679,8 +681,9 @@ cdef class AppendIntake:
         """Requests waiting for an entry."""
         return self._waiters_end - self._waiters_start
 
-    def take(self, uint64_t batch_size, uint64_t batch_bytes_max):
-        """(data, waiters) of the next SET_EVENT entry, or None when nothing waits.
+    def take(self, uint64_t batch_size, uint64_t batch_bytes_max, int64_t first_seen_us):
+        """(data, waiters) of the next SET_EVENT_AT entry, or None when nothing waits; its ids
+        are to be remembered as first seen at first_seen_us (the leader's clock now).
 
         Takes requests in arrival order until adding the next would pass batch_size events or
         batch_bytes_max bytes; a single request larger than that forms an entry of its own.
@@ -700,12 +703,13 @@ cdef class AppendIntake:
             n += 1
         if events > 0xFFFFFFFFu or size + ESC_BATCH_HEADER_BYTES > 0xFFFFFFFFu:
             raise ValueError(f"an entry of {events} events and {size} bytes does not fit a batch header")
-        data = PyBytes_FromStringAndSize(NULL, 1 + ESC_BATCH_HEADER_BYTES + size)
+        data = PyBytes_FromStringAndSize(NULL, ENTRY_HEAD_BYTES + ESC_BATCH_HEADER_BYTES + size)
         cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(data)
-        out[0] = COMMAND_SET_EVENT
-        esc_batch_write_header(out + 1, <uint32_t>events, <uint32_t>(ESC_BATCH_HEADER_BYTES + size))
+        out[0] = COMMAND_SET_EVENT_AT
+        _store_u64le(out + 1, <uint64_t>first_seen_us)
+        esc_batch_write_header(out + ENTRY_HEAD_BYTES, <uint32_t>events, <uint32_t>(ESC_BATCH_HEADER_BYTES + size))
         if size:
-            memcpy(out + 1 + ESC_BATCH_HEADER_BYTES, self._pending.data + self._pending_start, size)
+            memcpy(out + ENTRY_HEAD_BYTES + ESC_BATCH_HEADER_BYTES, self._pending.data + self._pending_start, size)
         waiters = _entry_waiters(self._waiters + self._waiters_start, n)
         self._waiters_start += n
         self._consume_pending(size)

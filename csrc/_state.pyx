@@ -288,8 +288,11 @@ cdef inline const uint8_t *data_ptr(const uint8_t[::1] view) noexcept nogil:
 
 
 def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable dedup,
-                    int64_t[::1] next_offsets, uint64_t log_index):
+                    int64_t[::1] next_offsets, uint64_t log_index, first_seen_us=None):
     """Apply one SET_EVENT batch (batch_codec.h layout) to the dedup table and offsets.
+
+    Ids are remembered as first seen at first_seen_us (SET_EVENT_AT: the leader's clock at
+    proposal), or at each event's own timestamp when it is None (SET_EVENT).
 
     Routes each event (explicit queue, else mmh3(key) mod queue_count), checks-and-adds its id,
     assigns offsets from next_offsets (updated in place), and builds the queue records grouped by
@@ -325,7 +328,9 @@ def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable d
                 f"at byte {error_offset}")
         starts[count] = <uint32_t>length
         return _apply_validated(buf, length, count, starts, queue_count, dedup,
-                                next_offsets, q_count, q_bytes, q_ts, log_index)
+                                next_offsets, q_count, q_bytes, q_ts, log_index,
+                                first_seen_us is not None,
+                                <int64_t>first_seen_us if first_seen_us is not None else 0)
     finally:
         free(starts); free(q_count); free(q_bytes); free(q_ts)
 
@@ -333,7 +338,7 @@ def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable d
 cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
                              const uint32_t *starts, uint32_t queue_count, DedupTable dedup,
                              int64_t[::1] next_offsets, uint32_t *q_count, uint64_t *q_bytes,
-                             int64_t *q_ts, uint64_t log_index):
+                             int64_t *q_ts, uint64_t log_index, bint seen_given, int64_t seen_us):
     statuses_obj = PyBytes_FromStringAndSize(NULL, count)
     queues_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 4)
     offsets_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>count * 8)
@@ -366,7 +371,7 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             if ev.flags & ESC_EVENT_HAS_ID:
                 esc_murmur3_128(ev.event_id, ev.id_len, 0, &h1, &h2)
                 rc = esc_dedup_insert(&dedup.table, h1, h2, <int32_t>q, next_offsets[q],
-                                      ev.timestamp_us, &existing)
+                                      seen_us if seen_given else ev.timestamp_us, &existing)
                 if rc == ESC_DEDUP_PRESENT:
                     statuses[i] = ST_DUPLICATE
                     queues[i] = existing.queue

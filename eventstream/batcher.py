@@ -1,4 +1,4 @@
-"""ProposalBatcher: coalesces concurrent client appends into one SET_EVENT Raft entry.
+"""ProposalBatcher: coalesces concurrent client appends into one SET_EVENT_AT Raft entry.
 
 This is the Python reference of the leader's entry building: the node runs its native twin,
 csrc/_append_wire.pyx AppendIntake (which also reads the requests and frames the answers),
@@ -25,7 +25,7 @@ from eventstream.state.commands import CommandType
 from eventstream.storage.codec import BATCH_HEADER_BYTES, BATCH_VERSION
 
 _BATCH_HEADER = struct.Struct("<BBHII")
-_SET_EVENT = bytes([CommandType.SET_EVENT])
+_SET_EVENT_AT = struct.Struct("<Bq")  # command byte, the ids' first-seen time
 
 
 @dataclass(slots=True)
@@ -71,8 +71,9 @@ class ProposalBatcher:
         self.pending_events += waiter.event_count
         self.pending_bytes += len(events)
 
-    def take(self) -> BuiltEntry | None:
-        """The next entry's data and the requests it carries, or None when nothing waits.
+    def take(self, first_seen_us: int) -> BuiltEntry | None:
+        """The next entry's data and the requests it carries, or None when nothing waits; its
+        ids are to be remembered as first seen at first_seen_us (the leader's clock now).
 
         Takes requests in arrival order until adding the next would pass batch_size events or
         batch_bytes_max bytes; a single request larger than that forms an entry of its own.
@@ -90,7 +91,7 @@ class ProposalBatcher:
             size += len(view)
             n += 1
         parts: list[bytes | memoryview] = [
-            _SET_EVENT,
+            _SET_EVENT_AT.pack(CommandType.SET_EVENT_AT, first_seen_us),
             _BATCH_HEADER.pack(BATCH_VERSION, 0, 0, events, BATCH_HEADER_BYTES + size),
         ]
         parts.extend(self._batches[:n])

@@ -64,6 +64,7 @@ from eventstream.raft.node import (
 from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
 from eventstream.replication.pool import ReplicationPool
 from eventstream.state import (
+    EVENT_COMMANDS,
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
     STATUS_DUPLICATE,
@@ -714,7 +715,7 @@ class Node:
                 continue  # already in the state machine's snapshot (replay after restart)
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
-            if result.command == CommandType.SET_EVENT:
+            if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))
                 if waiting is not None:
@@ -783,8 +784,11 @@ class Node:
         if raft.role != Role.LEADER:
             self._fail_waiters(intake.drain(), Status.NOT_LEADER, "leadership changed; retry")
             return
+        # The cluster's time of first sight for every id in the entries (SET_EVENT_AT): the
+        # dedup window runs from here, not from the events' own timestamps.
+        now_us = time.time_ns() // 1000
         while len(intake):
-            taken = intake.take(self.config.batch_size, self.config.batch_bytes_max)
+            taken = intake.take(self.config.batch_size, self.config.batch_bytes_max, now_us)
             assert taken is not None  # requests are waiting
             data, waiters = taken
             try:

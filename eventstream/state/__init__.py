@@ -11,12 +11,14 @@ from eventstream._state import (
     STATUS_STORED,
 )
 from eventstream.state.commands import (
+    EVENT_COMMANDS,
     CommandType,
     dedup_cutoff_us,
     encode_config_update,
     encode_dedup_add,
     encode_dedup_expire,
     encode_set_event,
+    encode_set_event_at,
     encode_set_event_batch,
 )
 from eventstream.state.config import ConfigError, validate_config
@@ -26,6 +28,7 @@ from eventstream.state.queues import StoredEvent
 from eventstream.state.snapshot_stream import SnapshotReceiver
 
 __all__ = [
+    "EVENT_COMMANDS",
     "STATUS_BAD_QUEUE",
     "STATUS_DEDUP_FULL",
     "STATUS_DUPLICATE",
@@ -45,6 +48,7 @@ __all__ = [
     "encode_dedup_add",
     "encode_dedup_expire",
     "encode_set_event",
+    "encode_set_event_at",
     "encode_set_event_batch",
     "validate_config",
 ]

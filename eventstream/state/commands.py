@@ -10,10 +10,18 @@ Contract with the node and the leader:
                           apply time, else that event is refused: STATUS_BAD_QUEUE), otherwise
                           to mmh3.hash(key, signed=False) % queue_count; an event with neither
                           hashes the empty key, so all such events share one queue.
+                          Each id is remembered as first seen at its event's own timestamp, so
+                          an event stamped earlier than the dedup window (a backfill, a client
+                          whose clock is behind) is forgotten at the next DEDUP_EXPIRE: kept for
+                          logs written before SET_EVENT_AT; the node proposes SET_EVENT_AT.
       DEDUP_ADD      (2)  u32 count, then per id: u16 id_len (1..256), i64 first_seen_us, id.
       DEDUP_EXPIRE   (3)  i64 cutoff_us: forget ids first seen before it. The LEADER computes it
                           from its clock (dedup_cutoff_us); apply never reads a clock.
       CONFIG_UPDATE  (4)  UTF-8 JSON object, keys sorted, validated before it is proposed.
+      SET_EVENT_AT   (5)  i64 first_seen_us, then a SET_EVENT batch: as SET_EVENT, but every id
+                          is remembered as first seen at first_seen_us, the LEADER's clock when
+                          it proposed the entry, whatever the events' own timestamps say. An id
+                          then stays for dedup_window after the cluster first saw it.
   * Any other first byte, or a body that does not parse, in a COMMITTED entry is corruption or a
     version mismatch: apply stops with an error naming the index (never skips).
 """
@@ -34,6 +42,11 @@ class CommandType(IntEnum):
     DEDUP_ADD = 2
     DEDUP_EXPIRE = 3
     CONFIG_UPDATE = 4
+    SET_EVENT_AT = 5
+
+
+# The commands whose result is per-event (statuses, queues, offsets).
+EVENT_COMMANDS = frozenset((CommandType.SET_EVENT, CommandType.SET_EVENT_AT))
 
 
 DEDUP_ADD_IDS_MAX = 65536
@@ -48,6 +61,11 @@ def encode_set_event(events: Sequence[Event]) -> bytes:
 def encode_set_event_batch(batch: bytes | memoryview) -> bytes:
     """SET_EVENT around a batch the leader's batcher already encoded."""
     return _SET_EVENT + bytes(batch)
+
+
+def encode_set_event_at(first_seen_us: int, events: Sequence[Event]) -> bytes:
+    """SET_EVENT_AT: the events, their ids remembered as first seen at first_seen_us."""
+    return bytes([CommandType.SET_EVENT_AT]) + struct.pack("<q", first_seen_us) + encode_batch(events)
 
 
 def encode_dedup_add(ids: Iterable[tuple[bytes, int]]) -> bytes:

@@ -176,9 +176,17 @@ class StateMachine:
         body = view[1:]
         if kind == CommandType.SET_EVENT:
             statuses, queues, offsets = self.queues.apply_set_event(
-                body, self.config, self.dedup, index
+                body, self.config, self.dedup, index, None
             )
             return ApplyResult(index, CommandType.SET_EVENT, statuses, queues, offsets)
+        if kind == CommandType.SET_EVENT_AT:
+            if len(body) < 8:
+                raise MalformedCommandError(f"SET_EVENT_AT body is {len(body)} bytes, shorter than its timestamp")
+            (first_seen_us,) = struct.unpack_from("<q", body)
+            statuses, queues, offsets = self.queues.apply_set_event(
+                body[8:], self.config, self.dedup, index, first_seen_us
+            )
+            return ApplyResult(index, CommandType.SET_EVENT_AT, statuses, queues, offsets)
         if kind == CommandType.DEDUP_ADD:
             statuses = memoryview(apply_dedup_add(body, self.dedup))
             return ApplyResult(index, CommandType.DEDUP_ADD, statuses)

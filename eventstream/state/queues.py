@@ -250,13 +250,14 @@ class QueueStore:
             self.next_offsets.extend([0] * (queue_count - len(self.next_offsets)))
 
     def apply_set_event(
-        self, batch: memoryview, config: Mapping[str, Any], dedup: Any, log_index: int
+        self, batch: memoryview, config: Mapping[str, Any], dedup: Any, log_index: int, first_seen_us: int | None
     ) -> tuple[memoryview, memoryview, memoryview]:
-        """Store one SET_EVENT batch; returns per-event (statuses u8, queues i32, offsets i64)."""
+        """Store one SET_EVENT batch, its ids remembered as first seen at first_seen_us (None:
+        at each event's timestamp); returns per-event (statuses u8, queues i32, offsets i64)."""
         queue_count = config["queue_count"]
         self._ensure_slots(queue_count)
         statuses, queues, offsets, records, positions, touched = apply_set_event(
-            batch, queue_count, dedup, self.next_offsets, log_index
+            batch, queue_count, dedup, self.next_offsets, log_index, first_seen_us
         )
         mismatch = append_touched(
             self.logs, touched, records, positions, self.next_offsets, config["queue_segment_bytes"],

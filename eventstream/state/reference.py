@@ -68,7 +68,10 @@ class ReferenceStateMachine:
             return None, [], [], [], 0
         kind, body = data[0], data[1:]
         if kind == CommandType.SET_EVENT:
-            return (kind, *self._set_event(decode_batch(body)), 0)
+            return (kind, *self._set_event(decode_batch(body), None), 0)
+        if kind == CommandType.SET_EVENT_AT:
+            (first_seen_us,) = struct.unpack_from("<q", body)
+            return (kind, *self._set_event(decode_batch(body[8:]), first_seen_us), 0)
         if kind == CommandType.DEDUP_ADD:
             (count,) = struct.unpack_from("<I", body)
             pos, statuses = 4, []
@@ -104,7 +107,7 @@ class ReferenceStateMachine:
         self.dedup[event_id] = (queue, offset, seen)
         return STORED
 
-    def _set_event(self, events: list[Event]) -> tuple[list[int], list[int], list[int]]:
+    def _set_event(self, events: list[Event], first_seen_us: int | None) -> tuple[list[int], list[int], list[int]]:
         queue_count = self.config["queue_count"]
         statuses, queues, offsets = [], [], []
         arrived: dict[int, list[Event]] = {}
@@ -121,7 +124,8 @@ class ReferenceStateMachine:
                 queue = mmh3.hash(event.key or b"", signed=False) % queue_count
             offset = next_offsets.get(queue, 0)
             if event.event_id is not None:
-                status = self._remember(event.event_id, queue, offset, event.timestamp_us)
+                seen = event.timestamp_us if first_seen_us is None else first_seen_us
+                status = self._remember(event.event_id, queue, offset, seen)
                 if status == DUPLICATE:
                     first_queue, first_offset, _ = self.dedup[event.event_id]
                     statuses.append(DUPLICATE)

@@ -222,3 +222,18 @@ def test_a_full_dedup_table_answers_overloaded_until_there_is_room(tmp_path: Pat
             again = c.append(b"one more", event_id="after-full")
             assert not stored.duplicate and again.duplicate and again.offset == stored.offset
         cluster.wait_converged()
+
+
+def test_a_retried_backfill_is_stored_once_whatever_its_timestamps(tmp_path: Path) -> None:
+    """Events stamped long before the dedup window (a backfill, a client clock behind) keep
+    their ids for the window from when the cluster first saw them: the leader's expiry rounds
+    must not forget them within seconds."""
+    with local_cluster(tmp_path, 3, dedup_window=60.0, dedup_expire_interval=0.2) as cluster:
+        cluster.leader()
+        with Client(cluster.addresses) as c:
+            two_hours_ago = time.time_ns() // 1000 - 2 * 3600 * 1_000_000
+            first = c.append(b"backfilled", event_id="backfill-1", timestamp_us=two_hours_ago)
+            time.sleep(1.5)  # several DEDUP_EXPIRE rounds
+            retry = c.append(b"backfilled", event_id="backfill-1", timestamp_us=two_hours_ago)
+            assert retry.duplicate and (retry.queue, retry.offset) == (first.queue, first.offset)
+        cluster.wait_converged()

@@ -10,6 +10,8 @@ from eventstream.storage import crc32c
 from eventstream.storage.codec import encode_batch
 from eventstream.transport.client_protocol import Op, encode_request
 
+SEEN_US = 1_790_000_000_123_456  # the leader's clock when it takes an entry
+
 
 def test_latency_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
     registry = CollectorRegistry()
@@ -35,7 +37,7 @@ def test_latency_histogram_adds_the_native_intake_s_buckets() -> None:
     for arrival in (10.0, 9.9995, 9.998):  # answered at 10.0: waited 0, 0.5 and 2 ms
         body = encode_request(Op.APPEND, 1, encode_batch([(None, None, None, 1, b"x")]))
         intake.feed(slot, struct.pack("<II", len(body), crc32c(body)) + body, arrival, True)
-    taken = intake.take(100, 1 << 20)
+    taken = intake.take(100, 1 << 20, SEEN_US)
     assert taken is not None
     intake.answer(taken[1], 1, bytes([1, 1, 1]), array("I", [0, 0, 0]), array("Q", [0, 1, 2]), bytes(256), 2, 10.0)
     text = generate_latest(registry).decode()

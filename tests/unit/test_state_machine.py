@@ -29,6 +29,7 @@ from eventstream.state import (
     encode_dedup_add,
     encode_dedup_expire,
     encode_set_event,
+    encode_set_event_at,
     validate_config,
 )
 from eventstream.state import queues as queues_module
@@ -70,6 +71,26 @@ def test_exactly_once_across_batches_and_expiry(tmp_path: Any) -> None:
     assert dedup_cutoff_us(10_000_000, machine.config) == 10_000_000 - 3_600_000_000
 
 
+def test_set_event_at_remembers_ids_from_the_leaders_time_not_the_events(tmp_path: Any) -> None:
+    """A backfill (or a client whose clock is behind) stamps events long before the leader
+    sees them; the dedup window must run from when the cluster first saw each id, or the next
+    DEDUP_EXPIRE forgets the ids and a retry is stored twice."""
+    machine = open_machine(tmp_path)
+    seen = 50_000_000  # the leader's clock at proposal; the events say 1000..1009
+    first = machine.apply(1, 1, encode_set_event_at(seen, events(10)))
+    assert list(first.statuses) == [STATUS_STORED] * 10 and first.command == CommandType.SET_EVENT_AT
+    assert machine.apply(2, 1, encode_dedup_expire(seen)).expired_count == 0  # all after their timestamps
+    retry = machine.apply(3, 1, encode_set_event_at(seen + 1, events(10)))
+    assert list(retry.statuses) == [STATUS_DUPLICATE] * 10
+    assert list(retry.offsets) == list(first.offsets)
+    # Past the window from first sight they go, whatever the events' own timestamps.
+    assert machine.apply(4, 1, encode_dedup_expire(seen + 1)).expired_count == 10
+    # SET_EVENT (logs written before SET_EVENT_AT) still takes each event's timestamp.
+    legacy = machine.apply(5, 1, encode_set_event(events(10, start=100)))
+    assert list(legacy.statuses) == [STATUS_STORED] * 10
+    assert machine.apply(6, 1, encode_dedup_expire(1_200)).expired_count == 10
+
+
 def test_dedup_add_then_set_event_is_a_duplicate(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     machine.apply(1, 1, encode_dedup_add([(b"id-0", 5)]))
@@ -97,6 +118,8 @@ def test_explicit_queue_and_queue_count_change(tmp_path: Any) -> None:
     [
         (b"\x09abc", "unknown command type 9"),
         (bytes([CommandType.SET_EVENT]) + b"\x01\x00", "SET_EVENT batch"),
+        (bytes([CommandType.SET_EVENT_AT]) + b"\x00" * 7, "SET_EVENT_AT body is 7 bytes"),
+        (bytes([CommandType.SET_EVENT_AT]) + b"\x00" * 8 + b"\x01\x00", "SET_EVENT batch"),
         (bytes([CommandType.DEDUP_EXPIRE]) + b"\x00" * 7, "DEDUP_EXPIRE body is 7 bytes"),
         (bytes([CommandType.CONFIG_UPDATE]) + b"{not json", "not JSON"),
         (bytes([CommandType.CONFIG_UPDATE]) + b'{"queue_count": 0}', "queue_count=0"),

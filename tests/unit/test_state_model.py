@@ -16,6 +16,7 @@ from eventstream.state import (
     encode_dedup_add,
     encode_dedup_expire,
     encode_set_event,
+    encode_set_event_at,
 )
 from eventstream.state.reference import ReferenceStateMachine
 from eventstream.storage.codec import Event
@@ -45,7 +46,7 @@ configs = st.fixed_dictionaries(
 ).filter(bool)
 commands = st.one_of(
     st.lists(events, min_size=1, max_size=25).map(encode_set_event),
-    st.lists(events, min_size=1, max_size=25).map(encode_set_event),
+    st.builds(encode_set_event_at, st.integers(0, 1_000_000), st.lists(events, min_size=1, max_size=25)),
     st.lists(st.tuples(ids, st.integers(0, 1_000_000)), min_size=1, max_size=4).map(
         encode_dedup_add
     ),

@@ -37,6 +37,8 @@ from eventstream.transport.client_protocol import (
 )
 from eventstream.transport.frames import HEADER, FrameError, iter_frames
 
+SEEN_US = 1_790_000_000_123_456  # the leader's clock when it takes an entry
+
 BOUNDS = (0.001, 0.01, 0.1)
 DUPLICATE = 2
 REFUSED = bytes({3: 1, 4: 2}.get(s, 0) for s in range(256))  # two refusal kinds, 4 the graver
@@ -77,7 +79,7 @@ def test_appends_split_across_reads_are_queued_whole_in_arrival_order() -> None:
             break
     assert len(it) == 3 and it.pending_events == 6 and it.in_flight(slot) == 3
     assert it.buffered_bytes(slot) == 0 and it.refusals == []
-    data, waiters = it.take(100, 1 << 20)
+    data, waiters = it.take(100, 1 << 20, SEEN_US)
     assert waiters.request_ids() == [1, 2, 3] and waiters.first_events() == [0, 2, 5] and waiters.event_count == 6
     assert len(it) == 0 and it.pending_bytes == 0 and it.pending_events == 0
 
@@ -87,10 +89,10 @@ def test_another_request_is_handed_back_and_the_bytes_after_it_wait() -> None:
     slot, _ = it.open_slot(-1)
     status = encode_request(Op.STATUS, 2)
     assert it.feed(slot, append(1) + frame(status) + append(3) + b"\x05\x00", 1.0, True) == status
-    assert it.take(100, 1 << 20)[1].request_ids() == [1]  # the APPEND before it was queued first
+    assert it.take(100, 1 << 20, SEEN_US)[1].request_ids() == [1]  # the APPEND before it was queued first
     assert it.buffered_bytes(slot) > 0
     assert it.feed(slot, b"", 1.0, True) is None
-    assert it.take(100, 1 << 20)[1].request_ids() == [3]
+    assert it.take(100, 1 << 20, SEEN_US)[1].request_ids() == [3]
     assert it.buffered_bytes(slot) == 2  # the start of the next frame
 
 
@@ -152,13 +154,13 @@ def test_the_entry_is_the_python_reference_s_entry() -> None:
         body = encode_request(Op.APPEND, rid, batch(f"r{rid}", n))
         it.feed(slots[rid % 3], frame(body), float(rid), True)
         ref.add(body, PendingAppend(None, rid, n, float(rid)), 9)
-    while (built := ref.take()) is not None:
-        data, waiters = it.take(5, 1 << 20)
+    while (built := ref.take(SEEN_US)) is not None:
+        data, waiters = it.take(5, 1 << 20, SEEN_US)
         assert data == built.data
         assert waiters.request_ids() == [w.request_id for w in built.waiters]
         assert waiters.first_events() == [w.first_event for w in built.waiters]
         assert waiters.first_arrival == built.waiters[0].received_at
-    assert it.take(5, 1 << 20) is None
+    assert it.take(5, 1 << 20, SEEN_US) is None
 
 
 @settings(max_examples=60, deadline=None)
@@ -174,13 +176,13 @@ def test_entries_match_the_reference_for_any_sizes_and_limits(sizes: list[int], 
         it.feed(slot, frame(body), 0.0, True)
         ref.add(body, PendingAppend(None, rid, n, 0.0), 9)
         if rid % 7 == 3:  # take while others wait, as the node does between reads
-            built = ref.take()
+            built = ref.take(SEEN_US)
             assert built is not None
-            data, waiters = it.take(batch_size, bytes_max)
+            data, waiters = it.take(batch_size, bytes_max, SEEN_US)
             assert data == built.data and waiters.request_ids() == [w.request_id for w in built.waiters]
             taken += waiters.request_ids()
-    while (built := ref.take()) is not None:
-        data, waiters = it.take(batch_size, bytes_max)
+    while (built := ref.take(SEEN_US)) is not None:
+        data, waiters = it.take(batch_size, bytes_max, SEEN_US)
         assert data == built.data and waiters.first_events() == [w.first_event for w in built.waiters]
         taken += waiters.request_ids()
     assert taken == list(range(len(sizes))) and len(it) == 0 and it.pending_bytes == 0
@@ -193,7 +195,7 @@ def test_answers_are_the_python_encoder_s_frames_and_skip_closed_connections() -
     it.feed(a, append(10, 2), 1.0, True)
     it.feed(b, append(20, 1), 1.0, True)
     it.feed(a, append(11, 2), 1.0, True)
-    _, waiters = it.take(100, 1 << 20)
+    _, waiters = it.take(100, 1 << 20, SEEN_US)
     statuses = bytes([1, DUPLICATE, 1, 3, 1])  # request 11's second event was refused
     st_, queues, offsets = columns(5, statuses)
     it.close_slot(b)
@@ -216,7 +218,7 @@ def test_a_refused_waiter_carries_the_gravest_flag_of_its_events() -> None:
     it = intake()
     a, gen_a = it.open_slot(-1)
     it.feed(a, append(1, 3) + append(2, 2), 1.0, True)
-    _, waiters = it.take(100, 1 << 20)
+    _, waiters = it.take(100, 1 << 20, SEEN_US)
     st_, queues, offsets = columns(5, bytes([3, 4, 0, 0, 3]))
     refused, _ = it.answer(waiters, 9, st_, queues, offsets, REFUSED, DUPLICATE, 1.0)
     assert refused == [(a, gen_a, 1, 2), (a, gen_a, 2, 1)]
@@ -226,7 +228,7 @@ def test_answer_refuses_waiters_outside_the_result_columns() -> None:
     it = intake()
     slot, _ = it.open_slot(-1)
     it.feed(slot, append(1, 3), 0.0, True)
-    _, waiters = it.take(100, 1 << 20)
+    _, waiters = it.take(100, 1 << 20, SEEN_US)
     with pytest.raises(ValueError, match="outside the entry"):
         it.answer(waiters, 1, *columns(2), REFUSED, DUPLICATE, 0.0)
     with pytest.raises(ValueError, match="differ in length"):

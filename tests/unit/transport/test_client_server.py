@@ -19,6 +19,8 @@ from eventstream.transport.client_server import ClientServer, ClientSession, Ref
 from eventstream.transport.frames import HEADER, iter_frames
 from eventstream.transport.hello import ROLE_CLIENT, Hello
 
+SEEN_US = 1_790_000_000_123_456  # the leader's clock when it takes an entry
+
 
 class FakeConn:
     """The part of FramedConnection that ClientServer and ClientSession use (no socket: every
@@ -103,7 +105,7 @@ def test_appends_of_one_loop_turn_from_many_connections_are_handed_over_once() -
         assert service.calls == []  # the node is woken once the loop turn's reads are done
         await asyncio.sleep(0)
         assert service.calls == [("queued", 4)]
-        _, waiters = server.intake.take(100, 1 << 20)
+        _, waiters = server.intake.take(100, 1 << 20, SEEN_US)
         assert waiters.request_ids() == [1, 2, 7, 9]
         assert [s.in_flight for s in sorted(server.sessions, key=lambda s: s.conn.peername)] == [2, 1, 1]
 
@@ -167,7 +169,7 @@ def test_frames_read_before_the_connection_was_adopted_come_first() -> None:
         assert server.adopt(conn, Hello(ROLE_CLIENT, 0))
         conn.deliver(bodies)
         conn.data_received(stream[len(append(1)) * 2 + 5:])
-        _, waiters = server.intake.take(100, 1 << 20)
+        _, waiters = server.intake.take(100, 1 << 20, SEEN_US)
         assert waiters.request_ids() == [1, 2, 3]
         await asyncio.sleep(0)
 
