@@ -350,6 +350,7 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
     cdef size_t next_pos
     cdef uint32_t i, q
     cdef uint64_t h1, h2
+    cdef int64_t ts
     cdef int rc
     cdef bint out_of_memory = False
     cdef const esc_dedup_entry *existing = NULL
@@ -389,8 +390,12 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             queues[i] = <int32_t>q
             offsets[i] = next_offsets[q]
             next_offsets[q] += 1
-            if q_count[q] == 0 or ev.timestamp_us > q_ts[q]:
-                q_ts[q] = ev.timestamp_us
+            # Age retention judges segments by their newest event; an event stamped past the
+            # leader's clock (a client clock ahead, a unit slip) counts as stamped then, or it
+            # would age out every segment before it.
+            ts = seen_us if seen_given and ev.timestamp_us > seen_us else ev.timestamp_us
+            if q_count[q] == 0 or ts > q_ts[q]:
+                q_ts[q] = ts
             q_count[q] += 1
             q_bytes[q] += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
             stored += 1

@@ -17,7 +17,8 @@ The bytes on disk are the same format, read by the same native parser.
 Determinism (issue 4, "Retention trims whole segments deterministically at apply time"):
 segments roll only after a whole batch, and retention runs right after, dropping whole sealed
 segments oldest first while the queue is over its byte cap or the segment's newest event is
-older than the queue's newest event minus the age cap. Both depend only on applied entries and
+older than the queue's newest event minus the age cap (an event stamped past its entry's
+proposal time, SET_EVENT_AT, counts as stamped then). Both depend only on applied entries and
 replicated config, so every replica cuts and drops the same segments. The newest segment is
 always kept, so a queue's byte total may exceed its cap by up to one segment.
 
@@ -357,7 +358,9 @@ class QueueStore:
                     s["base_offset"], path, PositionIndex(), s["bytes"], 0, s["sealed"]
                 )
                 count, max_ts = scan_segment_file(path, segment)
-                if count != s["count"] or (count and max_ts != s["max_timestamp_us"]):
+                # The manifest's newest time may be below the records' own: apply counts an
+                # event stamped past its entry's proposal time as stamped then (SET_EVENT_AT).
+                if count != s["count"] or (count and s["max_timestamp_us"] > max_ts):
                     raise SnapshotError(
                         f"{path}: holds {count} events (newest {max_ts}), the manifest says "
                         f"{s['count']} (newest {s['max_timestamp_us']})"

@@ -143,16 +143,18 @@ class ReferenceStateMachine:
             next_offsets[queue] = offset + 1
             arrived.setdefault(queue, []).append(event)
         for queue in sorted(arrived):
-            self._append(queue, arrived[queue])
+            self._append(queue, arrived[queue], first_seen_us)
             self._retention(queue)
         return statuses, queues, offsets
 
-    def _append(self, queue: int, events: list[Event]) -> None:
+    def _append(self, queue: int, events: list[Event], first_seen_us: int | None) -> None:
         q = self.queues.setdefault(queue, ModelQueue())
         if not q.segments or q.segments[-1].sealed:
             q.segments.append(ModelSegment(q.next_offset))
         segment = q.segments[-1]
-        batch_max = max(e.timestamp_us for e in events)
+        # For age retention an event stamped past the proposal time counts as stamped then.
+        batch_max = max(e.timestamp_us if first_seen_us is None else min(e.timestamp_us, first_seen_us)
+                        for e in events)
         segment.max_timestamp_us = (
             max(segment.max_timestamp_us, batch_max) if segment.events else batch_max
         )

@@ -218,6 +218,35 @@ def test_retention_trims_whole_segments_by_bytes_and_age(tmp_path: Any) -> None:
     assert machine.read(0, 200)[0].payload == b"late"
 
 
+def test_an_event_stamped_in_the_future_does_not_age_out_the_queue(tmp_path: Any) -> None:
+    """Age retention judges segments by their newest event; under SET_EVENT_AT an event
+    stamped past the leader's clock counts as stamped then, so one client clock far ahead
+    cannot make every older segment look old. Snapshots keep that view."""
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"queue_segment_bytes": 4096,
+                                              "queue_retention": {"0": {"age_ms_max": 60_000}}}))
+    now = 1_790_000_000_000_000
+    index = 2
+    for batch in range(20):  # a segment per 3 batches, all within the last second
+        machine.apply(index, 1, encode_set_event_at(now + batch, [Event(None, None, 0, now + batch, b"x" * 100)] * 10))
+        index += 1
+    a_year_ahead = now + 365 * 86_400_000_000
+    for _ in range(3):  # enough to seal a segment behind the bad stamps
+        machine.apply(index, 1, encode_set_event_at(now + 20, [Event(None, None, 0, a_year_ahead, b"bad clock")] * 10))
+        index += 1
+    assert machine.queue_range(0) == (0, 230)
+    assert machine.read(0, 200)[0].timestamp_us == a_year_ahead  # stored as sent
+    machine.snapshot()
+    digest = machine.digest()
+    machine.close()
+    reopened = StateMachine.open(machine.directory)
+    assert reopened.digest() == digest and reopened.queue_range(0) == (0, 230)
+    # An hour of proposals later, by the leader's clock, the old segments do age out.
+    reopened.apply(index, 1, encode_set_event_at(now + 3_600_000_000, [Event(None, None, 0, now + 3_600_000_000, b"later")]))
+    assert reopened.queue_range(0)[0] > 0
+    reopened.close()
+
+
 def command_stream(seed: int, count: int) -> list[bytes]:
     rng = random.Random(seed)
     out = [encode_config_update({"queue_segment_bytes": 4096, "queue_count": 4})]
