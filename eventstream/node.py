@@ -749,15 +749,11 @@ class Node:
                 self._reply_error(session, request_id, Status.OVERLOADED, self._dedup_full(index))
             else:
                 self._reply_error(session, request_id, Status.INVALID_ARGUMENT,
-                                  f"entry {index}: events naming a queue outside 0..{self._queue_count() - 1} "
+                                  f"entry {index}: events naming a queue outside 0..{self.intake.queue_count - 1} "
                                   "were refused (queue_count changed since they were sent); the request's other "
                                   "events were stored")
         if clients is not None:
             clients.flush_soon()
-
-    def _queue_count(self) -> int:
-        assert self.state is not None
-        return int(self.state.config["queue_count"])
 
     def _dedup_full(self, index: int) -> str:
         """The answer to a request with events refused by a full dedup table; also logged, at
