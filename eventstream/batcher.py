@@ -21,11 +21,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from eventstream.state.commands import CommandType
+from eventstream.state.commands import SET_EVENT_AT_HEAD, CommandType
 from eventstream.storage.codec import BATCH_HEADER_BYTES, BATCH_VERSION
 
 _BATCH_HEADER = struct.Struct("<BBHII")
-_SET_EVENT_AT = struct.Struct("<Bq")  # command byte, the ids' first-seen time
 
 
 @dataclass(slots=True)
@@ -91,7 +90,7 @@ class ProposalBatcher:
             size += len(view)
             n += 1
         parts: list[bytes | memoryview] = [
-            _SET_EVENT_AT.pack(CommandType.SET_EVENT_AT, first_seen_us),
+            SET_EVENT_AT_HEAD.pack(CommandType.SET_EVENT_AT, first_seen_us),
             _BATCH_HEADER.pack(BATCH_VERSION, 0, 0, events, BATCH_HEADER_BYTES + size),
         ]
         parts.extend(self._batches[:n])

@@ -45,6 +45,8 @@ class CommandType(IntEnum):
     SET_EVENT_AT = 5
 
 
+# SET_EVENT_AT's head: the command byte, then the i64 time its ids are first seen at.
+SET_EVENT_AT_HEAD = struct.Struct("<Bq")
 # The commands whose result is per-event (statuses, queues, offsets).
 EVENT_COMMANDS = frozenset((CommandType.SET_EVENT, CommandType.SET_EVENT_AT))
 
@@ -65,7 +67,7 @@ def encode_set_event_batch(batch: bytes | memoryview) -> bytes:
 
 def encode_set_event_at(first_seen_us: int, events: Sequence[Event]) -> bytes:
     """SET_EVENT_AT: the events, their ids remembered as first seen at first_seen_us."""
-    return bytes([CommandType.SET_EVENT_AT]) + struct.pack("<q", first_seen_us) + encode_batch(events)
+    return SET_EVENT_AT_HEAD.pack(CommandType.SET_EVENT_AT, first_seen_us) + encode_batch(events)
 
 
 def encode_dedup_add(ids: Iterable[tuple[bytes, int]]) -> bytes:

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
 from eventstream.state import snapshot as snapshots
-from eventstream.state.commands import CommandType
+from eventstream.state.commands import SET_EVENT_AT_HEAD, CommandType
 from eventstream.state.config import (
     ConfigError,
     default_config,
@@ -180,11 +180,11 @@ class StateMachine:
             )
             return ApplyResult(index, CommandType.SET_EVENT, statuses, queues, offsets)
         if kind == CommandType.SET_EVENT_AT:
-            if len(body) < 8:
+            if len(view) < SET_EVENT_AT_HEAD.size:
                 raise MalformedCommandError(f"SET_EVENT_AT body is {len(body)} bytes, shorter than its timestamp")
-            (first_seen_us,) = struct.unpack_from("<q", body)
+            _, first_seen_us = SET_EVENT_AT_HEAD.unpack_from(view)
             statuses, queues, offsets = self.queues.apply_set_event(
-                body[8:], self.config, self.dedup, index, first_seen_us
+                view[SET_EVENT_AT_HEAD.size:], self.config, self.dedup, index, first_seen_us
             )
             return ApplyResult(index, CommandType.SET_EVENT_AT, statuses, queues, offsets)
         if kind == CommandType.DEDUP_ADD:

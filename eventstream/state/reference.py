@@ -15,7 +15,7 @@ from typing import Any
 
 import mmh3
 
-from eventstream.state.commands import CommandType
+from eventstream.state.commands import SET_EVENT_AT_HEAD, CommandType
 from eventstream.state.config import default_config, merge_config, retention_limits, validate_config
 from eventstream.storage.codec_reference import decode_batch
 from eventstream.storage.event import Event
@@ -70,8 +70,8 @@ class ReferenceStateMachine:
         if kind == CommandType.SET_EVENT:
             return (kind, *self._set_event(decode_batch(body), None), 0)
         if kind == CommandType.SET_EVENT_AT:
-            (first_seen_us,) = struct.unpack_from("<q", body)
-            return (kind, *self._set_event(decode_batch(body[8:]), first_seen_us), 0)
+            _, first_seen_us = SET_EVENT_AT_HEAD.unpack_from(data)
+            return (kind, *self._set_event(decode_batch(data[SET_EVENT_AT_HEAD.size:]), first_seen_us), 0)
         if kind == CommandType.DEDUP_ADD:
             (count,) = struct.unpack_from("<I", body)
             pos, statuses = 4, []
