@@ -67,9 +67,11 @@ cdef int _field_bytes(object value, Py_ssize_t index, str name, Py_ssize_t limit
 cdef int _read_event_fields(object event, Py_ssize_t index, list keep, esc_event_t *ev) except -1:
     cdef object value
     cdef long long number
-    if not PyTuple_Check(event) or PyTuple_GET_SIZE(event) != 5:
+    cdef Py_ssize_t width = PyTuple_GET_SIZE(event) if PyTuple_Check(event) else 0
+    if width != 5 and width != 6:
         raise CodecError(
-            f"event {index}: expected a 5-tuple (event_id, key, queue, timestamp_us, payload)"
+            f"event {index}: expected a 5- or 6-tuple "
+            f"(event_id, key, queue, timestamp_us, payload[, id_generated])"
         )
     ev.flags = 0
     ev.id_len = 0
@@ -106,11 +108,20 @@ cdef int _read_event_fields(object event, Py_ssize_t index, list keep, esc_event
     if value is None:
         raise CodecError(f"event {index}: payload must be bytes, not None")
     _field_bytes(value, index, "payload", -1, keep, &ev.payload, &ev.payload_len)
+    if width == 6:
+        value = <object>PyTuple_GET_ITEM(event, 5)
+        if not isinstance(value, (bool, int)):
+            raise CodecError(f"event {index}: id_generated must be a bool")
+        if value:
+            if not ev.flags & ESC_EVENT_HAS_ID:
+                raise CodecError(f"event {index}: id_generated is set but the event has no event_id")
+            ev.flags |= ESC_EVENT_ID_GENERATED
     return 0
 
 
 def encode_batch(events):
-    """Encodes (event_id, key, queue, timestamp_us, payload) tuples (or Events) into one batch.
+    """Encodes (event_id, key, queue, timestamp_us, payload[, id_generated]) tuples (or Events)
+    into one batch.
 
     Raises CodecError naming the first bad event; nothing is partially written.
     """
@@ -224,7 +235,8 @@ cdef class BatchView:
         )
         queue = ev.queue if ev.flags & ESC_EVENT_HAS_QUEUE else None
         payload = PyBytes_FromStringAndSize(<const char *>ev.payload, ev.payload_len)
-        return _tuple_new(Event, (event_id, key, queue, ev.timestamp_us, payload))
+        return _tuple_new(Event, (event_id, key, queue, ev.timestamp_us, payload,
+                                  bool(ev.flags & ESC_EVENT_ID_GENERATED)))
 
     def __len__(self):
         return self._count
@@ -267,6 +279,12 @@ cdef class BatchView:
         if not ev.flags & ESC_EVENT_HAS_KEY:
             return None
         return PyBytes_FromStringAndSize(<const char *>ev.key, ev.key_len)
+
+    def id_generated(self, Py_ssize_t index):
+        """Whether the client library generated event `index`'s id (storage.event.Event)."""
+        cdef esc_event_t ev
+        self._event(index, &ev)
+        return bool(ev.flags & ESC_EVENT_ID_GENERATED)
 
     def queue(self, Py_ssize_t index):
         cdef esc_event_t ev

@@ -136,47 +136,69 @@ def id_digest(const uint8_t[::1] event_id):
 cdef class DedupTable:
     """Remembered event ids: 128-bit digests with their original (queue, offset), in arrival order.
 
-    Invariant: at most `ids_max` ids; a full table refuses adds (DedupFullError) rather than
-    forgetting an id early, because forgetting early would let a retry apply twice.
+    Two classes of ids, each in its own arrival order so each expires by its own cut-off:
+    ids the caller chose (kept for dedup_window_ms) and ids the client library generated
+    (batch_codec.h's ESC_EVENT_ID_GENERATED; kept for the shorter dedup_generated_window_ms,
+    since nobody but that library's retry loop can ever send them again). An id's class is part
+    of its identity: each class is checked only against itself.
+
+    Invariant: at most `ids_max` ids in both classes together; a full table refuses adds
+    (DedupFullError) rather than forgetting an id early, because forgetting early would let a
+    retry apply twice.
     """
 
     cdef esc_dedup_table table
+    cdef esc_dedup_table generated
+    cdef uint64_t cap
 
     def __cinit__(self, uint64_t ids_max=0):
-        esc_dedup_init(&self.table, ids_max)
+        esc_dedup_init(&self.table, ESC_DEDUP_IDS_MAX)
+        esc_dedup_init(&self.generated, ESC_DEDUP_IDS_MAX)
+        self.cap = ids_max if 0 < ids_max <= ESC_DEDUP_IDS_MAX else ESC_DEDUP_IDS_MAX
 
     def __dealloc__(self):
         esc_dedup_free(&self.table)
+        esc_dedup_free(&self.generated)
 
     def __len__(self):
-        return esc_dedup_count(&self.table)
+        return esc_dedup_count(&self.table) + esc_dedup_count(&self.generated)
+
+    @property
+    def generated_count(self):
+        """How many of the remembered ids the client library generated."""
+        return esc_dedup_count(&self.generated)
 
     @property
     def ids_max(self):
-        return self.table.ids_max
+        return self.cap
 
     def set_ids_max(self, uint64_t ids_max):
         """Change the cap; below the current count, adds are refused until enough expire."""
-        self.table.ids_max = ids_max if 0 < ids_max <= ESC_DEDUP_IDS_MAX else ESC_DEDUP_IDS_MAX
+        self.cap = ids_max if 0 < ids_max <= ESC_DEDUP_IDS_MAX else ESC_DEDUP_IDS_MAX
 
     @property
     def memory_bytes(self):
-        """Bytes held by the table's slots and entry chunks."""
-        return esc_dedup_bytes(&self.table)
+        """Bytes held by the tables' slots and entry chunks."""
+        return esc_dedup_bytes(&self.table) + esc_dedup_bytes(&self.generated)
 
-    cdef int add_digest(self, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
-                        int64_t first_seen_us, const esc_dedup_entry **existing) noexcept nogil:
-        return esc_dedup_insert(&self.table, h1, h2, queue, offset, first_seen_us, existing)
+    cdef int insert(self, bint generated, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
+                    int64_t first_seen_us, const esc_dedup_entry **existing) noexcept nogil:
+        """esc_dedup_insert into the id's class, under the cap the two classes share."""
+        cdef esc_dedup_table *t = &self.generated if generated else &self.table
+        cdef const esc_dedup_table *other = &self.table if generated else &self.generated
+        cdef uint64_t others = other.tail - other.head
+        t.ids_max = self.cap - others if self.cap > others else 0
+        return esc_dedup_insert(t, h1, h2, queue, offset, first_seen_us, existing)
 
     def add(self, const uint8_t[::1] event_id, int32_t queue, int64_t offset,
-            int64_t first_seen_us):
+            int64_t first_seen_us, bint generated=False):
         """Check-and-add: None when the id is new (now remembered), else the original
         (queue, offset)."""
         cdef uint64_t h1, h2
         cdef const esc_dedup_entry *existing = NULL
         esc_murmur3_128(&event_id[0] if event_id.shape[0] else <const uint8_t *>b"",
                         event_id.shape[0], 0, &h1, &h2)
-        rc = esc_dedup_insert(&self.table, h1, h2, queue, offset, first_seen_us, &existing)
+        rc = self.insert(generated, h1, h2, queue, offset, first_seen_us, &existing)
         return self._add_result(rc, existing)
 
     cdef object _add_result(self, int rc, const esc_dedup_entry *existing):
@@ -185,46 +207,49 @@ cdef class DedupTable:
         if rc == ESC_DEDUP_PRESENT:
             return (existing.queue, existing.offset)
         if rc == ESC_DEDUP_FULL:
-            raise DedupFullError(f"dedup table holds its maximum of {self.table.ids_max} ids")
+            raise DedupFullError(f"dedup table holds its maximum of {self.cap} ids")
         raise MemoryError("dedup table could not grow")
 
-    def lookup(self, const uint8_t[::1] event_id):
+    def lookup(self, const uint8_t[::1] event_id, bint generated=False):
         """The original (queue, offset) of a remembered id, or None."""
         cdef uint64_t h1, h2
         esc_murmur3_128(&event_id[0] if event_id.shape[0] else <const uint8_t *>b"",
                         event_id.shape[0], 0, &h1, &h2)
-        cdef const esc_dedup_entry *e = esc_dedup_find(&self.table, h1, h2)
+        cdef const esc_dedup_entry *e = esc_dedup_find(&self.generated if generated else &self.table,
+                                                       h1, h2)
         if e == NULL:
             return None
         return (e.queue, e.offset)
 
-    def expire(self, int64_t cutoff_us):
-        """Forget ids, oldest arrival first, while first seen before cutoff_us; returns the count.
+    def expire(self, int64_t cutoff_us, generated_cutoff_us=None):
+        """Forget ids, oldest arrival first, while first seen before the cut-off of their class
+        (generated ids: generated_cutoff_us, or cutoff_us when it is None); returns the count.
 
         An older id that arrived after a newer one waits for it: ids are kept a little longer,
         never forgotten early, and the result depends only on the applied commands.
         """
+        cdef int64_t generated_cutoff = cutoff_us if generated_cutoff_us is None else generated_cutoff_us
         cdef uint64_t n
         with nogil:
             n = esc_dedup_expire(&self.table, cutoff_us)
+            n += esc_dedup_expire(&self.generated, generated_cutoff)
         return n
 
     def freeze(self):
-        """A DedupView of the entries as they are now: costs one pointer per 65,536 ids, and
-        the table goes on changing while the view stays as it was (chunks are shared)."""
-        cdef DedupView view = DedupView.__new__(DedupView)
-        if esc_dedup_view_take(&self.table, &view.view) != 0:
-            raise MemoryError()
-        return view
+        """(caller ids, generated ids) as DedupViews of the entries as they are now: costs one
+        pointer per 65,536 ids, and the table goes on changing while the views stay as they
+        were (chunks are shared)."""
+        return _freeze(&self.table), _freeze(&self.generated)
 
-    def export_entries(self):
-        """All entries in arrival order as packed 36-byte little-endian records:
+    def export_entries(self, bint generated=False):
+        """One class's entries in arrival order as packed 36-byte little-endian records:
         h1 u64, h2 u64, offset i64, first_seen_us i64, queue i32."""
-        return self.freeze().export_range(0, len(self))
+        view = self.freeze()[1 if generated else 0]
+        return view.export_range(0, len(view))
 
-    def import_entries(self, const uint8_t[::1] packed):
-        """Append entries exported by export_entries (arrival order kept). Refuses a partial
-        record or a digest already present, which only a damaged image can contain."""
+    def import_entries(self, const uint8_t[::1] packed, bint generated=False):
+        """Append entries exported by export_entries to one class (arrival order kept). Refuses
+        a partial record or a digest already present, which only a damaged image can contain."""
         cdef Py_ssize_t n = packed.shape[0]
         if n % ESC_DEDUP_ENTRY_BYTES:
             raise ValueError(f"dedup image of {n} bytes is not a whole number of "
@@ -237,14 +262,20 @@ cdef class DedupTable:
             i = 0
             while i < n:
                 memcpy(&e, &packed[i], ESC_DEDUP_ENTRY_BYTES)
-                rc = esc_dedup_insert(&self.table, e.h1, e.h2, e.queue, e.offset,
-                                      e.first_seen_us, &existing)
+                rc = self.insert(generated, e.h1, e.h2, e.queue, e.offset, e.first_seen_us, &existing)
                 if rc != ESC_DEDUP_INSERTED:
                     break
                 i += ESC_DEDUP_ENTRY_BYTES
         if rc == ESC_DEDUP_PRESENT:
             raise ValueError(f"dedup image repeats a digest at byte {i}")
         self._add_result(rc, existing)
+
+
+cdef DedupView _freeze(const esc_dedup_table *t):
+    cdef DedupView view = DedupView.__new__(DedupView)
+    if esc_dedup_view_take(t, &view.view) != 0:
+        raise MemoryError()
+    return view
 
 
 from wal_format_h cimport *
@@ -371,8 +402,9 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
                                    ev.key_len, 0) % queue_count
             if ev.flags & ESC_EVENT_HAS_ID:
                 esc_murmur3_128(ev.event_id, ev.id_len, 0, &h1, &h2)
-                rc = esc_dedup_insert(&dedup.table, h1, h2, <int32_t>q, next_offsets[q],
-                                      seen_us if seen_given else ev.timestamp_us, &existing)
+                rc = dedup.insert(ev.flags & ESC_EVENT_ID_GENERATED, h1, h2, <int32_t>q,
+                                  next_offsets[q], seen_us if seen_given else ev.timestamp_us,
+                                  &existing)
                 if rc == ESC_DEDUP_PRESENT:
                     statuses[i] = ST_DUPLICATE
                     queues[i] = existing.queue
@@ -484,7 +516,7 @@ def apply_dedup_add(const uint8_t[::1] body, DedupTable dedup):
             first_seen_us = <int64_t>esc_load_u64(buf + pos + 2)
             esc_murmur3_128(buf + pos + 10, id_len, 0, &h1, &h2)
             pos += 10 + id_len
-            rc = esc_dedup_insert(&dedup.table, h1, h2, -1, -1, first_seen_us, &existing)
+            rc = dedup.insert(False, h1, h2, -1, -1, first_seen_us, &existing)
             if rc == ESC_DEDUP_INSERTED:
                 statuses[i] = ST_STORED
             elif rc == ESC_DEDUP_PRESENT:
@@ -775,7 +807,7 @@ def decode_queue_records(const uint8_t[::1] data, size_t start, uint64_t first_o
     `max_bytes` (the first regardless, when take_first). Every record walked is checked.
 
     Returns (events, record_bytes): events are factory(offset, event_id, key, queue,
-    timestamp_us, payload).
+    timestamp_us, payload, id_generated).
     """
     cdef size_t length = data.shape[0]
     cdef const uint8_t *buf = data_ptr(data)
@@ -805,6 +837,7 @@ def decode_queue_records(const uint8_t[::1] data, size_t start, uint64_t first_o
                 ev.queue if ev.flags & ESC_EVENT_HAS_QUEUE else None,
                 ev.timestamp_us,
                 ev.payload[:ev.payload_len],
+                bool(ev.flags & ESC_EVENT_ID_GENERATED),
             ))
         offset += 1
         pos = next_pos

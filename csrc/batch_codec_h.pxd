@@ -15,6 +15,7 @@ cdef extern from "batch_codec.h" nogil:
         ESC_EVENT_HAS_ID
         ESC_EVENT_HAS_KEY
         ESC_EVENT_HAS_QUEUE
+        ESC_EVENT_ID_GENERATED
         ESC_BATCH_OK
 
     ctypedef struct esc_event_t:

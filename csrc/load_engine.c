@@ -135,7 +135,9 @@ size_t esc_load_encode_request(uint8_t *dst, uint64_t request_id, uint32_t batch
     ev.timestamp_us = timestamp_us;
     ev.key = key;
     for (uint32_t i = 0; i < batch_size; i++) {
-        ev.flags = ESC_EVENT_HAS_KEY | (ids ? ESC_EVENT_HAS_ID : 0);
+        /* Random ids, as the client library makes up for callers who give none: marked so the
+         * cluster keeps them for its generated-id window, as it would the library's. */
+        ev.flags = ESC_EVENT_HAS_KEY | (ids ? ESC_EVENT_HAS_ID | ESC_EVENT_ID_GENERATED : 0);
         ev.event_id = ids ? ids + (size_t)i * ESC_LOAD_EVENT_ID_BYTES : NULL;
         ev.id_len = ids ? ESC_LOAD_EVENT_ID_BYTES : 0;
         ev.key_len = (uint32_t)key_text(key, key_index);

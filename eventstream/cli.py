@@ -81,7 +81,7 @@ def _node_options(fn: F) -> F:
         click.option("--segment-bytes", type=int, help="Raft log segment size"),
         click.option("--max-inflight", type=int, help="AppendEntries in flight per follower"),
         click.option("--queue-count", type=int, help="queues of a new cluster (then: esc config set)"),
-        click.option("--dedup-window", type=float, help="seconds an event id is remembered (new cluster)"),
+        click.option("--dedup-window", type=float, help="seconds an id the caller chose is remembered (new cluster; ids the client library generates: dedup_generated_window_ms)"),
         click.option("--dedup-expire-interval", type=float, help="seconds between the leader's DEDUP_EXPIRE proposals"),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
         click.option("--replication", type=click.Choice(["inprocess", "pool"]),

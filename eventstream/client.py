@@ -9,6 +9,12 @@ Retries are safe for appends: every event gets an event id (the caller's, or 16 
 chosen once before the first try), and the cluster applies an id at most once inside its
 dedup window, so an append that reached the log before the connection broke is answered on
 retry with its original (queue, offset) and duplicate=True.
+
+An id this library chose is marked as generated (storage.event.Event.id_generated): nobody but
+this retry loop can send it again, so the cluster keeps it only for dedup_generated_window_ms
+(at least 60 s) rather than the callers' dedup_window_ms. To keep every retry inside that
+window, an append with a generated id is retried for at most GENERATED_ID_RETRY_S, whatever
+timeout_s says. A caller that retries on its own, after an error, passes its own event_id.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ from eventstream.transport.hello import ROLE_CLIENT, Hello
 T = TypeVar("T")
 
 EVENT_ID_BYTES_AUTO = 16
+# How long an append whose ids this library generated is retried at most: the floor of the
+# cluster's dedup_generated_window_ms (state/config.py) is twice this, so every retry lands
+# while the first try's ids are still remembered.
+GENERATED_ID_RETRY_S = 30.0
 # How often a session looks for requests past their deadline (the granularity of timeouts).
 SWEEP_INTERVAL_S = 0.05
 
@@ -254,20 +264,26 @@ class AsyncClient:
         """Append events as one batch: all in one log entry, in order, acknowledged together."""
         now_us = time.time_ns() // 1000
         rows = []
+        generated = False
         for ev in events:
             if isinstance(ev, (bytes, bytearray, memoryview)):
                 ev = EventIn(bytes(ev))
             elif isinstance(ev, Mapping):
                 ev = EventIn(**ev)
-            event_id = _b(ev.event_id) or os.urandom(EVENT_ID_BYTES_AUTO)
-            rows.append((event_id, _b(ev.key), ev.queue, now_us if ev.timestamp_us is None else ev.timestamp_us, ev.payload))
+            given = _b(ev.event_id)
+            event_id = given or os.urandom(EVENT_ID_BYTES_AUTO)
+            generated |= not given
+            rows.append((event_id, _b(ev.key), ev.queue, now_us if ev.timestamp_us is None else ev.timestamp_us,
+                         ev.payload, not given))
         if not rows:
             return []
         try:
             batch = encode_batch(rows)
         except (ValueError, TypeError) as exc:
             raise InvalidArgument(f"cannot encode batch: {exc}") from None
-        resp = await self._call(Op.APPEND, batch)
+        # Retries of ids made up here must land inside the cluster's generated-id window.
+        retry_s = min(self.timeout_s, GENERATED_ID_RETRY_S) if generated else None
+        resp = await self._call(Op.APPEND, batch, timeout_s=retry_s)
         ok = decode_append_ok(resp.body)
         if len(ok.queues) != len(rows):
             raise EscError(f"append answered {len(ok.queues)} results for {len(rows)} events")
@@ -360,8 +376,9 @@ class AsyncClient:
         return decode_json_object((await self._call(Op.SNAPSHOT, b"")).body)
 
     # -- the retry loop ---------------------------------------------------------------------
-    async def _call(self, op: Op, body: bytes, any_node: bool = False) -> Response:
-        deadline = time.monotonic() + self.timeout_s
+    async def _call(self, op: Op, body: bytes, any_node: bool = False, timeout_s: float | None = None) -> Response:
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         delay = self._backoff_initial_s
         last: Exception | None = None
         while True:
@@ -394,8 +411,8 @@ class AsyncClient:
             await asyncio.sleep(min(delay * (0.5 + self._rng.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, self._backoff_max_s)
         if isinstance(last, (Overloaded, Unavailable)):
-            raise type(last)(f"{last} (gave up after {self.timeout_s:.1f} s)")
-        raise Timeout(f"no answer within {self.timeout_s:.1f} s; last error: {last}")
+            raise type(last)(f"{last} (gave up after {timeout_s:.1f} s)")
+        raise Timeout(f"no answer within {timeout_s:.1f} s; last error: {last}")
 
     def _follow_hint(self, address: str) -> bool:
         """Switch to the leader a NotLeader named; False when the hint is empty or bad."""

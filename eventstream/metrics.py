@@ -188,6 +188,9 @@ class NodeMetrics:
         self.commit_index = LoopGauge("esc_commit_index", "Commit index", r)
         self.applied_index = LoopGauge("esc_applied_index", "Applied index", r)
         self.dedup_ids = LoopGauge("esc_dedup_ids", "Event ids the dedup table remembers (cap: config dedup_ids_max)", r)
+        self.dedup_generated_ids = LoopGauge(
+            "esc_dedup_generated_ids",
+            "Of esc_dedup_ids, those the client library generated (kept for dedup_generated_window_ms)", r)
         self.is_leader = Gauge("esc_is_leader", "1 when this node leads", registry=r)
         self.cpu_seconds = Gauge("esc_process_cpu_seconds", "Process CPU seconds (user+system)", registry=r)
         self.rss_bytes = Gauge("esc_process_rss_bytes", "Process resident set size", registry=r)

@@ -114,9 +114,10 @@ class _Worker:
         base = self.rng.randrange(len(keys))
         now_us = time.time_ns() // 1000
         width = EVENT_ID_BYTES
+        # Random ids, marked as generated the way the client library marks its own.
         return encode_batch([
             (ids[width * i: width * (i + 1)] if ids is not None else None,
-             keys[(base + i) % len(keys)], None, now_us, payload)
+             keys[(base + i) % len(keys)], None, now_us, payload, ids is not None)
             for i in range(n)
         ])
 

@@ -13,7 +13,7 @@ from eventstream._state import (
 from eventstream.state.commands import (
     EVENT_COMMANDS,
     CommandType,
-    dedup_cutoff_us,
+    dedup_cutoffs_us,
     encode_config_update,
     encode_dedup_add,
     encode_dedup_expire,
@@ -43,7 +43,7 @@ __all__ = [
     "StateError",
     "StateMachine",
     "StoredEvent",
-    "dedup_cutoff_us",
+    "dedup_cutoffs_us",
     "encode_config_update",
     "encode_dedup_add",
     "encode_dedup_expire",

@@ -15,8 +15,12 @@ Contract with the node and the leader:
                           whose clock is behind) is forgotten at the next DEDUP_EXPIRE: kept for
                           logs written before SET_EVENT_AT; the node proposes SET_EVENT_AT.
       DEDUP_ADD      (2)  u32 count, then per id: u16 id_len (1..256), i64 first_seen_us, id.
-      DEDUP_EXPIRE   (3)  i64 cutoff_us: forget ids first seen before it. The LEADER computes it
-                          from its clock (dedup_cutoff_us); apply never reads a clock.
+      DEDUP_EXPIRE   (3)  i64 cutoff_us, i64 generated_cutoff_us: forget ids callers chose
+                          first seen before cutoff_us, and ids the client library generated
+                          first seen before generated_cutoff_us. The LEADER computes both from
+                          its clock (dedup_cutoffs_us); apply never reads a clock. A body of
+                          cutoff_us alone (logs written before generated ids had their own
+                          window) applies it to both.
       CONFIG_UPDATE  (4)  UTF-8 JSON object, keys sorted, validated before it is proposed.
       SET_EVENT_AT   (5)  i64 first_seen_us, then a SET_EVENT batch: as SET_EVENT, but every id
                           is remembered as first seen at first_seen_us, the LEADER's clock when
@@ -84,13 +88,21 @@ def encode_dedup_add(ids: Iterable[tuple[bytes, int]]) -> bytes:
     return bytes([CommandType.DEDUP_ADD]) + struct.pack("<I", count) + b"".join(parts)
 
 
-def encode_dedup_expire(cutoff_us: int) -> bytes:
-    return bytes([CommandType.DEDUP_EXPIRE]) + struct.pack("<q", cutoff_us)
+DEDUP_EXPIRE_BODY = struct.Struct("<qq")
+DEDUP_EXPIRE_LEGACY_BODY = struct.Struct("<q")
 
 
-def dedup_cutoff_us(leader_now_us: int, config: Mapping[str, Any]) -> int:
-    """The cutoff the leader writes into DEDUP_EXPIRE: its clock minus the dedup window."""
-    return leader_now_us - config["dedup_window_ms"] * 1000
+def encode_dedup_expire(cutoff_us: int, generated_cutoff_us: int | None = None) -> bytes:
+    """DEDUP_EXPIRE; without generated_cutoff_us, the one-cut-off body older logs hold."""
+    if generated_cutoff_us is None:
+        return bytes([CommandType.DEDUP_EXPIRE]) + DEDUP_EXPIRE_LEGACY_BODY.pack(cutoff_us)
+    return bytes([CommandType.DEDUP_EXPIRE]) + DEDUP_EXPIRE_BODY.pack(cutoff_us, generated_cutoff_us)
+
+
+def dedup_cutoffs_us(leader_now_us: int, config: Mapping[str, Any]) -> tuple[int, int]:
+    """The cut-offs the leader writes into DEDUP_EXPIRE: its clock minus each class's window."""
+    return (leader_now_us - config["dedup_window_ms"] * 1000,
+            leader_now_us - config["dedup_generated_window_ms"] * 1000)
 
 
 def encode_config_update(update: Mapping[str, Any]) -> bytes:

@@ -8,8 +8,13 @@ failure as corruption or a version mismatch, because a valid leader never writes
 Keys (units last, CONVENTIONS 14):
   queue_count            queues that hash-routed events spread over; a change affects only
                          events applied after it, and queues past a lowered count stay readable.
-  dedup_window_ms        how long the LEADER keeps ids before proposing DEDUP_EXPIRE; apply
-                         never reads it as a clock, the cutoff travels in the command.
+  dedup_window_ms        how long the LEADER keeps ids callers chose before proposing
+                         DEDUP_EXPIRE; apply never reads it as a clock, the cutoff travels in
+                         the command.
+  dedup_generated_window_ms  the same for ids the client library generated (the caller gave
+                         none). Only that library's retry loop can send such an id again, and it
+                         stops retrying GENERATED_ID_RETRY_S (30 s) after the first attempt, so
+                         the floor of 60 s keeps every retry it makes covered.
   dedup_ids_max          cap on remembered ids (memory bound, about 50 bytes per id).
   queue_segment_bytes    queue segment roll size; replicated because retention drops whole
                          segments, so replicas must cut segments at the same offsets.
@@ -49,6 +54,9 @@ class IntRange:
 INT_KEYS: dict[str, IntRange] = {
     "queue_count": IntRange(1, QUEUE_COUNT_MAX, 16, "number of queues"),
     "dedup_window_ms": IntRange(1_000, 30 * 86_400_000, 3_600_000, "dedup window in ms"),
+    "dedup_generated_window_ms": IntRange(
+        60_000, 30 * 86_400_000, 60_000, "dedup window of library-generated ids in ms"
+    ),
     "dedup_ids_max": IntRange(1_000, DEDUP_IDS_MAX, 50_000_000, "remembered ids"),
     "queue_segment_bytes": IntRange(
         QUEUE_SEGMENT_BYTES_MIN, QUEUE_SEGMENT_BYTES_MAX, 64 << 20, "queue segment size in bytes"

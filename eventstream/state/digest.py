@@ -2,7 +2,9 @@
 
 Covers the last applied index, the configuration (canonical JSON), every queue that ever held an
 event (number, retention floor, next offset, newest timestamp, each segment's base, size and
-sealed flag, and every retained record byte) and the dedup entries in arrival order. Replicas
+sealed flag, and every retained record byte) and the dedup entries in arrival order: the ids
+callers chose, then, only when there are any, the ids the client library generated (so a state
+without them hashes as it did before they had their own class). Replicas
 that applied the same entries have the same digest; a restored snapshot must reproduce the
 digest recorded when it was cut. BLAKE2b-256; the hashing of file bytes releases the GIL.
 """
@@ -25,11 +27,11 @@ def state_digest(
     config: Mapping[str, Any],
     queues: list[dict[str, Any]],
     root: str,
-    dedup: DedupView,
+    dedup: tuple[DedupView, DedupView],
     on_segment_piece: Callable[[dict[str, Any], bytes], None] | None = None,
 ) -> str:
     """Hex digest; `queues` is QueueStore.describe(), segment files are read under `root`,
-    `dedup` is a frozen view of the dedup entries (DedupTable.freeze()). `on_segment_piece`
+    `dedup` is the frozen views of the dedup entries (DedupTable.freeze()). `on_segment_piece`
     sees every segment byte as it is hashed, so a caller needing checksums too reads once."""
     h = hashlib.blake2b(digest_size=32)
     h.update(b"eventstream-state-v1")
@@ -60,7 +62,12 @@ def state_digest(
                 h.update(piece)
                 if on_segment_piece is not None:
                     on_segment_piece(segment, piece)
-    h.update(struct.pack("<Q", len(dedup)))
-    for piece in dedup.pieces():
+    caller, generated = dedup
+    h.update(struct.pack("<Q", len(caller)))
+    for piece in caller.pieces():
         h.update(piece)
+    if len(generated):
+        h.update(b"generated" + struct.pack("<Q", len(generated)))
+        for piece in generated.pieces():
+            h.update(piece)
     return h.hexdigest()

@@ -29,13 +29,17 @@ import json
 import logging
 import os
 import shutil
-import struct
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
 from eventstream.state import snapshot as snapshots
-from eventstream.state.commands import SET_EVENT_AT_HEAD, CommandType
+from eventstream.state.commands import (
+    DEDUP_EXPIRE_BODY,
+    DEDUP_EXPIRE_LEGACY_BODY,
+    SET_EVENT_AT_HEAD,
+    CommandType,
+)
 from eventstream.state.config import (
     ConfigError,
     default_config,
@@ -191,10 +195,13 @@ class StateMachine:
             statuses = memoryview(apply_dedup_add(body, self.dedup))
             return ApplyResult(index, CommandType.DEDUP_ADD, statuses)
         if kind == CommandType.DEDUP_EXPIRE:
-            if len(body) != 8:
-                raise MalformedCommandError(f"DEDUP_EXPIRE body is {len(body)} bytes, not 8")
-            (cutoff_us,) = struct.unpack("<q", body)
-            expired = self.dedup.expire(cutoff_us)
+            if len(body) == DEDUP_EXPIRE_BODY.size:
+                cutoff_us, generated_cutoff_us = DEDUP_EXPIRE_BODY.unpack(body)
+                expired = self.dedup.expire(cutoff_us, generated_cutoff_us)
+            elif len(body) == DEDUP_EXPIRE_LEGACY_BODY.size:
+                expired = self.dedup.expire(*DEDUP_EXPIRE_LEGACY_BODY.unpack(body))
+            else:
+                raise MalformedCommandError(f"DEDUP_EXPIRE body is {len(body)} bytes, not 16 (or 8)")
             return ApplyResult(index, CommandType.DEDUP_EXPIRE, expired_count=expired)
         if kind == CommandType.CONFIG_UPDATE:
             try:
@@ -336,7 +343,11 @@ class StateMachine:
         live_root = self._new_live_root()
         store = QueueStore(live_root)
         try:
-            config = merge_config(default_config(), validate_config(manifest["config"]))
+            # The digest covers the configuration as it was cut; keys added since (a format-1
+            # snapshot has no dedup_generated_window_ms) take their defaults, as they did on
+            # every replica that applied the log instead.
+            cut_config = validate_config(manifest["config"])
+            config = merge_config(default_config(), cut_config)
             owned = os.path.dirname(os.path.realpath(folder)) == os.path.realpath(
                 self.snapshots_root
             )
@@ -344,7 +355,7 @@ class StateMachine:
             store.load(manifest["queues"], manifest["queue_slots"])
             dedup = snapshots.load_dedup(folder, manifest, config["dedup_ids_max"])
             digest = state_digest(
-                manifest["last_index"], config, store.describe(), live_root, dedup.freeze()
+                manifest["last_index"], cut_config, store.describe(), live_root, dedup.freeze()
             )
             if digest != manifest["digest"]:
                 raise SnapshotError(

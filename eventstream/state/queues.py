@@ -71,6 +71,7 @@ class StoredEvent(NamedTuple):
     queue: int | None  # the explicit queue the client named, None when routed by key
     timestamp_us: int
     payload: bytes
+    id_generated: bool = False  # the client library made the id up (storage.event.Event)
 
 
 def segment_name(base_offset: int) -> str:

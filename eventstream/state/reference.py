@@ -1,7 +1,7 @@
 """Plain-Python model of the state machine, for differential tests (CONVENTIONS 8 and 19).
 
-Obviously correct rather than fast: events in lists, ids in an insertion-ordered dict keyed by
-the id bytes, segments as plain lists. It follows the same rules as the real machine (routing,
+Obviously correct rather than fast: events in lists, ids in insertion-ordered dicts keyed by
+the id bytes (one per class: ids callers chose, ids the client library generated), segments as plain lists. It follows the same rules as the real machine (routing,
 check-and-add, segment rolling after a batch, whole-segment retention, read limits) and shares
 only the configuration validation with it. It stores no files.
 """
@@ -58,6 +58,7 @@ class ReferenceStateMachine:
         self.config: dict[str, Any] = default_config()
         self.queues: dict[int, ModelQueue] = {}
         self.dedup: dict[bytes, tuple[int, int, int]] = {}
+        self.dedup_generated: dict[bytes, tuple[int, int, int]] = {}
         self.applied_index = 0
 
     def apply(self, index: int, data: bytes) -> tuple[Any, list[int], list[int], list[int], int]:
@@ -79,16 +80,20 @@ class ReferenceStateMachine:
                 id_len, seen = struct.unpack_from("<Hq", body, pos)
                 event_id = body[pos + 10 : pos + 10 + id_len]
                 pos += 10 + id_len
-                statuses.append(self._remember(event_id, -1, -1, seen))
+                statuses.append(self._remember(self.dedup, event_id, -1, -1, seen))
             return kind, statuses, [], [], 0
         if kind == CommandType.DEDUP_EXPIRE:
-            (cutoff,) = struct.unpack("<q", body)
+            if len(body) == 8:
+                cutoff = generated_cutoff = struct.unpack("<q", body)[0]
+            else:
+                cutoff, generated_cutoff = struct.unpack("<qq", body)
             expired = 0
-            for event_id, (_, _, seen) in list(self.dedup.items()):
-                if seen >= cutoff:
-                    break
-                del self.dedup[event_id]
-                expired += 1
+            for ids, before in ((self.dedup, cutoff), (self.dedup_generated, generated_cutoff)):
+                for event_id, (_, _, seen) in list(ids.items()):
+                    if seen >= before:
+                        break
+                    del ids[event_id]
+                    expired += 1
             return kind, [], [], [], expired
         if kind == CommandType.CONFIG_UPDATE:
             update = validate_config(json.loads(body))
@@ -99,12 +104,13 @@ class ReferenceStateMachine:
             return kind, [], [], [], 0
         raise ValueError(f"unknown command {kind}")
 
-    def _remember(self, event_id: bytes, queue: int, offset: int, seen: int) -> int:
-        if event_id in self.dedup:
+    def _remember(self, ids: dict[bytes, tuple[int, int, int]], event_id: bytes, queue: int, offset: int,
+                  seen: int) -> int:
+        if event_id in ids:
             return DUPLICATE
-        if len(self.dedup) >= self.config["dedup_ids_max"]:
+        if len(self.dedup) + len(self.dedup_generated) >= self.config["dedup_ids_max"]:
             return DEDUP_FULL
-        self.dedup[event_id] = (queue, offset, seen)
+        ids[event_id] = (queue, offset, seen)
         return STORED
 
     def _set_event(self, events: list[Event], first_seen_us: int | None) -> tuple[list[int], list[int], list[int]]:
@@ -125,9 +131,10 @@ class ReferenceStateMachine:
             offset = next_offsets.get(queue, 0)
             if event.event_id is not None:
                 seen = event.timestamp_us if first_seen_us is None else first_seen_us
-                status = self._remember(event.event_id, queue, offset, seen)
+                ids = self.dedup_generated if event.id_generated else self.dedup
+                status = self._remember(ids, event.event_id, queue, offset, seen)
                 if status == DUPLICATE:
-                    first_queue, first_offset, _ = self.dedup[event.event_id]
+                    first_queue, first_offset, _ = ids[event.event_id]
                     statuses.append(DUPLICATE)
                     queues.append(first_queue)
                     offsets.append(first_offset)

@@ -3,13 +3,16 @@
 A complete snapshot is a folder `snapshots/snap-<index:020d>/`:
 
     MANIFEST.json            written last; its presence is what makes the snapshot complete
-    dedup.lz4                the dedup entries (DedupTable.export_entries image), one lz4 frame
+    dedup.lz4                the dedup entries of ids callers chose (DedupTable.export_entries
+                             image), one lz4 frame
+    dedup-generated.lz4      the same for ids the client library generated (format 2)
     queues/<q>/<base>.qseg   hard links to the live queue segments at the cut
 
 MANIFEST.json holds: format, last_index, last_term (the index/term of the last applied entry),
 config, queue_slots, queues (QueueStore.describe() plus each segment's crc32c of its first
-`bytes` bytes), dedup {file, count, image_bytes, file_bytes, crc32c} and the state digest at the
-cut. A segment that was the active one at the cut keeps growing in the live folder, and so
+`bytes` bytes), dedup and dedup_generated {file, count, image_bytes, file_bytes, crc32c} and the
+state digest at the cut. Format 1 (before generated ids had their own class) has no
+dedup_generated: it is read as holding none, which is what a format-1 state held. A segment that was the active one at the cut keeps growing in the live folder, and so
 through its hard link here: only its first `bytes` bytes belong to the snapshot.
 
 Taking a snapshot is split so apply pauses only briefly (`cut`): the cut hard-links every live
@@ -37,9 +40,11 @@ from eventstream.state.errors import SnapshotError
 from eventstream.state.queues import segment_prefix_pieces
 from eventstream.storage import crc32c
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMATS_READ = (1, 2)
 MANIFEST_NAME = "MANIFEST.json"
 DEDUP_NAME = "dedup.lz4"
+DEDUP_GENERATED_NAME = "dedup-generated.lz4"
 SNAPSHOT_PREFIX = "snap-"
 MANIFEST_BYTES_MAX = 64 << 20
 DEDUP_PIECE_BYTES = DEDUP_ENTRY_BYTES << 16  # 65,536 entries, about 2.4 MB
@@ -64,7 +69,7 @@ class SnapshotCut:
     work_path: str
     final_path: str
     manifest: dict[str, Any]
-    dedup: DedupView
+    dedup: tuple[DedupView, DedupView]  # (ids callers chose, ids the client library generated)
 
     def write(self) -> str:
         """Sync, checksum and describe the cut; returns the complete snapshot's folder."""
@@ -73,16 +78,16 @@ class SnapshotCut:
             for segment in segments:
                 fsync_path(os.path.join(self.work_path, segment["file"]))
                 segment["crc32c"] = 0  # the CRC-32C of no bytes; pieces below extend it
-            file_bytes, crc = write_dedup_image(
-                os.path.join(self.work_path, DEDUP_NAME), self.dedup
-            )
-            self.manifest["dedup"] = {
-                "file": DEDUP_NAME,
-                "count": len(self.dedup),
-                "image_bytes": len(self.dedup) * DEDUP_ENTRY_BYTES,
-                "file_bytes": file_bytes,
-                "crc32c": crc,
-            }
+            for key, name, view in (("dedup", DEDUP_NAME, self.dedup[0]),
+                                    ("dedup_generated", DEDUP_GENERATED_NAME, self.dedup[1])):
+                file_bytes, crc = write_dedup_image(os.path.join(self.work_path, name), view)
+                self.manifest[key] = {
+                    "file": name,
+                    "count": len(view),
+                    "image_bytes": len(view) * DEDUP_ENTRY_BYTES,
+                    "file_bytes": file_bytes,
+                    "crc32c": crc,
+                }
 
             def checksum(segment: dict[str, Any], piece: bytes) -> None:
                 segment["crc32c"] = crc32c(piece, segment["crc32c"])
@@ -167,10 +172,13 @@ def check_manifest(manifest: Any, where: str) -> None:
     for key, kind in required.items():
         if not isinstance(manifest.get(key), kind):
             raise SnapshotError(f"{where}: manifest field {key!r} missing or not {kind.__name__}")
-    if manifest["format"] != FORMAT_VERSION:
+    if manifest["format"] not in FORMATS_READ:
         raise SnapshotError(
-            f"{where}: snapshot format {manifest['format']}, this build reads {FORMAT_VERSION}"
+            f"{where}: snapshot format {manifest['format']}, this build reads formats "
+            f"{', '.join(map(str, FORMATS_READ))}"
         )
+    if manifest["format"] >= 2 and not isinstance(manifest.get("dedup_generated"), dict):
+        raise SnapshotError(f"{where}: manifest field 'dedup_generated' missing or not dict")
     for name in snapshot_files(manifest):
         check_relative_name(name, where)
 
@@ -195,8 +203,10 @@ def snapshot_files(manifest: dict[str, Any]) -> dict[str, tuple[int, int]]:
         for queue in manifest["queues"]:
             for segment in queue["segments"]:
                 files[segment["file"]] = (segment["bytes"], segment["crc32c"])
-        dedup = manifest["dedup"]
-        files[dedup["file"]] = (dedup["file_bytes"], dedup["crc32c"])
+        for key in ("dedup", "dedup_generated"):
+            if key in manifest:
+                dedup = manifest[key]
+                files[dedup["file"]] = (dedup["file_bytes"], dedup["crc32c"])
     except (KeyError, TypeError) as e:
         raise SnapshotError(f"snapshot manifest lacks a file field: {e!r}") from e
     return files
@@ -259,10 +269,18 @@ def write_dedup_image(path: str, dedup: DedupView) -> tuple[int, int]:
 
 
 def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> DedupTable:
-    """Rebuild the dedup table from its lz4 file, decompressing a bounded piece at a time."""
-    info = manifest["dedup"]
-    path = os.path.join(snapshot_path, info["file"])
+    """Rebuild the dedup table from its lz4 files (one per class of ids)."""
     table = DedupTable(ids_max)
+    load_dedup_image(snapshot_path, manifest["dedup"], table, generated=False)
+    if "dedup_generated" in manifest:
+        load_dedup_image(snapshot_path, manifest["dedup_generated"], table, generated=True)
+    return table
+
+
+def load_dedup_image(snapshot_path: str, info: dict[str, Any], table: DedupTable, generated: bool) -> None:
+    """Add one class's entries from its lz4 file, decompressing a bounded piece at a time."""
+    path = os.path.join(snapshot_path, info["file"])
+    before = table.generated_count if generated else len(table) - table.generated_count
     decompressor = lz4.frame.LZ4FrameDecompressor()
     carry = b""
     image_bytes = file_bytes = crc = 0
@@ -277,7 +295,7 @@ def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> De
                     image_bytes += len(out)
                     carry += out
                     whole = len(carry) - len(carry) % DEDUP_ENTRY_BYTES
-                    table.import_entries(carry[:whole])
+                    table.import_entries(carry[:whole], generated)
                     carry = carry[whole:]
                     if decompressor.needs_input:
                         break
@@ -291,11 +309,11 @@ def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> De
         raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
     if not decompressor.eof or carry or image_bytes != info["image_bytes"]:
         raise SnapshotError(f"{path}: dedup image of {image_bytes} bytes, manifest differs")
-    if len(table) != info["count"]:
+    count = (table.generated_count if generated else len(table) - table.generated_count) - before
+    if count != info["count"]:
         raise SnapshotError(
-            f"{path}: {len(table)} dedup entries, the manifest says {info['count']}"
+            f"{path}: {count} dedup entries, the manifest says {info['count']}"
         )
-    return table
 
 
 def list_snapshots(snapshots_root: str) -> list[tuple[int, str]]:

@@ -29,6 +29,7 @@ EVENT_HEADER_BYTES = _EVENT_HEADER.size
 _HAS_ID = 0x01
 _HAS_KEY = 0x02
 _HAS_QUEUE = 0x04
+_ID_GENERATED = 0x08
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -48,14 +49,18 @@ def _field_bytes(value: Any, name: str, index: int, limit: int | None) -> bytes 
 
 
 def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
-    """Encodes (event_id, key, queue, timestamp_us, payload) tuples into one batch."""
+    """Encodes (event_id, key, queue, timestamp_us, payload[, id_generated]) tuples into one
+    batch."""
     parts: list[bytes] = []
     count = 0
     total = BATCH_HEADER_BYTES
     for index, event in enumerate(events):
-        if not isinstance(event, tuple) or len(event) != 5:
-            raise CodecError(f"event {index}: expected a 5-tuple (event_id, key, queue, "
-                             f"timestamp_us, payload)")
+        if not isinstance(event, tuple) or len(event) not in (5, 6):
+            raise CodecError(f"event {index}: expected a 5- or 6-tuple (event_id, key, queue, "
+                             f"timestamp_us, payload[, id_generated])")
+        generated = len(event) == 6 and event[5]
+        if not isinstance(generated, (bool, int)):
+            raise CodecError(f"event {index}: id_generated must be a bool")
         event_id = _field_bytes(event[0], "event_id", index, EVENT_ID_BYTES_MAX)
         key = _field_bytes(event[1], "key", index, EVENT_KEY_BYTES_MAX)
         queue = event[2]
@@ -63,6 +68,8 @@ def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
         payload = _field_bytes(event[4], "payload", index, None)
         if payload is None:
             raise CodecError(f"event {index}: payload must be bytes, not None")
+        if generated and event_id is None:
+            raise CodecError(f"event {index}: id_generated is set but the event has no event_id")
         if queue is not None and (not isinstance(queue, int) or not 0 <= queue < QUEUE_LIMIT):
             raise CodecError(f"event {index}: queue must be None or an int in [0, 2**31)")
         if not isinstance(timestamp_us, int) or not _INT64_MIN <= timestamp_us <= _INT64_MAX:
@@ -76,6 +83,7 @@ def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
             (_HAS_ID if event_id is not None else 0)
             | (_HAS_KEY if key is not None else 0)
             | (_HAS_QUEUE if queue is not None else 0)
+            | (_ID_GENERATED if generated else 0)
         )
         header = _EVENT_HEADER.pack(
             flags, 0, id_len, key_len, 0, queue or 0, len(payload), timestamp_us
@@ -128,12 +136,12 @@ def _decode_event(buf: bytes, offset: int) -> tuple[Event, int]:
     )
     size = EVENT_HEADER_BYTES + id_len + key_len + payload_len
     absent_set = (
-        (not flags & _HAS_ID and id_len)
+        (not flags & _HAS_ID and (id_len or flags & _ID_GENERATED))
         or (not flags & _HAS_KEY and key_len)
         or (not flags & _HAS_QUEUE and queue)
     )
     _check(offset, [
-        (flags & ~(_HAS_ID | _HAS_KEY | _HAS_QUEUE), "unknown event flag bits"),
+        (flags & ~(_HAS_ID | _HAS_KEY | _HAS_QUEUE | _ID_GENERATED), "unknown event flag bits"),
         (reserved1 or reserved2, "reserved field is not zero"),
         (id_len > EVENT_ID_BYTES_MAX, "event_id longer than the limit"),
         (key_len > EVENT_KEY_BYTES_MAX, "key longer than the limit"),
@@ -146,5 +154,6 @@ def _decode_event(buf: bytes, offset: int) -> tuple[Event, int]:
     event_id = buf[body : body + id_len] if flags & _HAS_ID else None
     key = buf[body + id_len : body + id_len + key_len] if flags & _HAS_KEY else None
     payload = buf[body + id_len + key_len : offset + size]
-    event = Event(event_id, key, queue if flags & _HAS_QUEUE else None, timestamp_us, payload)
+    event = Event(event_id, key, queue if flags & _HAS_QUEUE else None, timestamp_us, payload,
+                  bool(flags & _ID_GENERATED))
     return event, offset + size

@@ -16,6 +16,7 @@ from tests.cluster.harness import (
     check_every_ack_stored_once,
     local_cluster,
     scrape,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -221,6 +222,23 @@ def test_a_full_dedup_table_answers_overloaded_until_there_is_room(tmp_path: Pat
             stored = c.append(b"one more", event_id="after-full")
             again = c.append(b"one more", event_id="after-full")
             assert not stored.duplicate and again.duplicate and again.offset == stored.offset
+        cluster.wait_converged()
+
+
+def test_ids_the_client_generates_are_remembered_in_their_own_class(tmp_path: Path) -> None:
+    """Events appended without an id get one from the client library, marked generated: the
+    cluster keeps those for dedup_generated_window_ms, apart from the callers' own ids."""
+    with local_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        with Client(cluster.addresses) as c:
+            c.append_batch([b"no id"] * 30)
+            mine = c.append_batch([{"payload": b"mine", "event_id": f"mine-{i}"} for i in range(20)])
+            assert c.append(b"mine", event_id="mine-3").duplicate
+            assert c.status()["leader"] == leader
+            assert c.config_get()["dedup_generated_window_ms"] == 60_000
+        assert wait_until(lambda: scrape(cluster.nodes[leader]).get("esc_dedup_ids") == 50, timeout=10)
+        assert scrape(cluster.nodes[leader])["esc_dedup_generated_ids"] == 30
+        assert mine[3].queue is not None
         cluster.wait_converged()
 
 

@@ -31,7 +31,8 @@ events_strategy = st.lists(
         queue=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
         timestamp_us=st.integers(min_value=-(2**63), max_value=2**63 - 1),
         payload=st.binary(max_size=300),
-    ),
+        id_generated=st.booleans(),
+    ).map(lambda e: e if e.event_id is not None else e._replace(id_generated=False)),
     max_size=30,
 )
 
@@ -48,6 +49,40 @@ def test_golden_batch_bytes() -> None:
     assert batch == expected
     assert reference.encode_batch([(b"id", b"k", 7, 1_000_000, b"hello"),
                                    (None, None, None, -1, b"")]) == expected
+
+
+def test_generated_id_flag_bytes() -> None:
+    """bit3 of an event's flags marks an id the client library generated; it needs bit0."""
+    event = (b"id", None, None, 0, b"", True)
+    batch = encode_batch([event])
+    assert batch[12] == 0x09
+    assert batch == reference.encode_batch([event])
+    assert decode_batch(batch)[0].id_generated is True
+    assert decode_batch(batch).id_generated(0) is True
+    assert reference.decode_batch(batch)[0].id_generated is True
+    # A 5-tuple, or a 6-tuple saying False, is a caller's id: same bytes as before the flag.
+    assert encode_batch([event[:5]]) == encode_batch([(*event[:5], False)])
+    assert encode_batch([event[:5]])[12] == 0x01
+    assert decode_batch(encode_batch([event[:5]]))[0].id_generated is False
+
+
+def test_generated_flag_without_an_id_is_refused() -> None:
+    for encoder in (encode_batch, reference.encode_batch):
+        with pytest.raises(CodecError, match="id_generated is set but the event has no event_id"):
+            encoder([(None, None, None, 0, b"", True)])
+        with pytest.raises(CodecError, match="id_generated must be a bool"):
+            encoder([(b"i", None, None, 0, b"", "yes")])
+    flagged = bytearray(encode_batch([(None, None, None, 0, b"")]))
+    flagged[12] = 0x08
+    with pytest.raises(CodecError, match="absent field"):
+        decode_batch(bytes(flagged))
+    with pytest.raises(CodecError, match="absent field"):
+        reference.decode_batch(bytes(flagged))
+    flagged[12] = 0x10 | 0x01
+    with pytest.raises(CodecError, match="flag"):
+        decode_batch(bytes(flagged))
+    with pytest.raises(CodecError, match="flag"):
+        reference.decode_batch(bytes(flagged))
 
 
 def test_limits_match_reference() -> None:
@@ -80,6 +115,7 @@ def test_view_accessors_agree_with_events(events: list[Event]) -> None:
         assert view.event_id(i) == event.event_id
         assert view.key(i) == event.key
         assert view.queue(i) == event.queue
+        assert view.id_generated(i) == event.id_generated
         assert view.timestamp_us(i) == event.timestamp_us
         assert bytes(view.payload(i)) == event.payload
     if events:
@@ -125,8 +161,8 @@ def test_accepts_any_iterable_and_bytes_like_fields() -> None:
 
 
 BAD_EVENTS: list[tuple[Any, str]] = [
-    ([("not", "a", "5-tuple")], "5-tuple"),
-    (["string"], "5-tuple"),
+    ([("not", "a", "5-tuple")], "5- or 6-tuple"),
+    (["string"], "5- or 6-tuple"),
     ([("id", None, None, 0, b"")], "event_id must be bytes"),
     ([(None, 5, None, 0, b"")], "key must be bytes"),
     ([(None, None, -1, 0, b"")], "queue"),

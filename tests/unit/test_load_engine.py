@@ -59,9 +59,10 @@ def framed(body: bytes) -> bytes:
 
 def python_request(request_id: int, ids: bytes | None, key_first: int, keys: int, payload: bytes,
                    timestamp_us: int, batch_size: int) -> bytes:
+    # The engine's random ids stand for the client library's, so they are marked generated.
     rows = [
         (None if ids is None else ids[16 * i:16 * (i + 1)], b"key-%d" % ((key_first + i) % keys), None,
-         timestamp_us, payload)
+         timestamp_us, payload, ids is not None)
         for i in range(batch_size)
     ]
     return framed(encode_request(Op.APPEND, request_id, encode_batch(rows)))

@@ -15,6 +15,7 @@ import pytest
 
 from eventstream.state import (
     STATUS_BAD_QUEUE,
+    STATUS_DEDUP_FULL,
     STATUS_DUPLICATE,
     STATUS_STORED,
     ApplyStoppedError,
@@ -24,7 +25,7 @@ from eventstream.state import (
     SnapshotError,
     StateError,
     StateMachine,
-    dedup_cutoff_us,
+    dedup_cutoffs_us,
     encode_config_update,
     encode_dedup_add,
     encode_dedup_expire,
@@ -68,7 +69,7 @@ def test_exactly_once_across_batches_and_expiry(tmp_path: Any) -> None:
     assert expired.expired_count == 5
     again = machine.apply(4, 1, encode_set_event(events(10)))
     assert list(again.statuses) == [STATUS_STORED] * 5 + [STATUS_DUPLICATE] * 5
-    assert dedup_cutoff_us(10_000_000, machine.config) == 10_000_000 - 3_600_000_000
+    assert dedup_cutoffs_us(10_000_000, machine.config) == (10_000_000 - 3_600_000_000, 10_000_000 - 60_000_000)
 
 
 def test_set_event_at_remembers_ids_from_the_leaders_time_not_the_events(tmp_path: Any) -> None:
@@ -97,6 +98,108 @@ def test_dedup_add_then_set_event_is_a_duplicate(tmp_path: Any) -> None:
     result = machine.apply(2, 1, encode_set_event(events(1)))
     assert list(result.statuses) == [STATUS_DUPLICATE]
     assert (result.queues[0], result.offsets[0]) == (-1, -1)
+
+
+def mixed(count: int, start: int = 0) -> list[Event]:
+    """Events alternating a caller's id and an id the client library generated, both named
+    "id-<i>" so the two classes' independence shows."""
+    return [Event(b"id-%d" % i, b"key", None, 1_000 + i, b"x", i % 2 == 1) for i in range(start, start + count)]
+
+
+def test_generated_ids_expire_by_their_own_window(tmp_path: Any) -> None:
+    """Ids the client library made up only have to outlive its retries: DEDUP_EXPIRE's second
+    cut-off forgets them while the callers' ids stay for the longer window."""
+    machine = open_machine(tmp_path)
+    seen = 50_000_000
+    first = machine.apply(1, 1, encode_set_event_at(seen, mixed(10)))
+    assert list(first.statuses) == [STATUS_STORED] * 10
+    assert len(machine.dedup) == 10 and machine.dedup.generated_count == 5
+    assert list(machine.apply(2, 1, encode_set_event_at(seen + 1, mixed(10))).statuses) == [STATUS_DUPLICATE] * 10
+    # Generated ids first seen at `seen` go; callers' ids stay.
+    assert machine.apply(3, 1, encode_dedup_expire(seen, seen + 1)).expired_count == 5
+    assert len(machine.dedup) == 5 and machine.dedup.generated_count == 0
+    retry = machine.apply(4, 1, encode_set_event_at(seen + 2, mixed(10)))
+    assert list(retry.statuses) == [STATUS_DUPLICATE, STATUS_STORED] * 5
+    assert [retry.offsets[i] for i in range(0, 10, 2)] == [first.offsets[i] for i in range(0, 10, 2)]
+    # The same id bytes in the other class are another id: each class answers only for itself.
+    assert machine.dedup.lookup(b"id-1") is None and machine.dedup.lookup(b"id-1", generated=True) is not None
+    assert machine.dedup.lookup(b"id-0") is not None and machine.dedup.lookup(b"id-0", generated=True) is None
+    other = machine.apply(5, 1, encode_set_event_at(seen + 3, [Event(b"id-0", b"key", None, 1, b"x", True)]))
+    assert list(other.statuses) == [STATUS_STORED]
+    # A one-cut-off body (logs written before the second window) applies to both classes.
+    assert machine.apply(6, 1, encode_dedup_expire(seen + 3)).expired_count == 5 + 5
+    assert machine.apply(7, 1, encode_dedup_expire(seen + 4)).expired_count == 1
+    assert len(machine.dedup) == 0
+
+
+def test_dedup_expire_of_another_length_stops_apply(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    with pytest.raises(ApplyStoppedError, match="entry 1 .*DEDUP_EXPIRE body is 12 bytes"):
+        machine.apply(1, 1, bytes([CommandType.DEDUP_EXPIRE]) + bytes(12))
+
+
+def test_both_classes_share_dedup_ids_max(tmp_path: Any) -> None:
+    machine = open_machine(tmp_path)
+    machine.apply(1, 1, encode_config_update({"dedup_ids_max": 1000}))
+    callers = [Event(b"c-%d" % i, None, None, 0, b"") for i in range(600)]
+    generated = [Event(b"g-%d" % i, None, None, 0, b"", True) for i in range(400)]
+    assert list(machine.apply(2, 1, encode_set_event_at(10, callers + generated)).statuses) == [STATUS_STORED] * 1000
+    more = machine.apply(3, 1, encode_set_event_at(11, [Event(b"c-new", None, None, 0, b""),
+                                                         Event(b"g-new", None, None, 0, b"", True),
+                                                         callers[0], generated[0]]))
+    assert list(more.statuses) == [STATUS_DEDUP_FULL, STATUS_DEDUP_FULL, STATUS_DUPLICATE, STATUS_DUPLICATE]
+    # Room made in one class is room for either.
+    assert machine.apply(4, 1, encode_dedup_expire(0, 11)).expired_count == 400
+    again = machine.apply(5, 1, encode_set_event_at(12, [Event(b"c-new", None, None, 0, b"")]))
+    assert list(again.statuses) == [STATUS_STORED]
+
+
+def test_snapshot_keeps_each_ids_class(tmp_path: Any) -> None:
+    source = open_machine(tmp_path, "source")
+    source.apply(1, 1, encode_set_event_at(100, mixed(20)))
+    folder = source.snapshot()
+    with open(os.path.join(folder, "MANIFEST.json")) as f:
+        manifest = json.load(f)
+    assert manifest["format"] == 2
+    assert manifest["dedup"]["count"] == 10 and manifest["dedup_generated"]["count"] == 10
+    target = open_machine(tmp_path, "target")
+    receiver = target.snapshot_receiver()
+    for chunk in source.snapshot_chunks(chunk_bytes=1000):
+        receiver.feed(chunk)
+    target.restore(receiver)
+    assert target.digest() == source.digest() and target.dedup.generated_count == 10
+    expire = encode_dedup_expire(0, 101)
+    assert source.apply(2, 1, expire).expired_count == target.apply(2, 1, expire).expired_count == 10
+    assert target.digest() == source.digest()
+
+
+def test_a_format_1_snapshot_restores_like_the_log_it_came_from(tmp_path: Any) -> None:
+    """A snapshot cut before generated ids had their own class: no dedup_generated image and a
+    configuration without dedup_generated_window_ms, under a digest taken then. It restores,
+    and the restored replica then matches one that applied the same log."""
+    from eventstream.state.digest import state_digest
+    from eventstream.state.snapshot import load_dedup
+
+    source = open_machine(tmp_path, "source")
+    for index, data in enumerate(command_stream(7, 30), start=1):
+        source.apply(index, 1, data)
+    assert source.dedup.generated_count == 0
+    folder = source.snapshot()
+    path = os.path.join(folder, "MANIFEST.json")
+    with open(path) as f:
+        manifest = json.load(f)
+    os.unlink(os.path.join(folder, manifest.pop("dedup_generated")["file"]))
+    del manifest["config"]["dedup_generated_window_ms"]
+    manifest["format"] = 1
+    dedup = load_dedup(folder, manifest, manifest["config"]["dedup_ids_max"])
+    manifest["digest"] = state_digest(manifest["last_index"], manifest["config"], manifest["queues"], folder,
+                                      dedup.freeze())
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    target = open_machine(tmp_path, "target")
+    target.restore(folder)
+    assert target.applied_index == 30 and target.digest() == source.digest()
+    assert target.config["dedup_generated_window_ms"] == 60_000
 
 
 def test_explicit_queue_and_queue_count_change(tmp_path: Any) -> None:
@@ -156,6 +259,8 @@ def test_out_of_order_apply_is_refused(tmp_path: Any) -> None:
         ({"queue_retention": {"x": {"bytes_max": 1}}}, "must be a queue number"),
         ({"queue_retention": {"1": {"size": 1}}}, "unknown field 'size'"),
         ({"queue_segment_bytes": 10}, "queue_segment_bytes=10 is out of range"),
+        # Below twice the client library's retry horizon a retry could outlive its ids.
+        ({"dedup_generated_window_ms": 59_999}, r"dedup_generated_window_ms=59999 is out of range"),
     ],
 )
 def test_invalid_config_is_refused_before_proposal(update: Any, message: str) -> None:

@@ -29,7 +29,8 @@ events = st.builds(
     queue=st.none() | st.none() | st.integers(0, 9),
     timestamp_us=st.integers(0, 1_000_000),
     payload=st.binary(max_size=300),
-)
+    id_generated=st.booleans(),
+).map(lambda e: e if e.event_id is not None else e._replace(id_generated=False))
 configs = st.fixed_dictionaries(
     {},
     optional={
@@ -51,6 +52,7 @@ commands = st.one_of(
         encode_dedup_add
     ),
     st.integers(0, 1_000_000).map(encode_dedup_expire),
+    st.builds(encode_dedup_expire, st.integers(0, 1_000_000), st.integers(0, 1_000_000)),
     configs.map(encode_config_update),
     st.just(b""),
 )
@@ -84,7 +86,8 @@ def read_all(machine: Any, queue: int, limit: int, max_bytes: int) -> list[list[
                 at, event = item
             else:
                 at = item.offset
-                event = Event(item.event_id, item.key, item.queue, item.timestamp_us, item.payload)
+                event = Event(item.event_id, item.key, item.queue, item.timestamp_us, item.payload,
+                              item.id_generated)
             out.append((at, tuple(event)))
         pages.append(out)
         offset = out[-1][0] + 1

@@ -65,3 +65,39 @@ def test_one_attempt_fails_after_its_own_timeout() -> None:
             assert not session._pending and not session._deadlines
 
     asyncio.run(run())
+
+
+def test_ids_the_library_makes_up_are_marked_and_retried_only_within_their_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event the caller gave no id gets a random one marked generated, which the cluster
+    keeps only for dedup_generated_window_ms (at least twice GENERATED_ID_RETRY_S): such an
+    append is retried for at most GENERATED_ID_RETRY_S, while one with the caller's ids keeps
+    to timeout_s."""
+    from eventstream import client as client_module
+    from eventstream.storage.codec import decode_batch
+
+    sent: list[tuple[bytes, float | None]] = []
+    original = AsyncClient._call
+
+    async def recording(self: AsyncClient, op: Op, body: bytes, any_node: bool = False,
+                        timeout_s: float | None = None) -> object:
+        if op is Op.APPEND:
+            sent.append((body, timeout_s))
+        return await original(self, op, body, any_node, timeout_s)
+
+    monkeypatch.setattr(AsyncClient, "_call", recording)
+    monkeypatch.setattr(client_module, "GENERATED_ID_RETRY_S", 0.4)
+
+    async def run() -> None:
+        async with _client_of_silent_node(1.5, 0.1) as client:
+            with pytest.raises((Timeout, Unavailable), match=r"0\.4 s"):
+                await client.append_batch([b"no id", {"payload": b"mine", "event_id": b"mine-1"}])
+            with pytest.raises((Timeout, Unavailable), match=r"1\.5 s"):
+                await client.append(b"mine", event_id=b"mine-2")
+
+    asyncio.run(run())
+    (mixed, mixed_timeout), (mine, mine_timeout) = sent
+    view = decode_batch(mixed)
+    assert [view.id_generated(0), view.id_generated(1)] == [True, False]
+    assert len(view.event_id(0)) == 16 and view.event_id(1) == b"mine-1"
+    assert mixed_timeout == 0.4 and mine_timeout is None
+    assert decode_batch(mine).id_generated(0) is False
