@@ -188,6 +188,9 @@ class NodeMetrics:
         self.commit_index = LoopGauge("esc_commit_index", "Commit index", r)
         self.applied_index = LoopGauge("esc_applied_index", "Applied index", r)
         self.dedup_ids = LoopGauge("esc_dedup_ids", "Event ids the dedup table remembers (cap: config dedup_ids_max)", r)
+        self.log_clock_offset = LoopGauge(
+            "esc_log_clock_offset_seconds",
+            "On the leader: its wall clock minus the time it writes into the log (a step during the term)", r)
         self.dedup_generated_ids = LoopGauge(
             "esc_dedup_generated_ids",
             "Of esc_dedup_ids, those the client library generated (kept for dedup_generated_window_ms)", r)

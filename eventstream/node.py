@@ -49,6 +49,7 @@ from eventstream._append_wire import (
 from eventstream.config import NodeConfig, parse_address
 from eventstream.metrics import LATENCY_BUCKETS_S, NodeMetrics
 from eventstream.node_storage import NodeStorage
+from eventstream.proposal_clock import CLOCK_GAP_NOTED_US, ProposalClock
 from eventstream.raft.config import RaftConfig
 from eventstream.raft.messages import NONE, Entry, HardState, Message, SnapshotChunk
 from eventstream.raft.node import (
@@ -65,6 +66,7 @@ from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
 from eventstream.replication.pool import ReplicationPool
 from eventstream.state import (
     EVENT_COMMANDS,
+    SET_EVENT_AT_HEAD,
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
     STATUS_DUPLICATE,
@@ -193,6 +195,10 @@ class Node:
         self._synced_through = 0
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
+        # The leader's clock for times written into the log (proposal_clock.py); the wall
+        # clock's offset from it when last looked at, to log a step once.
+        self._clock = ProposalClock()
+        self._clock_offset_seen_us = 0
         self._role = Role.FOLLOWER
         self._leader = NONE
         self._bootstrap_config_proposed = False
@@ -380,8 +386,19 @@ class Node:
             interval = self.config.dedup_expire_interval
             if raft.role == Role.LEADER and interval > 0 and now - last_expire >= interval:
                 last_expire = now
-                cutoffs = dedup_cutoffs_us(time.time_ns() // 1000, self.state.config)
+                cutoffs = dedup_cutoffs_us(self._clock.now_us(), self.state.config)
                 self._propose_command(encode_dedup_expire(*cutoffs))
+                self._note_clock_step()
+
+    def _note_clock_step(self) -> None:
+        """Log a wall-clock step during this term once: the log keeps the term's monotonic time."""
+        offset = self._clock.wall_offset_us()
+        self.metrics.log_clock_offset.set(offset / 1e6)
+        if abs(offset - self._clock_offset_seen_us) > CLOCK_GAP_NOTED_US:
+            log.warning("node %d: the wall clock moved %+.1f s against the monotonic clock during this term; "
+                        "times written into the log keep following the monotonic clock, so no dedup window "
+                        "is cut short", self.id, (offset - self._clock_offset_seen_us) / 1e6)
+            self._clock_offset_seen_us = offset
 
     def _expire_requests(self, now: float) -> None:
         for index in [i for i, w in self._waiting.items() if now - w.waiters.first_arrival > APPEND_TIMEOUT_S]:
@@ -574,6 +591,12 @@ class Node:
         if new == Role.LEADER:
             self.metrics.elections.inc()
             self.leader_since = time.time()
+            ahead_us = self._clock.start_term()
+            self._clock_offset_seen_us = self._clock.wall_offset_us()
+            if ahead_us > CLOCK_GAP_NOTED_US:
+                log.warning("node %d: this node's clock is %.1f s ahead of the previous leader's; ids that "
+                            "leader saw may leave the dedup window up to that much early: keep the nodes' "
+                            "clocks in step", self.id, ahead_us / 1e6)
             self._maybe_bootstrap_config()
             if self._pool is not None:
                 try:
@@ -582,6 +605,7 @@ class Node:
                     log.exception("replication pool did not start; replicating in-process this term")
         elif old == Role.LEADER:
             self.leader_since = None
+            self._clock.end_term()
             if self._pool is not None:
                 self._pool.stop()
                 self._pipelines = dict(self._inprocess_pipelines)
@@ -715,6 +739,8 @@ class Node:
                 continue  # already in the state machine's snapshot (replay after restart)
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
+            if result.command == CommandType.SET_EVENT_AT:
+                self._clock.observe(SET_EVENT_AT_HEAD.unpack_from(entry.data)[1])
             if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))
@@ -785,7 +811,7 @@ class Node:
             return
         # The cluster's time of first sight for every id in the entries (SET_EVENT_AT): the
         # dedup window runs from here, not from the events' own timestamps.
-        now_us = time.time_ns() // 1000
+        now_us = self._clock.now_us()
         while len(intake):
             taken = intake.take(self.config.batch_size, self.config.batch_bytes_max, now_us)
             assert taken is not None  # requests are waiting

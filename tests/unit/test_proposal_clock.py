@@ -1,0 +1,111 @@
+"""The leader's clock for times written into the log (eventstream/proposal_clock.py): wall-clock
+steps during a term move nothing, a new leader never starts behind the log, and one ahead of it
+says by how much."""
+
+from __future__ import annotations
+
+from eventstream.proposal_clock import ProposalClock
+from eventstream.state import (
+    StateMachine,
+    dedup_cutoffs_us,
+    encode_dedup_expire,
+    encode_set_event_at,
+)
+from eventstream.storage.codec import Event
+
+S = 1_000_000_000  # ns
+
+
+class Clocks:
+    """A wall clock that can be stepped and a monotonic clock that only runs."""
+
+    def __init__(self, wall_s: float) -> None:
+        self.wall_ns = int(wall_s * S)
+        self.mono_ns = 5 * S
+
+    def run(self, seconds: float) -> None:
+        self.wall_ns += int(seconds * S)
+        self.mono_ns += int(seconds * S)
+
+    def step(self, seconds: float) -> None:
+        self.wall_ns += int(seconds * S)
+
+    def clock(self) -> ProposalClock:
+        return ProposalClock(lambda: self.wall_ns, lambda: self.mono_ns)
+
+
+def test_a_wall_clock_step_during_the_term_moves_nothing() -> None:
+    clocks = Clocks(1_000)
+    clock = clocks.clock()
+    assert clock.start_term() == 0
+    assert clock.now_us() == 1_000 * 10**6
+    clocks.run(2)
+    clocks.step(3600)  # NTP steps the wall clock an hour forward
+    assert clock.now_us() == 1_002 * 10**6
+    assert clock.wall_offset_us() == 3600 * 10**6
+    clocks.step(-7200)  # and two hours back: time written into the log never goes back
+    clocks.run(1)
+    assert clock.now_us() == 1_003 * 10**6
+    assert clock.wall_offset_us() == -3600 * 10**6
+
+
+def test_a_step_cannot_expire_ids_inside_their_window(tmp_path: object) -> None:
+    """The defect this clock removes: with the wall clock read directly, an hour's step made the
+    next DEDUP_EXPIRE forget ids seen a second before, and their retry was stored twice."""
+    clocks = Clocks(1_000)
+    clock = clocks.clock()
+    clock.start_term()
+    machine = StateMachine.open(str(tmp_path))
+    try:
+        event = Event(b"retry-me", None, None, 0, b"x")
+        machine.apply(1, 1, encode_set_event_at(clock.now_us(), [event]))
+        clocks.run(1)
+        clocks.step(3600)
+        cutoffs = dedup_cutoffs_us(clock.now_us(), machine.config)
+        assert machine.apply(2, 1, encode_dedup_expire(*cutoffs)).expired_count == 0
+        assert machine.dedup.lookup(b"retry-me") is not None
+        # What the wall clock alone would have proposed:
+        wall_cutoffs = dedup_cutoffs_us(clocks.wall_ns // 1000, machine.config)
+        assert wall_cutoffs[0] > 1_000 * 10**6  # past the id's first sight: it would have gone
+    finally:
+        machine.close()
+
+
+def test_a_new_leader_behind_the_log_starts_at_the_log() -> None:
+    clocks = Clocks(500)  # this node's wall clock is 500 s behind the old leader's
+    clock = clocks.clock()
+    clock.observe(1_000 * 10**6)  # the newest applied SET_EVENT_AT, just applied
+    clocks.run(3)
+    assert clock.start_term() == 0
+    assert clock.now_us() == 1_003 * 10**6  # the old leader's time carried on, not 503 s
+
+
+def test_a_new_leader_ahead_of_the_log_says_by_how_much() -> None:
+    clocks = Clocks(1_100)
+    clock = clocks.clock()
+    clock.observe(1_000 * 10**6)
+    clocks.run(2)
+    assert clock.start_term() == 100 * 10**6
+    assert clock.now_us() == 1_102 * 10**6  # it trusts its own clock, and the node logs the gap
+
+
+def test_observed_times_only_raise_the_floor() -> None:
+    clocks = Clocks(0)
+    clock = clocks.clock()
+    assert clock.log_floor_us() is None
+    clock.observe(2_000)
+    clock.observe(1_000)  # an older time applied later (a lagging leader's entry) lowers nothing
+    clocks.run(1)
+    assert clock.log_floor_us() == 2_000 + 10**6
+
+
+def test_now_never_decreases_across_terms() -> None:
+    clocks = Clocks(1_000)
+    clock = clocks.clock()
+    clock.start_term()
+    clocks.run(10)
+    first = clock.now_us()
+    clock.end_term()
+    clocks.step(-100)  # stepped back between terms, with no newer entry applied
+    clock.start_term()
+    assert clock.now_us() >= first
