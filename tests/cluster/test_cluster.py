@@ -242,6 +242,30 @@ def test_ids_the_client_generates_are_remembered_in_their_own_class(tmp_path: Pa
         cluster.wait_converged()
 
 
+@pytest.mark.slow
+def test_generated_ids_leave_after_their_window_and_callers_ids_stay(tmp_path: Path) -> None:
+    """The leader's expiry rounds forget ids the client library generated once
+    dedup_generated_window_ms (its floor, 60 s) has passed since the cluster first saw them,
+    and keep the callers' ids for dedup_window_ms (120 s here). About 70 s (make test-slow)."""
+    with local_cluster(tmp_path, 3, dedup_window=120.0, dedup_expire_interval=1.0) as cluster:
+        leader = cluster.leader()
+        with Client(cluster.addresses) as c:
+            c.append_batch([b"no id"] * 40)
+            mine = c.append(b"mine", event_id="kept-1")
+        assert wait_until(lambda: scrape(cluster.nodes[leader]).get("esc_dedup_generated_ids") == 40, timeout=10)
+        seen = time.monotonic()
+        assert wait_until(lambda: scrape(cluster.nodes[leader]).get("esc_dedup_generated_ids") == 0, timeout=90)
+        gone_after = time.monotonic() - seen
+        assert gone_after >= 50  # not before their window (less the sampling slack)
+        samples = scrape(cluster.nodes[leader])
+        assert samples["esc_dedup_ids"] == 1
+        with Client(cluster.addresses) as c:
+            again = c.append(b"mine", event_id="kept-1")
+            assert again.duplicate and again.offset == mine.offset
+        print(f"generated ids forgotten {gone_after:.0f} s after they were seen")
+        cluster.wait_converged()
+
+
 def test_a_retried_backfill_is_stored_once_whatever_its_timestamps(tmp_path: Path) -> None:
     """Events stamped long before the dedup window (a backfill, a client clock behind) keep
     their ids for the window from when the cluster first saw them: the leader's expiry rounds
