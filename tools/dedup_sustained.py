@@ -25,7 +25,7 @@ import psutil
 
 from eventstream.client import Client
 from eventstream.load.params import LoadParams
-from eventstream.load.run import run_load
+from eventstream.load.run import LoadError, run_load
 from eventstream.local_cluster import LocalCluster
 
 SAMPLE_S = 10.0
@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=sample, daemon=True).start()
         pids = {str(k): n.proc.pid for k, n in cluster.nodes.items()}
-        outcome = run_load(params, cluster.addresses, pids, lambda _: None)
-        stop.set()
+        try:
+            outcome = run_load(params, cluster.addresses, pids, lambda _: None)
+        except LoadError as exc:
+            # A table that stays full keeps the clients retrying past the planned end.
+            print(f"load stopped: {exc}")
+            return 1
+        finally:
+            stop.set()
         events = sum(w["events"] for w in outcome.workers)
         window = max(w["window_s"] for w in outcome.workers)
         errors: dict[str, int] = {}
