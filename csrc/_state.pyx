@@ -7,6 +7,7 @@ and id digests, the SET_EVENT / DEDUP_ADD apply loops and the queue record codec
 no per-event Python object is built on the apply path.
 """
 
+cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memset
@@ -133,6 +134,7 @@ def id_digest(const uint8_t[::1] event_id):
     return h1, h2
 
 
+@cython.final  # so apply's per-event insert() is a direct, inlinable call, not a vtable one
 cdef class DedupTable:
     """Remembered event ids: 128-bit digests with their original (queue, offset), in arrival order.
 
@@ -181,7 +183,7 @@ cdef class DedupTable:
         """Bytes held by the tables' slots and entry chunks."""
         return esc_dedup_bytes(&self.table) + esc_dedup_bytes(&self.generated)
 
-    cdef int insert(self, bint generated, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
+    cdef inline int insert(self, bint generated, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
                     int64_t first_seen_us, const esc_dedup_entry **existing) noexcept nogil:
         """esc_dedup_insert into the id's class, under the cap the two classes share."""
         cdef esc_dedup_table *t = &self.generated if generated else &self.table
