@@ -12,8 +12,9 @@ MANIFEST.json holds: format, last_index, last_term (the index/term of the last a
 config, queue_slots, queues (QueueStore.describe() plus each segment's crc32c of its first
 `bytes` bytes), dedup and dedup_generated {file, count, image_bytes, file_bytes, crc32c} and the
 state digest at the cut. Format 1 (before generated ids had their own class) has no
-dedup_generated: it is read as holding none, which is what a format-1 state held. A segment that was the active one at the cut keeps growing in the live folder, and so
-through its hard link here: only its first `bytes` bytes belong to the snapshot.
+dedup_generated: it is read as holding none, which is what a format-1 state held. A segment
+that was the active one at the cut keeps growing in the live folder, and so through its hard
+link here: only its first `bytes` bytes belong to the snapshot.
 
 Taking a snapshot is split so apply pauses only briefly (`cut`): the cut hard-links every live
 segment (one link() per segment file, no data copied) and freezes the dedup entries (a reference
