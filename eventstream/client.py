@@ -298,6 +298,8 @@ class AsyncClient:
 
         For senders of many events that need counts, not results: the load generator. Events
         the caller left without an id are stored, but a retry of them may store them twice.
+        Ids the caller flagged as generated are kept only dedup_generated_window_ms: with such
+        events, keep timeout_s under GENERATED_ID_RETRY_S.
         """
         return decode_append_ok((await self._call(Op.APPEND, batch)).body)
 

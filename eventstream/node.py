@@ -1105,6 +1105,8 @@ class Node:
             "digest": digest,
             "digest_index": digest_index,
             "queues": queues,
+            "dedup": {"ids": len(state.dedup), "generated_ids": state.dedup.generated_count,
+                      "ids_max": state.dedup.ids_max},
             "followers": followers,
             "last_snapshot": self._last_snapshot_index,
             "pipelines": {str(pid): dataclasses.asdict(p.stats) for pid, p in self._pipelines.items()},
