@@ -160,7 +160,7 @@ def test_synced_append_zero_fill_vs_reserved_blocks(benchmark: Any, tmp_path: Pa
     extended with zeros ahead of the records (the default with wal_sync) against blocks reserved
     with fallocate(KEEP_SIZE) (the wal_sync=False way). extra_info: process CPU per append."""
     payload = os.urandom(4600)
-    state = {"index": 0, "cpu": 0.0, "appends": 0}
+    state: dict[str, Any] = {"index": 0, "cpu": 0.0, "appends": 0}
     log = SegmentLog.open(str(tmp_path / "log"), wal_sync=True, zero_fill=zero_fill)
 
     def one() -> None:

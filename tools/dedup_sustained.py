@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         def sample() -> None:
             while not stop.wait(SAMPLE_S):
                 metrics = scrape(cluster.http_port + leader - 1)
-                rss = [psutil.Process(n.proc.pid).memory_info().rss >> 20 for n in cluster.nodes.values()]
+                rss = [psutil.Process(n.proc.pid).memory_info().rss >> 20 for n in cluster.nodes.values() if n.proc]
                 refused = sum(v for k, v in metrics.items() if "OVERLOADED" in k)
                 print(f"t={time.monotonic() - started:5.0f}s dedup_ids={metrics.get('esc_dedup_ids', 0):>12,.0f} "
                       f"generated={metrics.get('esc_dedup_generated_ids', 0):>12,.0f} "
                       f"overloaded_answers={refused:,.0f} rss_mib={rss}", flush=True)
 
         threading.Thread(target=sample, daemon=True).start()
-        pids = {str(k): n.proc.pid for k, n in cluster.nodes.items()}
+        pids = {str(k): n.proc.pid for k, n in cluster.nodes.items() if n.proc}
         try:
             outcome = run_load(params, cluster.addresses, pids, lambda _: None)
         except LoadError as exc:

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     schedules = steps = violations = 0
     events: collections.Counter[str] = collections.Counter()
     slowest = (0, args.start)
+    results: Iterator[SimResult]
     if args.jobs == 1:
         results = map(run_seed, work)
     else:

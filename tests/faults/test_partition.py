@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ _reason = netns_unavailable_reason()
 
 
 @pytest.fixture
-def netns() -> NetNamespace:
+def netns() -> Iterator[NetNamespace]:
     if _reason is not None:
         pytest.skip(_reason)
     with NetNamespace(f"esc-test-{os.getpid()}") as ns:

@@ -241,7 +241,7 @@ def test_decode_errors_name_the_offset() -> None:
 
 def test_decode_rejects_non_buffer() -> None:
     with pytest.raises(TypeError):
-        decode_batch(12345)
+        decode_batch(12345)  # type: ignore[arg-type]
 
 
 def test_view_type_is_exported() -> None:

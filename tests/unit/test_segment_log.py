@@ -297,7 +297,11 @@ def test_wal_sync_off_close_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     real = os.fdatasync
     log = SegmentLog.open(str(tmp_path), wal_sync=False, sync_interval_ms=600_000)
     log.append(records(1, 1))
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd)))
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
     log.append(records(2, 1))
     assert calls == []
     log.close()
@@ -335,7 +339,11 @@ def test_sealed_segments_are_synced_before_they_are_listed(
     real = os.fdatasync
     with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=False,
                          sync_interval_ms=600_000) as log:
-        monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+        def counted(fd: int) -> None:
+            synced.append(fd)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", counted)
         log.append(records(1, 100))
         assert synced == []  # rolling segments does not wait for the disk
         sealed = log.sealed_segments()
@@ -440,9 +448,9 @@ def test_interrupted_compaction_is_finished_on_open(tmp_path: Path) -> None:
         for segment in log.sealed_segments():
             os.link(segment, backup / os.path.basename(segment))
         log.compact_through(60)
-    for segment in backup.iterdir():
-        if not (path / segment.name).exists():
-            os.link(segment, path / segment.name)  # as if the unlinks never happened
+    for kept in backup.iterdir():
+        if not (path / kept.name).exists():
+            os.link(kept, path / kept.name)  # as if the unlinks never happened
     with SegmentLog.open(str(path), segment_bytes=1024) as log:
         assert (log.first_index, log.last_index) == (61, 100)
         assert payloads(log, 61, 101) == records(61, 40)
@@ -533,8 +541,11 @@ def test_new_segment_files_are_made_durable_with_the_directory(
 
     directory_syncs: list[str] = []
     real = segment_log.fsync_directory
-    monkeypatch.setattr(segment_log, "fsync_directory",
-                        lambda path: (directory_syncs.append(path), real(path)))
+    def counted(path: str) -> None:
+        directory_syncs.append(path)
+        real(path)
+
+    monkeypatch.setattr(segment_log, "fsync_directory", counted)
     with SegmentLog.open(str(tmp_path), segment_bytes=1024, wal_sync=wal_sync,
                          sync_interval_ms=600_000) as log:
         directory_syncs.clear()

@@ -211,7 +211,8 @@ def padded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _padded_damage_points(image: bytes) -> list[int]:
     """Offsets at every boundary, header and payload edge (the version byte among them), plus
     one inside each padding, header and payload."""
-    points, offset = set(), 0
+    points: set[int] = set()
+    offset = 0
     for record in wal_reference.scan(image, 1).records:
         header = offset + record.pad_bytes
         end = header + WAL_HEADER_BYTES + len(record.payload)

@@ -37,6 +37,12 @@ from eventstream.state import queues as queues_module
 from eventstream.storage.codec import Event
 
 
+def listed(view: memoryview | None) -> list[int]:
+    """A per-event array of an ApplyResult, which the command under test always sets."""
+    assert view is not None
+    return list(view)
+
+
 def open_machine(tmp_path: Any, name: str = "sm") -> StateMachine:
     return StateMachine.open(str(tmp_path / name))
 
@@ -60,15 +66,15 @@ def test_noop_entry_advances_the_applied_index(tmp_path: Any) -> None:
 def test_exactly_once_across_batches_and_expiry(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     first = machine.apply(1, 1, encode_set_event(events(10)))
-    assert list(first.statuses) == [STATUS_STORED] * 10
+    assert listed(first.statuses) == [STATUS_STORED] * 10
     retry = machine.apply(2, 1, encode_set_event(events(10)))
-    assert list(retry.statuses) == [STATUS_DUPLICATE] * 10
-    assert list(retry.queues) == list(first.queues) and list(retry.offsets) == list(first.offsets)
+    assert listed(retry.statuses) == [STATUS_DUPLICATE] * 10
+    assert listed(retry.queues) == listed(first.queues) and listed(retry.offsets) == listed(first.offsets)
     # Ids first seen at 1000..1004 expire; the rest stay remembered.
     expired = machine.apply(3, 1, encode_dedup_expire(1_005))
     assert expired.expired_count == 5
     again = machine.apply(4, 1, encode_set_event(events(10)))
-    assert list(again.statuses) == [STATUS_STORED] * 5 + [STATUS_DUPLICATE] * 5
+    assert listed(again.statuses) == [STATUS_STORED] * 5 + [STATUS_DUPLICATE] * 5
     assert dedup_cutoffs_us(10_000_000, machine.config) == (10_000_000 - 3_600_000_000, 10_000_000 - 60_000_000)
 
 
@@ -79,16 +85,16 @@ def test_set_event_at_remembers_ids_from_the_leaders_time_not_the_events(tmp_pat
     machine = open_machine(tmp_path)
     seen = 50_000_000  # the leader's clock at proposal; the events say 1000..1009
     first = machine.apply(1, 1, encode_set_event_at(seen, events(10)))
-    assert list(first.statuses) == [STATUS_STORED] * 10 and first.command == CommandType.SET_EVENT_AT
+    assert listed(first.statuses) == [STATUS_STORED] * 10 and first.command == CommandType.SET_EVENT_AT
     assert machine.apply(2, 1, encode_dedup_expire(seen)).expired_count == 0  # all after their timestamps
     retry = machine.apply(3, 1, encode_set_event_at(seen + 1, events(10)))
-    assert list(retry.statuses) == [STATUS_DUPLICATE] * 10
-    assert list(retry.offsets) == list(first.offsets)
+    assert listed(retry.statuses) == [STATUS_DUPLICATE] * 10
+    assert listed(retry.offsets) == listed(first.offsets)
     # Past the window from first sight they go, whatever the events' own timestamps.
     assert machine.apply(4, 1, encode_dedup_expire(seen + 1)).expired_count == 10
     # SET_EVENT (logs written before SET_EVENT_AT) still takes each event's timestamp.
     legacy = machine.apply(5, 1, encode_set_event(events(10, start=100)))
-    assert list(legacy.statuses) == [STATUS_STORED] * 10
+    assert listed(legacy.statuses) == [STATUS_STORED] * 10
     assert machine.apply(6, 1, encode_dedup_expire(1_200)).expired_count == 10
 
 
@@ -96,8 +102,8 @@ def test_dedup_add_then_set_event_is_a_duplicate(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     machine.apply(1, 1, encode_dedup_add([(b"id-0", 5)]))
     result = machine.apply(2, 1, encode_set_event(events(1)))
-    assert list(result.statuses) == [STATUS_DUPLICATE]
-    assert (result.queues[0], result.offsets[0]) == (-1, -1)
+    assert listed(result.statuses) == [STATUS_DUPLICATE]
+    assert (listed(result.queues)[0], listed(result.offsets)[0]) == (-1, -1)
 
 
 def mixed(count: int, start: int = 0) -> list[Event]:
@@ -112,20 +118,20 @@ def test_generated_ids_expire_by_their_own_window(tmp_path: Any) -> None:
     machine = open_machine(tmp_path)
     seen = 50_000_000
     first = machine.apply(1, 1, encode_set_event_at(seen, mixed(10)))
-    assert list(first.statuses) == [STATUS_STORED] * 10
+    assert listed(first.statuses) == [STATUS_STORED] * 10
     assert len(machine.dedup) == 10 and machine.dedup.generated_count == 5
-    assert list(machine.apply(2, 1, encode_set_event_at(seen + 1, mixed(10))).statuses) == [STATUS_DUPLICATE] * 10
+    assert listed(machine.apply(2, 1, encode_set_event_at(seen + 1, mixed(10))).statuses) == [STATUS_DUPLICATE] * 10
     # Generated ids first seen at `seen` go; callers' ids stay.
     assert machine.apply(3, 1, encode_dedup_expire(seen, seen + 1)).expired_count == 5
     assert len(machine.dedup) == 5 and machine.dedup.generated_count == 0
     retry = machine.apply(4, 1, encode_set_event_at(seen + 2, mixed(10)))
-    assert list(retry.statuses) == [STATUS_DUPLICATE, STATUS_STORED] * 5
-    assert [retry.offsets[i] for i in range(0, 10, 2)] == [first.offsets[i] for i in range(0, 10, 2)]
+    assert listed(retry.statuses) == [STATUS_DUPLICATE, STATUS_STORED] * 5
+    assert [listed(retry.offsets)[i] for i in range(0, 10, 2)] == [listed(first.offsets)[i] for i in range(0, 10, 2)]
     # The same id bytes in the other class are another id: each class answers only for itself.
     assert machine.dedup.lookup(b"id-1") is None and machine.dedup.lookup(b"id-1", generated=True) is not None
     assert machine.dedup.lookup(b"id-0") is not None and machine.dedup.lookup(b"id-0", generated=True) is None
     other = machine.apply(5, 1, encode_set_event_at(seen + 3, [Event(b"id-0", b"key", None, 1, b"x", True)]))
-    assert list(other.statuses) == [STATUS_STORED]
+    assert listed(other.statuses) == [STATUS_STORED]
     # A one-cut-off body (logs written before the second window) applies to both classes.
     assert machine.apply(6, 1, encode_dedup_expire(seen + 3)).expired_count == 5 + 5
     assert machine.apply(7, 1, encode_dedup_expire(seen + 4)).expired_count == 1
@@ -143,15 +149,15 @@ def test_both_classes_share_dedup_ids_max(tmp_path: Any) -> None:
     machine.apply(1, 1, encode_config_update({"dedup_ids_max": 1000}))
     callers = [Event(b"c-%d" % i, None, None, 0, b"") for i in range(600)]
     generated = [Event(b"g-%d" % i, None, None, 0, b"", True) for i in range(400)]
-    assert list(machine.apply(2, 1, encode_set_event_at(10, callers + generated)).statuses) == [STATUS_STORED] * 1000
+    assert listed(machine.apply(2, 1, encode_set_event_at(10, callers + generated)).statuses) == [STATUS_STORED] * 1000
     more = machine.apply(3, 1, encode_set_event_at(11, [Event(b"c-new", None, None, 0, b""),
                                                          Event(b"g-new", None, None, 0, b"", True),
                                                          callers[0], generated[0]]))
-    assert list(more.statuses) == [STATUS_DEDUP_FULL, STATUS_DEDUP_FULL, STATUS_DUPLICATE, STATUS_DUPLICATE]
+    assert listed(more.statuses) == [STATUS_DEDUP_FULL, STATUS_DEDUP_FULL, STATUS_DUPLICATE, STATUS_DUPLICATE]
     # Room made in one class is room for either.
     assert machine.apply(4, 1, encode_dedup_expire(0, 11)).expired_count == 400
     again = machine.apply(5, 1, encode_set_event_at(12, [Event(b"c-new", None, None, 0, b"")]))
-    assert list(again.statuses) == [STATUS_STORED]
+    assert listed(again.statuses) == [STATUS_STORED]
 
 
 def test_snapshot_keeps_each_ids_class(tmp_path: Any) -> None:
@@ -208,12 +214,12 @@ def test_explicit_queue_and_queue_count_change(tmp_path: Any) -> None:
     result = machine.apply(
         2, 1, encode_set_event([Event(None, None, 3, 1, b"a"), Event(None, None, 4, 2, b"b")])
     )
-    assert list(result.statuses) == [STATUS_STORED, STATUS_BAD_QUEUE]
+    assert listed(result.statuses) == [STATUS_STORED, STATUS_BAD_QUEUE]
     machine.apply(3, 1, encode_config_update({"queue_count": 2}))
     # Queue 3 stays readable after the count shrank; new events can no longer name it.
     assert [e.payload for e in machine.read(3, 0)] == [b"a"]
     late = machine.apply(4, 1, encode_set_event([Event(None, None, 3, 3, b"c")]))
-    assert list(late.statuses) == [STATUS_BAD_QUEUE]
+    assert listed(late.statuses) == [STATUS_BAD_QUEUE]
 
 
 @pytest.mark.parametrize(
@@ -490,11 +496,11 @@ def test_snapshot_with_damaged_segment_on_disk_is_refused(tmp_path: Any) -> None
     segment = manifest["queues"][0]["segments"][0]
     path = os.path.join(folder, segment["file"])
     with open(path, "rb") as f:
-        data = bytearray(f.read())
+        damaged = bytearray(f.read())
     os.unlink(path)  # break the hard link so the live file stays intact
-    data[30] ^= 1
+    damaged[30] ^= 1
     with open(path, "wb") as f:
-        f.write(data)
+        f.write(damaged)
     target = open_machine(tmp_path, "target")
     with pytest.raises(SnapshotError, match="CRC"):
         target.restore(folder)

@@ -97,8 +97,7 @@ def read_all(machine: Any, queue: int, limit: int, max_bytes: int) -> list[list[
 def segments_of(machine: Any, queue: int) -> list[tuple]:
     if isinstance(machine, ReferenceStateMachine):
         q = machine.queues.get(queue)
-        segments = q.segments if q else []
-        return [(s.base_offset, len(s.events), s.size_bytes, s.sealed) for s in segments]
+        return [(s.base_offset, len(s.events), s.size_bytes, s.sealed) for s in (q.segments if q else [])]
     log = machine.queues.logs.get(queue)
     segments = log.segments if log else []
     return [(s.base_offset, s.count, s.size_bytes, s.sealed) for s in segments]

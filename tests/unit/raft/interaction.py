@@ -201,7 +201,7 @@ class Interaction:
         storage.append([Entry(i, t, b"") for i, t in enumerate(terms, start=1)])
         storage.set_hard_state(HardState(terms[-1], 0, 0))
         self._make_host(node_id, tuple(self.hosts), storage)
-        return [f"{node_id}: log {describe_entries(storage.entries(1, len(terms) + 1))}"]
+        return [f"{node_id}: log {describe_entries(list(storage.entries(1, len(terms) + 1)))}"]
 
     # --- inputs -------------------------------------------------------------------------------
 

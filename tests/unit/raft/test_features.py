@@ -3,6 +3,8 @@ leadership transfer, bounded proposals, and the Ready ordering contract."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from eventstream.raft import (
@@ -204,7 +206,7 @@ def test_snapshot_chunk_lost_is_resent() -> None:
     cluster.node(1).compact(cluster.hosts[1].applied)
     cluster.stabilize()
     cluster.cut = set()
-    dropped = []
+    dropped: list[Any] = []
 
     def drop_second_chunk(m):
         if m.type == MT.SNAPSHOT and m.offset == 50 and not dropped:
@@ -393,7 +395,7 @@ def test_entry_data_may_be_a_memoryview() -> None:
     cluster.elect(1)
     buffer = bytearray(b"....payload....")
     view = memoryview(buffer)[4:11]
-    index = cluster.node(1).propose(view)
+    index = cluster.node(1).propose(view)  # type: ignore[arg-type]  # typed bytes; any buffer passes
     cluster.stabilize()
     assert all(h.applied == index for h in cluster.hosts.values())
     stored = cluster.hosts[1].storage.entries(index, index + 1)[0].data

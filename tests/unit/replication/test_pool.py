@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -319,7 +320,7 @@ def test_a_worker_asleep_on_its_empty_control_ring_is_woken_by_every_order() -> 
             for k in range(rounds):
                 pipeline.submit(append(k, b"order %d" % k))
                 pipeline.flush()
-                await wait_for(lambda k=k: len(follower.got) == k + 1)
+                await wait_for(functools.partial(lambda n: len(follower.got) == n, k + 1))
             await wait_for(lambda: pool.wake_counters()[2].orders_timed == rounds)
             wake = pool.wake_counters()[2]
             assert wake.missed_wakeups == 0

@@ -105,7 +105,9 @@ def test_appends_of_one_loop_turn_from_many_connections_are_handed_over_once() -
         assert service.calls == []  # the node is woken once the loop turn's reads are done
         await asyncio.sleep(0)
         assert service.calls == [("queued", 4)]
-        _, waiters = server.intake.take(100, 1 << 20, SEEN_US)
+        entry = server.intake.take(100, 1 << 20, SEEN_US)
+        assert entry is not None
+        _, waiters = entry
         assert waiters.request_ids() == [1, 2, 7, 9]
         assert [s.in_flight for s in sorted(server.sessions, key=lambda s: s.conn.peername)] == [2, 1, 1]
 
@@ -169,7 +171,9 @@ def test_frames_read_before_the_connection_was_adopted_come_first() -> None:
         assert server.adopt(conn, Hello(ROLE_CLIENT, 0))
         conn.deliver(bodies)
         conn.data_received(stream[len(append(1)) * 2 + 5:])
-        _, waiters = server.intake.take(100, 1 << 20, SEEN_US)
+        entry = server.intake.take(100, 1 << 20, SEEN_US)
+        assert entry is not None
+        _, waiters = entry
         assert waiters.request_ids() == [1, 2, 3]
         await asyncio.sleep(0)
 

@@ -4,6 +4,7 @@ by one callback, each connection's frames in order, over real loopback sockets."
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_frames_queued_on_many_connections_in_one_turn_are_flushed_by_one_callba
                     all_in.set()
 
             _, proto = await loop.create_connection(
-                lambda on_frames=on_frames: FramedConnection(crc32c, LIMIT, on_frames), "127.0.0.1", port)
+                functools.partial(FramedConnection, crc32c, LIMIT, on_frames), "127.0.0.1", port)
             clients.append(proto)
         while len(accepted) < 3:
             await asyncio.sleep(0.01)
@@ -47,7 +48,7 @@ def test_frames_queued_on_many_connections_in_one_turn_are_flushed_by_one_callba
             scheduled.append(callback)
             return real_call_soon(callback, *args, **kwargs)
 
-        loop.call_soon = counting_call_soon  # type: ignore[method-assign]
+        loop.call_soon = counting_call_soon  # type: ignore[method-assign,assignment]
         try:
             by_port = sorted(accepted, key=lambda c: c.peername)
             for round_ in range(3):

@@ -10,7 +10,7 @@ from eventstream.transport.frames import HEADER, FrameDecoder, FrameEncoder, Fra
 LIMIT = 1 << 16
 
 
-def crc(data: bytes | memoryview) -> int:
+def crc(data: bytes | bytearray | memoryview) -> int:
     return zlib.crc32(data)
 
 

@@ -15,7 +15,7 @@ from eventstream.transport.peers import Backoff, PeerNetwork
 LIMIT = 1 << 20
 
 
-def crc(data: bytes | memoryview) -> int:
+def crc(data: bytes | bytearray | memoryview) -> int:
     return zlib.crc32(data)
 
 
