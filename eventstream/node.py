@@ -75,6 +75,7 @@ from eventstream.state import (
     ConfigError,
     OffsetRangeError,
     SnapshotReceiver,
+    StateError,
     StateMachine,
     dedup_cutoffs_us,
     encode_config_update,
@@ -712,6 +713,7 @@ class Node:
         worker thread while apply goes on, then let the core compact the log through it."""
         state, storage, raft = self.state, self.storage, self.raft
         assert state is not None and storage is not None and raft is not None
+        at = state.applied_index
         try:
             cut = state.begin_snapshot()
             index = cut.manifest["last_index"]
@@ -723,8 +725,13 @@ class Node:
             self.metrics.snapshots_taken.inc()
             log.info("snapshot at index %d written; log compaction through it requested", index)
             self._wake.set()
+        except (OSError, StateError) as exc:
+            # A full or failing disk: one line naming the file and the error. The log is not
+            # compacted meanwhile, so nothing is lost; it grows until a snapshot succeeds.
+            log.warning("snapshot at index %d failed: %s; will retry at the next threshold", at, exc)
+            self._last_snapshot_index = state.applied_index
         except Exception:
-            log.exception("snapshot failed; will retry at the next threshold")
+            log.exception("snapshot at index %d failed; will retry at the next threshold", at)
             self._last_snapshot_index = state.applied_index
         finally:
             self._snapshot_task = None
