@@ -602,8 +602,8 @@ class Node:
             if self._pool is not None:
                 try:
                     self._pipelines = {**self._inprocess_pipelines, **self._pool.start()}
-                except OSError:
-                    log.exception("replication pool did not start; replicating in-process this term")
+                except OSError as exc:
+                    log.warning("replication pool did not start (%s); replicating in-process this term", exc)
         elif old == Role.LEADER:
             self.leader_since = None
             self._clock.end_term()

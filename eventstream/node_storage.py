@@ -17,6 +17,7 @@ then answers any (offset, length) with one pread, which also makes resending a c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -31,7 +32,7 @@ from eventstream.raft.storage import (
     UnavailableError,
     limit_size,
 )
-from eventstream.state import StateMachine
+from eventstream.state import StateError, StateMachine
 from eventstream.state import snapshot as snapshots
 from eventstream.storage import HardState as StoredHardState
 from eventstream.storage import SegmentLog
@@ -191,12 +192,15 @@ class NodeStorage:
             os.replace(partial, target)
             with self._stream_lock:
                 self._stream_ready[folder] = target
-        except Exception:
-            log.exception("could not prepare snapshot %s for sending", folder)
-            try:
+        except Exception as exc:
+            if isinstance(exc, (OSError, StateError)):
+                # A full disk, or the snapshot pruned meanwhile: one line; a later send builds
+                # the stream again.
+                log.warning("could not prepare snapshot %s for sending: %s", folder, exc)
+            else:
+                log.exception("could not prepare snapshot %s for sending", folder)
+            with contextlib.suppress(OSError):
                 os.unlink(partial)
-            except OSError:
-                pass
         finally:
             with self._stream_lock:
                 self._stream_building.discard(folder)

@@ -479,10 +479,11 @@ class ReplicationPool:
                 continue
             try:
                 replacement = self._spawn(pid, self.peers[pid])
-            except OSError:
+            except OSError as exc:
                 # Out of processes or descriptors: keep the dead worker's ring (writes to it are
                 # dropped once it fills, and Raft resends) and try again later.
-                log.exception("replication worker for node %d could not be restarted", pid)
+                log.warning("replication worker for node %d could not be restarted (%s); retrying in %.0f s",
+                            pid, exc, RESTART_BACKOFF_MAX_S)
                 self._restart_at[pid] = now + RESTART_BACKOFF_MAX_S
                 continue
             del self._restart_at[pid]
