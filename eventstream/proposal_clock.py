@@ -14,8 +14,10 @@ its monotonic clock) it applied it; that time plus the monotonic time since is a
 of the previous leader's clock now, and a new leader starts there if its wall clock is behind.
 
 What this does not cover: a new leader whose wall clock is AHEAD of its predecessor's starts
-ahead by the difference, and ids first seen under the predecessor expire that much early.
-`start_term` returns the difference so the node can log it; keep the nodes' clocks in step.
+ahead by the difference, and ids first seen under the predecessor expire that much early. A
+forward step during a term is such a difference at the next election (the log's time has to
+meet the wall clock again somewhere). `start_term` returns the difference so the node can log
+it; keep the nodes' clocks in step.
 """
 
 from __future__ import annotations
