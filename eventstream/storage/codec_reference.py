@@ -58,9 +58,6 @@ def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
         if not isinstance(event, tuple) or len(event) not in (5, 6):
             raise CodecError(f"event {index}: expected a 5- or 6-tuple (event_id, key, queue, "
                              f"timestamp_us, payload[, id_generated])")
-        generated = len(event) == 6 and event[5]
-        if not isinstance(generated, (bool, int)):
-            raise CodecError(f"event {index}: id_generated must be a bool")
         event_id = _field_bytes(event[0], "event_id", index, EVENT_ID_BYTES_MAX)
         key = _field_bytes(event[1], "key", index, EVENT_KEY_BYTES_MAX)
         queue = event[2]
@@ -68,12 +65,16 @@ def encode_batch(events: Iterable[Sequence[Any]]) -> bytes:
         payload = _field_bytes(event[4], "payload", index, None)
         if payload is None:
             raise CodecError(f"event {index}: payload must be bytes, not None")
-        if generated and event_id is None:
-            raise CodecError(f"event {index}: id_generated is set but the event has no event_id")
         if queue is not None and (not isinstance(queue, int) or not 0 <= queue < QUEUE_LIMIT):
             raise CodecError(f"event {index}: queue must be None or an int in [0, 2**31)")
         if not isinstance(timestamp_us, int) or not _INT64_MIN <= timestamp_us <= _INT64_MAX:
             raise CodecError(f"event {index}: timestamp_us must be an int64")
+        # Last, as the native encoder checks it.
+        generated = len(event) == 6 and event[5]
+        if not isinstance(generated, (bool, int)):
+            raise CodecError(f"event {index}: id_generated must be a bool")
+        if generated and event_id is None:
+            raise CodecError(f"event {index}: id_generated is set but the event has no event_id")
         id_len = len(event_id) if event_id is not None else 0
         key_len = len(key) if key is not None else 0
         size = EVENT_HEADER_BYTES + id_len + key_len + len(payload)
