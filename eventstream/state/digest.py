@@ -4,9 +4,9 @@ Covers the last applied index, the configuration (canonical JSON), every queue t
 event (number, retention floor, next offset, newest timestamp, each segment's base, size and
 sealed flag, and every retained record byte) and the dedup entries in arrival order: the ids
 callers chose, then, only when there are any, the ids the client library generated (so a state
-without them hashes as it did before they had their own class). Replicas
-that applied the same entries have the same digest; a restored snapshot must reproduce the
-digest recorded when it was cut. BLAKE2b-256; the hashing of file bytes releases the GIL.
+without them hashes as it did before they had their own class). Replicas that applied the same
+entries have the same digest; a restored snapshot must reproduce the digest recorded when it
+was cut. BLAKE2b-256; the hashing of file bytes releases the GIL.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Plain-Python model of the state machine, for differential tests (CONVENTIONS 8 and 19).
 
 Obviously correct rather than fast: events in lists, ids in insertion-ordered dicts keyed by
-the id bytes (one per class: ids callers chose, ids the client library generated), segments as plain lists. It follows the same rules as the real machine (routing,
-check-and-add, segment rolling after a batch, whole-segment retention, read limits) and shares
-only the configuration validation with it. It stores no files.
+the id bytes (one per class: ids callers chose, ids the client library generated), segments as
+plain lists. It follows the same rules as the real machine (routing, check-and-add, segment
+rolling after a batch, whole-segment retention, read limits) and shares only the configuration
+validation with it. It stores no files.
 """
 
 from __future__ import annotations
