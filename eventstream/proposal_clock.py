@@ -58,7 +58,9 @@ class ProposalClock:
         wall clock is ahead of the log's floor (0 when it is not, or no floor is known)."""
         wall_us = self._wall_ns() // 1000
         floor = self.log_floor_us()
-        self._anchor_us = max(wall_us, floor) if floor is not None else wall_us
+        # Never behind the log, nor behind what this node already wrote (its wall clock may
+        # have stepped back since): the log's time then runs on from there, not stalled.
+        self._anchor_us = max(wall_us, self._last_us, floor if floor is not None else wall_us)
         self._anchor_mono_ns = self._monotonic_ns()
         return wall_us - floor if floor is not None and wall_us > floor else 0
 

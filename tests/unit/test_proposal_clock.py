@@ -4,6 +4,9 @@ says by how much."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from eventstream.proposal_clock import ProposalClock
 from eventstream.state import (
     StateMachine,
@@ -109,3 +112,43 @@ def test_now_never_decreases_across_terms() -> None:
     clocks.step(-100)  # stepped back between terms, with no newer entry applied
     clock.start_term()
     assert clock.now_us() >= first
+
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("run"), st.floats(0, 100)),
+        st.tuples(st.just("step"), st.floats(-7200, 7200)),
+        st.tuples(st.just("observe"), st.floats(-3600, 3600)),  # an entry's time, off the wall clock
+        st.tuples(st.just("term"), st.just(0.0)),
+    ),
+    max_size=40,
+)
+
+
+@given(actions)
+def test_log_time_never_goes_back_and_steps_never_move_it_within_a_term(steps: list[tuple[str, float]]) -> None:
+    clocks = Clocks(1_000_000)
+    clock = clocks.clock()
+    clock.start_term()
+    last = term_start_us = clock.now_us()
+    term_mono_ns = clocks.mono_ns
+    for kind, amount in steps:
+        if kind == "run":
+            clocks.run(amount)
+        elif kind == "step":
+            before = clock.now_us()
+            clocks.step(amount)
+            assert clock.now_us() == before  # a wall-clock step moves nothing during a term
+        elif kind == "observe":
+            clock.observe(clocks.wall_ns // 1000 + int(amount * 10**6))
+        else:
+            clock.end_term()
+            floor = clock.log_floor_us()
+            clock.start_term()
+            term_start_us, term_mono_ns = clock.now_us(), clocks.mono_ns
+            assert floor is None or term_start_us >= floor  # a term never starts behind the log
+        now = clock.now_us()
+        assert now >= last
+        assert now >= term_start_us + (clocks.mono_ns - term_mono_ns) // 1000  # runs with the monotonic clock
+        last = now
