@@ -66,7 +66,6 @@ from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
 from eventstream.replication.pool import ReplicationPool
 from eventstream.state import (
     EVENT_COMMANDS,
-    SET_EVENT_AT_HEAD,
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
     STATUS_DUPLICATE,
@@ -746,8 +745,8 @@ class Node:
                 continue  # already in the state machine's snapshot (replay after restart)
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
-            if result.command == CommandType.SET_EVENT_AT:
-                self._clock.observe(SET_EVENT_AT_HEAD.unpack_from(entry.data)[1])
+            if result.first_seen_us is not None:
+                self._clock.observe(result.first_seen_us)
             if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))

@@ -12,7 +12,6 @@ from eventstream._state import (
 )
 from eventstream.state.commands import (
     EVENT_COMMANDS,
-    SET_EVENT_AT_HEAD,
     CommandType,
     dedup_cutoffs_us,
     encode_config_update,
@@ -30,7 +29,6 @@ from eventstream.state.snapshot_stream import SnapshotReceiver
 
 __all__ = [
     "EVENT_COMMANDS",
-    "SET_EVENT_AT_HEAD",
     "STATUS_BAD_QUEUE",
     "STATUS_DEDUP_FULL",
     "STATUS_DUPLICATE",

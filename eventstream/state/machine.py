@@ -78,6 +78,7 @@ class ApplyResult(NamedTuple):
     queues: memoryview | None = None
     offsets: memoryview | None = None
     expired_count: int = 0
+    first_seen_us: int | None = None  # SET_EVENT_AT: the leader's clock its ids are seen at
 
 
 class StateMachine:
@@ -190,7 +191,8 @@ class StateMachine:
             statuses, queues, offsets = self.queues.apply_set_event(
                 view[SET_EVENT_AT_HEAD.size:], self.config, self.dedup, index, first_seen_us
             )
-            return ApplyResult(index, CommandType.SET_EVENT_AT, statuses, queues, offsets)
+            return ApplyResult(index, CommandType.SET_EVENT_AT, statuses, queues, offsets,
+                               first_seen_us=first_seen_us)
         if kind == CommandType.DEDUP_ADD:
             statuses = memoryview(apply_dedup_add(body, self.dedup))
             return ApplyResult(index, CommandType.DEDUP_ADD, statuses)
