@@ -246,7 +246,7 @@ cdef class DedupTable:
     def export_entries(self, bint generated=False):
         """One class's entries in arrival order as packed 36-byte little-endian records:
         h1 u64, h2 u64, offset i64, first_seen_us i64, queue i32."""
-        view = self.freeze()[1 if generated else 0]
+        view = _freeze(&self.generated if generated else &self.table)
         return view.export_range(0, len(view))
 
     def import_entries(self, const uint8_t[::1] packed, bint generated=False):

@@ -279,9 +279,9 @@ def load_dedup(snapshot_path: str, manifest: dict[str, Any], ids_max: int) -> De
 
 
 def load_dedup_image(snapshot_path: str, info: dict[str, Any], table: DedupTable, generated: bool) -> None:
-    """Add one class's entries from its lz4 file, decompressing a bounded piece at a time."""
+    """Load one class's entries, into a class still empty, from its lz4 file, decompressing a
+    bounded piece at a time."""
     path = os.path.join(snapshot_path, info["file"])
-    before = table.generated_count if generated else len(table) - table.generated_count
     decompressor = lz4.frame.LZ4FrameDecompressor()
     carry = b""
     image_bytes = file_bytes = crc = 0
@@ -310,7 +310,7 @@ def load_dedup_image(snapshot_path: str, info: dict[str, Any], table: DedupTable
         raise SnapshotError(f"{path}: size or CRC-32C differs from the manifest")
     if not decompressor.eof or carry or image_bytes != info["image_bytes"]:
         raise SnapshotError(f"{path}: dedup image of {image_bytes} bytes, manifest differs")
-    count = (table.generated_count if generated else len(table) - table.generated_count) - before
+    count = table.generated_count if generated else len(table) - table.generated_count
     if count != info["count"]:
         raise SnapshotError(
             f"{path}: {count} dedup entries, the manifest says {info['count']}"
