@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from eventstream._crc32c import crc32c
 from eventstream.client import AsyncClient
-from eventstream.errors import Timeout, Unavailable
-from eventstream.transport.client_protocol import Op
+from eventstream.errors import Overloaded, Timeout, Unavailable
+from eventstream.transport.client_protocol import Op, Status, decode_request, encode_error
+from eventstream.transport.frames import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, FrameEncoder
 
 
 @contextlib.asynccontextmanager
@@ -36,6 +38,56 @@ async def _silent_server() -> tuple[asyncio.AbstractServer, str]:
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, f"127.0.0.1:{port}"
+
+
+async def _slow_overloaded_server(delay_s: float) -> tuple[asyncio.AbstractServer, str]:
+    """Answers every request OVERLOADED after delay_s, as a leader with a full dedup table
+    does once the refused entry has committed."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(crc32c, FRAME_BYTES_MAX_DEFAULT)
+        encoder = FrameEncoder(crc32c, FRAME_BYTES_MAX_DEFAULT)
+        hello_seen = False
+        while data := await reader.read(65536):
+            for body in decoder.feed(data):
+                if not hello_seen:
+                    hello_seen = True
+                    continue
+                request = decode_request(body)
+                await asyncio.sleep(delay_s)
+                writer.writelines(encoder.encode(encode_error(Status.OVERLOADED, request.request_id,
+                                                              "the dedup table is full")))
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+def test_the_clusters_answer_outlives_an_attempt_the_deadline_cut_short() -> None:
+    """Attempts take 0.4 s against a 1.0 s budget, so the third gets only what is left and
+    times out; the caller must still see the cluster's Overloaded, not an empty Unavailable."""
+    async def run() -> None:
+        server, address = await _slow_overloaded_server(0.4)
+        client = AsyncClient([address], timeout_s=1.0, attempt_timeout_s=3.0)
+        try:
+            with pytest.raises(Overloaded, match=r"dedup table is full \(gave up after 1\.0 s\)"):
+                await client.append(b"x", event_id=b"mine")
+            assert client.retries >= 2
+        finally:
+            await client.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
+
+
+def test_a_timeout_says_how_long_the_attempt_waited() -> None:
+    async def run() -> None:
+        async with _client_of_silent_node(0.5, 0.2) as client:
+            with pytest.raises(Unavailable, match=r"no answer within 0\.20 s"):
+                await client.append(b"x", event_id=b"mine")
+
+    asyncio.run(run())
 
 
 def test_requests_to_a_silent_node_time_out_and_leave_nothing_pending() -> None:
