@@ -193,6 +193,7 @@ class Node:
         # synced, and the last index known durable (the commit index saved never passes it).
         self._unsynced: tuple[int, int] | None = None
         self._synced_through = 0
+        self._written_before_start = 0  # last log index found on disk at start (entries up to it are replayed)
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
         # The leader's clock for times written into the log (proposal_clock.py); the wall
@@ -229,6 +230,7 @@ class Node:
         self._last_snapshot_index = applied
         self.intake.queue_count = self.state.config["queue_count"]
         self._synced_through = self.seg_log.last_index  # recovery kept only what is on disk
+        self._written_before_start = self.seg_log.last_index
         hard, _ = self.storage.initial_state()
         self._saved_term_vote = (hard.term, hard.vote)
         self._commit_saved = hard.commit
@@ -746,7 +748,7 @@ class Node:
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
             if result.first_seen_us is not None:
-                self._clock.observe(result.first_seen_us)
+                self._clock.observe(result.first_seen_us, live=entry.index > self._written_before_start)
             if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))

@@ -40,12 +40,17 @@ class ProposalClock:
         self._last_us = 0
         self._seen_us: int | None = None  # newest time read from an applied entry
         self._seen_mono_ns = 0
+        self._seen_live = False
 
-    def observe(self, logged_us: int) -> None:
-        """An applied SET_EVENT_AT carried `logged_us` (its leader's clock at proposal)."""
+    def observe(self, logged_us: int, live: bool = True) -> None:
+        """An applied SET_EVENT_AT carried `logged_us` (its leader's clock at proposal). live is
+        False for an entry this process found already written on disk: it was proposed an
+        unknown time before it was applied, so it still bounds the log's time from below but
+        says nothing about how far apart two nodes' clocks are."""
         if self._seen_us is None or logged_us >= self._seen_us:
             self._seen_us = logged_us
             self._seen_mono_ns = self._monotonic_ns()
+            self._seen_live = live
 
     def log_floor_us(self) -> int | None:
         """A lower bound of the clock of the leader that wrote the newest applied entry, now."""
@@ -55,14 +60,16 @@ class ProposalClock:
 
     def start_term(self) -> int:
         """This node became leader: anchor the log's time line. Returns how far (us) this node's
-        wall clock is ahead of the log's floor (0 when it is not, or no floor is known)."""
+        wall clock is ahead of the log's floor (0 when it is not, or when no floor from an entry
+        applied as it arrived is known: after a restart of the whole cluster the floor lags the
+        wall clock by the downtime, which is no difference between clocks)."""
         wall_us = self._wall_ns() // 1000
         floor = self.log_floor_us()
         # Never behind the log, nor behind what this node already wrote (its wall clock may
         # have stepped back since): the log's time then runs on from there, not stalled.
         self._anchor_us = max(wall_us, self._last_us, floor if floor is not None else wall_us)
         self._anchor_mono_ns = self._monotonic_ns()
-        return wall_us - floor if floor is not None and wall_us > floor else 0
+        return wall_us - floor if floor is not None and self._seen_live and wall_us > floor else 0
 
     def end_term(self) -> None:
         self._anchor_us = None

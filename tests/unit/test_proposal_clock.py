@@ -92,6 +92,22 @@ def test_a_new_leader_ahead_of_the_log_says_by_how_much() -> None:
     assert clock.now_us() == 1_102 * 10**6  # it trusts its own clock, and the node logs the gap
 
 
+def test_entries_found_on_disk_raise_the_floor_but_report_no_gap() -> None:
+    """After the whole cluster was down for 600 s, the newest entry a restarted node replays is
+    600 s old: the log's time starts no lower than it, but that is downtime, not a clock gap."""
+    clocks = Clocks(1_600)
+    clock = clocks.clock()
+    clock.observe(1_000 * 10**6, live=False)
+    clocks.run(1)
+    assert clock.log_floor_us() == 1_001 * 10**6
+    assert clock.start_term() == 0
+    assert clock.now_us() == 1_601 * 10**6
+    clock.end_term()
+    clocks.run(1)
+    clock.observe(1_502 * 10**6)  # then one arrives from a leader 100 s behind this node
+    assert clock.start_term() == 100 * 10**6
+
+
 def test_observed_times_only_raise_the_floor() -> None:
     clocks = Clocks(0)
     clock = clocks.clock()
