@@ -6,30 +6,17 @@ and the clients it opens all live in it; the root namespace's rules are never to
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from eventstream.client import Client
 from eventstream.errors import Unavailable
-from tests.cluster.harness import LocalCluster, NetNamespace, netns_unavailable_reason
+from tests.cluster.harness import LocalCluster, NetNamespace
 
 # Both replication modes: a pool worker's link must be cut by the same rules as the pair's.
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("replication_mode")]
-
-_reason = netns_unavailable_reason()
-
-
-@pytest.fixture
-def netns() -> Iterator[NetNamespace]:
-    if _reason is not None:
-        pytest.skip(_reason)
-    with NetNamespace(f"esc-test-{os.getpid()}") as ns:
-        yield ns
-
 
 def test_minority_partition_keeps_serving_and_majority_loss_is_unavailable_until_healed(
     netns: NetNamespace, tmp_path: Path
