@@ -721,6 +721,12 @@ class Node:
             await asyncio.get_running_loop().run_in_executor(None, cut.write)
             state.prune_snapshots()
             storage.refresh_snapshot()
+            if index <= self._last_snapshot_index:
+                # The leader's snapshot was installed while this one was written: it is newer
+                # (the latest by index, kept by the prune), and the log is compacted through it.
+                log.info("snapshot at index %d written, but the leader's snapshot at index %d was installed "
+                         "meanwhile; nothing more to compact", index, self._last_snapshot_index)
+                return
             self._last_snapshot_index = index
             raft.compact(index)
             self.metrics.snapshots_taken.inc()
