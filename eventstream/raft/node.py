@@ -104,7 +104,9 @@ class Ready:
         here (AppendEntries, heartbeats, snapshot chunks, TimeoutNow, ReadIndex answers): they
         depend on nothing in this Ready being durable (thesis §10.2.1 — the leader writes its log
         in parallel with replication; it counts itself toward commit only after advance()).
-    snapshot_chunks: chunks of a snapshot the leader is streaming; stage them durably, in order.
+    snapshot_chunks: chunks of a snapshot the leader is streaming; stage them durably, in order
+        (a chunk at offset 0 starts a new image). When `snapshot` is set, the last of them is
+        its final chunk: no chunk of another snapshot follows it in the same Ready.
     snapshot: when set, the staged snapshot with this metadata is complete and accepted: restore
         the state machine from it and replace the whole log by it (entries up to snapshot.index
         are gone). Do this before appending `entries`, which follow it.
@@ -751,6 +753,12 @@ class RaftNode:
             # We already have everything it covers; tell the leader where we are.
             self.incoming_snapshot = None
             self._reply(m, MT.APPEND_RESPONSE, index=log.committed)
+            return
+        if log.pending_snapshot is not None:
+            # A snapshot accepted since the last Ready still awaits its install. A chunk of
+            # another one in the same Ready would reach the host after it, and a host staging by
+            # offset would install the wrong image; the leader resends once this one is in.
+            self._reply(m, MT.SNAPSHOT_RESPONSE, index=m.index, offset=0, reject=True)
             return
         if m.offset == 0:
             self.incoming_snapshot = meta

@@ -21,6 +21,9 @@ Fault model, during the fault phase:
   pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
             comes back believing it still leads; messages sent to it arrive late.
   skew      nodes' clocks drift: a node misses ticks at random.
+  batching  on half of the seeds (drawn apart), a node steps every message due in a tick before
+            it handles a Ready, as the node process does with a burst from its sockets: one
+            Ready then carries the effects of several messages.
   workload  proposals to whichever node the client believes leads, ReadIndex requests on leaders
             and followers, leadership transfers, and snapshots + log compaction on every node.
 Then the faults stop (network healed, every node restarted) and liveness is measured: a leader
@@ -151,6 +154,10 @@ class Simulation:
         self.seed = seed
         self.rng = random.Random(seed)
         self.rates = FaultRates.draw(self.rng, nodes, fault_ticks)
+        # A real node steps every message that arrived before it handles the next Ready, so one
+        # Ready can hold the effects of several (two snapshots' chunks, entries between them).
+        # Drawn apart from the main generator so the other draws of a seed stay as they were.
+        self.batch_ready = random.Random(f"{seed}-batch-ready").random() < 0.5
         rates = self.rates
         self.ids = tuple(range(1, rates.nodes + 1))
         # Leaders sync their writes late (advance(durable=False)) on half of the seeds. Its own
@@ -339,6 +346,7 @@ class Simulation:
     def _deliver_due(self) -> None:
         network = self.network
         hosts = self.hosts
+        stepped: dict[int, MemoryHost] = {}
         while network and network[0][0] <= self.now:
             m = heapq.heappop(network)[3]
             if m.to in self.down:
@@ -352,7 +360,15 @@ class Simulation:
             host = hosts[m.to]
             self.steps += 1
             host.node.step(m)
-            self._process_ready(host)
+            if self.batch_ready:
+                if host.node_id in stepped:
+                    self.events["batched_ready"] += 1  # a second message before this host's Ready
+                stepped[host.node_id] = host
+            else:
+                self._process_ready(host)
+        for host in stepped.values():
+            if host.node_id not in self.down:
+                self._process_ready(host)
 
     # ------------------------------------------------------------------ nodes
 

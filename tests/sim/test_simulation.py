@@ -19,10 +19,11 @@ CI_SEEDS = 1000
 #   python tools/simulate.py --seeds 20000 --mutation old-term-commit
 # The bug needs a rare schedule (an old-term entry on a bare majority, then a leader change
 # that overwrites it), so a random seed range catches it only now and then.
-# 3626 runs with leaders that sync at once and tell commits at once; 53716 with leaders that
-# sync late (deferred_sync) and tell commits lazily (lazy_commit). Any change to the
-# simulator's draws moves them; tools/simulate.py --mutation finds new ones.
-OLD_TERM_COMMIT_SEEDS = [3626, 53716]
+# 1908 runs with leaders that sync at once and tell commits at once; 28693 with leaders that
+# sync late (deferred_sync) and tell commits lazily (lazy_commit); both step several messages
+# per Ready. Any change to the simulator's draws moves them; tools/simulate.py --mutation
+# finds new ones.
+OLD_TERM_COMMIT_SEEDS = [1908, 28693]
 
 
 def _run(seeds: range, nodes: int | None = None, node_class=None):
@@ -82,6 +83,7 @@ def test_fault_model_is_exercised() -> None:
         "proposal_refused",
         "proposal_committed",
         "proposal_superseded",
+        "batched_ready",
     ):
         assert events[kind] > 0, f"{kind} never happened in 200 seeds: {dict(events)}"
 

@@ -224,6 +224,34 @@ def test_snapshot_chunk_lost_is_resent() -> None:
     assert cluster.hosts[3].applied == cluster.hosts[1].applied
 
 
+def test_a_second_snapshot_waits_until_the_first_is_installed() -> None:
+    """Two snapshots reaching a follower before its host handles a Ready (a real host steps
+    every message that arrived first): the Ready carries the first, accepted, and ends with its
+    final chunk; the second is refused from offset 0 and is accepted once the first is in. A
+    host staging by offset would otherwise install the second image under the first's metadata."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    follower = cluster.node(3)
+    term = follower.term
+
+    def chunk(index: int) -> Message:
+        return Message(MT.SNAPSHOT, to=3, sender=1, term=term, index=index, log_term=term,
+                       voters=(1, 2, 3), offset=0, data=b"image-%d" % index, done=True)
+
+    follower.step(chunk(20))
+    follower.step(chunk(30))
+    rd = follower.ready()
+    assert rd.snapshot is not None and rd.snapshot.index == 20
+    assert [c.meta.index for c in rd.snapshot_chunks] == [20] and rd.snapshot_chunks[-1].done
+    refused = [m for m in rd.messages + rd.persisted_messages if m.type == MT.SNAPSHOT_RESPONSE]
+    assert [(m.index, m.offset, m.reject) for m in refused] == [(30, 0, True)]
+    follower.advance(rd)
+    follower.step(chunk(30))
+    rd = follower.ready()
+    assert rd.snapshot is not None and rd.snapshot.index == 30
+    assert [c.meta.index for c in rd.snapshot_chunks] == [30]
+
+
 def test_compact_beyond_applied_is_refused() -> None:
     cluster = Cluster((1, 2, 3))
     cluster.elect(1)
