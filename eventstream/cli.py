@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ import click
 
 from eventstream import __version__
 from eventstream.config import PROFILES, ConfigError, load_config
+from eventstream.node_log import configure_node_log
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,21 +97,13 @@ def _overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in kwargs.items() if v is not None}
 
 
-def _setup_logging(level: str, node_id: int) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s node{node_id} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @main.command()
 @_node_options
 @_one_line_errors
 def node(config_path: str | None, profile: str | None, **kwargs: Any) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     config = load_config(config_path, profile, _overrides(kwargs))
-    _setup_logging(config.log_level, config.id)
+    configure_node_log(config.log_level, config.id)
     from eventstream.node import run_node
 
     try:

@@ -156,6 +156,7 @@ class _Worker:
                 "--status-fd", str(status_fd), "--status-bytes", str(status_size),
                 "--doorbell-fd", str(bell_r), "--node-bell-fd", str(node_bell_fd),
                 "--append-bytes-max", str(append_bytes_max),
+                "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
             ]
             if local_host:
                 args += ["--local-host", local_host]

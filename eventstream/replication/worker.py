@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import logging
 import mmap
 import os
 import signal
@@ -72,9 +73,12 @@ from eventstream._spsc_ring import (
     SpscRing,
     WorkerCycle,
 )
+from eventstream.node_log import configure_node_log
 from eventstream.raft.messages import Message, MessageType
 from eventstream.transport.frames import frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
+
+log = logging.getLogger("eventstream.replication.worker")  # not __main__: it runs with -m
 
 ORDER_MESSAGE = 1
 ORDER_APPEND = 2
@@ -221,8 +225,7 @@ class ReplicationWorker:
                 "node)", "orders of an unknown kind")
         for name, before, now in zip(what, self._refusals, refusals):
             if now > before:
-                print(f"replication worker {self.node_id}->{self.peer_id}: dropped {now - before} {name}",
-                      file=sys.stderr, flush=True)
+                log.warning("replication worker %d->%d: dropped %d %s", self.node_id, self.peer_id, now - before, name)
         self._refusals = refusals
 
     # -- the link -----------------------------------------------------------------------------
@@ -252,7 +255,8 @@ class ReplicationWorker:
             self.sock.close()
             self.sock = None
         self._next_dial = time.monotonic() + self._backoff
-        print(f"replication worker {self.node_id}->{self.peer_id}: {reason}", file=sys.stderr, flush=True)
+        # A peer restarting or cut off: the worker redials with backoff, as the node's links do.
+        log.info("replication worker %d->%d: %s", self.node_id, self.peer_id, reason)
 
     def _report_stats(self) -> None:
         # Totals, not deltas: a report that finds the ring full is simply superseded by the next.
@@ -275,11 +279,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--doorbell-fd", type=int, required=True)
     p.add_argument("--node-bell-fd", type=int, required=True)
     p.add_argument("--append-bytes-max", type=int, required=True)
+    p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    configure_node_log(args.log_level, args.node_id)
     # The node handles Ctrl-C for the whole process group and stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     entries_map = mmap.mmap(args.entries_fd, args.entries_bytes)

@@ -15,7 +15,8 @@ is brought back and healed, and the history is checked:
   before an earlier acknowledged one);
 - every linearizable read returned the event acknowledged at that position before it began;
 - each queue's offsets run from 0 without a gap, and every node ends on the same digest;
-- no node logged a traceback, or a clock gap (every node here reads one clock);
+- every line of every node's log is in the log format (no traceback, no stray print), and
+  none reports a clock gap (every node here reads one clock);
 - the cluster takes writes again within a bound once everything is healed.
 
 Timing is real, so a seed replays the schedule of faults, not the interleaving; the seed and
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -39,6 +41,8 @@ from eventstream.errors import EscError
 from tests.cluster.harness import LocalCluster, NetNamespace
 
 SEED_ENV = "ESC_NEMESIS_SEED"
+# eventstream/node_log.py's format.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} node\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: ")
 
 
 def nemesis_seed() -> int:
@@ -315,8 +319,11 @@ def check_history(cluster: LocalCluster, history: History, queue_count: int) -> 
                 positions[e.event_id] = (q, e.offset)
     for k, node in cluster.nodes.items():
         text = node.log_text()
-        if "Traceback" in text:
-            problems.append(f"node {k} logged a traceback (see {node.log_path})")
+        stray = [line for line in text.splitlines() if not LOG_LINE.match(line)]
+        if stray:
+            # A traceback, or a print that bypassed the log format (no time, node or level).
+            problems.append(f"node {k} wrote {len(stray)} lines outside the log format, e.g. {stray[0]!r} "
+                            f"(see {node.log_path})")
         if "ahead of the previous leader's" in text:
             # Every node reads the same clock here: a reported gap would be a false alarm.
             problems.append(f"node {k} reported a clock gap between nodes that share one clock (see {node.log_path})")
