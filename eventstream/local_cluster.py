@@ -8,7 +8,9 @@ addresses cuts exactly one link (the partition tests); otherwise all nodes share
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -20,14 +22,30 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The range the kernel picks outgoing source ports from (Linux; a common default elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            low, high = map(int, fh.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port_block(count: int, host: str = "127.0.0.1") -> int:
-    """A base port such that base..base+count-1 are free now (best effort, bounded tries)."""
+    """A base port such that base..base+count-1 are free now (best effort, bounded tries).
+
+    The block lies outside the kernel's ephemeral range. Inside it, a connection to a port
+    whose owner has not started listening yet (a node dialling a peer, a status poll of a node
+    still starting) can be given that very port as its source and connect to itself: the
+    caller then reads back its own request, and the port is taken from the node about to bind it.
+    """
+    low, high = ephemeral_port_range()
+    spans = [(lo, hi) for lo, hi in ((10_000, low), (high + 1, 65_536)) if hi - lo > count]
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
-        if base + count >= 65000:
-            continue
+        lo, hi = rng.choice(spans) if spans else (10_000, 65_536)
+        base = rng.randrange(lo, hi - count)
         ok = True
         for p in range(base, base + count):
             with socket.socket() as s:
@@ -108,8 +126,8 @@ class NodeProcess:
         try:
             with urllib.request.urlopen(f"http://{self.http}/status", timeout=timeout) as resp:
                 return json.loads(resp.read())
-        except (OSError, ValueError):
-            return None
+        except (OSError, ValueError, http.client.HTTPException):
+            return None  # not up yet, or not answering: the callers poll
 
     def log_text(self) -> str:
         try:
@@ -135,6 +153,10 @@ class LocalCluster:
         if distinct_hosts:
             self.port = port or 7101
             self.http_port = http_port or 8101
+        elif port is None and http_port is None:
+            # One block for both, so the two ranges cannot be drawn on top of each other.
+            self.port = free_port_block(2 * size)
+            self.http_port = self.port + size
         else:
             self.port = port or free_port_block(size)
             self.http_port = http_port or free_port_block(size)
