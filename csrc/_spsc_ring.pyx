@@ -35,7 +35,7 @@ from worker_cycle_h cimport (
     ESC_LOST_CLOSED, ESC_LOST_FRAME_CRC, ESC_LOST_FRAME_TOO_LONG, ESC_LOST_LAPPED, ESC_LOST_RECV_FAILED,
     ESC_LOST_SEND_FAILED, ESC_ORDER_APPEND, ESC_ORDER_APPEND_BYTES, ESC_ORDER_MESSAGE, ESC_STATUS_CONNECTED,
     ESC_STATUS_RESPONSE, ESC_STATUS_STALE, ESC_STATUS_UNREACHABLE, ESC_RECV_BYTES, ESC_RESPONSE_BYTES, ESC_RUN_DEADLINE, ESC_RUN_IDLE, ESC_RUN_LOST,
-    ESC_RUN_RING_CORRUPT, ESC_WAIT_BOUNDS_MAX, esc_worker, esc_worker_config, esc_worker_feed, esc_worker_free, esc_worker_init,
+    ESC_RUN_ORPHANED, ESC_RUN_RING_CORRUPT, ESC_WAIT_BOUNDS_MAX, esc_worker, esc_worker_config, esc_worker_feed, esc_worker_free, esc_worker_init,
     esc_worker_link, esc_worker_run,
 )
 from entry_ring_h cimport (
@@ -372,6 +372,7 @@ RUN_DEADLINE = ESC_RUN_DEADLINE
 RUN_IDLE = ESC_RUN_IDLE
 RUN_LOST = ESC_RUN_LOST
 RUN_RING_CORRUPT = ESC_RUN_RING_CORRUPT
+RUN_ORPHANED = ESC_RUN_ORPHANED
 RECV_BYTES = ESC_RECV_BYTES
 # The record kinds and sizes csrc/worker_cycle.h writes and reads, as C compiled them, so a test
 # can hold them to the Python side's (eventstream/replication/worker.py).
@@ -427,7 +428,8 @@ cdef class WorkerCycle:
 
     def run(self, uint64_t deadline_ns):
         """Cycle until CLOCK_MONOTONIC deadline_ns, an idle sleep, a lost link or a corrupt control
-        ring: RUN_DEADLINE, RUN_IDLE, RUN_LOST (see lost_reason) or RUN_RING_CORRUPT."""
+        ring: RUN_DEADLINE, RUN_IDLE, RUN_LOST (see lost_reason), RUN_RING_CORRUPT or RUN_ORPHANED
+        (the node closed its end of the doorbell, or died)."""
         cdef int rc
         with nogil:
             rc = esc_worker_run(&self.w, deadline_ns)

@@ -452,11 +452,13 @@ int esc_worker_run(esc_worker *w, uint64_t deadline_ns)
             return ESC_RUN_IDLE;
         if (ready > 0 && fds[0].revents) {
             char drain[4096];
-            ssize_t ignored;
             if (slept)
                 w->doorbell_wakes++;
-            ignored = read(w->cfg.doorbell_fd, drain, sizeof(drain));
-            (void)ignored;
+            /* End of file: no process holds the write end any more, so the node is gone (a
+             * SIGKILL gives no chance to stop the workers). Polling on would spin: EOF stays
+             * readable. */
+            if (read(w->cfg.doorbell_fd, drain, sizeof(drain)) == 0)
+                return ESC_RUN_ORPHANED;
         }
         if (ready > 0 && nfds == 2 && fds[1].revents) {
             rc = read_answers(w);

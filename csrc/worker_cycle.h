@@ -50,6 +50,7 @@
 #define ESC_RUN_IDLE 1
 #define ESC_RUN_LOST 2
 #define ESC_RUN_RING_CORRUPT 3
+#define ESC_RUN_ORPHANED 4 /* the node's end of the doorbell is closed: it stopped or died */
 
 /* Why the link was lost (lost_reason); lost_errno / lost_a / lost_b give the detail. */
 #define ESC_LOST_RECV_FAILED 1    /* errno */

@@ -21,6 +21,7 @@ cdef extern from "worker_cycle.h" nogil:
     int ESC_RUN_IDLE
     int ESC_RUN_LOST
     int ESC_RUN_RING_CORRUPT
+    int ESC_RUN_ORPHANED
     int ESC_LOST_RECV_FAILED
     int ESC_LOST_CLOSED
     int ESC_LOST_FRAME_TOO_LONG

@@ -73,6 +73,7 @@ RUN_DEADLINE: int
 RUN_IDLE: int
 RUN_LOST: int
 RUN_RING_CORRUPT: int
+RUN_ORPHANED: int
 RECV_BYTES: int
 CYCLE_RECORDS: dict[str, int]
 

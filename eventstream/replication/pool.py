@@ -157,6 +157,7 @@ class _Worker:
                 "--doorbell-fd", str(bell_r), "--node-bell-fd", str(node_bell_fd),
                 "--append-bytes-max", str(append_bytes_max),
                 "--log-level", logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+                "--parent-pid", str(os.getpid()),
             ]
             if local_host:
                 args += ["--local-host", local_host]

@@ -67,6 +67,7 @@ import time
 from eventstream._crc32c import crc32c
 from eventstream._spsc_ring import (
     RUN_LOST,
+    RUN_ORPHANED,
     RUN_RING_CORRUPT,
     EntryRing,
     RingError,
@@ -196,8 +197,10 @@ class ReplicationWorker:
         self._next_dial = 0.0
         self._next_stats = 0.0
 
-    def run(self) -> None:
-        parent = os.getppid()
+    def run(self, parent: int | None = None) -> None:
+        """Until the node stops or dies. parent is the node's pid: read at start instead, it
+        would be init's already when the node was killed while this worker started."""
+        parent = os.getppid() if parent is None else parent
         while True:
             now = time.monotonic()
             if self.sock is None and now >= self._next_dial:
@@ -213,6 +216,8 @@ class ReplicationWorker:
                 self._lost(self.cycle.lost_reason())
             elif result == RUN_RING_CORRUPT:
                 raise RingError("control ring corrupt: a record head points outside the published bytes")
+            elif result == RUN_ORPHANED:
+                return
             # The cycle returns at least every POLL_S: often enough to notice an orphaned worker.
             if os.getppid() != parent:
                 return
@@ -280,6 +285,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--node-bell-fd", type=int, required=True)
     p.add_argument("--append-bytes-max", type=int, required=True)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--parent-pid", type=int, default=None)
     return p.parse_args(argv)
 
 
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         EntryRing.attach(entries_map), SpscRing.attach(control_map), SpscRing.attach(status_map),
         args.doorbell_fd, args.node_bell_fd, args.append_bytes_max,
     )
-    worker.run()
+    worker.run(args.parent_pid)
     return 0
 
 

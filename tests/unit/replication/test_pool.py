@@ -330,3 +330,20 @@ def test_a_worker_asleep_on_its_empty_control_ring_is_woken_by_every_order() -> 
             assert 0 < usage.order_wait_ms_p50 <= usage.order_wait_ms_p99
 
     asyncio.run(scenario())
+
+
+def test_a_worker_whose_node_is_gone_exits_instead_of_spinning() -> None:
+    """A SIGKILLed node cannot stop its workers; what each worker sees is end of file on its
+    doorbell (nobody holds the write end any more). It must exit on it: EOF stays readable, so
+    polling on would spin a core forever (two such orphans of a node killed while it started
+    its workers ran at 67 % CPU each for two hours). Here the node's end is closed by hand."""
+    async def scenario() -> None:
+        async with pool_with_follower() as (pool, pipeline, follower, connected):
+            await wait_for(lambda: connected == [2])
+            worker = pool._pipelines[2].worker
+            os.close(worker._doorbell)
+            await wait_for(lambda: worker.proc.poll() is not None, timeout=5.0)
+            assert worker.proc.returncode == 0
+            worker._doorbell = os.open(os.devnull, os.O_WRONLY)  # for the pool's own close
+
+    asyncio.run(scenario())
