@@ -17,7 +17,8 @@ is brought back and healed, and the history is checked:
 - each queue's offsets run from 0 without a gap, and every node ends on the same digest;
 - every line of every node's log is in the log format (no traceback, no stray print), and
   none reports a clock gap (every node here reads one clock);
-- the cluster takes writes again within a bound once everything is healed.
+- the cluster takes writes again within a bound once everything is healed;
+- no pool worker outlives its node (a worker orphaned by a SIGKILL must exit on its own).
 
 Timing is real, so a seed replays the schedule of faults, not the interleaving; the seed and
 the schedule are printed with any failure.
@@ -25,6 +26,7 @@ the schedule are printed with any failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -175,6 +177,7 @@ class Nemesis:
         self.rng = random.Random(seed)
         self.pool = pool
         self.turns: list[Turn] = []
+        self.workers: set[int] = set()
         self.log: list[str] = []
         self._t0 = time.monotonic()
 
@@ -205,7 +208,34 @@ class Nemesis:
             return leader
         return self.rng.choice(sorted(self.cluster.nodes))
 
+    def note_workers(self) -> None:
+        """Remember every pool worker running now, so the end of the run can check none outlived
+        its node."""
+        for node in self.cluster.nodes.values():
+            proc = node.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                self.workers.update(w.pid for w in psutil.Process(proc.pid).children())
+
+    def surviving_workers(self, wait_s: float) -> list[int]:
+        """Pool workers seen during the run that still live wait_s after every node stopped."""
+        def alive(pid: int) -> bool:
+            try:
+                p = psutil.Process(pid)
+                return p.status() != psutil.STATUS_ZOMBIE and "eventstream.replication.worker" in " ".join(p.cmdline())
+            except psutil.Error:
+                return False
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = [pid for pid in sorted(self.workers) if alive(pid)]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
+
     def run_turn(self, hold_s: float) -> None:
+        self.note_workers()
         kind = self.rng.choices(self.KINDS, self.WEIGHTS)[0]
         if kind == "kill_worker" and not self.pool:
             kind = "kill"

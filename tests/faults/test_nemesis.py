@@ -75,6 +75,9 @@ def _run(netns: NetNamespace, tmp_path: Path, nodes: int, seconds: float) -> Non
         print("\n".join(nemesis.log))
         nemesis.continue_all()  # a stopped process would not see SIGTERM
         cluster.stop()
+        left = nemesis.surviving_workers(5.0)
+        if left:
+            problems.append(f"pool workers {left} outlived their nodes by 5 s")
     assert not problems, f"{summary}\n" + "\n".join(problems) + "\nschedule:\n" + "\n".join(nemesis.log)
     # A run that did nothing would prove nothing.
     assert len(history.acks) >= 200 and history.reads_checked >= 20 and len(nemesis.turns) >= 3, summary
