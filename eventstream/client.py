@@ -393,16 +393,14 @@ class AsyncClient:
                 if session is None or not session.usable:
                     session = await self._connected(attempt_s)
                 resp = await session.call(op, body, attempt_s)
-            except TimeoutError:
+            except (TimeoutError, OSError, ConnectionError) as exc:
                 # An attempt the overall deadline cut short says nothing about the node: the
                 # cluster's own answer to an earlier attempt (Overloaded, Unavailable) is what
                 # the caller needs to see, not a timeout of the last sliver of time.
-                if last is None or attempt_s >= self.attempt_timeout_s:
+                if not isinstance(exc, TimeoutError):
+                    last = Unavailable(f"{self.addresses[self._target]}: {str(exc) or type(exc).__name__}")
+                elif last is None or attempt_s >= self.attempt_timeout_s:
                     last = Unavailable(f"{self.addresses[self._target]}: no answer within {attempt_s:.2f} s")
-                self._drop_session()
-                self._target = (self._target + 1) % len(self.addresses)
-            except (OSError, ConnectionError) as exc:
-                last = Unavailable(f"{self.addresses[self._target]}: {str(exc) or type(exc).__name__}")
                 self._drop_session()
                 self._target = (self._target + 1) % len(self.addresses)
             else:
