@@ -51,7 +51,7 @@ from eventstream.metrics import LATENCY_BUCKETS_S, NodeMetrics
 from eventstream.node_storage import NodeStorage
 from eventstream.proposal_clock import CLOCK_GAP_NOTED_US, ProposalClock
 from eventstream.raft.config import RaftConfig
-from eventstream.raft.messages import NONE, Entry, HardState, Message, SnapshotChunk
+from eventstream.raft.messages import NONE, Entry, HardState, Message, MessageType, SnapshotChunk
 from eventstream.raft.node import (
     MalformedMessageError,
     NotLeaderError,
@@ -193,7 +193,11 @@ class Node:
         # synced, and the last index known durable (the commit index saved never passes it).
         self._unsynced: tuple[int, int] | None = None
         self._synced_through = 0
-        self._written_before_start = 0  # last log index found on disk at start (entries up to it are replayed)
+        # Entries up to this index reached this node after the leader had committed them:
+        # replayed from this node's disk at start, or sent to catch it up after a restart, a
+        # partition or a pause. How long ago they were proposed is unknown, so the times in
+        # them bound the log's clock from below but do not measure a gap between two clocks.
+        self._late_through = 0
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
         # The leader's clock for times written into the log (proposal_clock.py); the wall
@@ -230,7 +234,7 @@ class Node:
         self._last_snapshot_index = applied
         self.intake.queue_count = self.state.config["queue_count"]
         self._synced_through = self.seg_log.last_index  # recovery kept only what is on disk
-        self._written_before_start = self.seg_log.last_index
+        self._late_through = self.seg_log.last_index
         hard, _ = self.storage.initial_state()
         self._saved_term_vote = (hard.term, hard.vote)
         self._commit_saved = hard.commit
@@ -754,7 +758,7 @@ class Node:
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
             if result.first_seen_us is not None:
-                self._clock.observe(result.first_seen_us, live=entry.index > self._written_before_start)
+                self._clock.observe(result.first_seen_us, live=entry.index > self._late_through)
             if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))
@@ -1042,6 +1046,8 @@ class Node:
         assert raft is not None
         self.metrics.peer_messages.inc(len(messages))
         for msg in messages:
+            if msg.type == MessageType.APPEND and msg.entries and msg.commit >= msg.entries[0].index:
+                self._late_through = max(self._late_through, min(msg.commit, msg.entries[-1].index))
             try:
                 raft.step(msg)
             except MalformedMessageError as exc:
