@@ -190,6 +190,8 @@ class RaftNode:
         "_prev_hard_state",
         "_ready_out",
         "_append_pending",
+        "withholding_votes",
+        "_catch_up_target",
     )
 
     def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
@@ -227,6 +229,10 @@ class RaftNode:
         self._prev_hard_state = hard_state
         self._ready_out = False
         self._append_pending = False
+        # RaftConfig.rejoining: no vote and no election until this node durably holds every
+        # entry through _catch_up_target, a commit index a leader sent it and it reached.
+        self.withholding_votes = config.rejoining
+        self._catch_up_target: int | None = None
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API
@@ -239,11 +245,11 @@ class RaftNode:
             self.election_elapsed += 1
             if self.election_elapsed >= self.randomized_election_timeout and self.id in self.voters:
                 self.election_elapsed = 0
-                self.campaign()
+                self.campaign()  # refused while withholding votes
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round first when pre_vote is on)."""
-        if self.role == Role.LEADER or self.id not in self.voters:
+        if self.role == Role.LEADER or self.id not in self.voters or self.withholding_votes:
             return
         if self.log.pending_snapshot is not None:
             # Its log is being replaced; vote requests would describe a log it may not keep.
@@ -464,6 +470,9 @@ class RaftNode:
                 and self._maybe_commit()
             ):
                 self._bcast_commit()
+        if self._catch_up_target is not None and log.offset - 1 >= self._catch_up_target:
+            self.withholding_votes = False
+            self._catch_up_target = None
 
     def followers_form_quorum(self) -> bool:
         """Whether, on a leader, enough followers are replicating normally and were heard from
@@ -660,7 +669,7 @@ class RaftNode:
         response_type = MT.PRE_VOTE_RESPONSE if pre else MT.VOTE_RESPONSE
         # §5.2: at most one vote per term, first-come-first-served; a pre-vote for a future
         # term promises nothing.
-        can_vote = (
+        can_vote = not self.withholding_votes and (
             self.vote == m.sender
             or (self.vote == NONE and self.leader == NONE)
             or (pre and m.term > self.term)
@@ -714,7 +723,7 @@ class RaftNode:
             self._handle_snapshot_chunk(m)
         elif t == MT.TIMEOUT_NOW:
             # Thesis §3.10: the leader handed over; skip pre-vote, the old leader agrees.
-            if self.id in self.voters and self.log.pending_snapshot is None:
+            if self.id in self.voters and self.log.pending_snapshot is None and not self.withholding_votes:
                 self._campaign(pre=False, transfer=True)
         elif t == MT.READ_INDEX_RESPONSE:
             self._read_states.append(ReadState(m.index, m.context))
@@ -726,10 +735,12 @@ class RaftNode:
         log = self.log
         if m.index < log.committed:
             # Everything through our commit index matches any leader's log (§5.4).
+            self._note_catch_up(m.commit)
             self._reply(m, MT.APPEND_RESPONSE, index=log.committed)
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            self._note_catch_up(m.commit)
             self._reply(m, MT.APPEND_RESPONSE, index=last_new)
             return
         # Fast backtracking hint: the largest index at or below the leader's prevLogIndex whose
@@ -745,6 +756,14 @@ class RaftNode:
             hint_index=hint_index,
             log_term=hint_term,
         )
+
+    def _note_catch_up(self, leader_commit: int) -> None:
+        """A leader's AppendEntries matched this log. If this node's commit index reached the
+        leader's, its log holds every entry committed before the leader sent it (§5.4: they are
+        in every leader's log, and this log matches the leader's through there): once those are
+        durable (advance), its votes speak for them again."""
+        if self.withholding_votes and self.log.committed >= leader_commit:
+            self._catch_up_target = max(self._catch_up_target or 0, leader_commit)
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
         log = self.log

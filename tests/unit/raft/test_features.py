@@ -15,11 +15,16 @@ from eventstream.raft import (
     Message,
     MessageType,
     NotLeaderError,
+    RaftConfig,
+    RaftNode,
+    Ready,
     Role,
     TransferInProgressError,
     UncommittedLimitError,
 )
 from eventstream.raft.progress import ProgressState
+from eventstream.raft.storage import MemoryStorage
+from tests.sim.host import MemoryHost
 from tests.unit.raft.cluster import Cluster
 
 MT = MessageType
@@ -597,3 +602,97 @@ def test_commit_waits_on_leader_when_its_copy_is_the_missing_vote() -> None:
     leader.persisted(index, term)
     assert leader.log.committed == index
     assert not leader.commit_waits_on_leader()
+
+
+# ---------------------------------------------------------------- a node that lost its disk
+
+
+def _lose_disk(cluster: Cluster, node_id: int, rejoining: bool, host_class: type[MemoryHost] = MemoryHost) -> None:
+    """Node `node_id` restarts with an empty storage, as after its disk was replaced."""
+    config = RaftConfig(id=node_id, voters=cluster.ids, rejoining=rejoining)
+    cluster.hosts[node_id] = host_class(config, MemoryStorage(), node_id, RaftNode)
+
+
+def _committed_on_two_then_disk_lost(rejoining: bool) -> tuple[Cluster, int]:
+    """Entries committed on nodes 1 and 2 only (3 is down); then 2 loses its disk, 1 crashes
+    and 3 comes back: 2 and 3 are the only ones up, and only 1's log holds the entries."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    cluster.cut = {3}
+    for i in range(5):
+        cluster.node(1).propose(b"acked-%d" % i)
+        cluster.stabilize()
+    committed = cluster.node(1).log.committed
+    assert cluster.hosts[2].applied == committed
+    _lose_disk(cluster, 2, rejoining)
+    cluster.cut = {1}
+    return cluster, committed
+
+
+def test_a_node_that_lost_its_disk_lets_a_candidate_without_committed_entries_win() -> None:
+    # The hazard itself, so the next test is known to cover it: without rejoining, node 2's
+    # vote elects node 3, whose log lacks entries that were committed (acknowledged).
+    cluster, committed = _committed_on_two_then_disk_lost(rejoining=False)
+    tick_until(cluster, 3, 2 * cluster.node(3).config.election_ticks + 1)
+    assert cluster.node(3).role == Role.LEADER
+    assert cluster.node(3).log.last_index() < committed
+
+
+def test_a_rejoining_node_withholds_its_vote_until_it_has_caught_up() -> None:
+    cluster, committed = _committed_on_two_then_disk_lost(rejoining=True)
+    node2 = cluster.node(2)
+    assert node2.withholding_votes
+    tick_until(cluster, 3, 4 * cluster.node(3).config.election_ticks)
+    assert cluster.node(3).role != Role.LEADER, "elected with the vote of a node that lost what it acknowledged"
+    # Nor does node 2 stand itself, on ticks or when handed leadership.
+    tick_until(cluster, 2, 4 * node2.config.election_ticks)
+    assert node2.role == Role.FOLLOWER and cluster.count(MT.VOTE, sender=2) == 0
+    assert cluster.count(MT.PRE_VOTE, sender=2) == 0
+    node2.step(Message(MT.TIMEOUT_NOW, 2, 3, node2.term))
+    cluster.stabilize()
+    assert node2.role == Role.FOLLOWER
+    # Node 1 returns: it leads on (or wins with node 3's vote), catches node 2 up, and node 2
+    # votes again. The host reports the new link to the restarted node 2.
+    cluster.cut = set()
+    cluster.node(1).report_reconnected(2)
+    tick_until(cluster, 1, 4 * cluster.node(1).config.election_ticks)
+    leader = next(i for i in (1, 2, 3) if cluster.node(i).role == Role.LEADER)
+    assert leader == 1
+    assert cluster.hosts[2].applied >= committed
+    assert not node2.withholding_votes
+    assert [e.data for e in cluster.hosts[2].storage.entries(1, committed + 1) if e.data][:5] == \
+        [b"acked-%d" % i for i in range(5)]
+    cluster.cut = {1}
+    for _ in range(4 * node2.config.election_ticks):
+        cluster.node(2).tick()
+        cluster.node(3).tick()
+        cluster.stabilize()
+    assert any(cluster.node(i).role == Role.LEADER for i in (2, 3))
+
+
+def test_a_rejoining_node_waits_for_its_copy_to_be_durable() -> None:
+    # Reaching the leader's commit index is not enough while those entries are unsynced: the
+    # node votes again only from the advance() that follows their write.
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    for i in range(3):
+        cluster.node(1).propose(b"v%d" % i)
+        cluster.stabilize()
+    seen: list[tuple[int, bool, bool]] = []
+
+    class WatchedHost(MemoryHost):
+        __slots__ = ()
+
+        def finish(self, rd: Ready, durable: bool = True) -> None:
+            before = self.node.withholding_votes  # entries written and synced, not yet advanced
+            super().finish(rd, durable)
+            seen.append((self.node.log.committed, before, self.node.withholding_votes))
+
+    _lose_disk(cluster, 2, rejoining=True, host_class=WatchedHost)
+    node2 = cluster.node(2)
+    cluster.node(1).report_reconnected(2)
+    cluster.stabilize()
+    target = cluster.node(1).log.committed
+    assert node2.log.committed == target and not node2.withholding_votes
+    first_caught_up = next(s for s in seen if s[0] >= target)
+    assert first_caught_up[1:] == (True, False), seen
