@@ -86,6 +86,8 @@ def _node_options(fn: F) -> F:
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"])),
         click.option("--replication", type=click.Choice(["inprocess", "pool"]),
                      help="move a leader's messages on its own thread, or in one process per follower (default: pool with 2+ cores)"),
+        click.option("--rejoin", is_flag=True, default=None,
+                     help="this node lost its data dir and starts empty into a running cluster: no vote until it has caught up"),
     ]
     for option in reversed(options):
         fn = option(fn)

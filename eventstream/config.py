@@ -98,6 +98,10 @@ class NodeConfig:
     # Who moves a leader's messages to its followers: "inprocess" (the node's own thread) or
     # "pool" (one worker process per follower, eventstream/replication/pool.py).
     replication: str = field(default_factory=lambda: default_replication_mode())
+    # This node's data dir was lost (a replaced disk) and it starts empty into a cluster that
+    # has a log: it votes again only once caught up (RaftConfig.rejoining). No effect on a
+    # data dir that holds a log.
+    rejoin: bool = False
 
     def validate(self) -> NodeConfig:
         if self.id < 1:

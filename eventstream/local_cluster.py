@@ -66,6 +66,7 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.data_dir = cluster.root / f"node{node_id}"
         self.log_path = cluster.root / f"node{node_id}.log"
+        self.extra_args: list[str] = []  # this node's own flags, after the cluster's options
 
     @property
     def host(self) -> str:
@@ -93,7 +94,7 @@ class NodeProcess:
                 args.append(flag if value else "--no-" + key.replace("_", "-"))
             else:
                 args += [flag, str(value)]
-        return args
+        return args + self.extra_args
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None

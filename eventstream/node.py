@@ -82,6 +82,7 @@ from eventstream.state import (
     validate_config,
 )
 from eventstream.storage import SegmentLog, crc32c
+from eventstream.storage.atomic_file import fsync_directory, write_atomically
 from eventstream.storage.errors import StorageError
 from eventstream.transport.client_protocol import (
     Consistency,
@@ -135,6 +136,8 @@ PENDING_READS_MAX = 100_000
 # unless its copy is needed for a commit sooner (see _sync_loop).
 LEADER_SYNC_STEP_S = 0.001
 LEADER_SYNC_GATHER_STEPS = 5
+# In the data dir while a node that lost its data catches up (NodeConfig.rejoin).
+REJOIN_MARKER = "REJOINING"
 
 
 @dataclass(slots=True)
@@ -198,6 +201,7 @@ class Node:
         # partition or a pause. How long ago they were proposed is unknown, so the times in
         # them bound the log's clock from below but do not measure a gap between two clocks.
         self._late_through = 0
+        self._rejoining = False  # RaftConfig.rejoining: this node lost its data and catches up
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
         # The leader's clock for times written into the log (proposal_clock.py); the wall
@@ -238,6 +242,7 @@ class Node:
         hard, _ = self.storage.initial_state()
         self._saved_term_vote = (hard.term, hard.vote)
         self._commit_saved = hard.commit
+        self._rejoining = self._check_rejoin(hard)
         raft_config = RaftConfig(
             id=self.id,
             voters=self.peer_ids,
@@ -252,11 +257,47 @@ class Node:
             # it within one tick_ms. Halves the messages and Ready cycles per entry.
             lazy_commit=True,
             applied=applied,
+            rejoining=self._rejoining,
         )
         import random
 
         # Election jitter only; the core never reads global random state.
         self.raft = RaftNode(raft_config, self.storage, random.Random())
+
+    def _check_rejoin(self, hard: HardState) -> bool:
+        """Whether this node withholds its vote until caught up (config.rejoin, RaftConfig.
+        rejoining). The marker file keeps it so across restarts until the catch-up is durable."""
+        assert self.seg_log is not None and self.state is not None
+        marker = self.config.data_path / REJOIN_MARKER
+        if marker.exists():
+            log.warning("node %d: still catching up after losing its data (%s): it votes again once it "
+                        "holds every committed entry", self.id, marker)
+            return True
+        if not self.config.rejoin:
+            return False
+        empty = self.seg_log.last_index == 0 and self.state.applied_index == 0 and hard.term == 0 and hard.vote == 0
+        if not empty:
+            log.info("node %d: --rejoin has no effect: the data dir holds a log (term %d, last index %d)",
+                     self.id, hard.term, self.seg_log.last_index)
+            return False
+        write_atomically(str(marker), b"This node started empty with --rejoin: it votes again once caught up.\n")
+        log.warning("node %d: rejoining with an empty data dir: no vote and no election until it holds every "
+                    "entry the cluster has committed", self.id)
+        return True
+
+    def _note_caught_up(self) -> None:
+        """The core votes again (its catch-up is durable): the marker goes, durably."""
+        marker = self.config.data_path / REJOIN_MARKER
+        try:
+            marker.unlink(missing_ok=True)
+            fsync_directory(str(self.config.data_path))
+        except OSError as exc:
+            # The node votes now either way; a marker left behind only repeats the catch-up
+            # after a restart, which costs availability, never safety.
+            log.warning("node %d: could not remove %s: %s", self.id, marker, exc)
+        self._rejoining = False
+        assert self.raft is not None
+        log.info("node %d: caught up through index %d after rejoining: votes again", self.id, self.raft.log.committed)
 
     async def start(self) -> None:
         if self.raft is None:
@@ -589,6 +630,8 @@ class Node:
             self._on_role_change(self._role, role, leader)
             self._role, self._leader = role, leader
         self.metrics.term.set(raft.term)
+        if self._rejoining and not raft.withholding_votes:
+            self._note_caught_up()
         self._maybe_snapshot()
 
     def _on_role_change(self, old: Role, new: Role, leader: int) -> None:
@@ -1118,6 +1161,7 @@ class Node:
             "term": st.term,
             "leader": st.leader,
             "leader_address": self.config.peers.get(st.leader),
+            "rejoining": self._rejoining,  # lost its data; no vote until caught up (--rejoin)
             "commit": st.commit,
             "applied": state.applied_index,
             "first_index": seg_log.first_index,
