@@ -6,8 +6,9 @@ While writer threads append with their own ids (retrying failed calls with the s
 reader checks linearizable reads against what was acknowledged, the nemesis takes turns of
 faults drawn from a seeded generator: SIGKILL (and restart), SIGSTOP (and SIGCONT), SIGTERM
 (graceful stop, and restart), a node cut off from every peer, the leader cut from one follower
-only, a pool worker killed, and now and then every node killed at once. Afterwards every node
-is brought back and healed, and the history is checked:
+only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), and now
+and then every node killed at once. Afterwards every node is brought back and healed, and the
+history is checked:
 
 - every acknowledged event is stored exactly once, at the queue and offset its answer named;
 - no event id is stored twice, acknowledged or not (a failed call is retried with its ids);
@@ -30,6 +31,7 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -168,8 +170,8 @@ class Turn:
 class Nemesis:
     """Draws and applies faults; keeps at most a minority faulty except in whole-cluster turns."""
 
-    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all")
-    WEIGHTS = (4, 3, 1, 3, 2, 1, 1)
+    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk")
+    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1)
 
     def __init__(self, cluster: LocalCluster, netns: NetNamespace, seed: int, pool: bool) -> None:
         self.cluster = cluster
@@ -296,6 +298,20 @@ class Nemesis:
                 time.sleep(hold_s)
                 node.start()
                 self.note(f"node {k} restarted")
+            elif kind == "lose_disk":
+                # A second node losing its data while one still catches up would be a second
+                # failure, past what the cluster tolerates: it would rightly stop electing.
+                rejoining = [j for j, n in nodes.items() if n.alive and (st := n.status(0.5)) is not None and st["rejoining"]]
+                if rejoining:
+                    self.note(f"lose_disk skipped: node {rejoining[0]} is still catching up")
+                    return
+                node.kill()
+                shutil.rmtree(node.data_dir)
+                self.note(f"SIGKILL node {k} and delete its data dir")
+                time.sleep(hold_s)
+                node.extra_args = ["--rejoin"]
+                node.start()
+                self.note(f"node {k} restarted empty with --rejoin")
             elif kind == "pause":
                 assert node.proc is not None
                 node.proc.send_signal(signal.SIGSTOP)
