@@ -24,10 +24,10 @@ from tests.sim.mutations import MUTATIONS  # noqa: E402
 from tests.sim.simulator import DEFAULT_FAULT_TICKS, SimResult, Simulation  # noqa: E402
 
 
-def run_seed(args: tuple[int, int | None, int, str | None]) -> SimResult:
-    seed, nodes, fault_ticks, mutation = args
+def run_seed(args: tuple[int, int | None, int, str | None, bool]) -> SimResult:
+    seed, nodes, fault_ticks, mutation, disk_loss = args
     node_class = MUTATIONS[mutation] if mutation else RaftNode
-    return Simulation(seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class).run()
+    return Simulation(seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class, disk_loss=disk_loss).run()
 
 
 def replay_command(seed: int, args: argparse.Namespace) -> str:
@@ -38,6 +38,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         command += f" --fault-ticks {args.fault_ticks}"
     if args.mutation:
         command += f" --mutation {args.mutation}"
+    if args.disk_loss:
+        command += " --disk-loss"
     return command
 
 
@@ -55,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run a deliberately broken core (checks that the checker catches it)",
     )
+    parser.add_argument(
+        "--disk-loss",
+        action="store_true",
+        help="also replace nodes' disks (they rejoin empty); known not to be violation-free",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--verbose", action="store_true", help="one line per seed")
     args = parser.parse_args(argv)
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds and --jobs must be >= 1, --fault-ticks >= 0")
 
     seeds = range(args.start, args.start + args.seeds)
-    work = [(s, args.nodes, args.fault_ticks, args.mutation) for s in seeds]
+    work = [(s, args.nodes, args.fault_ticks, args.mutation, args.disk_loss) for s in seeds]
     started = time.perf_counter()
     schedules = steps = violations = 0
     events: collections.Counter[str] = collections.Counter()

@@ -46,12 +46,14 @@ class RaftConfig:
     # Index the host's state machine had already applied when this node starts (0: use storage's
     # snapshot index).
     applied: int = 0
-    # This node lost its log (a replaced disk) and starts again into a cluster that has one.
-    # Raft counts every vote as a promise about the voter's log; this node's log no longer
-    # holds what it once acknowledged, so a candidate missing those entries could win with its
-    # vote and committed entries would be lost. Until it durably holds every entry committed
-    # when a leader first reaches it (RaftNode.withholding_votes), it grants no vote and
-    # starts no election.
+    # This node lost its log, term and vote (a replaced disk) and starts again into a cluster
+    # that has them. Raft counts every vote and every acknowledgement as a promise about the
+    # voter's durable state, which this node forgot: it could vote twice in a term, vote for a
+    # candidate missing entries it acknowledged, or acknowledge a deposed leader of a term it
+    # had already left. So (the "rejoining" section of node.py) it first learns the terms of a
+    # majority of its peers and takes the highest, and until it durably holds everything a
+    # leader of at least that term has committed (RaftNode.withholding_votes), it grants no
+    # vote and starts no election.
     rejoining: bool = False
 
     def __post_init__(self) -> None:

@@ -82,6 +82,9 @@ class MessageType(enum.IntEnum):
     READ_INDEX = 11  # a follower forwards a read to the leader
     READ_INDEX_RESPONSE = 12
     TIMEOUT_NOW = 13  # leadership transfer (thesis §3.10): start an election right away
+    # A node that lost its disk asks its peers' terms before it takes part (RaftConfig.rejoining).
+    TERM_QUERY = 14
+    TERM_QUERY_RESPONSE = 15
 
 
 @dataclass(slots=True)
@@ -98,6 +101,7 @@ class Message:
     SNAPSHOT: index/log_term = snapshot index/term, voters, offset, data, done.
     SNAPSHOT_RESPONSE: index = snapshot index, offset = next offset expected, reject.
     READ_INDEX: context.  READ_INDEX_RESPONSE: index, context.
+    TERM_QUERY: nothing.  TERM_QUERY_RESPONSE: term (the answering node's).
     """
 
     type: MessageType

@@ -51,6 +51,7 @@ from eventstream.raft.storage import (
     CompactedError,
     SnapshotUnavailableError,
     Storage,
+    UnavailableError,
 )
 
 MT = MessageType
@@ -192,6 +193,7 @@ class RaftNode:
         "_append_pending",
         "withholding_votes",
         "_catch_up_target",
+        "_term_reports",
     )
 
     def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
@@ -233,6 +235,9 @@ class RaftNode:
         # entry through _catch_up_target, a commit index a leader sent it and it reached.
         self.withholding_votes = config.rejoining
         self._catch_up_target: int | None = None
+        # Peers' answers to TERM_QUERY while a rejoining node learns the cluster's term; None
+        # once it has (or when it is not rejoining).
+        self._term_reports: dict[int, int] | None = {} if config.rejoining else None
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API
@@ -241,6 +246,8 @@ class RaftNode:
         """Advance the node's logical clock by one tick."""
         if self.role == Role.LEADER:
             self._tick_leader()
+        elif self._term_reports is not None:
+            self._tick_term_query()
         else:
             self.election_elapsed += 1
             if self.election_elapsed >= self.randomized_election_timeout and self.id in self.voters:
@@ -335,6 +342,16 @@ class RaftNode:
                     f"{m.type.name} from {m.sender}: entries {first}..{last} do not follow "
                     f"prevLogIndex {m.index} contiguously"
                 )
+        if m.type == MT.TERM_QUERY:
+            # A node that is still learning the cluster's term knows nothing worth reporting.
+            if self._term_reports is None:
+                self._send(Message(MT.TERM_QUERY_RESPONSE, m.sender, self.id, self.term))
+            return
+        if self._term_reports is not None:
+            self._step_term_query(m)
+            return
+        if m.type == MT.TERM_QUERY_RESPONSE:
+            return  # a late answer: the query is over
         if m.term > self.term:
             if m.type == MT.VOTE or m.type == MT.PRE_VOTE:
                 in_lease = (
@@ -735,12 +752,12 @@ class RaftNode:
         log = self.log
         if m.index < log.committed:
             # Everything through our commit index matches any leader's log (§5.4).
-            self._note_catch_up(m.commit)
+            self._note_catch_up(m)
             self._reply(m, MT.APPEND_RESPONSE, index=log.committed)
             return
         last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
-            self._note_catch_up(m.commit)
+            self._note_catch_up(m)
             self._reply(m, MT.APPEND_RESPONSE, index=last_new)
             return
         # Fast backtracking hint: the largest index at or below the leader's prevLogIndex whose
@@ -757,13 +774,59 @@ class RaftNode:
             log_term=hint_term,
         )
 
-    def _note_catch_up(self, leader_commit: int) -> None:
-        """A leader's AppendEntries matched this log. If this node's commit index reached the
-        leader's, its log holds every entry committed before the leader sent it (§5.4: they are
-        in every leader's log, and this log matches the leader's through there): once those are
-        durable (advance), its votes speak for them again."""
-        if self.withholding_votes and self.log.committed >= leader_commit:
-            self._catch_up_target = max(self._catch_up_target or 0, leader_commit)
+    # ------------------------------------------------------------------ rejoining
+    #
+    # A node that lost its disk (RaftConfig.rejoining) forgot its term, its vote and the
+    # entries it acknowledged. It rejoins in two steps:
+    #
+    # 1. It asks every peer for its term (TERM_QUERY) and waits for answers from a majority of
+    #    the voters, itself not counted, ignoring everything else but a higher term meanwhile.
+    #    Every term in which a leader was elected had a majority of voters at that term or
+    #    above, and any such majority shares a node with the answering one (two majorities of
+    #    the voters intersect even without this node), so the highest answer is at least every
+    #    term this node could have acknowledged or voted for a leader in: it will not
+    #    acknowledge a deposed leader of an older term. Peers still querying do not answer.
+    # 2. It grants no vote and starts no election until its commit index has reached that of a
+    #    leader (of a term at least that high) at an entry of the leader's own term, and those
+    #    entries are durable. A leader that committed an entry of its term holds and has
+    #    committed every entry committed before its term (§5.4, §8), including any this node
+    #    acknowledged before losing them; from then on its log is as good as any voter's.
+
+    def _tick_term_query(self) -> None:
+        """Ask again each election timeout until enough peers answered (the first tick asks)."""
+        self.election_elapsed += 1
+        if self.election_elapsed % self.config.election_ticks != 1:
+            return
+        assert self._term_reports is not None
+        for peer in self.voters.voters:
+            if peer != self.id and peer not in self._term_reports:
+                self._send(Message(MT.TERM_QUERY, peer, self.id, self.term))
+
+    def _step_term_query(self, m: Message) -> None:
+        reports = self._term_reports
+        assert reports is not None
+        if m.term > self.term and m.type not in (MT.PRE_VOTE, MT.PRE_VOTE_RESPONSE):
+            # Terms only grow (a pre-vote's names a term nobody holds yet); the message waits.
+            self._become_follower(m.term, NONE)
+        if m.type != MT.TERM_QUERY_RESPONSE or m.sender not in self.voters.voters or m.sender == self.id:
+            return
+        reports[m.sender] = m.term
+        if len(reports) >= self.voters.quorum:
+            self._term_reports = None
+            self.election_elapsed = 0
+
+    def _note_catch_up(self, m: Message) -> None:
+        """A leader's AppendEntries matched this log (step 2 above): this node's commit index
+        reached the leader's, at an entry of the leader's term."""
+        log = self.log
+        if not self.withholding_votes or m.commit < 1 or log.committed < m.commit:
+            return
+        try:
+            own_term = log.term(m.commit) == m.term
+        except (CompactedError, UnavailableError):
+            own_term = False
+        if own_term:
+            self._catch_up_target = max(self._catch_up_target or 0, m.commit)
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
         log = self.log

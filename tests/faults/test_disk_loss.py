@@ -19,7 +19,7 @@ from eventstream.client import Client
 from eventstream.node import REJOIN_MARKER
 from tests.cluster.harness import LocalCluster, check_every_ack_stored_once, wait_until
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("replication_mode")]
 
 QUEUES = 4
 EVENTS = 300

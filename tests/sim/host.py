@@ -69,6 +69,7 @@ class MemoryHost:
         "node_class",
         "deferred_sync",
         "unsynced_from",
+        "rejoining",
     )
 
     def __init__(
@@ -93,6 +94,9 @@ class MemoryHost:
         self.node_class = node_class
         self.deferred_sync = False
         self.unsynced_from = 0
+        # Set by lose_disk(); kept across restarts until the core votes again, as the node's
+        # REJOINING file is (eventstream/node.py, RaftConfig.rejoining).
+        self.rejoining = config.rejoining
         self.start(seed)
 
     def start(self, seed: int) -> None:
@@ -112,8 +116,15 @@ class MemoryHost:
         self.applied_since_snapshot = 0
         self.compact_wanted = 0
         self.staged = bytearray()
-        config = dataclasses.replace(self.config, applied=self.applied)
+        config = dataclasses.replace(self.config, applied=self.applied, rejoining=self.rejoining)
         self.node = self.node_class(config, self.storage, random.Random(seed))
+
+    def lose_disk(self) -> None:
+        """The node is down and its disk replaced: it restarts (start()) with nothing, as
+        `esc node --rejoin` on an empty data dir."""
+        self.storage = MemoryStorage()
+        self.unsynced_from = 0
+        self.rejoining = True
 
     def crash(self) -> None:
         """Lose everything volatile, the entries and the commit index written without sync."""
@@ -231,6 +242,8 @@ class MemoryHost:
         if rd.compact_index:
             self.storage.compact(rd.compact_index)
         node.advance(rd, durable=durable)
+        if self.rejoining and not node.withholding_votes:
+            self.rejoining = False
         if self.compact_wanted:
             if self.compact_wanted >= node.log.first_index():
                 node.compact(self.compact_wanted)

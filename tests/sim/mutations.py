@@ -48,8 +48,20 @@ class VoteTwice(RaftNode):
         super()._handle_vote_request(m)
 
 
+class RejoinVotes(RaftNode):
+    """Breaks RaftConfig.rejoining: a node that lost its disk votes at once, for logs that may
+    lack what it acknowledged before."""
+
+    __slots__ = ()
+
+    def _handle_vote_request(self, m: Message) -> None:
+        self.withholding_votes = False
+        super()._handle_vote_request(m)
+
+
 MUTATIONS: dict[str, type[RaftNode]] = {
     "old-term-commit": OldTermCommit,
     "vote-ignores-log": VoteIgnoresLog,
     "vote-twice": VoteTwice,
+    "rejoin-votes": RejoinVotes,
 }

@@ -20,6 +20,10 @@ Fault model, during the fault phase:
             (a majority of followers holds them) and applied on the leader.
   pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
             comes back believing it still leads; messages sent to it arrive late.
+  disk loss only with Simulation(disk_loss=True) (tools/simulate.py --disk-loss): a node's disk
+            is replaced and it restarts with nothing, rejoining (RaftConfig.rejoining); no more
+            such nodes at once than the cluster can lose. Opt-in because the protocol is known
+            not to be safe under every such schedule (README, "Replacing a node's disk").
   skew      nodes' clocks drift: a node misses ticks at random.
   batching  on half of the seeds (drawn apart), a node steps every message due in a tick before
             it handles a Ready, as the node process does with a burst from its sockets: one
@@ -150,6 +154,7 @@ class Simulation:
         nodes: int | None = None,
         fault_ticks: int = DEFAULT_FAULT_TICKS,
         node_class: type[RaftNode] = RaftNode,
+        disk_loss: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -163,6 +168,11 @@ class Simulation:
         # Leaders sync their writes late (advance(durable=False)) on half of the seeds. Its own
         # generator keeps every other draw of a seed as it was before this feature existed.
         self.sync_rng = random.Random(seed * 7919 + 17)
+        # A node's disk replaced (it restarts empty, rejoining): drawn apart likewise.
+        self.disk_rng = random.Random(f"{seed}-disk-loss")
+        self.lose_disk_rate = self.disk_rng.choice((0.002, 0.005)) if disk_loss else 0.0
+        # Paused node -> nodes whose links to it came back meanwhile (reported on resume).
+        self.reconnects_pending: dict[int, set[int]] = {}
         self.deferred_sync = self.sync_rng.random() < 0.5
         lazy_commit = self.sync_rng.random() < 0.5
         self.hosts: dict[int, MemoryHost] = {}
@@ -422,7 +432,26 @@ class Simulation:
 
     def _restart(self, node_id: int) -> None:
         del self.down[node_id]
-        self.hosts[node_id].start(self._node_seed())
+        host = self.hosts[node_id]
+        host.start(self._node_seed())
+        if host.rejoining:
+            # What the node sent before it lost its disk is read (or lost with its connection)
+            # before a peer sees its new connection: a peer takes up a new connection to a
+            # node only after the old one ended, and a pool worker reports in order.
+            self.network = [item for item in self.network if item[3].sender != node_id]
+            heapq.heapify(self.network)
+            self.held = [m for m in self.held if m.sender != node_id]
+            # Its peers see its links come back, as the node's transport reports every
+            # reconnect (RaftNode.report_reconnected): a leader forgets what the lost disk held.
+            # (Only here: ordinary restarts keep the schedules of earlier seeds as they were.)
+            for peer in self.ids:
+                if peer == node_id or peer in self.down:
+                    continue
+                if peer in self.paused:
+                    self.reconnects_pending.setdefault(peer, set()).add(node_id)
+                    continue
+                self.hosts[peer].node.report_reconnected(node_id)
+                self._process_ready(self.hosts[peer])
 
     # ------------------------------------------------------------------ schedule
 
@@ -452,6 +481,26 @@ class Simulation:
             else:
                 pairs = [(a, b) for a in self.ids for b in self.ids if a != b]
                 self.blocked = set(rng.sample(pairs, rng.randint(1, len(pairs) // 2)))
+        if self.lose_disk_rate and self.disk_rng.random() < self.lose_disk_rate:
+            self._lose_disk()
+
+    def _lose_disk(self) -> None:
+        """Replace the disk of a node (down or up; it restarts later with nothing). At most as
+        many nodes catch up at once as the cluster can lose: more could never elect again,
+        which is the safe outcome of losing more disks than the cluster tolerates."""
+        ids = self.ids
+        if sum(1 for h in self.hosts.values() if h.rejoining) >= len(ids) - (len(ids) // 2 + 1):
+            return
+        choices = [i for i in ids if i not in self.paused and not self.hosts[i].rejoining]
+        if not choices:
+            return
+        node_id = self.disk_rng.choice(choices)
+        host = self.hosts[node_id]
+        if node_id not in self.down:
+            host.crash()
+            self.down[node_id] = self.now + self.disk_rng.randint(5, 60)
+        host.lose_disk()
+        self.events["lose_disk"] += 1
 
     def _workload(self) -> None:
         rng = self.rng
@@ -516,6 +565,8 @@ class Simulation:
 
     def _resume(self, node_id: int) -> None:
         del self.paused[node_id]
+        for peer in sorted(self.reconnects_pending.pop(node_id, ())):
+            self.hosts[node_id].node.report_reconnected(peer)
         held, self.held = self.held, []
         for m in held:
             if m.to == node_id:

@@ -25,6 +25,12 @@ CI_SEEDS = 1000
 # finds new ones.
 OLD_TERM_COMMIT_SEEDS = [1908, 28693]
 
+# Disk loss (Simulation(disk_loss=True)): seeds on which a rejoining node that votes at once
+# (mutation rejoin-votes) elects a leader without committed entries, found with
+#   python tools/simulate.py --seeds 200 --disk-loss --mutation rejoin-votes
+REJOIN_VOTES_SEEDS = [37, 56, 78]
+DISK_LOSS_CI_SEEDS = 400
+
 
 def _run(seeds: range, nodes: int | None = None, node_class=None):
     results = []
@@ -63,6 +69,28 @@ def test_no_violations_many_seeds() -> None:
     results = _run(range(CI_SEEDS, CI_SEEDS + 10_000))
     failures = _failures(results)
     assert not failures, "\n".join(failures[:10])
+
+
+def test_no_violations_when_disks_are_lost() -> None:
+    results = [Simulation(seed, disk_loss=True).run() for seed in range(DISK_LOSS_CI_SEEDS)]
+    failures = _failures(results)
+    assert not failures, "\n".join(f + " --disk-loss" for f in failures[:10])
+    assert sum(r.events["lose_disk"] for r in results) >= DISK_LOSS_CI_SEEDS // 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_no_violations_when_disks_are_lost_many_seeds() -> None:
+    results = [Simulation(seed, disk_loss=True).run() for seed in range(DISK_LOSS_CI_SEEDS, DISK_LOSS_CI_SEEDS + 8000)]
+    failures = _failures(results)
+    assert not failures, "\n".join(f + " --disk-loss" for f in failures[:10])
+
+
+def test_checker_catches_a_rejoining_node_that_votes_at_once() -> None:
+    for seed in REJOIN_VOTES_SEEDS:
+        result = Simulation(seed, node_class=MUTATIONS["rejoin-votes"], disk_loss=True).run()
+        assert result.violations, f"seed {seed} no longer catches rejoin-votes"
+        assert not Simulation(seed, disk_loss=True).run().violations
 
 
 def test_fault_model_is_exercised() -> None:

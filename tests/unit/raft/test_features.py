@@ -613,6 +613,13 @@ def _lose_disk(cluster: Cluster, node_id: int, rejoining: bool, host_class: type
     cluster.hosts[node_id] = host_class(config, MemoryStorage(), node_id, RaftNode)
 
 
+def _tick_nodes(cluster: Cluster, ids: tuple[int, ...], ticks: int) -> None:
+    for _ in range(ticks):
+        for node_id in ids:
+            cluster.node(node_id).tick()
+        cluster.stabilize()
+
+
 def _committed_on_two_then_disk_lost(rejoining: bool) -> tuple[Cluster, int]:
     """Entries committed on nodes 1 and 2 only (3 is down); then 2 loses its disk, 1 crashes
     and 3 comes back: 2 and 3 are the only ones up, and only 1's log holds the entries."""
@@ -655,7 +662,7 @@ def test_a_rejoining_node_withholds_its_vote_until_it_has_caught_up() -> None:
     # votes again. The host reports the new link to the restarted node 2.
     cluster.cut = set()
     cluster.node(1).report_reconnected(2)
-    tick_until(cluster, 1, 4 * cluster.node(1).config.election_ticks)
+    _tick_nodes(cluster, (1, 2), 4 * cluster.node(1).config.election_ticks)
     leader = next(i for i in (1, 2, 3) if cluster.node(i).role == Role.LEADER)
     assert leader == 1
     assert cluster.hosts[2].applied >= committed
@@ -663,10 +670,7 @@ def test_a_rejoining_node_withholds_its_vote_until_it_has_caught_up() -> None:
     assert [e.data for e in cluster.hosts[2].storage.entries(1, committed + 1) if e.data][:5] == \
         [b"acked-%d" % i for i in range(5)]
     cluster.cut = {1}
-    for _ in range(4 * node2.config.election_ticks):
-        cluster.node(2).tick()
-        cluster.node(3).tick()
-        cluster.stabilize()
+    _tick_nodes(cluster, (2, 3), 4 * node2.config.election_ticks)
     assert any(cluster.node(i).role == Role.LEADER for i in (2, 3))
 
 
@@ -690,9 +694,62 @@ def test_a_rejoining_node_waits_for_its_copy_to_be_durable() -> None:
 
     _lose_disk(cluster, 2, rejoining=True, host_class=WatchedHost)
     node2 = cluster.node(2)
+    _tick_nodes(cluster, (2,), 1)  # it asks its peers' terms first
     cluster.node(1).report_reconnected(2)
     cluster.stabilize()
     target = cluster.node(1).log.committed
     assert node2.log.committed == target and not node2.withholding_votes
     first_caught_up = next(s for s in seen if s[0] >= target)
     assert first_caught_up[1:] == (True, False), seen
+
+
+def test_a_rejoining_node_takes_the_highest_term_of_a_majority_before_it_acknowledges() -> None:
+    # Node 2 leads term 1, is cut off and still believes it leads; nodes 1 and 3 move on to
+    # a new term. Then node 3 loses its disk. If it took term 1 from node 2's next AppendEntries,
+    # its acknowledgement would let node 2 commit in term 1 over what the new term committed.
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(2)
+    cluster.node(2).propose(b"before")
+    cluster.stabilize()
+    cluster.cut = {2}
+    _tick_nodes(cluster, (1, 3), 4 * cluster.node(1).config.election_ticks)
+    leader = next(i for i in (1, 3) if cluster.node(i).role == Role.LEADER)
+    assert cluster.node(leader).term > 1
+    cluster.node(leader).propose(b"new-term")
+    cluster.stabilize()
+    committed = cluster.node(leader).log.committed
+    new_term = cluster.node(leader).term
+    _lose_disk(cluster, 3, rejoining=True)
+    node3 = cluster.node(3)
+    # Node 3 hears only from node 2 at first: no answer from a majority, no acknowledgement.
+    cluster.cut = {1}
+    _tick_nodes(cluster, (3,), 1)
+    stale_index = cluster.node(2).propose(b"deposed")
+    cluster.stabilize()
+    assert node3.log.last_index() == 0 and cluster.node(2).log.committed < stale_index
+    # Node 1 answers too: node 3 takes the new term, and refuses node 2's term 1 from then on
+    # (node 1 stays out of node 2's reach, so only node 3 could make a majority with it).
+    cluster.cut = set()
+    _tick_nodes(cluster, (3,), node3.config.election_ticks + 1)
+    assert node3.term >= new_term
+    cluster.cut = {1}
+    cluster.node(2).propose(b"deposed-again")
+    cluster.stabilize()
+    assert cluster.node(2).role != Role.LEADER or cluster.node(2).log.committed < stale_index
+    assert cluster.node(1).log.term(committed) == new_term and cluster.node(1).log.committed >= committed
+
+
+def test_a_node_still_learning_the_term_does_not_answer_others() -> None:
+    cluster = Cluster((1, 2, 3, 4, 5))
+    cluster.elect(1)
+    _lose_disk(cluster, 4, rejoining=True)
+    _lose_disk(cluster, 5, rejoining=True)
+    cluster.cut = {1, 2, 3}  # 4 and 5 only hear each other
+    _tick_nodes(cluster, (4, 5), 3)
+    assert cluster.count(MT.TERM_QUERY, sender=4) >= 1 and cluster.count(MT.TERM_QUERY_RESPONSE) == 0
+    cluster.cut = set()
+    cluster.node(1).report_reconnected(4)
+    cluster.node(1).report_reconnected(5)
+    _tick_nodes(cluster, (1, 4, 5), 2 * cluster.node(4).config.election_ticks)
+    assert {m.sender for m in cluster.delivered if m.type == MT.TERM_QUERY_RESPONSE and m.to == 4} >= {1, 2, 3}
+    assert not cluster.node(4).withholding_votes and not cluster.node(5).withholding_votes
