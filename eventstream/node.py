@@ -136,6 +136,8 @@ PENDING_READS_MAX = 100_000
 # unless its copy is needed for a commit sooner (see _sync_loop).
 LEADER_SYNC_STEP_S = 0.001
 LEADER_SYNC_GATHER_STEPS = 5
+# What only a leader sends to a follower.
+_LEADER_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT})
 # In the data dir while a node that lost its data catches up (NodeConfig.rejoin).
 REJOIN_MARKER = "REJOINING"
 
@@ -201,6 +203,12 @@ class Node:
         # partition or a pause. How long ago they were proposed is unknown, so the times in
         # them bound the log's clock from below but do not measure a gap between two clocks.
         self._late_through = 0
+        # The leader's messages that end a silence longer than an election timeout (a cut
+        # link, a pause) may carry entries that waited in a socket or a worker's queue all that
+        # while, with the commit index of when they were sent: entries applied until
+        # _late_until (monotonic) count as late too.
+        self._leader_heard_at = -float("inf")
+        self._late_until = 0.0
         self._rejoining = False  # RaftConfig.rejoining: this node lost its data and catches up
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
@@ -795,13 +803,14 @@ class Node:
         state = self.state
         assert state is not None
         metrics = self.metrics
+        in_late_window = time.monotonic() < self._late_until
         for entry in entries:
             if entry.index <= state.applied_index:
                 continue  # already in the state machine's snapshot (replay after restart)
             result = state.apply(entry.index, entry.term, entry.data)
             waiting = self._waiting.pop(entry.index, None)
             if result.first_seen_us is not None:
-                self._clock.observe(result.first_seen_us, live=entry.index > self._late_through)
+                self._clock.observe(result.first_seen_us, live=entry.index > self._late_through and not in_late_window)
             if result.command in EVENT_COMMANDS:
                 assert result.statuses is not None and result.queues is not None and result.offsets is not None
                 metrics.events_applied.inc(len(result.statuses))
@@ -1088,7 +1097,13 @@ class Node:
         raft = self.raft
         assert raft is not None
         self.metrics.peer_messages.inc(len(messages))
+        now = time.monotonic()
         for msg in messages:
+            if msg.type in _LEADER_TYPES:
+                silence_s = self.config.election_ticks * self.config.tick_ms / 1000
+                if now - self._leader_heard_at > silence_s:
+                    self._late_until = now + 2 * silence_s
+                self._leader_heard_at = now
             if msg.type == MessageType.APPEND and msg.entries and msg.commit >= msg.entries[0].index:
                 self._late_through = max(self._late_through, min(msg.commit, msg.entries[-1].index))
             try:

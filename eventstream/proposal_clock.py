@@ -44,8 +44,9 @@ class ProposalClock:
 
     def observe(self, logged_us: int, live: bool = True) -> None:
         """An applied SET_EVENT_AT carried `logged_us` (its leader's clock at proposal). live is
-        False for an entry this process found already written on disk or received only after
-        its leader had committed it (a follower catching up): it was proposed an unknown time
+        False for an entry this process found already written on disk, received only after
+        its leader had committed it, or applied right after a long silence from the leader (a
+        follower catching up; Node._step_peer_messages): it was proposed an unknown time
         before it was applied, so it still bounds the log's time from below but says nothing
         about how far apart two nodes' clocks are."""
         if self._seen_us is None or logged_us >= self._seen_us:

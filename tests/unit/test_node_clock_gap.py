@@ -1,6 +1,7 @@
 """What a new leader reports as the gap between its clock and its predecessor's
 (eventstream/node.py with proposal_clock.py): only entries a follower received while they were
-new measure that gap; entries sent to catch it up were proposed an unknown time earlier."""
+new measure that gap; entries sent to catch it up, or held up by a cut link, were proposed an
+unknown time earlier."""
 
 from __future__ import annotations
 
@@ -20,10 +21,24 @@ PEERS = {1: "127.0.0.1:7101", 2: "127.0.0.1:7102", 3: "127.0.0.1:7103"}
 BEHIND_S = 30  # the predecessor's entries carry times this far behind this node's wall clock
 
 
+# An election timeout of 100 ms, so that the window after a silence (twice that) is short.
+TICK_MS, ELECTION_TICKS = 20, 5
+SILENCE_S = TICK_MS * ELECTION_TICKS / 1000
+
+
 def _follower(tmp_path: Path) -> Node:
-    node = Node(NodeConfig(id=1, listen=PEERS[1], peers=PEERS, data_dir=str(tmp_path)))
+    node = Node(NodeConfig(id=1, listen=PEERS[1], peers=PEERS, data_dir=str(tmp_path),
+                           tick_ms=TICK_MS, election_ticks=ELECTION_TICKS, heartbeat_ticks=1))
     node.open_storage()
     return node
+
+
+def _in_contact(node: Node, seconds: float) -> None:
+    """The leader's heartbeats, well within the election timeout, for `seconds`."""
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        _receive(node, [Message(MessageType.HEARTBEAT, 1, LEADER, 1)])
+        time.sleep(SILENCE_S / 5)
 
 
 def _entries(first: int, last: int, logged_us: int) -> list[Entry]:
@@ -66,6 +81,7 @@ def test_entries_received_before_their_commit_measure_the_gap(tmp_path: Path) ->
     # The same times, on entries that arrived while the leader still waited for their commit:
     # the predecessor's clock really is that far behind this node's.
     node = _follower(tmp_path)
+    _in_contact(node, 4 * SILENCE_S)  # past the window that the first contact opens
     logged = time.time_ns() // 1000 - BEHIND_S * 10**6
     _receive(node, [_append(_entries(1, 40, logged), 0, 0)])
     _receive(node, [_append([], 40, 40)])
@@ -81,8 +97,23 @@ def test_a_catch_up_ending_in_new_entries_measures_the_gap_from_those(tmp_path: 
     node = _follower(tmp_path)
     now = time.time_ns() // 1000
     _receive(node, [_append(_entries(1, 20, now - BEHIND_S * 10**6), 0, 20)])
+    _in_contact(node, 4 * SILENCE_S)
     _receive(node, [_append(_entries(21, 30, now), 20, 20)])
     _receive(node, [_append([], 30, 30)])
     assert node.state is not None and node.state.applied_index == 30
     assert 0 <= node._clock.start_term() < CLOCK_GAP_NOTED_US
+    node.seg_log.close()  # type: ignore[union-attr]
+
+
+def test_entries_that_end_a_silence_do_not_count_as_a_clock_gap(tmp_path: Path) -> None:
+    # A cut link heals: what the leader sent meanwhile arrives at once, each message with the
+    # commit index of when it was sent, so its entries look new although they are not.
+    node = _follower(tmp_path)
+    _in_contact(node, 4 * SILENCE_S)
+    time.sleep(3 * SILENCE_S)
+    logged = time.time_ns() // 1000 - BEHIND_S * 10**6
+    _receive(node, [_append(_entries(1, 40, logged), 0, 0)])
+    _receive(node, [_append([], 40, 40)])
+    assert node.state is not None and node.state.applied_index == 40
+    assert node._clock.start_term() == 0
     node.seg_log.close()  # type: ignore[union-attr]
