@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--disk-loss",
         action="store_true",
-        help="also replace nodes' disks (they rejoin empty); known not to be violation-free",
+        help="also replace nodes' disks (they rejoin empty, RaftConfig.rejoining)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--verbose", action="store_true", help="one line per seed")

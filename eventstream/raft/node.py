@@ -343,9 +343,9 @@ class RaftNode:
                     f"prevLogIndex {m.index} contiguously"
                 )
         if m.type == MT.TERM_QUERY:
-            # A node that is still learning the cluster's term knows nothing worth reporting.
-            if self._term_reports is None:
-                self._send(Message(MT.TERM_QUERY_RESPONSE, m.sender, self.id, self.term))
+            # A node still learning the cluster's term has nothing to report (reject set).
+            asking = self._term_reports is not None
+            self._send(Message(MT.TERM_QUERY_RESPONSE, m.sender, self.id, self.term, reject=asking))
             return
         if self._term_reports is not None:
             self._step_term_query(m)
@@ -779,13 +779,15 @@ class RaftNode:
     # A node that lost its disk (RaftConfig.rejoining) forgot its term, its vote and the
     # entries it acknowledged. It rejoins in two steps:
     #
-    # 1. It asks every peer for its term (TERM_QUERY) and waits for answers from a majority of
-    #    the voters, itself not counted, ignoring everything else but a higher term meanwhile.
-    #    Every term in which a leader was elected had a majority of voters at that term or
-    #    above, and any such majority shares a node with the answering one (two majorities of
-    #    the voters intersect even without this node), so the highest answer is at least every
-    #    term this node could have acknowledged or voted for a leader in: it will not
-    #    acknowledge a deposed leader of an older term. Peers still querying do not answer.
+    # 1. It asks every peer for its term (TERM_QUERY) and waits until every peer answered,
+    #    ignoring everything else but a higher term meanwhile, and takes the highest term
+    #    answered. Any term this node voted or acknowledged in is at most the term of the node
+    #    it voted for or acknowledged (terms never fall), so at most that highest answer: it
+    #    will not acknowledge a deposed leader of an older term, and in that term itself it
+    #    marks its vote as given (to itself, so to no candidate). A peer that is itself still
+    #    asking answers with reject set: it forgot its term too (and can no longer win the
+    #    election it may have stood in, so its term does not matter). Only a peer that is down
+    #    holds the question up; the cluster keeps serving meanwhile if a majority is up.
     # 2. It grants no vote and starts no election until its commit index has reached that of a
     #    leader (of a term at least that high) at an entry of the leader's own term, and those
     #    entries are durable. A leader that committed an entry of its term holds and has
@@ -810,10 +812,16 @@ class RaftNode:
             self._become_follower(m.term, NONE)
         if m.type != MT.TERM_QUERY_RESPONSE or m.sender not in self.voters.voters or m.sender == self.id:
             return
-        reports[m.sender] = m.term
-        if len(reports) >= self.voters.quorum:
-            self._term_reports = None
-            self.election_elapsed = 0
+        reports[m.sender] = -1 if m.reject else m.term
+        if len(reports) < len(self.voters.voters) - 1:
+            return
+        self._term_reports = None
+        self.election_elapsed = 0
+        top = max(reports.values())
+        if top > self.term:
+            self._become_follower(top, NONE)
+        if self.term == top and self.vote == NONE:
+            self.vote = self.id  # it may have voted in this term before; now for no one
 
     def _note_catch_up(self, m: Message) -> None:
         """A leader's AppendEntries matched this log (step 2 above): this node's commit index

@@ -28,7 +28,7 @@ OLD_TERM_COMMIT_SEEDS = [1908, 28693]
 # Disk loss (Simulation(disk_loss=True)): seeds on which a rejoining node that votes at once
 # (mutation rejoin-votes) elects a leader without committed entries, found with
 #   python tools/simulate.py --seeds 200 --disk-loss --mutation rejoin-votes
-REJOIN_VOTES_SEEDS = [37, 56, 78]
+REJOIN_VOTES_SEEDS = [6, 37, 69]
 DISK_LOSS_CI_SEEDS = 400
 
 
