@@ -233,11 +233,13 @@ class RaftNode:
         self._append_pending = False
         # RaftConfig.rejoining: no vote and no election until this node durably holds every
         # entry through _catch_up_target, a commit index a leader sent it and it reached.
-        self.withholding_votes = config.rejoining
+        # A lone voter has no one to ask nor anything to learn: what it lost is gone.
+        rejoining = config.rejoining and len(self.voters.voters) > 1
+        self.withholding_votes = rejoining
         self._catch_up_target: int | None = None
         # Peers' answers to TERM_QUERY while a rejoining node learns the cluster's term; None
         # once it has (or when it is not rejoining).
-        self._term_reports: dict[int, int] | None = {} if config.rejoining else None
+        self._term_reports: dict[int, int] | None = {} if rejoining else None
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API

@@ -3,6 +3,7 @@ leadership transfer, bounded proposals, and the Ready ordering contract."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -763,3 +764,10 @@ def test_a_rejoining_node_waits_for_every_peer_and_marks_its_vote_in_that_term()
     cluster.node(1).report_reconnected(5)
     _tick_nodes(cluster, (1, 4, 5), 2 * cluster.node(4).config.election_ticks)
     assert not cluster.node(4).withholding_votes and not cluster.node(5).withholding_votes
+
+
+def test_a_lone_voter_that_lost_its_disk_starts_over_at_once() -> None:
+    node = RaftNode(RaftConfig(id=1, voters=(1,), rejoining=True), MemoryStorage(), random.Random(1))
+    assert not node.withholding_votes
+    node.campaign()
+    assert node.role == Role.LEADER
