@@ -15,7 +15,7 @@
 /* peer_codec.py: the fixed head, its limits, and the message types a follower answers with. */
 #define MESSAGE_HEAD 88u
 #define CODEC_VERSION 1u
-#define TYPE_MAX 13u
+#define TYPE_MAX 15u /* the highest MessageType (TERM_QUERY_RESPONSE) */
 #define ENTRIES_MAX (1u << 20)
 #define FLAG_REJECT 1u
 #define APPEND_RESPONSE 2u

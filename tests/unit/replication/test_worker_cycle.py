@@ -148,6 +148,15 @@ def test_the_cycle_relays_what_the_python_decoder_and_worker_would(answers: list
         assert cycle.refusals[:2] == (malformed, unexpected)
 
 
+@pytest.mark.parametrize("mtype", list(MessageType))
+def test_the_cycle_knows_every_message_type_the_codec_does(cycle: WorkerCycle, mtype: MessageType) -> None:
+    # A type the C decoder does not know would count as malformed, where Python sees a message.
+    body = encode_message(Message(mtype, NODE, PEER, 3))
+    assert cycle.feed(framed(body)) == 0
+    records, malformed, unexpected = reference([body])
+    assert malformed == 0 and cycle.take_pending() == records and cycle.refusals[:2] == (0, unexpected)
+
+
 def test_successes_at_one_term_collapse_to_the_highest_but_rejects_and_other_terms_stay(cycle: WorkerCycle) -> None:
     def ack(term: int, index: int, reject: bool = False) -> bytes:
         return framed(encode_message(Message(MessageType.APPEND_RESPONSE, NODE, PEER, term, index=index, reject=reject)))
