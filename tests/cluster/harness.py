@@ -162,5 +162,10 @@ class NetNamespace:
         for src, dst in ((a, b), (b, a)):
             subprocess.run(["iptables", "-I", "INPUT", "-s", src, "-d", dst, "-j", "DROP"], check=True, capture_output=True)
 
+    def uncut(self, a: str, b: str) -> None:
+        """Undo one cut(a, b) (a link cut twice stays cut until both are undone)."""
+        for src, dst in ((a, b), (b, a)):
+            subprocess.run(["iptables", "-D", "INPUT", "-s", src, "-d", dst, "-j", "DROP"], check=True, capture_output=True)
+
     def heal(self) -> None:
         subprocess.run(["iptables", "-F", "INPUT"], check=True, capture_output=True)

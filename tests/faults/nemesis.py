@@ -6,8 +6,9 @@ While writer threads append with their own ids (retrying failed calls with the s
 reader checks linearizable reads against what was acknowledged, the nemesis takes turns of
 faults drawn from a seeded generator: SIGKILL (and restart), SIGSTOP (and SIGCONT), SIGTERM
 (graceful stop, and restart), a node cut off from every peer, the leader cut from one follower
-only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), and now
-and then every node killed at once. Afterwards every node is brought back and healed, and the
+only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), on five
+nodes two of those faults at once (kill, pause, cut off), and now and then every node killed
+at once. Afterwards every node is brought back and healed, and the
 history is checked:
 
 - every acknowledged event is stored exactly once, at the queue and offset its answer named;
@@ -170,8 +171,8 @@ class Turn:
 class Nemesis:
     """Draws and applies faults; keeps at most a minority faulty except in whole-cluster turns."""
 
-    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk")
-    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1)
+    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk", "two_at_once")
+    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1, 3)
 
     def __init__(self, cluster: LocalCluster, netns: NetNamespace, seed: int, pool: bool) -> None:
         self.cluster = cluster
@@ -238,7 +239,9 @@ class Nemesis:
 
     def run_turn(self, hold_s: float) -> None:
         self.note_workers()
-        kind = self.rng.choices(self.KINDS, self.WEIGHTS)[0]
+        # Two faulty nodes of three would leave no majority: that turn is for five or more.
+        choices = [(k, w) for k, w in zip(self.KINDS, self.WEIGHTS) if k != "two_at_once" or len(self.cluster.nodes) >= 5]
+        kind = self.rng.choices([k for k, _ in choices], [w for _, w in choices])[0]
         if kind == "kill_worker" and not self.pool:
             kind = "kill"
         nodes = self.cluster.nodes
@@ -282,53 +285,75 @@ class Nemesis:
             except psutil.Error as exc:
                 self.note(f"pool worker {worker.pid} already gone: {exc}")
             time.sleep(hold_s)
+        elif kind == "two_at_once":
+            # Two nodes of five or more faulty together: the majority left must still serve.
+            first = self._target()
+            second = self.rng.choice([j for j in sorted(nodes) if j != first])
+            kinds = [self.rng.choice(("kill", "pause", "isolate")) for _ in range(2)]
+            turn = Turn(kind, (first, second), time.monotonic())
+            for k, single in zip((first, second), kinds):
+                self._begin(single, k)
+            time.sleep(hold_s)
+            for k, single in zip((first, second), kinds):
+                self._end(single, k)
         else:
             k = self._target()
-            node = nodes[k]
             turn = Turn(kind, (k,), time.monotonic())
-            if kind == "kill":
-                node.kill()
-                self.note(f"SIGKILL node {k}")
-                time.sleep(hold_s)
-                node.start()
-                self.note(f"node {k} restarted")
-            elif kind == "terminate":
-                code = node.stop()
-                self.note(f"SIGTERM node {k}: exit code {code}")
-                time.sleep(hold_s)
-                node.start()
-                self.note(f"node {k} restarted")
-            elif kind == "lose_disk":
+            if kind == "lose_disk":
                 # A second node losing its data while one still catches up would be a second
                 # failure, past what the cluster tolerates: it would rightly stop electing.
                 rejoining = [j for j, n in nodes.items() if n.alive and (st := n.status(0.5)) is not None and st["rejoining"]]
                 if rejoining:
                     self.note(f"lose_disk skipped: node {rejoining[0]} is still catching up")
                     return
-                node.kill()
-                shutil.rmtree(node.data_dir)
-                self.note(f"SIGKILL node {k} and delete its data dir")
-                time.sleep(hold_s)
-                node.extra_args = ["--rejoin"]
-                node.start()
-                self.note(f"node {k} restarted empty with --rejoin")
-            elif kind == "pause":
-                assert node.proc is not None
-                node.proc.send_signal(signal.SIGSTOP)
-                self.note(f"SIGSTOP node {k}")
-                time.sleep(hold_s)
-                node.proc.send_signal(signal.SIGCONT)
-                self.note(f"SIGCONT node {k}")
-            else:  # isolate
-                for other in nodes:
-                    if other != k:
-                        self.netns.cut(self.cluster.host_of(k), self.cluster.host_of(other))
-                self.note(f"node {k} cut off from every peer")
-                time.sleep(hold_s)
-                self.netns.heal()
-                self.note("healed")
+            self._begin(kind, k)
+            time.sleep(hold_s)
+            self._end(kind, k)
         turn.ended = time.monotonic()
         self.turns.append(turn)
+
+    def _begin(self, kind: str, k: int) -> None:
+        """Start a fault of one node: kill, terminate, pause, isolate or lose_disk."""
+        node = self.cluster.nodes[k]
+        if kind == "kill":
+            node.kill()
+            self.note(f"SIGKILL node {k}")
+        elif kind == "terminate":
+            self.note(f"SIGTERM node {k}: exit code {node.stop()}")
+        elif kind == "pause":
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGSTOP)
+            self.note(f"SIGSTOP node {k}")
+        elif kind == "isolate":
+            for other in self.cluster.nodes:
+                if other != k:
+                    self.netns.cut(self.cluster.host_of(k), self.cluster.host_of(other))
+            self.note(f"node {k} cut off from every peer")
+        elif kind == "lose_disk":
+            node.kill()
+            shutil.rmtree(node.data_dir)
+            self.note(f"SIGKILL node {k} and delete its data dir")
+        else:
+            raise ValueError(f"unknown single-node fault {kind!r}")
+
+    def _end(self, kind: str, k: int) -> None:
+        node = self.cluster.nodes[k]
+        if kind in ("kill", "terminate"):
+            node.start()
+            self.note(f"node {k} restarted")
+        elif kind == "pause":
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGCONT)
+            self.note(f"SIGCONT node {k}")
+        elif kind == "isolate":
+            for other in self.cluster.nodes:
+                if other != k:
+                    self.netns.uncut(self.cluster.host_of(k), self.cluster.host_of(other))
+            self.note(f"node {k} healed")
+        elif kind == "lose_disk":
+            node.extra_args = ["--rejoin"]
+            node.start()
+            self.note(f"node {k} restarted empty with --rejoin")
 
     def continue_all(self) -> None:
         for node in self.cluster.nodes.values():
