@@ -239,7 +239,8 @@ def test_ids_the_client_generates_are_remembered_in_their_own_class(tmp_path: Pa
         assert wait_until(lambda: scrape(cluster.nodes[leader]).get("esc_dedup_ids") == 50, timeout=10)
         assert scrape(cluster.nodes[leader])["esc_dedup_generated_ids"] == 30
         with Client(cluster.addresses) as c:
-            assert c.status()["dedup"] == {"ids": 50, "generated_ids": 30, "ids_max": 50_000_000}
+            # The leader's status: a follower may not have applied the entries yet.
+            assert c.status(cluster.nodes[leader].address)["dedup"] == {"ids": 50, "generated_ids": 30, "ids_max": 50_000_000}
         assert mine[3].queue is not None
         cluster.wait_converged()
 
