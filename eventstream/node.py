@@ -209,6 +209,7 @@ class Node:
         # _late_until (monotonic) count as late too.
         self._leader_heard_at = -float("inf")
         self._late_until = 0.0
+        self._silence_s = config.election_ticks * config.tick_ms / 1000
         self._rejoining = False  # RaftConfig.rejoining: this node lost its data and catches up
         self._sync_wanted = asyncio.Event()
         self._dedup_full_logged = -DEDUP_FULL_LOG_INTERVAL_S
@@ -1100,9 +1101,8 @@ class Node:
         now = time.monotonic()
         for msg in messages:
             if msg.type in _LEADER_TYPES:
-                silence_s = self.config.election_ticks * self.config.tick_ms / 1000
-                if now - self._leader_heard_at > silence_s:
-                    self._late_until = now + 2 * silence_s
+                if now - self._leader_heard_at > self._silence_s:
+                    self._late_until = now + 2 * self._silence_s
                 self._leader_heard_at = now
             if msg.type == MessageType.APPEND and msg.entries and msg.commit >= msg.entries[0].index:
                 self._late_through = max(self._late_through, min(msg.commit, msg.entries[-1].index))

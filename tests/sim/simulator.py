@@ -21,9 +21,9 @@ Fault model, during the fault phase:
   pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
             comes back believing it still leads; messages sent to it arrive late.
   disk loss only with Simulation(disk_loss=True) (tools/simulate.py --disk-loss), on seeds with
-            pre-vote (as the node runs): a node's disk
-            is replaced and it restarts with nothing, rejoining (RaftConfig.rejoining); no more
-            such nodes at once than the cluster can lose. Kept apart from the default seeds so
+            pre-vote (as the node runs): a node's disk is replaced and it restarts with nothing,
+            rejoining (RaftConfig.rejoining); no more such nodes at once than the cluster can
+            lose. Kept apart from the default seeds so
             that their recorded schedules (the mutation checks' seeds) stay as they were.
   skew      nodes' clocks drift: a node misses ticks at random.
   batching  on half of the seeds (drawn apart), a node steps every message due in a tick before
