@@ -185,20 +185,22 @@ def _echo_json(value: Any) -> None:
 @main.command()
 @_cluster_option
 @click.option("--all", "all_nodes", is_flag=True, help="ask every address, not just one")
+@click.option("--digest", is_flag=True,
+              help="add the state digest (reads all of a node's retained data; for checking nodes agree)")
 @_one_line_errors
-def status(cluster: str, timeout: float, all_nodes: bool) -> None:
+def status(cluster: str, timeout: float, all_nodes: bool, digest: bool) -> None:
     """Show a node's (or every node's) view of the cluster."""
     with _client(cluster, timeout) as c:
         if all_nodes:
             out = {}
             for address in c._async.addresses:
                 try:
-                    out[address] = c.status(address)
+                    out[address] = c.status(address, digest)
                 except Exception as exc:  # one node down must not hide the others
                     out[address] = {"error": str(exc)}
             _echo_json(out)
         else:
-            _echo_json(c.status())
+            _echo_json(c.status(digest=digest))
 
 
 @main.command()

@@ -56,6 +56,7 @@ from eventstream.transport.client_protocol import (
     encode_json,
     encode_read,
     encode_request,
+    encode_status_options,
 )
 from eventstream.transport.connection import FramedConnection
 from eventstream.transport.frames import FRAME_BYTES_MAX_DEFAULT
@@ -359,20 +360,22 @@ class AsyncClient:
     async def config_get(self) -> dict[str, Any]:
         return decode_json_object((await self._call(Op.CONFIG_GET, b"")).body)
 
-    async def status(self, address: str | None = None) -> dict[str, Any]:
-        """Status of one node (the given address, else whichever node answers first)."""
+    async def status(self, address: str | None = None, digest: bool = False) -> dict[str, Any]:
+        """Status of one node (the given address, else whichever node answers first). `digest`
+        asks for the state digest too, which the node computes over all its retained data."""
+        body = encode_status_options(digest)
         if address is not None:
             session = _Session(address, self._frame_bytes_max)
             try:
                 await session.open(self.attempt_timeout_s)
-                resp = await session.call(Op.STATUS, b"", self.attempt_timeout_s)
+                resp = await session.call(Op.STATUS, body, self.attempt_timeout_s)
             except (TimeoutError, OSError) as exc:
                 raise Unavailable(f"node {address} did not answer: {exc}") from None
             finally:
                 session.close()
             self._raise_for(resp)
             return decode_json_object(resp.body)
-        return decode_json_object((await self._call(Op.STATUS, b"", any_node=True)).body)
+        return decode_json_object((await self._call(Op.STATUS, body, any_node=True)).body)
 
     async def snapshot(self) -> dict[str, Any]:
         return decode_json_object((await self._call(Op.SNAPSHOT, b"")).body)
@@ -538,8 +541,8 @@ class Client:
     def config_get(self) -> dict[str, Any]:
         return self._run(self._async.config_get())
 
-    def status(self, address: str | None = None) -> dict[str, Any]:
-        return self._run(self._async.status(address))
+    def status(self, address: str | None = None, digest: bool = False) -> dict[str, Any]:
+        return self._run(self._async.status(address, digest))
 
     def snapshot(self) -> dict[str, Any]:
         return self._run(self._async.snapshot())

@@ -123,9 +123,10 @@ class NodeProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+    def status(self, timeout: float = 2.0, digest: bool = False) -> dict[str, Any] | None:
+        query = "?digest=1" if digest else ""
         try:
-            with urllib.request.urlopen(f"http://{self.http}/status", timeout=timeout) as resp:
+            with urllib.request.urlopen(f"http://{self.http}/status{query}", timeout=timeout) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, http.client.HTTPException):
             return None  # not up yet, or not answering: the callers poll
@@ -199,7 +200,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         last: dict[int, Any] = {}
         while time.monotonic() < deadline:
-            last = {k: n.status(1.0) for k, n in self.nodes.items() if n.alive}
+            last = {k: n.status(1.0, digest=True) for k, n in self.nodes.items() if n.alive}
             if all(v is not None for v in last.values()):
                 applied = {v["applied"] for v in last.values()}
                 commits = {v["commit"] for v in last.values()}

@@ -92,6 +92,7 @@ from eventstream.transport.client_protocol import (
     Status,
     decode_json_object,
     decode_read,
+    decode_status_options,
     encode_json,
     encode_read_ok,
     encode_response,
@@ -922,7 +923,12 @@ class Node:
         if op == Op.READ:
             self._on_read(session, request)
         elif op == Op.STATUS:
-            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status())))
+            try:
+                options = decode_status_options(request.body)
+            except ProtocolError as exc:
+                self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, str(exc))
+                return
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status(**options))))
         elif op == Op.CONFIG_GET:
             assert self.state is not None
             session.reply(encode_response(Status.OK, request.request_id, encode_json(self.state.config)))
@@ -1143,10 +1149,12 @@ class Node:
 
     # ----------------------------------------------------------------- status
     def _state_digest(self) -> tuple[int, str]:
-        """(index, digest) of the state. The digest reads every retained event (its cost grows
-        with the data held), so while the node applies it is recomputed at most every
-        DIGEST_RECOMPUTE_S, and at once when the node has stopped moving: a converged cluster
-        always shows the digest at `applied`; a busy one shows it at `digest_index`."""
+        """(index, digest) of the state. The digest reads every retained event on this thread
+        (its cost grows with the data held: seconds per few GB, during which the node neither
+        replicates nor answers), so only a status request that asks for it computes it, and
+        while the node applies at most every DIGEST_RECOMPUTE_S; at once when the node has
+        stopped moving: a converged cluster always shows the digest at `applied`; a busy one
+        shows it at `digest_index`."""
         state = self.state
         assert state is not None
         index, digest, at = self._digest_cache
@@ -1162,14 +1170,16 @@ class Node:
         applied, _ = self._last_status_applied
         return applied == self.state.applied_index
 
-    def status(self) -> dict[str, Any]:
+    def status(self, digest: bool = False) -> dict[str, Any]:
+        """This node's view. `digest` adds the state digest (the "digest" and "digest_index"
+        fields), which reads all retained data: for checking that nodes agree, not for
+        monitoring (a poller of /status must not stall the node)."""
         raft, state, seg_log = self.raft, self.state, self.seg_log
         assert raft is not None and state is not None and seg_log is not None
         st = raft.status()
-        digest_index, digest = self._state_digest()
         queues = {str(q): {"first": lo, "next": hi} for q in sorted(state.queues.logs) for lo, hi in [state.queue_range(q)]}
         followers = {str(pid): {"state": s, "match": m, "next": n} for pid, (s, m, n) in st.progress.items() if pid != self.id}
-        return {
+        out = {
             "id": self.id,
             "version": __version__,
             "role": st.role.name.lower(),
@@ -1181,8 +1191,6 @@ class Node:
             "applied": state.applied_index,
             "first_index": seg_log.first_index,
             "last_index": seg_log.last_index,
-            "digest": digest,
-            "digest_index": digest_index,
             "queues": queues,
             "dedup": {"ids": len(state.dedup), "generated_ids": state.dedup.generated_count,
                       "ids_max": state.dedup.ids_max},
@@ -1196,6 +1204,9 @@ class Node:
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
+        if digest:
+            out["digest_index"], out["digest"] = self._state_digest()
+        return out
 
 
 DIGEST_RECOMPUTE_S = 10.0

@@ -15,7 +15,8 @@ Request body::
     READ          u32 queue, u64 offset, u32 limit, u32 max_bytes, u8 consistency (0 linear, 1 stale)
     CONFIG_UPDATE UTF-8 JSON object of key -> value
     CONFIG_GET    empty
-    STATUS        empty
+    STATUS        empty, or a UTF-8 JSON object of options: {"digest": true} adds the state
+                  digest, which reads all retained data (STATUS_OPTIONS)
     SNAPSHOT      empty (take a snapshot now)
 
 Response body::
@@ -165,6 +166,28 @@ def decode_json_object(body: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolError("body must be a JSON object")
     return value
+
+
+# The options a STATUS request may carry, with their types.
+STATUS_OPTIONS = {"digest": bool}
+
+
+def encode_status_options(digest: bool = False) -> bytes:
+    # Empty when nothing is asked: what nodes before the options understood.
+    return encode_json({"digest": True}) if digest else b""
+
+
+def decode_status_options(body: bytes | memoryview) -> dict[str, Any]:
+    if not len(body):
+        return {}
+    options = decode_json_object(body)
+    for key, value in options.items():
+        kind = STATUS_OPTIONS.get(key)
+        if kind is None:
+            raise ProtocolError(f"unknown status option {key!r}; known: {', '.join(sorted(STATUS_OPTIONS))}")
+        if type(value) is not kind:
+            raise ProtocolError(f"status option {key!r} must be {kind.__name__}, got {value!r}")
+    return options
 
 
 # -- responses --------------------------------------------------------------------------------

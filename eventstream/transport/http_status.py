@@ -1,5 +1,7 @@
 """The node's small HTTP endpoint: GET /status (JSON) and GET /metrics (Prometheus text).
 
+GET /status?digest=1 adds the state digest, which reads all retained data (Node.status).
+
 Operators and scrapers poll it a few times a second at most, so a plain asyncio stream server
 is enough; it reads at most HEADER_BYTES_MAX of a request and answers GET only.
 """
@@ -22,7 +24,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class HttpStatusServer:
-    def __init__(self, status: Callable[[], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
+    def __init__(self, status: Callable[[bool], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
         self._status = status
         self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
@@ -51,11 +53,16 @@ class HttpStatusServer:
             if len(parts) != 3:
                 await self._respond(writer, 400, "text/plain", b"bad request line\n")
                 return
-            method, target = parts[0], parts[1].split(b"?", 1)[0]
+            method, target, _, query = parts[0], *parts[1].partition(b"?")
             if method != b"GET":
                 await self._respond(writer, 405, "text/plain", b"only GET is served\n")
             elif target == b"/status":
-                body = json.dumps(self._status(), indent=1, sort_keys=True).encode() + b"\n"
+                try:
+                    digest = _status_digest_asked(query)
+                except ValueError as exc:
+                    await self._respond(writer, 400, "text/plain", f"{exc}\n".encode())
+                    return
+                body = json.dumps(self._status(digest), indent=1, sort_keys=True).encode() + b"\n"
                 await self._respond(writer, 200, "application/json", body)
             elif target == b"/metrics":
                 await self._respond(writer, 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics())
@@ -78,3 +85,16 @@ class HttpStatusServer:
         ).encode()
         writer.write(head + body)
         await writer.drain()
+
+
+def _status_digest_asked(query: bytes) -> bool:
+    """Whether /status?... asks for the digest; ValueError on anything else in the query."""
+    digest = False
+    for pair in filter(None, query.split(b"&")):
+        key, _, value = pair.partition(b"=")
+        if key != b"digest":
+            raise ValueError(f"unknown query parameter {key.decode(errors='replace')!r}; try /status?digest=1")
+        if value not in (b"1", b"true", b"0", b"false"):
+            raise ValueError("digest must be 1, true, 0 or false")
+        digest = value in (b"1", b"true")
+    return digest

@@ -17,6 +17,7 @@ from eventstream.transport.client_protocol import (
     decode_read_ok,
     decode_request,
     decode_response,
+    decode_status_options,
     encode_append_ok,
     encode_error,
     encode_json,
@@ -24,6 +25,7 @@ from eventstream.transport.client_protocol import (
     encode_read_ok,
     encode_request,
     encode_response,
+    encode_status_options,
 )
 
 
@@ -91,6 +93,16 @@ def test_malformed_bodies_are_protocol_errors() -> None:
     with pytest.raises(ProtocolError):
         decode_json_object(b"\xff")
     assert decode_json_object(encode_json({"b": 1, "a": [2]})) == {"a": [2], "b": 1}
+
+
+def test_status_options_round_trip_and_refuse_what_they_do_not_know() -> None:
+    # An empty body is a plain status, as clients before the options sent it.
+    assert encode_status_options() == b"" and decode_status_options(b"") == {}
+    assert decode_status_options(encode_status_options(digest=True)) == {"digest": True}
+    for body, fragment in ((b'{"verbose": true}', "unknown status option"), (b'{"digest": 1}', "must be bool"),
+                           (b"[true]", "JSON object"), (b"\xff", "not valid JSON")):
+        with pytest.raises(ProtocolError, match=fragment):
+            decode_status_options(body)
 
 
 @given(st.binary(max_size=64))

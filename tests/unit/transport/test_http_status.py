@@ -22,11 +22,17 @@ def test_status_metrics_and_errors() -> None:
     metrics.applied_index.set(7)
 
     async def main() -> None:
-        server = HttpStatusServer(lambda: {"id": 1, "role": "leader"}, metrics.render)
+        server = HttpStatusServer(lambda digest: {"id": 1, "role": "leader", "digest": digest}, metrics.render)
         _, port = await server.start("127.0.0.1", 0)
         try:
             code, body = await fetch(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert code == 200 and json.loads(body) == {"id": 1, "role": "leader"}
+            assert code == 200 and json.loads(body) == {"id": 1, "role": "leader", "digest": False}
+            for query, asked in ((b"?digest=1", True), (b"?digest=true", True), (b"?digest=0", False), (b"?", False)):
+                code, body = await fetch(port, b"GET /status" + query + b" HTTP/1.1\r\n\r\n")
+                assert code == 200 and json.loads(body)["digest"] is asked, query
+            for query in (b"?digest=yes", b"?verbose=1", b"?digest=1&x=2"):
+                code, body = await fetch(port, b"GET /status" + query + b" HTTP/1.1\r\n\r\n")
+                assert code == 400 and body.strip(), query
             code, body = await fetch(port, b"GET /metrics HTTP/1.1\r\n\r\n")
             assert code == 200 and b"esc_proposals_total 3.0" in body and b"esc_process_rss_bytes" in body
             assert b"\nesc_commits_total 2.0\n" in body and b"\nesc_applied_index 7.0\n" in body
