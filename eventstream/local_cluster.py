@@ -204,13 +204,13 @@ class LocalCluster:
             if all(v is not None for v in last.values()):
                 applied = {v["applied"] for v in last.values()}
                 commits = {v["commit"] for v in last.values()}
-                digests = {v["digest"] for v in last.values()}
-                digest_at = {v.get("digest_index", v["applied"]) for v in last.values()}
-                if len(applied) == 1 and len(digests) == 1 and applied == commits == digest_at:
+                digests = {v.get("digest") for v in last.values()}
+                digest_at = {v.get("digest_index") for v in last.values()}
+                if len(applied) == 1 and len(digests) == 1 and None not in digests and applied == commits == digest_at:
                     return last
             time.sleep(0.1)
         raise TimeoutError(f"nodes did not converge within {timeout} s: "
-                           + json.dumps({k: v and {f: v[f] for f in ('applied', 'commit', 'digest', 'role')} for k, v in last.items()}))
+                           + json.dumps({k: v and {f: v.get(f) for f in ('applied', 'commit', 'digest', 'role')} for k, v in last.items()}))
 
 
 @contextlib.contextmanager

@@ -223,7 +223,9 @@ class Node:
         self._bootstrap_config_proposed = False
         self.fatal: str | None = None
         self._digest_cache: tuple[int, str, float] = (-1, "", 0.0)
+        self._digest_task: asyncio.Task[None] | None = None
         self._last_status_applied: tuple[int, float] = (-1, 0.0)
+        self._status_replies: set[asyncio.Task[None]] = set()  # STATUS requests waiting on a digest
         self.listen_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.leader_since: float | None = None
@@ -337,7 +339,7 @@ class Node:
         self._listener.set_owner(ROLE_CLIENT, self._clients)
         self._peers.start()
         if cfg.http:
-            self._http = HttpStatusServer(self.status, self.metrics.render)
+            self._http = HttpStatusServer(self.answer_status, self.metrics.render)
             h, p = parse_address("http", cfg.http)
             self.http_address = await self._http.start(h, p)
         loop = asyncio.get_running_loop()
@@ -928,7 +930,12 @@ class Node:
             except ProtocolError as exc:
                 self._reply_error(session, request.request_id, Status.INVALID_ARGUMENT, str(exc))
                 return
-            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status(**options))))
+            if not options.get("digest"):
+                session.reply(encode_response(Status.OK, request.request_id, encode_json(self.status())))
+                return
+            task = asyncio.get_running_loop().create_task(self._reply_status(session, request.request_id))
+            self._status_replies.add(task)
+            task.add_done_callback(self._status_replies.discard)
         elif op == Op.CONFIG_GET:
             assert self.state is not None
             session.reply(encode_response(Status.OK, request.request_id, encode_json(self.state.config)))
@@ -1148,21 +1155,48 @@ class Node:
         self.metrics.peer_frames_dropped.inc()
 
     # ----------------------------------------------------------------- status
-    def _state_digest(self) -> tuple[int, str]:
-        """(index, digest) of the state. The digest reads every retained event on this thread
-        (its cost grows with the data held: seconds per few GB, during which the node neither
-        replicates nor answers), so only a status request that asks for it computes it, and
-        while the node applies at most every DIGEST_RECOMPUTE_S; at once when the node has
-        stopped moving: a converged cluster always shows the digest at `applied`; a busy one
-        shows it at `digest_index`."""
+    async def answer_status(self, digest: bool = False) -> dict[str, Any]:
+        """status(), and with `digest` the state digest ("digest", "digest_index"), or why there
+        is none ("digest_error": a failing disk, a stopped state machine)."""
+        out = self.status()
+        if digest:
+            try:
+                out["digest_index"], out["digest"] = await self._state_digest()
+            except (OSError, StateError) as exc:
+                out["digest_error"] = str(exc)
+        return out
+
+    async def _reply_status(self, session: ClientSession, request_id: int) -> None:
+        session.reply(encode_response(Status.OK, request_id, encode_json(await self.answer_status(digest=True))))
+
+    async def _state_digest(self) -> tuple[int, str]:
+        """(index, digest) of the state. The digest reads every retained event, so it is taken
+        from a cut (hard links and the frozen dedup entries, as for a snapshot) on a worker
+        thread while the node goes on, and only for a status request that asks for it. While
+        the node applies it is recomputed at most every DIGEST_RECOMPUTE_S, and at once when
+        the node has stopped moving: a converged cluster always shows the digest at `applied`;
+        a busy one shows it at `digest_index`. Requests meanwhile share one computation."""
         state = self.state
         assert state is not None
-        index, digest, at = self._digest_cache
+        index, _, at = self._digest_cache
         now = time.monotonic()
         if index != state.applied_index and (now - at >= DIGEST_RECOMPUTE_S or self._digest_settled(now)):
-            self._digest_cache = (state.applied_index, state.digest(), now)
+            if self._digest_task is None:
+                self._digest_task = asyncio.get_running_loop().create_task(self._compute_digest())
+            await asyncio.shield(self._digest_task)
         self._last_status_applied = (state.applied_index, now)
         return self._digest_cache[0], self._digest_cache[1]
+
+    async def _compute_digest(self) -> None:
+        state = self.state
+        assert state is not None
+        try:
+            cut = state.begin_digest()
+            started = time.monotonic()
+            digest = await asyncio.get_running_loop().run_in_executor(None, cut.compute)
+            self._digest_cache = (cut.index, digest, started)
+        finally:
+            self._digest_task = None
 
     def _digest_settled(self, now: float) -> bool:
         """The applied index has not moved since the previous status request."""
@@ -1170,10 +1204,8 @@ class Node:
         applied, _ = self._last_status_applied
         return applied == self.state.applied_index
 
-    def status(self, digest: bool = False) -> dict[str, Any]:
-        """This node's view. `digest` adds the state digest (the "digest" and "digest_index"
-        fields), which reads all retained data: for checking that nodes agree, not for
-        monitoring (a poller of /status must not stall the node)."""
+    def status(self) -> dict[str, Any]:
+        """This node's view, cheap enough to poll; answer_status adds the state digest."""
         raft, state, seg_log = self.raft, self.state, self.seg_log
         assert raft is not None and state is not None and seg_log is not None
         st = raft.status()
@@ -1204,8 +1236,6 @@ class Node:
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
-        if digest:
-            out["digest_index"], out["digest"] = self._state_digest()
         return out
 
 

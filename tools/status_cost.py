@@ -3,10 +3,11 @@
     python tools/status_cost.py [--seconds 25] [--payload-bytes 1000] [--replication inprocess]
 
 Starts 3 local nodes, loads them for --seconds (esc-bench's closed loop, 2 clients x 8 requests
-of 100 events), then asks the leader for GET /status twice, GET /status?digest=1, and GET
-/status once more, printing each answer's time and the node's term and role as it answered. The
-digest reads every retained event on the node's thread: a role that changed after it is a
-leadership the digest cost.
+of 100 events), then asks the leader for GET /status twice, then GET /status?digest=1 while
+polling plain GET /status every 20 ms, and GET /status once more. Prints each answer's time and
+the node's term and role as it answered, and the slowest plain answer while the digest was
+computed: the digest reads every retained event, and the node must go on meanwhile (a role that
+changed is a leadership the digest cost).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -55,9 +57,24 @@ def main() -> int:
         held = sum(f.stat().st_size for f in cluster.nodes[leader].data_dir.rglob("*") if f.is_file())
         print(f"{sum(w['events'] for w in outcome.workers):,} events acknowledged; the leader's data dir "
               f"holds {held / 1e9:.2f} GB")
-        for query in ("", "", "?digest=1", ""):
-            seconds, body = timed_status(cluster.nodes[leader].http, query)
+        http = cluster.nodes[leader].http
+
+        def show(query: str, seconds: float, body: dict[str, Any]) -> None:
             print(f"GET /status{query:<10} {seconds * 1000:9.1f} ms   term {body['term']}, {body['role']}")
+
+        for _ in range(2):
+            show("", *timed_status(http, ""))
+        asked: list[tuple[float, dict[str, Any]]] = []
+        digest = threading.Thread(target=lambda: asked.append(timed_status(http, "?digest=1")))
+        digest.start()
+        meanwhile: list[float] = []
+        while digest.is_alive():
+            meanwhile.append(timed_status(http, "")[0])
+            time.sleep(0.02)
+        digest.join()
+        show("?digest=1", *asked[0])
+        print(f"  meanwhile {len(meanwhile)} plain GET /status, the slowest {max(meanwhile, default=0) * 1000:.1f} ms")
+        show("", *timed_status(http, ""))
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)

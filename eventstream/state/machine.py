@@ -263,6 +263,16 @@ class StateMachine:
             self.dedup.freeze(),
         )
 
+    def begin_digest(self) -> snapshots.DigestCut:
+        """Cut the digest's inputs at the applied index (hard links, frozen dedup entries); the
+        cut's `compute` gives what `digest()` would have, and may run on another thread."""
+        self._flush_queues()
+        if self._stopped is not None:
+            raise StateError(f"no digest of a stopped state machine: {self._stopped}")
+        config, queues = json.loads(json.dumps([self.config, self.queues.describe()]))  # copies the cut owns
+        return snapshots.digest_cut(self.live_root, self.snapshots_root, self.applied_index, config, queues,
+                                    self.dedup)
+
     # ----- snapshots -----
 
     def begin_snapshot(

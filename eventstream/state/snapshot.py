@@ -133,14 +133,51 @@ def cut(
     if os.path.exists(final_path):
         raise SnapshotError(f"a snapshot at index {index} already exists: {final_path}")
     work_path = os.path.join(snapshots_root, f"tmp-{index:020d}")
+    link_segments(live_root, work_path, manifest["queues"])
+    return SnapshotCut(work_path, final_path, manifest, dedup.freeze())
+
+
+def link_segments(live_root: str, work_path: str, queues: list[dict[str, Any]]) -> None:
+    """Hard-link every segment `queues` (QueueStore.describe()) names into a fresh work_path."""
     shutil.rmtree(work_path, ignore_errors=True)
     os.makedirs(work_path)
-    for queue in manifest["queues"]:
-        for segment in queue["segments"]:
-            target = os.path.join(work_path, segment["file"])
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.link(os.path.join(live_root, segment["file"]), target)
-    return SnapshotCut(work_path, final_path, manifest, dedup.freeze())
+    try:
+        for queue in queues:
+            for segment in queue["segments"]:
+                target = os.path.join(work_path, segment["file"])
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.link(os.path.join(live_root, segment["file"]), target)
+    except BaseException:
+        shutil.rmtree(work_path, ignore_errors=True)
+        raise
+
+
+@dataclass
+class DigestCut:
+    """The state digest's inputs at one applied index, cut like a snapshot (hard links and the
+    frozen dedup entries), so `compute` may read them on another thread while apply goes on."""
+
+    work_path: str
+    index: int
+    config: dict[str, Any]
+    queues: list[dict[str, Any]]
+    dedup: tuple[DedupView, DedupView]
+
+    def compute(self) -> str:
+        """The digest; the cut's links are removed whatever happens."""
+        try:
+            return state_digest(self.index, self.config, self.queues, self.work_path, self.dedup)
+        finally:
+            shutil.rmtree(self.work_path, ignore_errors=True)
+
+
+def digest_cut(live_root: str, snapshots_root: str, index: int, config: dict[str, Any],
+               queues: list[dict[str, Any]], dedup: DedupTable) -> DigestCut:
+    """The short part of a digest, run between two applies. Its folder does not start with
+    SNAPSHOT_PREFIX, so a crash leaves nothing the next open keeps."""
+    work_path = os.path.join(snapshots_root, f"digest-{index:020d}")
+    link_segments(live_root, work_path, queues)
+    return DigestCut(work_path, index, config, queues, dedup.freeze())
 
 
 def read_manifest(folder: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class HttpStatusServer:
-    def __init__(self, status: Callable[[bool], dict[str, Any]], metrics: Callable[[], bytes]) -> None:
+    def __init__(self, status: Callable[[bool], Awaitable[dict[str, Any]]], metrics: Callable[[], bytes]) -> None:
         self._status = status
         self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
@@ -62,7 +62,7 @@ class HttpStatusServer:
                 except ValueError as exc:
                     await self._respond(writer, 400, "text/plain", f"{exc}\n".encode())
                     return
-                body = json.dumps(self._status(digest), indent=1, sort_keys=True).encode() + b"\n"
+                body = json.dumps(await self._status(digest), indent=1, sort_keys=True).encode() + b"\n"
                 await self._respond(writer, 200, "application/json", body)
             elif target == b"/metrics":
                 await self._respond(writer, 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics())

@@ -1,34 +1,79 @@
-"""Node.status: what a plain status request costs (eventstream/node.py)."""
+"""Node status answers (eventstream/node.py): what a plain one costs, and the digest's cut."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from eventstream.config import load_config
-from eventstream.node import Node
-
-PEERS = "1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103"
+from eventstream.state import snapshot as snapshots
+from tests.unit.node_on_disk import close_node, open_node
 
 
 def test_only_a_status_that_asks_for_the_digest_reads_the_state(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # The digest reads every retained event on the node's one thread: a monitor polling
-    # /status must not pay that (seconds per few GB, with no heartbeats meanwhile).
-    node = Node(load_config(overrides={"id": 1, "listen": "127.0.0.1:7101", "peers": PEERS,
-                                       "data_dir": str(tmp_path)}))
-    node.open_storage()
-    assert node.state is not None and node.seg_log is not None
-    digests: list[int] = []
-    real = node.state.digest
-    monkeypatch.setattr(node.state, "digest", lambda: digests.append(1) or real())
+    # The digest reads every retained event: a monitor polling /status must not pay that.
+    node = open_node(tmp_path)
+    assert node.state is not None
+    cuts: list[int] = []
+    real = node.state.begin_digest
+    monkeypatch.setattr(node.state, "begin_digest", lambda: cuts.append(1) or real())
     try:
         plain = node.status()
-        assert "digest" not in plain and "digest_index" not in plain and digests == []
-        asked = node.status(digest=True)
-        assert digests == [1] and len(asked["digest"]) == 64 and asked["digest_index"] == asked["applied"]
+        assert "digest" not in plain and cuts == []
+        assert "digest" not in asyncio.run(node.answer_status(digest=False)) and cuts == []
+        asked = asyncio.run(node.answer_status(digest=True))
+        assert cuts == [1] and asked["digest"] == node.state.digest() and asked["digest_index"] == asked["applied"]
         assert asked.keys() - plain.keys() == {"digest", "digest_index"}
+        # Nothing applied since: the digest at this index is not computed again.
+        assert asyncio.run(node.answer_status(digest=True))["digest"] == asked["digest"] and cuts == [1]
     finally:
-        node.seg_log.close()
-        node.state.close()
+        close_node(node)
+
+
+def test_the_digest_is_computed_off_the_node_thread_and_leaves_no_links(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node's thread must go on (heartbeats, clients) while the digest reads every event.
+    node = open_node(tmp_path)
+    assert node.state is not None
+    threads: list[str] = []
+    real = snapshots.DigestCut.compute
+
+    def compute(cut: snapshots.DigestCut) -> str:
+        threads.append(threading.current_thread().name)
+        assert os.path.isdir(cut.work_path)
+        return real(cut)
+
+    monkeypatch.setattr(snapshots.DigestCut, "compute", compute)
+
+    async def ask_twice() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(node.answer_status(digest=True), node.answer_status(digest=True)))
+
+    try:
+        first, second = asyncio.run(ask_twice())
+        # Two requests at once share one computation, on a thread other than the caller's.
+        assert len(threads) == 1 and threads[0] != threading.current_thread().name
+        assert first["digest"] == second["digest"] == node.state.digest()
+        assert [n for n in os.listdir(node.state.snapshots_root) if not n.startswith("snap-")] == []
+    finally:
+        close_node(node)
+
+
+def test_a_digest_that_cannot_be_taken_is_reported_not_raised(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    node = open_node(tmp_path)
+    assert node.state is not None
+
+    def full_disk() -> snapshots.DigestCut:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(node.state, "begin_digest", full_disk)
+    try:
+        out = asyncio.run(node.answer_status(digest=True))
+        assert "No space left" in out["digest_error"] and "digest" not in out and out["id"] == 1
+    finally:
+        close_node(node)

@@ -415,6 +415,22 @@ def test_snapshot_links_segments_instead_of_copying(tmp_path: Any) -> None:
     assert manifest["digest"] == machine.digest()
 
 
+def test_a_digest_cut_gives_the_digest_at_its_index_while_apply_goes_on(tmp_path: Any) -> None:
+    # Node status digests run from such a cut on a worker thread while the node applies.
+    machine = open_machine(tmp_path)
+    stream = list(command_stream(5, 80))
+    for index, data in enumerate(stream[:50], start=1):
+        machine.apply(index, 1, data)
+    expected = machine.digest()
+    cut = machine.begin_digest()
+    assert cut.index == 50 and os.path.isdir(cut.work_path)
+    for index, data in enumerate(stream[50:], start=51):  # segments grow, ids are added
+        machine.apply(index, 1, data)
+    assert machine.digest() != expected
+    assert cut.compute() == expected
+    assert not os.path.exists(cut.work_path)
+
+
 def snapshot_stream(tmp_path: Any) -> tuple[StateMachine, list[bytes]]:
     machine = open_machine(tmp_path, "source")
     for index, data in enumerate(command_stream(11, 40), start=1):

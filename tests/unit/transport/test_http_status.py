@@ -22,7 +22,10 @@ def test_status_metrics_and_errors() -> None:
     metrics.applied_index.set(7)
 
     async def main() -> None:
-        server = HttpStatusServer(lambda digest: {"id": 1, "role": "leader", "digest": digest}, metrics.render)
+        async def status(digest: bool) -> dict[str, object]:
+            return {"id": 1, "role": "leader", "digest": digest}
+
+        server = HttpStatusServer(status, metrics.render)
         _, port = await server.start("127.0.0.1", 0)
         try:
             code, body = await fetch(port, b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
