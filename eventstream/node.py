@@ -1167,7 +1167,13 @@ class Node:
         return out
 
     async def _reply_status(self, session: ClientSession, request_id: int) -> None:
-        session.reply(encode_response(Status.OK, request_id, encode_json(await self.answer_status(digest=True))))
+        try:
+            out = await self.answer_status(digest=True)
+        except Exception as exc:  # the request must get an answer; the log gets the detail
+            log.exception("status with digest failed")
+            self._reply_error(session, request_id, Status.INTERNAL, f"status failed: {exc}")
+            return
+        session.reply(encode_response(Status.OK, request_id, encode_json(out)))
 
     async def _state_digest(self) -> tuple[int, str]:
         """(index, digest) of the state. The digest reads every retained event, so it is taken
@@ -1199,7 +1205,7 @@ class Node:
             self._digest_task = None
 
     def _digest_settled(self, now: float) -> bool:
-        """The applied index has not moved since the previous status request."""
+        """The applied index has not moved since the previous request for the digest."""
         assert self.state is not None
         applied, _ = self._last_status_applied
         return applied == self.state.applied_index
@@ -1211,7 +1217,7 @@ class Node:
         st = raft.status()
         queues = {str(q): {"first": lo, "next": hi} for q in sorted(state.queues.logs) for lo, hi in [state.queue_range(q)]}
         followers = {str(pid): {"state": s, "match": m, "next": n} for pid, (s, m, n) in st.progress.items() if pid != self.id}
-        out = {
+        return {
             "id": self.id,
             "version": __version__,
             "role": st.role.name.lower(),
@@ -1236,7 +1242,6 @@ class Node:
             "fatal": self.fatal,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
-        return out
 
 
 DIGEST_RECOMPUTE_S = 10.0

@@ -1,6 +1,6 @@
 """The node's small HTTP endpoint: GET /status (JSON) and GET /metrics (Prometheus text).
 
-GET /status?digest=1 adds the state digest, which reads all retained data (Node.status).
+GET /status?digest=1 adds the state digest, which reads all retained data (Node.answer_status).
 
 Operators and scrapers poll it a few times a second at most, so a plain asyncio stream server
 is enough; it reads at most HEADER_BYTES_MAX of a request and answers GET only.

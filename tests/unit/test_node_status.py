@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from eventstream.state import snapshot as snapshots
+from eventstream.transport.client_protocol import Status, decode_error, decode_response
+from eventstream.transport.client_server import ClientSession
 from tests.unit.node_on_disk import close_node, open_node
 
 
@@ -75,5 +77,36 @@ def test_a_digest_that_cannot_be_taken_is_reported_not_raised(tmp_path: Path,
     try:
         out = asyncio.run(node.answer_status(digest=True))
         assert "No space left" in out["digest_error"] and "digest" not in out and out["id"] == 1
+    finally:
+        close_node(node)
+
+
+class _Session(ClientSession):
+    """A client connection that keeps what the node answers."""
+
+    __slots__ = ("answers",)
+
+    def __init__(self) -> None:  # no server behind it
+        self.answers: list[bytes] = []
+
+    def reply(self, body: bytes) -> None:
+        self.answers.append(body)
+
+
+def test_a_status_request_whose_digest_fails_unexpectedly_still_gets_an_answer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = open_node(tmp_path)
+    assert node.state is not None
+
+    def broken() -> snapshots.DigestCut:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(node.state, "begin_digest", broken)
+    session = _Session()
+    try:
+        asyncio.run(node._reply_status(session, 7))
+        response = decode_response(session.answers[0])
+        assert response.status is Status.INTERNAL and response.request_id == 7
+        assert "a bug" in decode_error(response.body).message
     finally:
         close_node(node)
