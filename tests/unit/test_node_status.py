@@ -23,7 +23,12 @@ def test_only_a_status_that_asks_for_the_digest_reads_the_state(tmp_path: Path,
     assert node.state is not None
     cuts: list[int] = []
     real = node.state.begin_digest
-    monkeypatch.setattr(node.state, "begin_digest", lambda: cuts.append(1) or real())
+
+    def counted() -> snapshots.DigestCut:
+        cuts.append(1)
+        return real()
+
+    monkeypatch.setattr(node.state, "begin_digest", counted)
     try:
         plain = node.status()
         assert "digest" not in plain and cuts == []
