@@ -224,7 +224,7 @@ class Node:
         self.fatal: str | None = None
         self._digest_cache: tuple[int, str, float] = (-1, "", 0.0)
         self._digest_task: asyncio.Task[None] | None = None
-        self._last_status_applied: tuple[int, float] = (-1, 0.0)
+        self._digest_asked_at = -1  # the applied index when the digest was last asked for
         self._status_replies: set[asyncio.Task[None]] = set()  # STATUS requests waiting on a digest
         self.listen_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
@@ -1186,11 +1186,12 @@ class Node:
         assert state is not None
         index, _, at = self._digest_cache
         now = time.monotonic()
-        if index != state.applied_index and (now - at >= DIGEST_RECOMPUTE_S or self._digest_settled(now)):
+        settled = self._digest_asked_at == state.applied_index  # nothing applied since the last ask
+        if index != state.applied_index and (now - at >= DIGEST_RECOMPUTE_S or settled):
             if self._digest_task is None:
                 self._digest_task = asyncio.get_running_loop().create_task(self._compute_digest())
             await asyncio.shield(self._digest_task)
-        self._last_status_applied = (state.applied_index, now)
+        self._digest_asked_at = state.applied_index
         return self._digest_cache[0], self._digest_cache[1]
 
     async def _compute_digest(self) -> None:
@@ -1203,12 +1204,6 @@ class Node:
             self._digest_cache = (cut.index, digest, started)
         finally:
             self._digest_task = None
-
-    def _digest_settled(self, now: float) -> bool:
-        """The applied index has not moved since the previous request for the digest."""
-        assert self.state is not None
-        applied, _ = self._last_status_applied
-        return applied == self.state.applied_index
 
     def status(self) -> dict[str, Any]:
         """This node's view, cheap enough to poll; answer_status adds the state digest."""
