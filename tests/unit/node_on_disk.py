@@ -15,7 +15,6 @@ def open_node(data: Path, **overrides: Any) -> Node:
     """Node 1 of a three-node configuration, its storage opened in `data`."""
     node = Node(load_config(overrides={"id": 1, "listen": "127.0.0.1:7101", "peers": PEERS,
                                        "data_dir": str(data), **overrides}))
-    node.open_storage()
     return node
 
 

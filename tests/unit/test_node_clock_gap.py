@@ -1,5 +1,5 @@
 """What a new leader reports as the gap between its clock and its predecessor's
-(eventstream/node.py with proposal_clock.py): only entries a follower received while they were
+(eventstream/node/routing.py with proposal_clock.py): only entries a follower received while they were
 new measure that gap; entries sent to catch it up, or held up by a cut link, were proposed an
 unknown time earlier."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 from eventstream.config import NodeConfig
 from eventstream.node import Node
-from eventstream.proposal_clock import CLOCK_GAP_NOTED_US
+from eventstream.node.clock import ManualClock
+from eventstream.node.proposal_clock import CLOCK_GAP_NOTED_US
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.state import encode_set_event_at
 from eventstream.storage.codec import Event
@@ -28,17 +29,24 @@ SILENCE_S = TICK_MS * ELECTION_TICKS / 1000
 
 def _follower(tmp_path: Path) -> Node:
     node = Node(NodeConfig(id=1, listen=PEERS[1], peers=PEERS, data_dir=str(tmp_path),
-                           tick_ms=TICK_MS, election_ticks=ELECTION_TICKS, heartbeat_ticks=1))
-    node.open_storage()
+                           tick_ms=TICK_MS, election_ticks=ELECTION_TICKS, heartbeat_ticks=1),
+                clock=ManualClock(wall_s=time.time()))
     return node
 
 
 def _in_contact(node: Node, seconds: float) -> None:
     """The leader's heartbeats, well within the election timeout, for `seconds`."""
-    ends = time.monotonic() + seconds
-    while time.monotonic() < ends:
+    clock = _clock(node)
+    ends = clock.monotonic() + seconds
+    while clock.monotonic() < ends:
         _receive(node, [Message(MessageType.HEARTBEAT, 1, LEADER, 1)])
-        time.sleep(SILENCE_S / 5)
+        clock.advance(SILENCE_S / 5)
+
+
+def _clock(node: Node) -> ManualClock:
+    """The node's clock, which these tests move instead of sleeping."""
+    assert isinstance(node.clock, ManualClock)
+    return node.clock
 
 
 def _entries(first: int, last: int, logged_us: int) -> list[Entry]:
@@ -52,13 +60,13 @@ def _receive(node: Node, messages: list[Message]) -> None:
     assert raft is not None
 
     async def run() -> None:
-        node._step_peer_messages(LEADER, messages)
+        node.routing.step(LEADER, messages)
         while raft.has_ready():
             rd = raft.ready()
-            durable = await node._handle_ready(rd)
+            durable = node.executor.carry_out(rd)
             raft.advance(rd, durable=durable)
 
-    node._send = lambda messages: None  # type: ignore[method-assign]  # no peers to answer
+    node.routing.send = lambda messages: None  # type: ignore[method-assign]  # no peers to answer
     asyncio.run(run())
 
 
@@ -70,10 +78,10 @@ def test_entries_sent_after_their_commit_do_not_count_as_a_clock_gap(tmp_path: P
     # A follower back from a partition: the leader sends what it committed meanwhile, all of
     # it proposed long before it arrives here.
     node = _follower(tmp_path)
-    logged = time.time_ns() // 1000 - BEHIND_S * 10**6
+    logged = _clock(node).wall_ns() // 1000 - BEHIND_S * 10**6
     _receive(node, [_append(_entries(1, 40, logged), 0, 40)])
     assert node.state is not None and node.state.applied_index == 40
-    assert node._clock.start_term() == 0
+    assert node.proposal_clock.start_term() == 0
     node.seg_log.close()  # type: ignore[union-attr]
 
 
@@ -82,11 +90,11 @@ def test_entries_received_before_their_commit_measure_the_gap(tmp_path: Path) ->
     # the predecessor's clock really is that far behind this node's.
     node = _follower(tmp_path)
     _in_contact(node, 4 * SILENCE_S)  # past the window that the first contact opens
-    logged = time.time_ns() // 1000 - BEHIND_S * 10**6
+    logged = _clock(node).wall_ns() // 1000 - BEHIND_S * 10**6
     _receive(node, [_append(_entries(1, 40, logged), 0, 0)])
     _receive(node, [_append([], 40, 40)])
     assert node.state is not None and node.state.applied_index == 40
-    ahead_us = node._clock.start_term()
+    ahead_us = node.proposal_clock.start_term()
     assert ahead_us > CLOCK_GAP_NOTED_US
     assert abs(ahead_us - BEHIND_S * 10**6) < 5 * 10**6
     node.seg_log.close()  # type: ignore[union-attr]
@@ -95,13 +103,13 @@ def test_entries_received_before_their_commit_measure_the_gap(tmp_path: Path) ->
 def test_a_catch_up_ending_in_new_entries_measures_the_gap_from_those(tmp_path: Path) -> None:
     # Caught up on old entries, then new ones arrive from a leader whose clock matches ours.
     node = _follower(tmp_path)
-    now = time.time_ns() // 1000
+    now = _clock(node).wall_ns() // 1000
     _receive(node, [_append(_entries(1, 20, now - BEHIND_S * 10**6), 0, 20)])
     _in_contact(node, 4 * SILENCE_S)
     _receive(node, [_append(_entries(21, 30, now), 20, 20)])
     _receive(node, [_append([], 30, 30)])
     assert node.state is not None and node.state.applied_index == 30
-    assert 0 <= node._clock.start_term() < CLOCK_GAP_NOTED_US
+    assert 0 <= node.proposal_clock.start_term() < CLOCK_GAP_NOTED_US
     node.seg_log.close()  # type: ignore[union-attr]
 
 
@@ -110,10 +118,10 @@ def test_entries_that_end_a_silence_do_not_count_as_a_clock_gap(tmp_path: Path) 
     # commit index of when it was sent, so its entries look new although they are not.
     node = _follower(tmp_path)
     _in_contact(node, 4 * SILENCE_S)
-    time.sleep(3 * SILENCE_S)
-    logged = time.time_ns() // 1000 - BEHIND_S * 10**6
+    _clock(node).advance(3 * SILENCE_S)
+    logged = _clock(node).wall_ns() // 1000 - BEHIND_S * 10**6
     _receive(node, [_append(_entries(1, 40, logged), 0, 0)])
     _receive(node, [_append([], 40, 40)])
     assert node.state is not None and node.state.applied_index == 40
-    assert node._clock.start_term() == 0
+    assert node.proposal_clock.start_term() == 0
     node.seg_log.close()  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""`esc node --rejoin` (eventstream/node.py): which starts withhold the node's vote, and that
+"""`esc node --rejoin` (eventstream/node/files.py): which starts withhold the node's vote, and that
 the mark survives a restart until the catch-up is durable (the protocol side:
 tests/unit/raft/test_features.py; real processes: tests/faults/test_disk_loss.py)."""
 

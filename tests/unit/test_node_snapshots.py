@@ -1,4 +1,4 @@
-"""The node's own snapshots racing a snapshot installed from the leader (eventstream/node.py):
+"""The node's own snapshots racing a snapshot installed from the leader (eventstream/node/snapshots.py):
 a local snapshot is written in a worker thread while apply goes on, and the leader's snapshot
 can be installed in that time."""
 
@@ -36,7 +36,6 @@ def test_a_leader_snapshot_installed_while_a_local_one_is_written_wins(
     chunks = b"".join(leader.snapshot_chunks(leader.snapshot()))
 
     node = Node(NodeConfig(id=1, listen="127.0.0.1:7101", peers={1: "127.0.0.1:7101"}, data_dir=str(tmp_path / "node")))
-    node.open_storage()
     assert node.seg_log is not None and node.state is not None and node.storage is not None
     node.seg_log.append(_entries(1, 10))
     for index, term, data in _entries(1, 10):
@@ -54,11 +53,11 @@ def test_a_leader_snapshot_installed_while_a_local_one_is_written_wins(
     monkeypatch.setattr(snapshot_module.SnapshotCut, "write", slow_write)
 
     async def run() -> None:
-        local = asyncio.get_running_loop().create_task(node._take_snapshot())
+        local = asyncio.get_running_loop().create_task(node.snapshots.take())
         assert await asyncio.to_thread(writing.wait, 10)
         # Meanwhile the leader's snapshot arrives and is installed.
-        node._stage_snapshot_chunks([SnapshotChunk(SnapshotMeta(50, 1, (1,)), 0, chunks, True)])
-        node._install_snapshot(50, 1)
+        node.snapshots.stage([SnapshotChunk(SnapshotMeta(50, 1, (1,)), 0, chunks, True)])
+        node.snapshots.install(50, 1)
         release.set()
         await local
 
@@ -66,7 +65,7 @@ def test_a_leader_snapshot_installed_while_a_local_one_is_written_wins(
         asyncio.run(run())
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert "the leader's snapshot at index 50 was installed meanwhile" in caplog.text
-    assert node._last_snapshot_index == 50
+    assert node.snapshots.last_index == 50
     assert node.storage.snapshot().index == 50
     assert node.state.applied_index == 50 and node.seg_log.first_index == 51
     node.seg_log.close()

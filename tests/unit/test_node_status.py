@@ -1,4 +1,4 @@
-"""Node status answers (eventstream/node.py): what a plain one costs, and the digest's cut."""
+"""Node status answers (eventstream/node/status.py): what a plain one costs, and the digest's cut."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def test_a_status_request_whose_digest_fails_unexpectedly_still_gets_an_answer(
     monkeypatch.setattr(node.state, "begin_digest", broken)
     session = _Session()
     try:
-        asyncio.run(node._reply_status(session, 7))
+        asyncio.run(node.status_reporter.reply_status(session, 7))
         response = decode_response(session.answers[0])
         assert response.status is Status.INTERNAL and response.request_id == 7
         assert "a bug" in decode_error(response.body).message

@@ -1,9 +1,9 @@
-"""RecentEntries (node_storage.py): the in-memory tail of the log must equal the log."""
+"""RecentEntries (eventstream/node/raft_storage.py): the in-memory tail of the log must equal the log."""
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstream.node_storage import RecentEntries
+from eventstream.node.raft_storage import RecentEntries
 from eventstream.raft.messages import Entry
 
 

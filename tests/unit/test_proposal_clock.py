@@ -1,4 +1,4 @@
-"""The leader's clock for times written into the log (eventstream/proposal_clock.py): wall-clock
+"""The leader's clock for times written into the log (eventstream/node/proposal_clock.py): wall-clock
 steps during a term move nothing, a new leader never starts behind the log, and one ahead of it
 says by how much."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstream.proposal_clock import ProposalClock
+from eventstream.node.proposal_clock import ProposalClock
 from eventstream.state import (
     StateMachine,
     dedup_cutoffs_us,

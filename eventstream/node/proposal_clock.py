@@ -22,8 +22,9 @@ it; keep the nodes' clocks in step.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+
+from eventstream.node.clock import SYSTEM_CLOCK
 
 # A gap smaller than this between two clocks is the ordinary difference of two readings (apply
 # delay, scheduling), not worth a log line.
@@ -31,8 +32,8 @@ CLOCK_GAP_NOTED_US = 1_000_000
 
 
 class ProposalClock:
-    def __init__(self, wall_ns: Callable[[], int] = time.time_ns,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
+    def __init__(self, wall_ns: Callable[[], int] = SYSTEM_CLOCK.wall_ns,
+                 monotonic_ns: Callable[[], int] = SYSTEM_CLOCK.monotonic_ns) -> None:
         self._wall_ns = wall_ns
         self._monotonic_ns = monotonic_ns
         self._anchor_us: int | None = None  # the term's start, on the log's time line
@@ -46,7 +47,7 @@ class ProposalClock:
         """An applied SET_EVENT_AT carried `logged_us` (its leader's clock at proposal). live is
         False for an entry this process found already written on disk, received only after
         its leader had committed it, or applied right after a long silence from the leader (a
-        follower catching up; Node._step_peer_messages): it was proposed an unknown time
+        follower catching up; PeerRouting.step): it was proposed an unknown time
         before it was applied, so it still bounds the log's time from below but says nothing
         about how far apart two nodes' clocks are."""
         if self._seen_us is None or logged_us >= self._seen_us:

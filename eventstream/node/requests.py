@@ -1,0 +1,168 @@
+"""Client requests other than the APPENDs the native intake queues, and the proposals made
+from them: entries of queued appends, config updates, dedup expiry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from eventstream._append_wire import (
+    REFUSED_INVALID,
+    REFUSED_NOT_ACCEPTING,
+    REFUSED_OVERLOADED,
+    AppendIntake,
+)
+from eventstream.config import NodeConfig
+from eventstream.metrics import NodeMetrics
+from eventstream.node.answers import AppendAnswers, Replies, TermWaiters
+from eventstream.node.proposal_clock import ProposalClock
+from eventstream.node.reads import Reads
+from eventstream.node.snapshots import Snapshots
+from eventstream.node.status import StatusReporter
+from eventstream.raft.messages import NONE
+from eventstream.raft.node import (
+    NotLeaderError,
+    ProposalError,
+    RaftNode,
+    Role,
+    TransferInProgressError,
+    UncommittedLimitError,
+)
+from eventstream.state import ConfigError, StateMachine, encode_config_update, validate_config
+from eventstream.transport.client_protocol import (
+    Op,
+    ProtocolError,
+    Request,
+    Status,
+    decode_json_object,
+    encode_json,
+    encode_response,
+)
+from eventstream.transport.client_server import ClientSession, Refusal
+
+log = logging.getLogger(__name__)
+
+
+class ClientRequests:
+    """The ClientService of the node's client server (eventstream/transport/client_server.py)."""
+
+    def __init__(self, config: NodeConfig, raft: RaftNode, state: StateMachine, intake: AppendIntake,
+                 answers: AppendAnswers, replies: Replies, reads: Reads, snapshots: Snapshots,
+                 status: StatusReporter, proposal_clock: ProposalClock, metrics: NodeMetrics,
+                 wake: Callable[[], None]) -> None:
+        self.config = config
+        self.raft = raft
+        self.state = state
+        self.intake = intake
+        self.answers = answers
+        self.replies = replies
+        self.reads = reads
+        self.snapshots = snapshots
+        self.status = status
+        self.proposal_clock = proposal_clock
+        self.metrics = metrics
+        self._wake = wake
+
+    def on_request(self, session: ClientSession, request: Request) -> None:
+        op = request.op
+        # APPENDs come here only past a connection's in-flight limit (answered there): the
+        # intake queues all others natively.
+        if op == Op.READ:
+            if self.reads.on_read(session, request):
+                self._wake()
+        elif op == Op.STATUS:
+            self.status.on_request(session, request)
+        elif op == Op.CONFIG_GET:
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(self.state.config)))
+        elif op == Op.CONFIG_UPDATE:
+            self._on_config_update(session, request)
+        elif op == Op.SNAPSHOT:
+            started = self.snapshots.trigger()
+            session.reply(encode_response(Status.OK, request.request_id, encode_json(
+                {"started": started, "applied": self.state.applied_index, "last_snapshot": self.snapshots.last_index})))
+        else:  # decode_request only yields known ops; a new op must be handled above
+            self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, f"unsupported op {op}")
+
+    def _leader_check(self, session: ClientSession, request_id: int) -> bool:
+        raft = self.raft
+        if raft.role == Role.LEADER:
+            if raft.lead_transferee != NONE:
+                self.replies.error(session, request_id, Status.UNAVAILABLE, "leadership is being transferred; retry")
+                return False
+            return True
+        self.replies.not_leader(session, request_id)
+        return False
+
+    def accepting_appends(self) -> bool:
+        raft = self.raft
+        return raft.role == Role.LEADER and raft.lead_transferee == NONE
+
+    def on_appends_queued(self) -> None:
+        self._wake()
+
+    def on_refused_appends(self, refusals: list[Refusal]) -> None:
+        for session, request_id, code, message in refusals:
+            if code == REFUSED_INVALID:
+                self.replies.error(session, request_id, Status.INVALID_ARGUMENT, message or "bad append")
+            elif code == REFUSED_OVERLOADED:
+                self.replies.error(session, request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
+            else:
+                assert code == REFUSED_NOT_ACCEPTING
+                self._leader_check(session, request_id)  # answers the refusal
+
+    def _on_config_update(self, session: ClientSession, request: Request) -> None:
+        if not self._leader_check(session, request.request_id):
+            return
+        try:
+            changes = decode_json_object(request.body)
+            checked = validate_config(changes)
+            data = encode_config_update(checked)
+        except (ProtocolError, ConfigError) as exc:
+            self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, str(exc))
+            return
+        index = self.propose_command(data)
+        if index is None:
+            self.replies.error(session, request.request_id, Status.UNAVAILABLE, "config change not proposed; retry")
+            return
+        # Answered once applied: the reply shows the config in force after the change.
+        self.answers.config_waiters.setdefault(index, []).append((session, request.request_id))
+
+    def flush_proposals(self) -> None:
+        """Propose what the intake has queued, as entries of at most batch_size events."""
+        raft, intake, answers = self.raft, self.intake, self.answers
+        if not len(intake):
+            return
+        if raft.role != Role.LEADER:
+            answers.fail(intake.drain(), Status.NOT_LEADER, "leadership changed; retry")
+            return
+        # The cluster's time of first sight for every id in the entries (SET_EVENT_AT): the
+        # dedup window runs from here, not from the events' own timestamps.
+        now_us = self.proposal_clock.now_us()
+        while len(intake):
+            taken = intake.take(self.config.batch_size, self.config.batch_bytes_max, now_us)
+            assert taken is not None  # requests are waiting
+            data, waiters = taken
+            try:
+                index = raft.propose(data)
+            except UncommittedLimitError as exc:
+                answers.fail(waiters, Status.OVERLOADED, str(exc))
+                continue
+            except TransferInProgressError as exc:
+                answers.fail(waiters, Status.UNAVAILABLE, str(exc))
+                continue
+            except NotLeaderError:
+                answers.fail(waiters, Status.NOT_LEADER, "leadership changed; retry")
+                continue
+            answers.waiting[index] = TermWaiters(raft.term, waiters)
+            self.metrics.proposals.inc()
+            self.metrics.events_proposed.inc(waiters.event_count)
+
+    def propose_command(self, data: bytes) -> int | None:
+        try:
+            index = self.raft.propose(data)
+        except ProposalError as exc:
+            log.info("command not proposed: %s", exc)
+            return None
+        self.metrics.proposals.inc()
+        self._wake()
+        return index
