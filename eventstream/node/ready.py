@@ -124,19 +124,7 @@ class ReadyExecutor:
             log.append(rd.entries)
         if rd.hard_state is not None:
             log.save_hard_state(rd.hard_state)
-        durable = True
-        if self.sync_writes and rd.must_sync and (rd.entries or rd.snapshot is not None):
-            if defer:
-                # A leader's own fdatasync does not hold up its next cycles: new entries are
-                # proposed and sent while it runs, and the core counts the leader toward commit
-                # only once the write is reported durable (RaftNode.persisted; thesis 10.2.1).
-                last = rd.entries[-1]
-                log.defer_sync(last.index, last.term)
-                durable = False
-            else:
-                log.sync()
-        elif self.sync_writes and rd.persisted_messages and log.has_unsynced():
-            log.sync()  # no ack or vote while writes of this node's leadership are unsynced
+        durable = self.make_durable(rd, defer)
         if rd.persisted_messages:
             self.sender.send(rd.persisted_messages)
         # Committed entries are applied once the acknowledgement is on its way: the leader
@@ -153,6 +141,22 @@ class ReadyExecutor:
         if rd.compact_index:
             log.compact(rd.compact_index)
         return durable
+
+    def make_durable(self, rd: Ready, defer: bool) -> bool:
+        """Sync what `rd` wrote unless it may stay unsynced; returns whether it is durable."""
+        log = self.log
+        if self.sync_writes and rd.must_sync and (rd.entries or rd.snapshot is not None):
+            if defer:
+                # A leader's own fdatasync does not hold up its next cycles: new entries are
+                # proposed and sent while it runs, and the core counts the leader toward commit
+                # only once the write is reported durable (RaftNode.persisted; thesis 10.2.1).
+                last = rd.entries[-1]
+                log.defer_sync(last.index, last.term)
+                return False
+            log.sync()
+        elif self.sync_writes and rd.persisted_messages and log.has_unsynced():
+            log.sync()  # no ack or vote while writes of this node's leadership are unsynced
+        return True
 
     def can_defer_sync(self, rd: Ready) -> bool:
         """A leader's Ready that promises nothing durable to anyone (RaftNode.advance): no vote,

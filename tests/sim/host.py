@@ -1,6 +1,7 @@
-"""A host for one RaftNode in memory: it carries out Ready records against MemoryStorage and a tiny
-state machine, in the order node.Ready prescribes. Shared by the simulator, the interaction
-tests and the core benchmark.
+"""A host for one RaftNode in memory: it carries out Ready records with the node's own
+ReadyExecutor (eventstream/node/ready.py) against MemoryStorage and a tiny state machine, so
+the order and the sync rules the simulator proves are the ones the node runs. Shared by the
+simulator, the interaction tests and the core benchmark.
 
 The state machine folds every applied entry into a CRC-32 chain, so two replicas that applied
 the same entries in the same order have the same digest at every index.
@@ -13,6 +14,7 @@ import random
 import zlib
 from collections.abc import Callable
 
+from eventstream.node.ready import ReadyExecutor
 from eventstream.raft import (
     Entry,
     Message,
@@ -20,10 +22,11 @@ from eventstream.raft import (
     RaftNode,
     ReadState,
     Ready,
-    Role,
+    SnapshotChunk,
     SnapshotMeta,
 )
 from eventstream.raft.storage import MemoryStorage, SnapshotUnavailableError
+from tests.sim.memory_ready import MemoryApplier, MemoryLog, MemorySender
 
 # Snapshot image: b"<applied index>:<digest>:" padded so that it spans several chunks.
 SNAPSHOT_PADDING = b"#" * 200
@@ -67,7 +70,11 @@ class MemoryHost:
         "applied_since_snapshot",
         "keep_entries",
         "node_class",
-        "deferred_sync",
+        "_deferred_sync",
+        "log",
+        "sender",
+        "executor",
+        "executor_class",
         "unsynced_from",
         "rejoining",
     )
@@ -78,6 +85,7 @@ class MemoryHost:
         storage: MemoryStorage,
         seed: int,
         node_class: type[RaftNode] = RaftNode,
+        executor_class: type[ReadyExecutor] = ReadyExecutor,
     ) -> None:
         self.node_id = config.id
         self.config = config
@@ -92,7 +100,9 @@ class MemoryHost:
         self.staged = bytearray()
         # The mutation check swaps in a deliberately broken subclass here.
         self.node_class = node_class
-        self.deferred_sync = False
+        self.executor_class = executor_class  # the node's, or a mutation of its rules
+        self._deferred_sync = False
+        self.sender = MemorySender(lambda m: None)
         self.unsynced_from = 0
         # Set by lose_disk(); kept across restarts until the core votes again, as the node's
         # REJOINING file is (eventstream/node.py, RaftConfig.rejoining).
@@ -118,6 +128,9 @@ class MemoryHost:
         self.staged = bytearray()
         config = dataclasses.replace(self.config, applied=self.applied, rejoining=self.rejoining)
         self.node = self.node_class(config, self.storage, random.Random(seed))
+        self.log = MemoryLog(self)
+        self.executor = self.executor_class(self.node, self.log, self.sender, MemoryApplier(self),
+                                            defer_leader_sync=self._deferred_sync)
 
     def lose_disk(self) -> None:
         """The node is down and its disk replaced: it restarts (start()) with nothing, as
@@ -135,52 +148,35 @@ class MemoryHost:
         if hs.commit > self.synced_commit:
             self.storage.hard_state = hs._replace(commit=max(self.synced_commit, 0))
 
-    def defers(self, rd: Ready) -> bool:
-        """Whether this Ready's writes may stay unsynced (advance(durable=False))."""
-        hs = rd.hard_state
-        prev = self.storage.hard_state
-        return (
-            self.deferred_sync
-            and self.node.role == Role.LEADER
-            and bool(rd.entries)
-            and rd.snapshot is None
-            and not rd.snapshot_chunks
-            and not rd.persisted_messages
-            and (hs is None or (hs.term, hs.vote) == (prev.term, prev.vote))
-        )
+    @property
+    def deferred_sync(self) -> bool:
+        return self._deferred_sync
+
+    @deferred_sync.setter
+    def deferred_sync(self, on: bool) -> None:
+        self._deferred_sync = on
+        self.executor.defer_leader_sync = on
 
     def sync_deferred(self) -> None:
         """Sync what deferred Readys wrote, and tell a leader (RaftNode.persisted)."""
-        if not self.unsynced_from:
-            return
-        self.unsynced_from = 0
-        self.synced_commit = self.storage.hard_state.commit
-        last = self.storage.last_index()
-        self.node.persisted(last, self.storage.term(last))
+        if self.unsynced_from:
+            self.log.sync()
 
-    def persist(self, rd: Ready, durable: bool = True) -> None:
-        storage = self.storage
-        if durable and (rd.must_sync or rd.persisted_messages):
-            # One sync covers every earlier write; and nothing is promised (an ack, a vote)
-            # while a former leader's writes are still unsynced.
-            self.sync_deferred()
-        elif not durable and not self.unsynced_from:
-            self.unsynced_from = rd.entries[0].index
-        for chunk in rd.snapshot_chunks:
+    def carry_out(self, rd: Ready, send: Callable[[Message], None]) -> bool:
+        """Carry out `rd` without advancing (for tests that advance by hand); returns whether
+        its writes are durable."""
+        self.sender.send_one = send
+        return self.executor.carry_out(rd)
+
+    # MemoryApplier's side (tests/sim/memory_ready.py)
+    def stage(self, chunks: list[SnapshotChunk]) -> None:
+        for chunk in chunks:
             if chunk.offset == 0:
                 self.staged = bytearray()
             assert chunk.offset == len(self.staged), "snapshot chunks out of order"
             self.staged += chunk.data
-        if rd.snapshot is not None:
-            self._install(rd.snapshot)
-        if rd.entries:
-            storage.append(rd.entries)
-        if rd.hard_state is not None:
-            storage.set_hard_state(rd.hard_state)
-        if rd.must_sync and durable:
-            self.synced_commit = storage.hard_state.commit
 
-    def _install(self, meta: SnapshotMeta) -> None:
+    def install(self, meta: SnapshotMeta) -> None:
         image = bytes(self.staged)
         index, digest = decode_image(image)
         assert index == meta.index, f"staged snapshot at {index}, asked to install {meta.index}"
@@ -190,8 +186,8 @@ class MemoryHost:
         if self.on_restore is not None:
             self.on_restore(self, meta, digest)
 
-    def apply(self, rd: Ready) -> None:
-        for entry in rd.committed_entries:
+    def apply_entries(self, entries: list[Entry]) -> None:
+        for entry in entries:
             assert entry.index == self.applied + 1, (
                 f"node {self.node_id} applies {entry.index} after {self.applied}"
             )
@@ -199,9 +195,8 @@ class MemoryHost:
             self.digest = zlib.crc32(entry.data, zlib.crc32(b"%d" % entry.term, self.digest))
             if self.on_apply is not None:
                 self.on_apply(self, entry, self.digest)
-        self.read_states.extend(rd.read_states)
-        if rd.committed_entries and self.snapshot_every:
-            self.applied_since_snapshot += len(rd.committed_entries)
+        if self.snapshot_every:
+            self.applied_since_snapshot += len(entries)
             if self.applied_since_snapshot >= self.snapshot_every:
                 self.take_snapshot()
 
@@ -220,28 +215,15 @@ class MemoryHost:
         self.compact_wanted = self.applied - self.keep_entries
 
     def handle_ready(self, send: Callable[[Message], None]) -> Ready | None:
-        """Carry out one Ready in full; returns it (None if there was nothing to do)."""
-        node = self.node
-        if not node.has_ready():
-            return None
-        rd = node.ready()
-        durable = not self.defers(rd)
-        for m in rd.messages:
-            send(m)
-        self.persist(rd, durable)
-        for m in rd.persisted_messages:
-            send(m)
-        self.apply(rd)
-        self.finish(rd, durable)
-        return rd
+        """Carry out one Ready in full with the node's ReadyExecutor; returns it (None if there
+        was nothing to do)."""
+        self.sender.send_one = send
+        return self.executor.run_one()
 
-    def finish(self, rd: Ready, durable: bool = True) -> None:
-        """The last steps of a Ready: compaction, advance, and a compaction request for the
-        snapshot taken while applying (the node accepts it only after advance)."""
+    def after_advance(self) -> None:
+        """After advance: the rejoin flag, and a compaction request for the snapshot taken
+        while applying (the core accepts it only after advance)."""
         node = self.node
-        if rd.compact_index:
-            self.storage.compact(rd.compact_index)
-        node.advance(rd, durable=durable)
         if self.rejoining and not node.withholding_votes:
             self.rejoining = False
         if self.compact_wanted:

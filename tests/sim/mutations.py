@@ -3,7 +3,8 @@ the simulator's checker: if the simulator cannot catch these, its green runs mea
 
 from __future__ import annotations
 
-from eventstream.raft import Message, MessageType, RaftNode
+from eventstream.node.ready import ReadyExecutor
+from eventstream.raft import Message, MessageType, RaftNode, Ready, Role
 from eventstream.raft.log import RaftLog
 
 
@@ -64,4 +65,24 @@ MUTATIONS: dict[str, type[RaftNode]] = {
     "vote-ignores-log": VoteIgnoresLog,
     "vote-twice": VoteTwice,
     "rejoin-votes": RejoinVotes,
+}
+
+
+class AckBeforeSync(ReadyExecutor):
+    """Breaks the sync rule (ReadyExecutor.make_durable) on followers: their entries stay
+    unsynced while their acknowledgements go out, so a crash takes back entries a leader
+    counted toward commit. Only on the seeds that defer syncs, whose crash model has a window
+    between a write and its sync."""
+
+    __slots__ = ()
+
+    def make_durable(self, rd: Ready, defer: bool) -> bool:
+        if self.defer_leader_sync and rd.entries and self.core.role != Role.LEADER:
+            return True  # the entries stay unsynced until the host's next sync
+        return super().make_durable(rd, defer)
+
+
+# Mutations of the node's Ready executor, which the simulator runs as the node does.
+EXECUTOR_MUTATIONS: dict[str, type[ReadyExecutor]] = {
+    "ack-before-sync": AckBeforeSync,
 }

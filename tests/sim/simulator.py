@@ -58,12 +58,14 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from eventstream.node.ready import ReadyExecutor
 from eventstream.raft import (
     Entry,
     Message,
     ProposalError,
     RaftConfig,
     RaftNode,
+    Ready,
     Role,
     SnapshotMeta,
 )
@@ -73,6 +75,10 @@ from tests.sim.host import MemoryHost
 LIVENESS_BUDGET_TICKS = 400
 DEFAULT_FAULT_TICKS = 400
 ELECTION_TICKS = 10
+
+
+class CrashedInReady(Exception):
+    """A node crashed at the executor's fault point: the rest of its Ready is never done."""
 
 
 class Violation(AssertionError):
@@ -156,6 +162,7 @@ class Simulation:
         fault_ticks: int = DEFAULT_FAULT_TICKS,
         node_class: type[RaftNode] = RaftNode,
         disk_loss: bool = False,
+        executor_class: type[ReadyExecutor] = ReadyExecutor,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -197,7 +204,7 @@ class Simulation:
                 pre_vote=rates.pre_vote,
                 check_quorum=rates.check_quorum,
             )
-            host = MemoryHost(config, MemoryStorage(), self._node_seed(), node_class)
+            host = MemoryHost(config, MemoryStorage(), self._node_seed(), node_class, executor_class)
             host.deferred_sync = self.deferred_sync
             host.snapshot_every = rates.snapshot_every
             host.keep_entries = rates.keep_entries
@@ -389,13 +396,26 @@ class Simulation:
     # ------------------------------------------------------------------ nodes
 
     def _process_ready(self, host: MemoryHost) -> None:
-        node = host.node
         self._check_leader(host)
-        if not node.has_ready():
+        if not host.node.has_ready():
             return
-        rd = node.ready()
-        for m in rd.messages:
-            self._send(m)
+        host.sender.send_one = self._send
+        host.executor.before_writes = lambda rd: self._before_writes(host, rd)
+        try:
+            rd = host.executor.run_one()
+        except CrashedInReady:
+            return
+        assert rd is not None
+        if not host.executor.last_durable:
+            self.events["deferred_sync"] += 1
+        if rd.read_states:
+            self._check_reads(host)
+        if rd.compact_index:
+            self.events["compact"] += 1
+        self._check_leader(host)
+
+    def _before_writes(self, host: MemoryHost, rd: Ready) -> None:
+        """The executor's fault point: the Ready's messages are out, nothing is written yet."""
         if (
             self.faults_on
             and self.rates.crash_in_ready
@@ -404,21 +424,8 @@ class Simulation:
             # Crash with this Ready's writes not yet durable: they are lost.
             self.events["crash_in_ready"] += 1
             self._crash(host.node_id)
-            return
+            raise CrashedInReady
         self._check_persist(host, rd.entries, rd.snapshot)
-        durable = not host.defers(rd)
-        if not durable:
-            self.events["deferred_sync"] += 1
-        host.persist(rd, durable)
-        for m in rd.persisted_messages:
-            self._send(m)
-        host.apply(rd)
-        if rd.read_states:
-            self._check_reads(host)
-        if rd.compact_index:
-            self.events["compact"] += 1
-        host.finish(rd, durable)
-        self._check_leader(host)
 
     def _check_reads(self, host: MemoryHost) -> None:
         for state in host.read_states:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.sim.mutations import MUTATIONS
+from eventstream.node.ready import ReadyExecutor
+from tests.sim.mutations import EXECUTOR_MUTATIONS, MUTATIONS
 from tests.sim.simulator import Simulation
+from tests.unit.node_on_disk import close_node, open_node
 
 # The fast suite runs this many seeds per cluster size (about a minute on one core);
 # tools/simulate.py runs any number.
@@ -29,6 +31,9 @@ OLD_TERM_COMMIT_SEEDS = [1908, 28693]
 # (mutation rejoin-votes) elects a leader without committed entries, found with
 #   python tools/simulate.py --seeds 200 --disk-loss --mutation rejoin-votes
 REJOIN_VOTES_SEEDS = [6, 37, 69]
+# Seeds on which the simulator catches followers that ack before their sync (mutation
+# ack-before-sync of the node's Ready executor), found by running seeds 0-199 with it.
+ACK_BEFORE_SYNC_SEEDS = [27, 39, 134]
 DISK_LOSS_CI_SEEDS = 400
 
 
@@ -170,3 +175,22 @@ def test_runner_prints_replay_command_on_violation(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "VIOLATION seed" in out
     assert "replay: python tools/simulate.py --seeds 1 --start" in out
+
+
+def test_the_simulator_runs_the_nodes_ready_executor(tmp_path: Path) -> None:
+    """The Ready order and sync rules the simulator proves are the node's own, not a copy."""
+    host = Simulation(0).hosts[1]
+    assert type(host.executor) is ReadyExecutor
+    node = open_node(tmp_path)
+    try:
+        assert type(node.executor) is ReadyExecutor
+    finally:
+        close_node(node)
+
+
+def test_checker_catches_acks_before_sync() -> None:
+    """A follower that acks entries before they are durable: caught on the recorded seeds."""
+    for seed in ACK_BEFORE_SYNC_SEEDS:
+        result = Simulation(seed, executor_class=EXECUTOR_MUTATIONS["ack-before-sync"]).run()
+        assert result.violations, f"seed {seed} no longer catches ack-before-sync"
+        assert not Simulation(seed).run().violations

@@ -4,6 +4,7 @@ leadership transfer, bounded proposals, and the Ready ordering contract."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -363,7 +364,7 @@ def test_leader_sends_appends_before_its_own_write() -> None:
     assert rd.entries and rd.must_sync
     assert {m.type for m in rd.messages} == {MT.APPEND}
     assert not rd.persisted_messages
-    cluster.hosts[1].persist(rd)
+    cluster.hosts[1].carry_out(rd, send=lambda m: None)  # its messages are delivered below
     cluster.node(1).advance(rd)
     for m in rd.messages:
         cluster.node(m.to).step(m)
@@ -463,10 +464,7 @@ def _leader_ready_deferred(cluster: Cluster, leader: int) -> tuple[int, int]:
     host = cluster.hosts[leader]
     node = host.node
     rd = node.ready()
-    for m in rd.messages:
-        cluster.send(m)
-    host.persist(rd)
-    host.apply(rd)
+    host.carry_out(rd, cluster.send)
     node.advance(rd, durable=False)
     last = rd.entries[-1]
     return last.index, last.term
@@ -688,10 +686,12 @@ def test_a_rejoining_node_waits_for_its_copy_to_be_durable() -> None:
     class WatchedHost(MemoryHost):
         __slots__ = ()
 
-        def finish(self, rd: Ready, durable: bool = True) -> None:
-            before = self.node.withholding_votes  # entries written and synced, not yet advanced
-            super().finish(rd, durable)
-            seen.append((self.node.log.committed, before, self.node.withholding_votes))
+        def handle_ready(self, send: Callable[[Message], None]) -> Ready | None:
+            before = self.node.withholding_votes  # only advance() changes it
+            rd = super().handle_ready(send)
+            if rd is not None:
+                seen.append((self.node.log.committed, before, self.node.withholding_votes))
+            return rd
 
     _lose_disk(cluster, 2, rejoining=True, host_class=WatchedHost)
     node2 = cluster.node(2)
