@@ -1,7 +1,7 @@
 """Build the native hot path: every csrc/_NAME.pyx becomes the extension eventstream._NAME.
 
 A .pyx names the plain C files it links with in its own header
-(`# distutils: sources = csrc/crc32c_impl.c`), so this file needs no per-module table.
+(`# distutils: sources = csrc/crc32c.c`), so this file needs no per-module table.
 """
 
 import glob
@@ -17,7 +17,7 @@ os.chdir(HERE)
 compile_args = ["-O2", "-Wall"]
 if sys.platform.startswith("linux"):
     compile_args.append("-fno-strict-aliasing")
-# Debug checks compile away (CONVENTIONS 10): ESC_DEBUG=1 turns them on.
+# Debug checks compile away (docs/conventions.md §10): ESC_DEBUG=1 turns them on.
 macros = [("ESC_DEBUG", "1")] if os.environ.get("ESC_DEBUG") == "1" else []
 
 extensions = []

@@ -1,4 +1,4 @@
-"""The leader's per-request work for single-event appends (issue 5), native against Python.
+"""The leader's per-request work for single-event appends, native against Python.
 
 A burst of 64 single-event APPEND requests (what 64 concurrent clients send between two turns
 of the leader's loop) is split into frames, checked, and its 64 answers framed. Each benchmark

@@ -1,4 +1,4 @@
-"""End to end through a local 3-node cluster (issue 6): real `esc node` processes on loopback,
+"""End to end through a local 3-node cluster: real `esc node` processes on loopback,
 the client protocol, replication, fdatasync (wal_sync on) and apply, measured from a client.
 
 Two shapes, each with wal_sync on and off:

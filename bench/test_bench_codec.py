@@ -1,4 +1,4 @@
-"""Codec and CRC-32C throughput (issue 2). Figures: `make bench`; see bench/RESULTS.md.
+"""Codec and CRC-32C throughput. Figures: `make bench`; see bench/RESULTS.md.
 
 Each benchmark stores its derived rate in extra_info, so the saved JSON carries events/s or GB/s
 next to pytest-benchmark's own timings.

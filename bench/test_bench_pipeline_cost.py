@@ -1,4 +1,4 @@
-"""What one follower's replication costs the leader's own thread (issue 7), per pipeline; and what
+"""What one follower's replication costs the leader's own thread, per pipeline; and what
 one AppendEntries round trip costs the leader, the pool's worker and the follower.
 
 The cluster comparison (test_bench_replication.py) runs every node, the clients and the workers

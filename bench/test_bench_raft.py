@@ -1,4 +1,4 @@
-"""Raft core figures (issue 3): entries committed per second through a 3-node cluster simulated
+"""Raft core figures: entries committed per second through a 3-node cluster simulated
 in one process with no faults, so the figure is the consensus core's own cost (no disk, no
 network, no codec). Entry sizes 100 B and 64 KiB; the core never copies entry data, so the two
 should be close. Run with `make bench`; figures in bench/RESULTS.md.

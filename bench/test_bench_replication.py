@@ -1,4 +1,4 @@
-"""Replication modes (issue 7): esc-bench's load against a fresh 3-node cluster in
+"""Replication modes: esc-bench's load against a fresh 3-node cluster in
 replication = "inprocess" and "pool", back to back in one run. Figures (events/s, client p99,
 the leader's CPU split between its own process and its workers) go to extra_info; the full
 matrix (3 and 5 nodes, batch 100 and 1000, wal_sync on and off) is

@@ -1,4 +1,4 @@
-"""SegmentLog.append throughput (issue 2), wal_sync off and on, beside plain os.write.
+"""SegmentLog.append throughput, wal_sync off and on, beside plain os.write.
 
 Run with `make bench`. Each benchmark writes into pytest's tmp dir (same disk as /tmp) and is
 bounded in rounds so its bytes stay below ~64 MiB per round set. Derived rates go to

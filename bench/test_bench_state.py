@@ -1,4 +1,4 @@
-"""State machine figures (issue 4): apply throughput, memory per remembered id, snapshot create
+"""State machine figures: apply throughput, memory per remembered id, snapshot create
 and restore of 10 million events. Run with `make bench`; figures in bench/RESULTS.md.
 
 Derived figures (events/s, bytes per id, bytes on disk, peak RSS) go into extra_info so the saved

@@ -3,7 +3,7 @@
 
 Holds the compact dedup table (dedup_table.c), the MurmurHash3 functions used for queue routing
 and id digests, the SET_EVENT / DEDUP_ADD apply loops and the queue record codec
-(queue_record.h). The Python side (eventstream/state/) calls these once per batch or per read;
+(check_event_record and its neighbours, below). The Python side (eventstream/state/) calls these once per batch or per read;
 no per-event Python object is built on the apply path.
 """
 

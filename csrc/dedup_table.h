@@ -1,4 +1,4 @@
-/* Compact exactly-once table of remembered event ids (issue 4, "DEDUP_ADD"/"DEDUP_EXPIRE").
+/* Compact exactly-once table of remembered event ids (docs/state-machine.md, "Dedup").
  *
  * An id is remembered as its 128-bit MurmurHash3 digest, never as the id bytes, together with the
  * (queue, offset) the event was stored at and the timestamp it was first seen with.

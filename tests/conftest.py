@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="module", params=REPLICATION_MODES)
 def replication_mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a test module once per replication mode (issue 7): LocalCluster.default_options
+    """Runs a test module once per replication mode: LocalCluster.default_options
     carries the mode to every cluster the module starts."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(LocalCluster.default_options, "replication", request.param)

@@ -1,4 +1,4 @@
-"""Run the esc-bench scenarios of bench/RESULTS.md (issue 6) several times each and print the
+"""Run the esc-bench scenarios of bench/RESULTS.md several times each and print the
 median and range of every figure as a markdown table.
 
     python tools/bench_figures.py --repeat 3 --out bench/results/figures

@@ -1,4 +1,4 @@
-"""What the leader knows about each follower, and what it may send next (CONVENTIONS 4).
+"""What the leader knows about each follower, and what it may send next (docs/conventions.md §4).
 
 A follower is in one of three states:
   PROBE      the leader does not know where the follower's log matches; it sends one

@@ -1,5 +1,5 @@
 """The narrow read interface through which the core sees durable state, and an in-memory
-implementation for tests and the simulator (CONVENTIONS 3).
+implementation for tests and the simulator (docs/conventions.md §3).
 
 The core only reads storage. The host writes it while processing a Ready (see node.Ready), so
 everything a Storage returns is durable: entries, hard state, snapshot.

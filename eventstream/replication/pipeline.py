@@ -1,6 +1,6 @@
 """FollowerPipeline: how the leader's messages for one peer get onto the wire.
 
-The Raft core decides what each follower needs (Progress, CONVENTIONS 4); a pipeline only moves
+The Raft core decides what each follower needs (Progress, docs/conventions.md §4); a pipeline only moves
 those messages: it encodes them, batches everything one Ready produced for that peer into one
 write, bounds what may wait unsent (the send window), and counts what it did. The process-pool
 issue adds a second implementation that does the encoding and socket work in a worker process;

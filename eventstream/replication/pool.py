@@ -1,7 +1,7 @@
 """The replication process pool (replication = "pool"): one worker process per follower.
 
 The Raft core stays in the node process and decides what each follower gets (Progress,
-CONVENTIONS 4). The node and the workers share three kinds of ring (csrc/entry_ring.h,
+docs/conventions.md §4). The node and the workers share three kinds of ring (csrc/entry_ring.h,
 csrc/spsc_ring.h):
 
 - one entry ring per leadership, which the node fills with each new log entry once, whatever

@@ -14,7 +14,7 @@ The cycle itself (poll, answers in, orders out, reports, sleep) runs in C withou
 (csrc/worker_cycle.h); this module dials the link, reports totals every POLL_S, watches its
 parent, and says why a link was dropped or what it refused.
 
-The worker never decides what to send (Progress stays in the core, CONVENTIONS 4). It carries
+The worker never decides what to send (Progress stays in the core, docs/conventions.md §4). It carries
 out two kinds of order:
     APPEND   "send entries lo..hi, read from the entry ring at position pos, as AppendEntries
              at term T after (prev index, prev term) with commit C". Consecutive orders that

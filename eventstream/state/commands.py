@@ -1,4 +1,4 @@
-"""State machine commands: the bytes inside a Raft entry (issue 4, "Commands").
+"""State machine commands: the bytes inside a Raft entry (docs/state-machine.md, "Commands").
 
 Contract with the node and the leader:
   * A Raft entry's data IS the command: byte 0 is the command type, the rest is its body.

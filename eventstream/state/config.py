@@ -1,11 +1,11 @@
-"""Replicated runtime configuration of the state machine (issue 4, "CONFIG_UPDATE").
+"""Replicated runtime configuration of the state machine (docs/state-machine.md, "Config").
 
 Every key is checked on its own (no rule relates two keys), so an update the leader validated
 before proposing is still valid when it is applied, whatever other update committed in between.
 The leader calls `validate_config` before it proposes; apply validates again and treats a
 failure as corruption or a version mismatch, because a valid leader never writes one.
 
-Keys (units last, CONVENTIONS 14):
+Keys (units last, docs/conventions.md §14):
   queue_count            queues that hash-routed events spread over; a change affects only
                          events applied after it, and queues past a lowered count stay readable.
   dedup_window_ms        how long the LEADER keeps ids callers chose before proposing

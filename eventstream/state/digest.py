@@ -1,4 +1,4 @@
-"""State digest: one hash of the full logical state (issue 4, "Determinism").
+"""State digest: one hash of the full logical state (docs/state-machine.md, "Digest").
 
 Covers the last applied index, the configuration (canonical JSON), every queue that ever held an
 event (number, retention floor, next offset, newest timestamp, each segment's base, size and

@@ -1,4 +1,4 @@
-"""The EventStreamCore state machine that committed Raft entries are applied to (issue 4).
+"""The EventStreamCore state machine that committed Raft entries are applied to (docs/state-machine.md).
 
 Contract with the node:
   * `StateMachine.open(directory)` rebuilds the state from the newest complete local snapshot

@@ -14,7 +14,7 @@ rolls at batch boundaries only (for deterministic retention and snapshot cuts), 
 own (the Raft log is the durable copy) and a bounded number of open files across 65,536 queues.
 The bytes on disk are the same format, read by the same native parser.
 
-Determinism (issue 4, "Retention trims whole segments deterministically at apply time"):
+Determinism (docs/state-machine.md, "Determinism"):
 segments roll only after a whole batch, and retention runs right after, dropping whole sealed
 segments oldest first while the queue is over its byte cap or the segment's newest event is
 older than the queue's newest event minus the age cap (an event stamped past its entry's

@@ -1,4 +1,4 @@
-"""Plain-Python model of the state machine, for differential tests (CONVENTIONS 8 and 19).
+"""Plain-Python model of the state machine, for differential tests (docs/conventions.md §8 and §19).
 
 Obviously correct rather than fast: events in lists, ids in insertion-ordered dicts keyed by
 the id bytes (one per class: ids callers chose, ids the client library generated), segments as

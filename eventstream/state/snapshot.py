@@ -1,4 +1,4 @@
-"""Snapshots as file sets (issue 4, "Snapshots"; Raft paper section 7).
+"""Snapshots as file sets (docs/state-machine.md, "Snapshots"; Raft paper section 7).
 
 A complete snapshot is a folder `snapshots/snap-<index:020d>/`:
 

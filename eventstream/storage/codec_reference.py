@@ -1,7 +1,7 @@
 """Pure-Python reference of the event batch codec (byte layout: csrc/batch_codec.h).
 
 Slow and obvious on purpose: differential tests feed it and the native codec the same inputs and
-demand identical bytes and identical accept/reject decisions (CONVENTIONS 8).
+demand identical bytes and identical accept/reject decisions (docs/conventions.md §8).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ its records, so each append overwrites written blocks and its fdatasync commits 
 journal (SegmentFile.zero_fill). Sealing or closing a segment cuts what is past its records;
 recovery reads an all-zero tail of the last segment as the end of the log, not as a cut.
 
-Durability (issue 2): with wal_sync=True, append() returns only after fdatasync, and appends
+Durability (docs/storage.md, "Durability"): with wal_sync=True, append() returns only after fdatasync, and appends
 from concurrent threads share one fdatasync (group commit). With wal_sync=False, data reaches
 the OS at once and a background thread syncs it every sync_interval_ms; close() syncs too.
 A sync covers everything written before it: the active segment, segments sealed since the

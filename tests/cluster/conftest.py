@@ -1,4 +1,4 @@
-"""Every cluster test runs once per replication mode (issue 7): the in-process pipelines and the
+"""Every cluster test runs once per replication mode: the in-process pipelines and the
 process pool must give the same guarantees."""
 
 import pytest

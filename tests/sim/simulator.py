@@ -1,4 +1,4 @@
-"""Seeded deterministic simulation of whole Raft clusters (CONVENTIONS 18).
+"""Seeded deterministic simulation of whole Raft clusters (docs/conventions.md §18).
 
 One seed fixes everything: cluster size, fault rates, the workload and every scheduling choice,
 so a failing seed replays exactly (`python tools/simulate.py --seeds 1 --start SEED`).

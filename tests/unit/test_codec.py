@@ -38,7 +38,7 @@ events_strategy = st.lists(
 
 
 def test_golden_batch_bytes() -> None:
-    """The byte layout of csrc/batch_codec.h, pinned (CONVENTIONS 9)."""
+    """The byte layout of csrc/batch_codec.h, pinned (docs/conventions.md §9)."""
     batch = encode_batch([(b"id", b"k", 7, 1_000_000, b"hello"), (None, None, None, -1, b"")])
     expected = bytes.fromhex(
         "01 00 0000 02000000 44000000"  # version, flags, reserved, count 2, 68 bytes

@@ -1,4 +1,4 @@
-"""SegmentLog against an obviously-correct in-memory model (CONVENTIONS 19): random sequences of
+"""SegmentLog against an obviously-correct in-memory model (docs/conventions.md §19): random sequences of
 append / append_packed / truncate_after / compact_through / close+reopen must leave the same
 entries, terms and first/last index."""
 

@@ -1,5 +1,5 @@
-"""The state machine against its plain-Python model on random command sequences (issue 4,
-"Determinism"): same apply results, same queue ranges, same reads; then a snapshot restores the
+"""The state machine against its plain-Python model on random command sequences
+(docs/state-machine.md, "Determinism"): same apply results, same queue ranges, same reads; then a snapshot restores the
 exact state (same digest and reads)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Native parts of the state machine: MurmurHash3, the dedup table, SET_EVENT apply, queue records.
 
-Each native structure is checked against an obviously correct Python model (CONVENTIONS 19).
+Each native structure is checked against an obviously correct Python model (docs/conventions.md §19).
 """
 
 from __future__ import annotations
@@ -373,7 +373,7 @@ def test_dedup_add_body() -> None:
 )
 def test_queue_records_match_pure_python_references(events: list[Event], log_index: int) -> None:
     """Native records of a batch == the storage layer's pure-Python WAL and codec encoders,
-    grouped by queue in offset order (CONVENTIONS 8)."""
+    grouped by queue in offset order (docs/conventions.md §8)."""
     table = DedupTable()
     offsets = array.array("q", [0] * 4)
     statuses, queues, offs, records, _, touched = apply(events, 4, table, offsets, log_index)

@@ -1,5 +1,5 @@
 """Any damage to a snapshot stream is refused with SnapshotError, never another exception, and
-leaves the receiving machine's state and snapshot folder untouched (issue 4, "A truncated or
+leaves the receiving machine's state and snapshot folder untouched ("A truncated or
 corrupt snapshot is rejected with a clear error and the previous state stays intact")."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from eventstream.storage import crc32c
 from eventstream.storage import wal_reference as reference
 from eventstream.storage.errors import CorruptionError, StorageError
 
-# A record for index 7, term 3, payload b"raft": pinned byte for byte (CONVENTIONS 9).
+# A record for index 7, term 3, payload b"raft": pinned byte for byte (docs/conventions.md §9).
 GOLDEN_RECORD = bytes.fromhex(
     "0104edc8"  # CRC-32C of everything after it
     "01" "01" "0000"  # version 1, type ENTRY, reserved

@@ -1,4 +1,4 @@
-"""Script-driven interaction tests (CONVENTIONS 17): a small command language drives a
+"""Script-driven interaction tests (docs/conventions.md §17): a small command language drives a
 deterministic cluster and prints what happened in a canonical text form, compared with a golden
 file. Set ESC_REWRITE_GOLDEN=1 to rewrite the golden output from the current behaviour.
 

@@ -83,7 +83,7 @@ def test_memory_storage_append_truncates_conflicts_and_refuses_gaps() -> None:
 @given(st.lists(st.integers(0, 50), min_size=1, max_size=7))
 def test_committed_index_matches_brute_force(matches: list[int]) -> None:
     """Differential check against the obvious definition: the largest i acknowledged by at
-    least a majority (CONVENTIONS 19)."""
+    least a majority (docs/conventions.md §19)."""
     voters = tuple(range(1, len(matches) + 1))
     config = MajorityConfig(voters)
     acked = dict(zip(voters, matches))
