@@ -18,7 +18,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from eventstream.replication.worker import ORDER_WAIT_BOUNDS_S
+from eventstream.replication.worker_stats import ORDER_WAIT_BOUNDS_S
 
 # The *_created series double the scrape size and say nothing an operator uses.
 disable_created_metrics()

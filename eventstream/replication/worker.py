@@ -76,6 +76,7 @@ from eventstream._spsc_ring import (
 )
 from eventstream.node_log import configure_node_log
 from eventstream.raft.messages import Message, MessageType
+from eventstream.replication.worker_stats import ORDER_WAIT_BOUNDS_S
 from eventstream.transport.frames import frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
 
@@ -84,9 +85,6 @@ log = logging.getLogger("eventstream.replication.worker")  # not __main__: it ru
 ORDER_MESSAGE = 1
 ORDER_APPEND = 2
 APPEND_ORDER = struct.Struct("<QQQQQQQQQQ")
-# Upper bounds of the order-wait histogram: from the node writing an APPEND order to the worker
-# taking it. Its tail is the wake-up delay of a sleeping worker (doorbell, then the scheduler).
-ORDER_WAIT_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _ORDER_WAIT_BOUNDS_NS = [int(b * 1e9) for b in ORDER_WAIT_BOUNDS_S]
 
 STATUS_CONNECTED = 1

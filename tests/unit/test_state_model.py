@@ -18,8 +18,8 @@ from eventstream.state import (
     encode_set_event,
     encode_set_event_at,
 )
-from eventstream.state.reference import ReferenceStateMachine
 from eventstream.storage.codec import Event
+from tests.unit.state_reference import ReferenceStateMachine
 
 ids = st.sampled_from([b"id-%d" % i for i in range(20)])
 events = st.builds(
