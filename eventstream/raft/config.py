@@ -1,4 +1,4 @@
-"""Configuration of one Raft node, validated once at construction (CONVENTIONS 12)."""
+"""Configuration of one Raft node, validated once at construction (docs/conventions.md §12)."""
 
 from __future__ import annotations
 

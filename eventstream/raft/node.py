@@ -1,4 +1,4 @@
-"""RaftNode: the consensus core as a pure state machine (CONVENTIONS 1).
+"""RaftNode: the consensus core as a pure state machine (docs/conventions.md §1).
 
 Inputs: tick(), step(message), propose(data), read_index(context), campaign(),
 transfer_leadership(target), compact(index). Output: ready() -> Ready, which the host carries out
