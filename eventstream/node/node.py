@@ -347,6 +347,3 @@ class Node:
 
     async def answer_status(self, digest: bool = False) -> dict[str, Any]:
         return await self.status_reporter.answer_status(digest)
-
-    def trigger_snapshot(self) -> bool:
-        return self.snapshots.trigger()

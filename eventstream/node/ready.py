@@ -92,12 +92,6 @@ class ReadyExecutor:
         self.before_writes = before_writes
         self.last_durable = True  # whether the last Ready's writes were durable when advanced
 
-    def run(self) -> None:
-        """Every Ready the core has now, each carried out and advanced."""
-        core = self.core
-        while core.has_ready():
-            self.run_one()
-
     def run_one(self) -> Ready | None:
         core = self.core
         if not core.has_ready():

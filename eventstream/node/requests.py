@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class ClientRequests:
-    """The ClientService of the node's client server (eventstream/transport/client_server.py)."""
+    """Client requests the node's client server passes on (Node implements its ClientService by
+    handing them here; see eventstream/transport/client_server.py)."""
 
     def __init__(self, config: NodeConfig, raft: RaftNode, state: StateMachine, intake: AppendIntake,
                  answers: AppendAnswers, replies: Replies, reads: Reads, snapshots: Snapshots,
@@ -96,9 +97,6 @@ class ClientRequests:
     def accepting_appends(self) -> bool:
         raft = self.raft
         return raft.role == Role.LEADER and raft.lead_transferee == NONE
-
-    def on_appends_queued(self) -> None:
-        self._wake()
 
     def on_refused_appends(self, refusals: list[Refusal]) -> None:
         for session, request_id, code, message in refusals:
