@@ -10,6 +10,7 @@ from collections.abc import Callable
 from eventstream._append_wire import AppendIntake
 from eventstream.metrics import NodeMetrics
 from eventstream.node.durability import NodeLog
+from eventstream.node.snapshot_policy import snapshot_due
 from eventstream.raft.messages import SnapshotChunk
 from eventstream.raft.node import RaftNode
 from eventstream.state import SnapshotReceiver, StateError, StateMachine
@@ -57,7 +58,8 @@ class Snapshots:
     def maybe_take(self) -> None:
         state = self.state
         threshold = state.config.get("snapshot_threshold", self.default_threshold)
-        if self.task is None and state.applied_index - self.last_index >= threshold:
+        if self.task is None and snapshot_due(state.applied_index - self.last_index, threshold,
+                                              self.raft.streaming_snapshot()):
             self.task = asyncio.get_running_loop().create_task(self.take())
 
     def trigger(self) -> bool:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# How many full pipeline windows of uncommitted entries a leader may hold. A tail far longer than
+# what the pipeline carries per round trip takes that many round trips to commit after a stall
+# (a partition heals, a follower returns), and meanwhile every client waits behind it; eight
+# windows keep the pipeline full without letting the backlog outgrow it (docs/raft.md).
+UNCOMMITTED_ROUNDS = 8
+
 
 class ConfigError(ValueError):
     """A configuration value or relationship that cannot work; the message names the key."""
@@ -29,7 +35,8 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20
     # Largest payload `propose` accepts.
     max_entry_bytes: int = 4 << 20
-    # Proposals are refused while the leader's uncommitted tail holds more than this.
+    # Proposals are refused while the leader's uncommitted tail holds more than this, or more
+    # than UNCOMMITTED_ROUNDS pipeline windows (see uncommitted_limit).
     max_uncommitted_bytes: int = 64 << 20
     # Upper bound on the entry bytes of one Ready's committed_entries (one entry may exceed it).
     max_apply_bytes: int = 64 << 20
@@ -90,3 +97,10 @@ class RaftConfig:
             )
         if self.applied < 0:
             raise ConfigError(f"applied must be >= 0, got {self.applied}")
+
+    @property
+    def uncommitted_limit(self) -> int:
+        """Bytes of uncommitted tail beyond which a leader refuses proposals: the configured
+        bound, or UNCOMMITTED_ROUNDS times what one pipeline window carries, whichever is less."""
+        window = min(self.max_inflight * self.max_append_bytes, self.max_inflight_bytes)
+        return min(self.max_uncommitted_bytes, UNCOMMITTED_ROUNDS * window)

@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventstream.raft.config import RaftConfig
+from eventstream.raft.config import UNCOMMITTED_ROUNDS, RaftConfig
 from eventstream.raft.log import RaftLog
 from eventstream.raft.messages import (
     NONE,
@@ -194,6 +194,8 @@ class RaftNode:
         "withholding_votes",
         "_catch_up_target",
         "_term_reports",
+        "_early_appends",
+        "_early_bytes",
     )
 
     def __init__(self, config: RaftConfig, storage: Storage, rng: random.Random) -> None:
@@ -240,6 +242,10 @@ class RaftNode:
         # Peers' answers to TERM_QUERY while a rejoining node learns the cluster's term; None
         # once it has (or when it is not rejoining).
         self._term_reports: dict[int, int] | None = {} if rejoining else None
+        # Follower side: appends of the current leader that arrived before the entries they
+        # follow (the network reordered the pipeline), by their prevLogIndex, with their bytes.
+        self._early_appends: dict[int, tuple[Message, int]] = {}
+        self._early_bytes = 0
         self._reset_election_timeout()
 
     # ------------------------------------------------------------------ public API
@@ -281,13 +287,11 @@ class RaftNode:
             raise EntryTooLargeError(
                 f"entry of {size} bytes exceeds max_entry_bytes={self.config.max_entry_bytes}"
             )
-        if (
-            self.uncommitted_bytes
-            and self.uncommitted_bytes + size > self.config.max_uncommitted_bytes
-        ):
+        limit = self.config.uncommitted_limit
+        if self.uncommitted_bytes and self.uncommitted_bytes + size > limit:
             raise UncommittedLimitError(
-                f"{self.uncommitted_bytes} uncommitted bytes; limit is "
-                f"max_uncommitted_bytes={self.config.max_uncommitted_bytes}"
+                f"{self.uncommitted_bytes} uncommitted bytes; limit is {limit} (the lesser of "
+                f"max_uncommitted_bytes and {UNCOMMITTED_ROUNDS} round trips of the pipeline)"
             )
         index = self._append_entry(data)
         # Replication of proposals waits for the next ready(), so that many proposals made
@@ -509,6 +513,14 @@ class RaftNode:
                 healthy += 1
         return healthy >= self.voters.quorum
 
+    def streaming_snapshot(self) -> bool:
+        """Whether, on a leader, a snapshot is being streamed to some follower. A new snapshot
+        of its own would make the stream start over with it (the follower must get the latest),
+        so a host that snapshots often may hold its next one back meanwhile."""
+        if self.role != Role.LEADER:
+            return False
+        return any(pr.state == ProgressState.SNAPSHOT for pr in self.progress.values())
+
     def commit_waits_on_leader(self) -> bool:
         """Whether, on a leader, its own copy of its written entries would move the commit
         index now: the followers' acknowledgements leave it one vote short. A host that lets
@@ -581,6 +593,7 @@ class RaftNode:
         self.lead_transferee = NONE
         self.uncommitted_bytes = 0
         self._uncommitted.clear()
+        self._forget_early_appends()
         dropped = self.read_only.drain()
         self._dropped_reads.extend(r.context for r in dropped if r.requester == self.id)
         self._dropped_reads.extend(
@@ -652,6 +665,12 @@ class RaftNode:
         own.match = self.log.offset - 1 if self.log.pending_snapshot is None else 0
         own.become_replicate()
         own.next_index = last_index + 1
+        # The uncommitted tail it inherits must commit through the same pipeline as new
+        # proposals, so it counts against the same limit.
+        for entry in self.log.entries(self.log.committed + 1, last_index + 1):
+            if entry.data:
+                self.uncommitted_bytes += len(entry.data)
+                self._uncommitted.append((entry.index, len(entry.data)))
         # §8: a new leader commits a blank entry of its own term, which also commits every
         # earlier entry (Figure 8 forbids counting replicas of older terms directly).
         self._append_entry(b"")
@@ -761,7 +780,14 @@ class RaftNode:
         if last_new is not None:
             self._note_catch_up(m)
             self._reply(m, MT.APPEND_RESPONSE, index=last_new)
+            if self._early_appends:
+                held_last = self._take_early_appends(last_new)
+                if held_last > last_new:
+                    # One answer for the whole run the held appends completed.
+                    self._reply(m, MT.APPEND_RESPONSE, index=held_last)
             return
+        if m.index > log.last_index() and m.entries:
+            self._hold_early_append(m)
         # Fast backtracking hint: the largest index at or below the leader's prevLogIndex whose
         # term is <= the leader's prevLogTerm; no entry after it can match.
         hint_index, hint_term = log.find_conflict_by_term(
@@ -775,6 +801,48 @@ class RaftNode:
             hint_index=hint_index,
             log_term=hint_term,
         )
+
+    # A leader pipelines up to max_inflight appends to a follower; a network that reorders
+    # them delivers some before the ones they follow. Each such append is rejected (so a leader
+    # whose append was really lost learns of it), but the follower also keeps it: when the gap
+    # fills, it takes the held appends that now follow on and acknowledges the whole run at once,
+    # instead of the leader resending them one probe per round trip (docs/raft.md).
+
+    def _hold_early_append(self, m: Message) -> None:
+        size = sum(len(e.data) for e in m.entries)
+        if (
+            m.term != self.term
+            or m.index in self._early_appends
+            or len(self._early_appends) >= self.config.max_inflight
+            or self._early_bytes + size > self.config.max_inflight_bytes
+        ):
+            return
+        self._early_appends[m.index] = (m, size)
+        self._early_bytes += size
+
+    def _take_early_appends(self, last: int) -> int:
+        """Append the held appends that follow on from index `last`; returns the highest index
+        now known to match the leader's log."""
+        held = self._early_appends
+        log = self.log
+        while True:
+            # Held appends whose prevLogIndex the log now reaches; one that does not match (or
+            # that the log already covers) is dropped, as the leader will resend if need be.
+            reached = sorted(index for index in held if index <= last)
+            if not reached:
+                return last
+            for index in reached:
+                m, size = held.pop(index)
+                self._early_bytes -= size
+                if index < log.committed:
+                    continue
+                new_last = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+                if new_last is not None and new_last > last:
+                    last = new_last
+
+    def _forget_early_appends(self) -> None:
+        self._early_appends.clear()
+        self._early_bytes = 0
 
     # ------------------------------------------------------------------ rejoining
     #
@@ -872,6 +940,7 @@ class RaftNode:
         else:
             log.restore(meta)
             self.voters = MajorityConfig(meta.voters)
+            self._forget_early_appends()
         self._reply(m, MT.APPEND_RESPONSE, index=log.last_index())
 
     # ------------------------------------------------------------------ leader

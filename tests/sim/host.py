@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable
 
 from eventstream.node.ready import ReadyExecutor
+from eventstream.node.snapshot_policy import snapshot_due
 from eventstream.raft import (
     Entry,
     Message,
@@ -197,7 +198,8 @@ class MemoryHost:
                 self.on_apply(self, entry, self.digest)
         if self.snapshot_every:
             self.applied_since_snapshot += len(entries)
-            if self.applied_since_snapshot >= self.snapshot_every:
+            if snapshot_due(self.applied_since_snapshot, self.snapshot_every,
+                            self.node.streaming_snapshot()):
                 self.take_snapshot()
 
     def take_snapshot(self) -> None:

@@ -1,7 +1,7 @@
 """Seeded deterministic simulation of whole Raft clusters (docs/conventions.md §18).
 
 One seed fixes everything: cluster size, fault rates, the workload and every scheduling choice,
-so a failing seed replays exactly (`python tools/simulate.py --seeds 1 --start SEED`).
+so a failing seed replays exactly (`python -m tests.sim.run --seeds 1 --start SEED`).
 
 Fault model, during the fault phase:
   network   each message is dropped, duplicated, and delayed by 1..max_delay ticks (so messages
@@ -20,7 +20,7 @@ Fault model, during the fault phase:
             (a majority of followers holds them) and applied on the leader.
   pauses    a node stalls (GC, VM migration) with all its state, then resumes: a deposed leader
             comes back believing it still leads; messages sent to it arrive late.
-  disk loss only with Simulation(disk_loss=True) (tools/simulate.py --disk-loss), on seeds with
+  disk loss only with Simulation(disk_loss=True) (python -m tests.sim.run --disk-loss), on seeds with
             pre-vote (as the node runs): a node's disk is replaced and it restarts with nothing,
             rejoining (RaftConfig.rejoining); no more such nodes at once than the cluster can
             lose. Kept apart from the default seeds so
@@ -144,7 +144,10 @@ class SimResult:
     nodes: int
     steps: int
     ticks: int
+    # Ticks after the faults stopped until a fresh proposal was applied on every node
+    # (recovery_ticks) and until it was first applied anywhere, i.e. committed (commit_ticks).
     recovery_ticks: int
+    commit_ticks: int
     committed: int
     elections: int
     violations: list[str] = field(default_factory=list)
@@ -634,9 +637,11 @@ class Simulation:
         for node_id in list(self.paused):
             self._resume(node_id)
 
-    def _recover(self) -> int:
-        """Run fault-free until a fresh proposal is applied everywhere; returns the ticks taken."""
+    def _recover(self) -> tuple[int, int]:
+        """Run fault-free until a fresh proposal is applied everywhere; returns the ticks until
+        it was first applied anywhere and until it was applied everywhere."""
         start = self.now
+        committed_after = 0
         marker = b"marker-%d" % self.seed
         marker_index = 0
         marker_term = 0
@@ -658,18 +663,21 @@ class Simulation:
                     self._process_ready(self.hosts[leader.id])
                 except ProposalError:
                     continue
+            seen = self.applied_at.get(marker_index)
+            if seen is None or seen[1] != marker:
+                continue
+            if not committed_after:
+                committed_after = self.now - start
             if all(h.applied >= marker_index for h in self.hosts.values()):
-                seen = self.applied_at.get(marker_index)
-                if seen is not None and seen[1] == marker:
-                    self._check_proposals_resolved(leader)
-                    return self.now - start
+                self._check_proposals_resolved(leader)
+                return committed_after, self.now - start
         self._violate(
             f"liveness: no fresh proposal applied on all nodes within {LIVENESS_BUDGET_TICKS} "
             f"ticks after faults stopped (applied "
             f"{ {i: h.applied for i, h in self.hosts.items()} }, roles "
             f"{ {i: h.node.role.name for i, h in self.hosts.items()} })"
         )
-        return LIVENESS_BUDGET_TICKS
+        return committed_after or LIVENESS_BUDGET_TICKS, LIVENESS_BUDGET_TICKS
 
     def _check_proposals_resolved(self, leader: RaftNode) -> None:
         """Every accepted proposal is now either committed or was replaced by a later leader's
@@ -688,12 +696,12 @@ class Simulation:
                 )
 
     def run(self) -> SimResult:
-        recovery = 0
+        recovery = commit = 0
         try:
             while self.now < self.rates.fault_ticks:
                 self._one_tick()
             self._heal()
-            recovery = self._recover()
+            commit, recovery = self._recover()
         except Violation:
             pass
         except AssertionError as error:
@@ -705,6 +713,7 @@ class Simulation:
             steps=self.steps,
             ticks=self.now,
             recovery_ticks=recovery,
+            commit_ticks=commit,
             committed=self.max_applied,
             elections=len(self.leader_of_term),
             violations=self.violations,

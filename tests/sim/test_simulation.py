@@ -3,37 +3,53 @@
 from __future__ import annotations
 
 import collections
-import importlib.util
+import os
+import random
+import time
 from pathlib import Path
 
 import pytest
 
 from eventstream.node.ready import ReadyExecutor
+from tests.sim import run
 from tests.sim.mutations import EXECUTOR_MUTATIONS, MUTATIONS
 from tests.sim.simulator import Simulation
 from tests.unit.node_on_disk import close_node, open_node
 
 # The fast suite runs this many seeds per cluster size (about a minute on one core);
-# tools/simulate.py runs any number.
+# python -m tests.sim.run runs any number.
 CI_SEEDS = 1000
 
 # Seeds on which the simulator catches the Figure 8 mutation, found with
-#   python tools/simulate.py --seeds 20000 --mutation old-term-commit
+#   python -m tests.sim.run --seeds 40000 --mutation old-term-commit --jobs 2
 # The bug needs a rare schedule (an old-term entry on a bare majority, then a leader change
-# that overwrites it), so a random seed range catches it only now and then.
-# 1908 runs with leaders that sync at once and tell commits at once; 28693 with leaders that
-# sync late (deferred_sync) and tell commits lazily (lazy_commit); both step several messages
-# per Ready. Any change to the simulator's draws moves them; tools/simulate.py --mutation
-# finds new ones.
-OLD_TERM_COMMIT_SEEDS = [1908, 28693]
+# that overwrites it), so a random seed range catches it only now and then: 1 seed in 40,000
+# with the current core. Any change to the simulator's draws or to the core's behaviour under
+# faults moves them; the same command finds new ones (keep those clean with the real core).
+OLD_TERM_COMMIT_SEEDS = [13438]
+
+# Seeds on which the cluster once failed to apply a fresh proposal everywhere within the
+# liveness budget after the heal: a leader's uncommitted tail far longer than its pipeline,
+# followers rejecting reordered pipelined appends, a leader whose frequent snapshots restarted
+# the stream to a lagging follower (docs/raft.md). (seed, nodes).
+LIVENESS_REGRESSION_SEEDS = [
+    (510888872, 3), (777000172, 3), (777000240, 3), (777000388, 3), (777000894, 3),
+    (777002540, 3), (511666808, 5),
+]
+
+# Each run also tries seeds nobody ran before, from a random start it prints, for about this
+# much CPU time per cluster size (and at most FRESH_SEEDS_MAX seeds). ESC_SIM_FRESH_START=N
+# replays a run from start N.
+FRESH_SEEDS_CPU_S = 8.0
+FRESH_SEEDS_MAX = 1000
 
 # Disk loss (Simulation(disk_loss=True)): seeds on which a rejoining node that votes at once
 # (mutation rejoin-votes) elects a leader without committed entries, found with
-#   python tools/simulate.py --seeds 200 --disk-loss --mutation rejoin-votes
-REJOIN_VOTES_SEEDS = [6, 37, 69]
+#   python -m tests.sim.run --seeds 200 --disk-loss --mutation rejoin-votes
+REJOIN_VOTES_SEEDS = [6, 69, 101]
 # Seeds on which the simulator catches followers that ack before their sync (mutation
-# ack-before-sync of the node's Ready executor), found by running seeds 0-199 with it.
-ACK_BEFORE_SYNC_SEEDS = [27, 39, 134]
+# ack-before-sync of the node's Ready executor), found by running seeds 0-399 with it.
+ACK_BEFORE_SYNC_SEEDS = [153, 257, 303]
 DISK_LOSS_CI_SEEDS = 400
 
 
@@ -51,7 +67,7 @@ def _run(seeds: range, nodes: int | None = None, node_class=None):
 
 def _failures(results) -> list[str]:
     return [
-        f"seed {r.seed}: {v}  (replay: python tools/simulate.py --seeds 1 --start {r.seed}"
+        f"seed {r.seed}: {v}  (replay: python -m tests.sim.run --seeds 1 --start {r.seed}"
         f" --nodes {r.nodes})"
         for r in results
         for v in r.violations
@@ -66,11 +82,35 @@ def test_no_violations(nodes: int) -> None:
     assert all(r.committed > 0 for r in results)
 
 
+@pytest.mark.parametrize("seed,nodes", LIVENESS_REGRESSION_SEEDS)
+def test_liveness_regressions(seed: int, nodes: int) -> None:
+    result = Simulation(seed, nodes=nodes).run()
+    assert not _failures([result])
+    assert result.commit_ticks <= result.recovery_ticks
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_fresh_seeds(nodes: int) -> None:
+    """Seeds from a start drawn now: the fixed ranges are a regression set, these look for what
+    they miss. The start is printed, and in the failure message, so a failure replays."""
+    start = int(os.environ.get("ESC_SIM_FRESH_START") or random.SystemRandom().randrange(10**9, 2 * 10**9))
+    print(f"fresh simulator seeds from {start} ({nodes} nodes); replay with ESC_SIM_FRESH_START={start}")
+    began = time.process_time()
+    results = []
+    for seed in range(start, start + FRESH_SEEDS_MAX):
+        results.append(Simulation(seed, nodes=nodes).run())
+        if time.process_time() - began > FRESH_SEEDS_CPU_S:
+            break
+    failures = _failures(results)
+    assert not failures, f"fresh seeds from {start}:\n" + "\n".join(failures[:10])
+    assert len(results) >= 1 and all(r.committed > 0 for r in results)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_no_violations_many_seeds() -> None:
     """The long run (4 to 5 minutes on one core, near the suite's default timeout of 300 s);
-    tools/simulate.py runs it in parallel."""
+    python -m tests.sim.run runs it in parallel."""
     results = _run(range(CI_SEEDS, CI_SEEDS + 10_000))
     failures = _failures(results)
     assert not failures, "\n".join(failures[:10])
@@ -153,28 +193,18 @@ def test_checker_catches_old_term_commit() -> None:
         assert not Simulation(seed).run().violations
 
 
-def _load_runner():
-    path = Path(__file__).resolve().parents[2] / "tools" / "simulate.py"
-    spec = importlib.util.spec_from_file_location("simulate_tool", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_runner_reports_summary(capsys: pytest.CaptureFixture[str]) -> None:
-    runner = _load_runner()
-    assert runner.main(["--seeds", "3", "--start", "7"]) == 0
+    assert run.main(["--seeds", "3", "--start", "7"]) == 0
     out = capsys.readouterr().out
     assert "schedules=3 " in out and "violations=0" in out and "slowest_recovery_ticks=" in out
+    assert "commit_ticks median/p99/max " in out
 
 
 def test_runner_prints_replay_command_on_violation(capsys: pytest.CaptureFixture[str]) -> None:
-    runner = _load_runner()
-    assert runner.main(["--seeds", "30", "--mutation", "vote-twice"]) == 1
+    assert run.main(["--seeds", "30", "--mutation", "vote-twice"]) == 1
     out = capsys.readouterr().out
     assert "VIOLATION seed" in out
-    assert "replay: python tools/simulate.py --seeds 1 --start" in out
+    assert "replay: python -m tests.sim.run --seeds 1 --start" in out
 
 
 def test_the_simulator_runs_the_nodes_ready_executor(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from eventstream.node.snapshot_policy import POSTPONE_FACTOR, snapshot_due
 from eventstream.raft import (
     NONE,
     Entry,
@@ -166,22 +167,29 @@ def test_reads_dropped_on_leadership_loss_are_reported() -> None:
 # ---------------------------------------------------------------- snapshots
 
 
+def _leader_past_a_cut_follower(cluster: Cluster, entries: int) -> MemoryHost:
+    """Node 1 leads, commits `entries` entries while node 3 is cut off, snapshots and compacts
+    them away (node 3 stays cut): node 3 now needs a snapshot. Returns the leader's host."""
+    cluster.elect(1)
+    cluster.cut = {3}
+    leader_host = cluster.hosts[1]
+    for i in range(entries):
+        cluster.node(1).propose(b"v%d" % i)
+        cluster.stabilize()
+    leader_host.take_snapshot()
+    cluster.stabilize()
+    cluster.node(1).compact(leader_host.applied)
+    cluster.stabilize()
+    return leader_host
+
+
 def test_lagging_follower_catches_up_by_chunked_snapshot() -> None:
     """§7: "the leader must occasionally send snapshots to followers that lag behind ... when
     the leader has already discarded the next log entry that it needs to send"; the snapshot
     travels in chunks (Figure 13 InstallSnapshot: offset, data, done)."""
     cluster = Cluster((1, 2, 3), snapshot_chunk_bytes=50)
-    cluster.elect(1)
-    cluster.cut = {3}
-    leader_host = cluster.hosts[1]
-    for i in range(10):
-        cluster.node(1).propose(b"v%d" % i)
-        cluster.stabilize()
-    leader_host.take_snapshot()
-    cluster.stabilize()
+    leader_host = _leader_past_a_cut_follower(cluster, 10)
     applied = leader_host.applied
-    cluster.node(1).compact(applied)
-    cluster.stabilize()
     assert leader_host.storage.first_index() == applied + 1
     cluster.cut = set()
     cluster.delivered.clear()
@@ -771,3 +779,131 @@ def test_a_lone_voter_that_lost_its_disk_starts_over_at_once() -> None:
     assert not node.withholding_votes
     node.campaign()
     assert node.role == Role.LEADER
+
+
+# ---------------------------------------------------------------- flow control after a stall
+
+
+def test_uncommitted_limit_follows_a_small_pipeline() -> None:
+    """A pipeline of 2 x 10 bytes per round trip carries 8 x 20 = 160 uncommitted bytes at most,
+    however large max_uncommitted_bytes is: a longer tail would take more round trips to commit
+    after a stall than clients wait (docs/raft.md)."""
+    cluster = Cluster((1, 2, 3), max_inflight=2, max_append_bytes=10, max_entry_bytes=10)
+    assert cluster.node(1).config.uncommitted_limit == 160
+    cluster.elect(1)
+    cluster.cut = {2, 3}
+    leader = cluster.node(1)
+    for _ in range(16):
+        leader.propose(b"x" * 10)
+    with pytest.raises(UncommittedLimitError, match="round trips"):
+        leader.propose(b"y")
+    assert RaftConfig(id=1, voters=(1,)).uncommitted_limit == RaftConfig(
+        id=1, voters=(1,)
+    ).max_uncommitted_bytes, "at the defaults the configured bound is the one that binds"
+
+
+def test_a_new_leader_counts_the_uncommitted_tail_it_inherits() -> None:
+    cluster = Cluster((1, 2, 3), max_entry_bytes=10, max_uncommitted_bytes=30, pre_vote=False,
+                      check_quorum=False)
+    cluster.elect(1)
+    # Node 1 replicates three entries to node 2 but learns of no acknowledgement: they stay
+    # uncommitted everywhere, and node 2 holds them.
+    for _ in range(3):
+        cluster.node(1).propose(b"x" * 10)
+    cluster.process_ready(1)
+    cluster.deliver(keep=lambda m: m.to == 2 and m.type == MT.APPEND)
+    cluster.process_ready(2)
+    cluster.queue.clear()
+    assert cluster.node(2).log.last_index() == 4 and cluster.node(2).log.committed == 1
+    cluster.node(2).campaign()
+    cluster.cut = {1}
+    cluster.stabilize(keep=lambda m: m.type in (MT.VOTE, MT.VOTE_RESPONSE))
+    new = cluster.node(2)
+    assert new.role == Role.LEADER
+    assert new.uncommitted_bytes == 30
+    with pytest.raises(UncommittedLimitError):
+        new.propose(b"y")
+    cluster.cut = set()
+    for _ in range(2):
+        new.tick()
+        cluster.stabilize()
+    assert new.log.committed == new.log.last_index() and new.uncommitted_bytes == 0
+    new.propose(b"y")
+
+
+def _pipelined_appends(cluster: Cluster, count: int) -> list[Message]:
+    leader = cluster.node(1)
+    for i in range(count):
+        leader.propose(b"e%d" % i)
+        cluster.process_ready(1)
+    sent = [m for m in cluster.queue if m.type == MT.APPEND and m.to == 3]
+    cluster.queue = [m for m in cluster.queue if m not in sent]
+    return sent
+
+
+def test_a_follower_holds_appends_that_arrive_early() -> None:
+    """Pipelined appends reaching a follower in reverse: each early one is rejected, but held,
+    and once the gap fills the follower acknowledges the whole run with one answer."""
+    cluster = Cluster((1, 2, 3), max_inflight=8)
+    cluster.elect(1)
+    sent = _pipelined_appends(cluster, 5)
+    assert [m.index for m in sent] == [1, 2, 3, 4, 5]
+    follower = cluster.node(3)
+    replies: list[Message] = []
+    for m in reversed(sent):
+        follower.step(m)
+        cluster.hosts[3].handle_ready(replies.append)
+    acks = [m for m in replies if m.type == MT.APPEND_RESPONSE]
+    assert [m.reject for m in acks[:4]] == [True] * 4, "early appends are still rejected"
+    assert [m.index for m in acks[4:]] == [2, 6]
+    assert follower.log.last_index() == 6
+    for m in acks:
+        cluster.node(1).step(m)
+    progress = cluster.node(1).progress[3]
+    assert progress.match == 6 and progress.state == ProgressState.REPLICATE
+
+
+def test_a_follower_forgets_held_appends_of_an_older_term() -> None:
+    cluster = Cluster((1, 2, 3), max_inflight=8)
+    cluster.elect(1)
+    sent = _pipelined_appends(cluster, 3)
+    follower = cluster.node(3)
+    follower.step(sent[-1])
+    assert follower._early_appends
+    follower.step(Message(MT.HEARTBEAT, 3, 2, follower.term + 1))
+    assert not follower._early_appends and follower._early_bytes == 0
+
+
+def test_a_leader_host_postpones_snapshots_while_it_streams_one() -> None:
+    """A snapshot taken while one streams to a lagging follower makes that stream start over;
+    the host waits (up to POSTPONE_FACTOR thresholds) so the follower can finish."""
+    cluster = Cluster((1, 2, 3), snapshot_chunk_bytes=8)
+    leader_host = _leader_past_a_cut_follower(cluster, 4)
+    cluster.cut = set()
+
+    def no_chunks(m: Message) -> bool:
+        return m.type != MT.SNAPSHOT
+
+    cluster.node(1).tick()
+    cluster.stabilize(keep=no_chunks)
+    assert cluster.node(1).streaming_snapshot()
+    taken = leader_host.storage.snapshot().index
+    leader_host.snapshot_every = 2
+    for i in range(3):
+        cluster.node(1).propose(b"w%d" % i)
+        cluster.stabilize(keep=no_chunks)
+    assert leader_host.applied >= taken + 3
+    assert leader_host.storage.snapshot().index == taken, "no snapshot while streaming"
+    for _ in range(3):
+        cluster.node(1).tick()
+        cluster.stabilize()
+    assert cluster.hosts[3].applied == leader_host.applied
+    assert not cluster.node(1).streaming_snapshot()
+
+
+def test_snapshot_due() -> None:
+    assert not snapshot_due(5, 0, streaming=False)
+    assert snapshot_due(10, 10, streaming=False)
+    assert not snapshot_due(9, 10, streaming=False)
+    assert not snapshot_due(10, 10, streaming=True)
+    assert snapshot_due(POSTPONE_FACTOR * 10, 10, streaming=True)
