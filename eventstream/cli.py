@@ -88,6 +88,8 @@ def _node_options(fn: F) -> F:
                      help="move a leader's messages on its own thread, or in one process per follower (default: pool with 2+ cores)"),
         click.option("--rejoin", is_flag=True, default=None,
                      help="this node lost its data dir and starts empty into a running cluster: no vote until it has caught up"),
+        click.option("--repair", is_flag=True, default=None,
+                     help="if the log, hard state or snapshot is damaged, move them aside and catch up as with --rejoin"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -312,7 +314,7 @@ def snapshot(cluster: str, timeout: float) -> None:
 
 @main.group()
 def wal() -> None:
-    """Inspect a node's Raft log offline."""
+    """Inspect and check a node's Raft log and data dir offline."""
 
 
 @wal.command("inspect")
@@ -332,6 +334,29 @@ def wal_inspect(directory: str, records: bool) -> None:
         click.echo(line)
     if not report.ok:
         sys.exit(EXIT_FAILED)
+
+
+@wal.command("check")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@_one_line_errors
+def wal_check(directory: str) -> None:
+    """Check a node's data dir (log, hard state, newest snapshot) and say what to do about damage.
+    Read-only; exit status 1 when something is damaged."""
+    from eventstream.node.damage import REPAIR_ADVICE, check_data_dir
+
+    path = Path(directory)
+    if path.name == "log" and not (path / "log").is_dir():
+        path = path.parent
+    result = check_data_dir(path)
+    for line in result.notes:
+        click.echo(f"ok: {line}")
+    for line in result.problems:
+        click.echo(f"DAMAGED: {line}")
+    if result.ok:
+        click.echo(f"{path}: no damage found")
+        return
+    click.echo(f"What to do: {REPAIR_ADVICE.format(data_dir=path)}")
+    sys.exit(EXIT_FAILED)
 
 
 @main.command()

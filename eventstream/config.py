@@ -102,6 +102,10 @@ class NodeConfig:
     # has a log: it votes again only once caught up (RaftConfig.rejoining). No effect on a
     # data dir that holds a log.
     rejoin: bool = False
+    # At start, if the log, hard state or newest snapshot fails its checks, move them aside
+    # (DATA_DIR/damaged-N/) and start as with rejoin; without it the node stops and names the
+    # damaged file (eventstream/node/damage.py).
+    repair: bool = False
 
     def validate(self) -> NodeConfig:
         if self.id < 1:

@@ -15,12 +15,13 @@ import random
 from dataclasses import dataclass
 
 from eventstream.config import NodeConfig
+from eventstream.node.damage import DamagedDataError, set_aside
 from eventstream.node.raft_storage import NodeStorage
 from eventstream.raft.config import RaftConfig
 from eventstream.raft.messages import HardState
 from eventstream.raft.node import RaftNode
-from eventstream.state import StateMachine
-from eventstream.storage import SegmentLog
+from eventstream.state import StateError, StateMachine
+from eventstream.storage import SegmentLog, StorageError
 from eventstream.storage.atomic_file import fsync_directory, write_atomically
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,48 @@ class NodeFiles:
 
 
 def open_files(config: NodeConfig) -> NodeFiles:
+    """Open the data dir; with config.repair, a data dir that fails its checks is set aside and
+    the node starts empty, rejoining (eventstream/node/damage.py)."""
+    try:
+        return _open_files(config, config.rejoin)
+    except (StorageError, StateError) as exc:
+        data = config.data_path
+        if not config.repair:
+            raise DamagedDataError(f"{exc} (`esc wal check {data}` lists the damage; --repair moves it aside and "
+                                   f"catches up from the leader)") from exc
+        if len(config.peers) < 2:
+            raise DamagedDataError(f"{exc}; --repair needs peers to catch up from, and this node has none") from exc
+        aside = set_aside(data)
+        log.critical("node %d: damaged data: %s; --repair moved the log, state and hard state into %s: "
+                     "starting empty, no vote until caught up from the leader", config.id, exc, aside)
+        return _open_files(config, rejoin=True)
+
+
+def _open_files(config: NodeConfig, rejoin: bool) -> NodeFiles:
     data = config.data_path
     os.makedirs(data, exist_ok=True)
     state = StateMachine.open(str(data / "state"))
+    try:
+        return _open_log(config, state, rejoin)
+    except BaseException:
+        state.close()
+        raise
+
+
+def _open_log(config: NodeConfig, state: StateMachine, rejoin: bool) -> NodeFiles:
+    data = config.data_path
     # The node syncs the log itself (must_sync, in a worker thread), so the log is opened
     # without per-append sync; with wal_sync=false its background flusher bounds the window.
     seg_log = SegmentLog.open(str(data / "log"), segment_bytes=config.segment_bytes, wal_sync=False)
+    try:
+        return _open_core(config, state, seg_log, rejoin)
+    except BaseException:
+        seg_log.close()
+        raise
+
+
+def _open_core(config: NodeConfig, state: StateMachine, seg_log: SegmentLog, rejoin: bool) -> NodeFiles:
+    data = config.data_path
     cut = seg_log.recovery
     if cut is not None:
         log.warning("raft log recovery cut a torn tail: %s", cut)
@@ -60,7 +97,7 @@ def open_files(config: NodeConfig) -> NodeFiles:
         # A snapshot was installed but the crash came before the log was reset to it.
         seg_log.compact_through(applied, state.applied_term)
     hard, _ = storage.initial_state()
-    rejoining = _check_rejoin(config, seg_log, state, hard)
+    rejoining = _check_rejoin(config, seg_log, state, hard, rejoin)
     raft_config = RaftConfig(
         id=config.id,
         voters=peer_ids,
@@ -82,7 +119,8 @@ def open_files(config: NodeConfig) -> NodeFiles:
     return NodeFiles(seg_log, state, storage, raft, hard, rejoining)
 
 
-def _check_rejoin(config: NodeConfig, seg_log: SegmentLog, state: StateMachine, hard: HardState) -> bool:
+def _check_rejoin(config: NodeConfig, seg_log: SegmentLog, state: StateMachine, hard: HardState,
+                  rejoin: bool) -> bool:
     """Whether this node withholds its vote until caught up (config.rejoin, RaftConfig.
     rejoining). The marker file keeps it so across restarts until the catch-up is durable."""
     marker = config.data_path / REJOIN_MARKER
@@ -90,7 +128,7 @@ def _check_rejoin(config: NodeConfig, seg_log: SegmentLog, state: StateMachine, 
         log.warning("node %d: still catching up after losing its data (%s): it votes again once it "
                     "holds every committed entry", config.id, marker)
         return True
-    if not config.rejoin:
+    if not rejoin:
         return False
     empty = seg_log.last_index == 0 and state.applied_index == 0 and hard.term == 0 and hard.vote == 0
     if not empty:

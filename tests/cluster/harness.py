@@ -31,6 +31,7 @@ class Writers:
     def __init__(self, cluster: LocalCluster, count: int = 3, batch: int = 1, events_max: int | None = None,
                  attempt_timeout_s: float = 3.0) -> None:
         self.acked: list[bytes] = []
+        self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement, beside acked
         self.errors: Counter[str] = Counter()
         self._addresses = cluster.addresses
         self._batch = batch
@@ -55,6 +56,11 @@ class Writers:
         with self._lock:
             return len(self.acked)
 
+    def acknowledged(self) -> list[tuple[bytes, float]]:
+        """(event id, when acknowledged) so far, in order."""
+        with self._lock:
+            return list(zip(self.acked, self.acked_at, strict=True))
+
     def _run(self, w: int) -> None:
         with Client(self._addresses, timeout_s=15.0, attempt_timeout_s=self._attempt_timeout_s) as c:
             k = 0
@@ -73,8 +79,10 @@ class Writers:
                     # The next attempt sends the same ids: the dedup table answers what was applied.
                     self.errors[type(exc).__name__] += 1
                     continue
+                now = time.monotonic()
                 with self._lock:
                     self.acked.extend(ids)
+                    self.acked_at.extend(now for _ in ids)
                 k += self._batch
 
 

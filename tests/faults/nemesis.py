@@ -6,7 +6,9 @@ While writer threads append with their own ids (retrying failed calls with the s
 reader checks linearizable reads against what was acknowledged, the nemesis takes turns of
 faults drawn from a seeded generator: SIGKILL (and restart), SIGSTOP (and SIGCONT), SIGTERM
 (graceful stop, and restart), a node cut off from every peer, the leader cut from one follower
-only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), on five
+only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), a node's
+files damaged (a flipped byte or a cut in its log, hard state or snapshot; restarted with
+--repair), on five
 nodes two of those faults at once (kill, pause, cut off), and now and then every node killed
 at once. Afterwards every node is brought back and healed, and the
 history is checked:
@@ -44,6 +46,7 @@ import psutil
 from eventstream.client import Client
 from eventstream.errors import EscError
 from tests.cluster.harness import LocalCluster, NetNamespace
+from tests.faults.file_damage import damage, damageable
 
 SEED_ENV = "ESC_NEMESIS_SEED"
 # eventstream/node_log.py's format.
@@ -171,8 +174,9 @@ class Turn:
 class Nemesis:
     """Draws and applies faults; keeps at most a minority faulty except in whole-cluster turns."""
 
-    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk", "two_at_once")
-    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1, 3)
+    KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk", "damage",
+             "two_at_once")
+    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1, 1, 3)
 
     def __init__(self, cluster: LocalCluster, netns: NetNamespace, seed: int, pool: bool) -> None:
         self.cluster = cluster
@@ -299,12 +303,12 @@ class Nemesis:
         else:
             k = self._target()
             turn = Turn(kind, (k,), time.monotonic())
-            if kind == "lose_disk":
+            if kind in ("lose_disk", "damage"):
                 # A second node losing its data while one still catches up would be a second
                 # failure, past what the cluster tolerates: it would rightly stop electing.
                 rejoining = [j for j, n in nodes.items() if n.alive and (st := n.status(0.5)) is not None and st["rejoining"]]
                 if rejoining:
-                    self.note(f"lose_disk skipped: node {rejoining[0]} is still catching up")
+                    self.note(f"{kind} skipped: node {rejoining[0]} is still catching up")
                     return
             self._begin(kind, k)
             time.sleep(hold_s)
@@ -333,6 +337,14 @@ class Nemesis:
             node.kill()
             shutil.rmtree(node.data_dir)
             self.note(f"SIGKILL node {k} and delete its data dir")
+        elif kind == "damage":
+            node.kill()
+            targets = damageable(node.data_dir)
+            if targets:
+                _, done = damage(node.data_dir, self.rng.choice(targets), self.rng)
+                self.note(f"SIGKILL node {k} and {done}")
+            else:
+                self.note(f"SIGKILL node {k} (no file to damage yet)")
         else:
             raise ValueError(f"unknown single-node fault {kind!r}")
 
@@ -354,6 +366,10 @@ class Nemesis:
             node.extra_args = ["--rejoin"]
             node.start()
             self.note(f"node {k} restarted empty with --rejoin")
+        elif kind == "damage":
+            node.extra_args = ["--repair"]
+            node.start()
+            self.note(f"node {k} restarted with --repair")
 
     def continue_all(self) -> None:
         for node in self.cluster.nodes.values():
