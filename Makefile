@@ -22,7 +22,7 @@ build: $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace -j 2
 
 lint: build
-	$(VENV)/bin/ruff check eventstream tests tools bench
+	$(VENV)/bin/ruff check eventstream esc_bench tests tools bench
 	$(VENV)/bin/mypy
 
 test: lint

@@ -51,7 +51,8 @@ def test_codec_decode_to_event_tuples(benchmark: Any, events: list[Any]) -> None
     """Decoding all the way to Python Event tuples (bytes copied per field)."""
     batch = encode_batch(events)
     decoded = benchmark(lambda: decode_batch(batch).events())
-    assert decoded[0] == events[0]
+    # A decoded Event carries id_generated after the five encoded fields.
+    assert tuple(decoded[0])[:5] == events[0]
     _per_second(benchmark, BATCH_EVENTS, "events_per_s")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from eventstream._load_engine import encode_append_request, read_answer
+from esc_bench._load_engine import encode_append_request, read_answer
 from eventstream.storage import crc32c
 from eventstream.storage.codec import encode_batch
 from eventstream.transport.client_protocol import (
@@ -32,7 +32,9 @@ LIMIT = 64 << 20
 
 
 def _python_request(request_id: int, event_id: bytes) -> bytes:
-    body = encode_request(Op.APPEND, request_id, encode_batch([(event_id, b"key-7", None, TIMESTAMP_US, PAYLOAD)]))
+    # The engine makes its ids up as the client library does, so they travel marked as generated.
+    event = (event_id, b"key-7", None, TIMESTAMP_US, PAYLOAD, True)
+    body = encode_request(Op.APPEND, request_id, encode_batch([event]))
     return frame_header(len(body), crc32c(body)) + body
 
 

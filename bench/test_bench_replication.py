@@ -2,7 +2,7 @@
 replication = "inprocess" and "pool", back to back in one run. Figures (events/s, client p99,
 the leader's CPU split between its own process and its workers) go to extra_info; the full
 matrix (3 and 5 nodes, batch 100 and 1000, wal_sync on and off) is
-`python -m eventstream.replication.mode_benchmark`. Figures in bench/RESULTS.md.
+`python -m esc_bench.replication_modes`. Figures in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from eventstream.replication.mode_benchmark import compare
+from esc_bench.replication_modes import compare
 
 SECONDS = 3.0
 

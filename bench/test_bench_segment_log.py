@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from esc_bench.storage_append import compare_with_plain_write, measure_append
 from eventstream.storage import SegmentLog
-from eventstream.storage.append_benchmark import compare_with_plain_write, measure_append
 
 ROUND_BYTES_BUDGET = 64 * 1024 * 1024
 

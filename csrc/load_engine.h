@@ -3,7 +3,7 @@
  * leader, each connection one single-request-at-a-time client (send one APPEND, wait for its
  * answer, send the next). Requests and answers are built and checked here, in C, so the load
  * generator's cost per event is a few system calls and a memcpy rather than the Python client's
- * futures and frames (eventstream/load/native_worker.py drives it; README, "esc-bench").
+ * futures and frames (esc_bench/native_worker.py drives it; docs/benchmarks.md).
  *
  * Wire formats are the node's, byte for byte; their owners document them:
  *   frame             eventstream/transport/frames.py   (u32 body length, u32 CRC-32C, body)
@@ -30,12 +30,12 @@
 /* Latencies below this many microseconds are counted in an array indexed by the value; slower
  * ones are kept one by one. 131 ms covers every answer of a healthy run. */
 #define ESC_LOAD_TALLY_EXACT_US (1u << 17)
-#define ESC_LOAD_LATENCY_US_MAX 600000000LL /* eventstream/load/latency.py LATENCY_US_HIGHEST */
+#define ESC_LOAD_LATENCY_US_MAX 600000000LL /* esc_bench/latency.py LATENCY_US_HIGHEST */
 #define ESC_LOAD_HINT_BYTES_MAX 255
 #define ESC_LOAD_SLOTS_MAX 10000
 
 /* What became of one request (or connection attempt). Every value but OK is an error kind;
- * eventstream/load/native_worker.py names them in reports. */
+ * esc_bench/native_worker.py names them in reports. */
 enum esc_load_outcome {
     ESC_LOAD_OK = 0,
     ESC_LOAD_NOT_LEADER,     /* status NOT_LEADER; the message is the leader's address if known */

@@ -66,7 +66,7 @@ def main() -> None:
 def _node_options(fn: F) -> F:
     options = [
         click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file with any of the keys below"),
-        click.option("--profile", type=click.Choice(sorted(PROFILES)), help="the seed's tuning row: financial, iot, logging"),
+        click.option("--profile", type=click.Choice(sorted(PROFILES)), help="tuning profile: financial, iot, logging (README.md)"),
         click.option("--id", "node_id", type=int, help="this node's id (a key of --peers)"),
         click.option("--listen", help="host:port for peers and clients"),
         click.option("--peers", help="every node as id=host:port, comma-separated, this one included"),
@@ -366,7 +366,7 @@ def wal_check(directory: str) -> None:
 @click.option("--keep", is_flag=True, help="keep the cluster's data and logs")
 @_one_line_errors
 def demo(duration: float, clients: int, batch: int, keep: bool) -> None:
-    """The seed's Write Sequence on a real 3-node cluster, with a leader crash midway."""
+    """Appends on a real 3-node cluster, with a leader crash midway, then checks every ack."""
     from eventstream.demo import run_demo
 
     sys.exit(run_demo(duration, clients, batch, keep))

@@ -1,6 +1,6 @@
 """Node configuration: one TOML file, every key also a command-line flag, validated at start.
 
-Precedence, lowest first: built-in defaults, the --profile row of the seed's tuning table, the
+Precedence, lowest first: built-in defaults, the --profile row of the tuning profiles (README.md), the
 TOML file, explicit flags. Every value is checked here, with relationships between keys, so a
 bad config stops the node with one clear line before it touches its data directory.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The seed's "Recommended settings by use case" table.
+# Recommended settings by use case (README.md, "Tuning profiles").
 PROFILES: dict[str, dict[str, Any]] = {
     "financial": {"wal_sync": True, "batch_size": 1},
     "iot": {"wal_sync": False, "batch_size": 100},

@@ -1,4 +1,4 @@
-"""`esc demo`: the seed's whole Write Sequence, with a leader crash, in front of the user.
+"""`esc demo`: the whole write path, with a leader crash, in front of the user.
 
 A 3-node cluster of real processes takes appends from several clients. Midway the leader is
 killed with SIGKILL; a new one is elected and the clients carry on (retrying with the same

@@ -69,7 +69,7 @@ def main(repeat: int, out: str, only: str | None) -> None:
     for round_index in range(repeat):
         for number, scenario in enumerate(chosen):
             path = directory / f"s{number:02d}-r{round_index}.json"
-            command = [sys.executable, "-m", "eventstream.loadgen", *scenario.args, *COMMON,
+            command = [sys.executable, "-m", "esc_bench.cli", *scenario.args, *COMMON,
                        "--json", str(path)]
             click.echo(f"[{round_index + 1}/{repeat}] {scenario.name}: esc-bench {' '.join(command[3:])}", err=True)
             result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from esc_bench.params import LoadParams
+from esc_bench.run import LoadError, run_load
 from eventstream.client import Client
-from eventstream.load.params import LoadParams
-from eventstream.load.run import LoadError, run_load
 from eventstream.local_cluster import LocalCluster
 
 SAMPLE_S = 10.0

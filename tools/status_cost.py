@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from eventstream.load.params import LoadParams  # noqa: E402
-from eventstream.load.run import run_load  # noqa: E402
+from esc_bench.params import LoadParams  # noqa: E402
+from esc_bench.run import run_load  # noqa: E402
 from eventstream.local_cluster import LocalCluster  # noqa: E402
 
 

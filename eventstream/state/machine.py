@@ -20,7 +20,7 @@ Contract with the node:
     chunks to `snapshot_receiver()` and calls `restore(receiver)`. A truncated or corrupt
     snapshot raises SnapshotError and leaves the previous state as it was.
   * `validate_config(mapping)` is what the leader runs before proposing CONFIG_UPDATE.
-Apply never reads a clock or global random state (seed: "Deterministic execution").
+Apply never reads a clock or global random state.
 """
 
 from __future__ import annotations

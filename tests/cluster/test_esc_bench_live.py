@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_local_run_acknowledges_events_and_reports_every_figure(tmp_path: Path) -> None:
     report_path = tmp_path / "run.json"
     result = subprocess.run(
-        [sys.executable, "-m", "eventstream.loadgen", "--local", "3", "--clients", "2",
+        [sys.executable, "-m", "esc_bench.cli", "--local", "3", "--clients", "2",
          "--concurrency", "2", "--batch-size", "50", "--duration", "1.5", "--warmup", "0.5",
          "--read-ratio", "0.1", "--report-interval", "0.5", "--json", str(report_path)],
         capture_output=True, text=True, timeout=100, check=False,

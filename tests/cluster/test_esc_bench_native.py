@@ -39,7 +39,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, replication_mode: str) -> 
 def test_every_counted_event_is_readable_exactly_once(cluster: LocalCluster, tmp_path: Path) -> None:
     report_path = tmp_path / "native.json"
     result = subprocess.run(
-        [sys.executable, "-m", "eventstream.loadgen", "--cluster", ",".join(cluster.addresses),
+        [sys.executable, "-m", "esc_bench.cli", "--cluster", ",".join(cluster.addresses),
          "--engine", "native", "--clients", "2", "--concurrency", "8", "--batch-size", str(BATCH),
          "--payload-bytes", str(PAYLOAD_BYTES), "--keys", "50", "--events", str(EVENTS),
          "--warmup", "0", "--seed", str(SEED), "--report-interval", "0.5", "--time-limit", "60",
@@ -73,7 +73,7 @@ def test_the_engine_follows_a_new_leader_when_the_old_one_is_killed(cluster: Loc
     report_path = tmp_path / "failover.json"
     old = cluster.leader()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventstream.loadgen", "--cluster", ",".join(cluster.addresses),
+        [sys.executable, "-m", "esc_bench.cli", "--cluster", ",".join(cluster.addresses),
          "--engine", "native", "--clients", "1", "--concurrency", "8", "--batch-size", "1",
          "--duration", "8", "--warmup", "0", "--timeout", "3", "--json", str(report_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._load_engine import (
+from esc_bench._load_engine import (
     OUTCOME_NAMES,
     RUN_DONE,
     RUN_LOOKUP,
@@ -30,10 +30,10 @@ from eventstream._load_engine import (
     monotonic_ns,
     read_answer,
 )
-from eventstream.load.native_worker import LOOKUP_INTERVAL_S, _NativeWorker, resolve
-from eventstream.load.params import LoadParams
-from eventstream.load.worker import WorkerSpec
-from eventstream.loadgen import main
+from esc_bench.cli import main
+from esc_bench.native_worker import LOOKUP_INTERVAL_S, _NativeWorker, resolve
+from esc_bench.params import LoadParams
+from esc_bench.worker import WorkerSpec
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
 from eventstream.transport.client_protocol import (
@@ -484,7 +484,7 @@ def test_resolve_gives_a_numeric_address() -> None:
 
 
 def test_ids_are_as_long_as_the_client_engine_makes_them() -> None:
-    from eventstream._load_engine import EVENT_ID_BYTES as NATIVE_EVENT_ID_BYTES
-    from eventstream.load.worker import EVENT_ID_BYTES
+    from esc_bench._load_engine import EVENT_ID_BYTES as NATIVE_EVENT_ID_BYTES
+    from esc_bench.worker import EVENT_ID_BYTES
 
     assert NATIVE_EVENT_ID_BYTES == EVENT_ID_BYTES

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from esc_bench import latency
+from esc_bench.cli import main
+from esc_bench.node_usage import NodeFigures, NodeUsage, local_listener_pids
+from esc_bench.params import LoadParams
+from esc_bench.report import build_report, compare_reports, render_table
+from esc_bench.run import LoadOutcome, split_evenly, worker_specs
+from esc_bench.worker import WorkerSpec, _Worker
 from eventstream.errors import Unavailable
-from eventstream.load import latency
-from eventstream.load.node_usage import NodeFigures, NodeUsage, local_listener_pids
-from eventstream.load.params import LoadParams
-from eventstream.load.report import build_report, compare_reports, render_table
-from eventstream.load.run import LoadOutcome, split_evenly, worker_specs
-from eventstream.load.worker import WorkerSpec, _Worker
-from eventstream.loadgen import main
 from eventstream.transport.client_protocol import AppendOk
 
 
@@ -259,7 +259,7 @@ def test_compare_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="--plot needs the bench extra (matplotlib)")
-    from eventstream.load.plot import write_plot
+    from esc_bench.plot import write_plot
 
     report = build_report(outcome(), {"description": "x"})
     path = tmp_path / "run.png"

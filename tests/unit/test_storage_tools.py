@@ -9,8 +9,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from esc_bench.cli import main
 from eventstream.cli import main as esc
-from eventstream.loadgen import main
 from eventstream.storage import SegmentLog
 
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The parameters of one load run, as given on the command line (eventstream/loadgen.py)."""
+"""The parameters of one load run, as given on the command line (esc_bench/cli.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Measures SegmentLog append throughput against a plain os.write of the same bytes.
 
-Used by `esc-bench storage` (eventstream/loadgen.py). Every run is bounded twice, by seconds
+Used by `esc-bench storage` (esc_bench/cli.py). Every run is bounded twice, by seconds
 and by bytes, and works in a fresh directory that it deletes afterwards.
 """
 

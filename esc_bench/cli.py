@@ -5,7 +5,7 @@
     esc-bench compare before.json after.json
     esc-bench storage
 
-The parts live in eventstream/load/: worker.py (client processes, open and closed loop),
+The parts live in esc_bench/: worker.py (client processes, open and closed loop),
 latency.py (HdrHistogram), node_usage.py (psutil), run.py (one run), report.py (table, JSON,
 compare), plot.py. Every mistake an operator can make ends in one line on stderr and a
 non-zero exit: 2 for a bad parameter, 1 for a run that could not be carried out.
@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import click
 
-from eventstream.storage.append_benchmark import (
+from esc_bench.storage_append import (
     AppendFigures,
     compare_with_plain_write,
     measure_append,
@@ -198,8 +198,8 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
     if plot_path is not None:
         _require_matplotlib()
 
-    from eventstream.load.params import LoadParams
-    from eventstream.load.run import LoadError
+    from esc_bench.params import LoadParams
+    from esc_bench.run import LoadError
 
     params = LoadParams(clients, concurrency, batch_size, payload_bytes, keys, ids, read_ratio,
                         duration, events, warmup, rate, time_limit, timeout, report_interval, seed,
@@ -212,14 +212,14 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
         # The local cluster and the client processes are already stopped by then.
         _end_progress()
         _fail("interrupted; no report", EXIT_INTERRUPTED)
-    from eventstream.load.report import render_table
+    from esc_bench.report import render_table
 
     click.echo(render_table(report))
     if json_path is not None:
         _write_json(report, json_path)
         click.echo(f"report written to {json_path}")
     if plot_path is not None:
-        from eventstream.load.plot import write_plot
+        from esc_bench.plot import write_plot
 
         try:
             write_plot(report, plot_path)
@@ -232,7 +232,7 @@ def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        from eventstream.load.plot import INSTALL_HINT
+        from esc_bench.plot import INSTALL_HINT
 
         _fail(INSTALL_HINT, EXIT_USAGE)
 
@@ -245,9 +245,9 @@ def _write_json(report: dict[str, Any], path: str) -> None:
 
 
 def _run(target: Target, params: Any) -> dict[str, Any]:
-    from eventstream.load.node_usage import local_listener_pids
-    from eventstream.load.report import build_report
-    from eventstream.load.run import run_load
+    from esc_bench.node_usage import local_listener_pids
+    from esc_bench.report import build_report
+    from esc_bench.run import run_load
 
     if target.local is None:
         assert target.cluster is not None
@@ -354,7 +354,7 @@ def _end_progress() -> None:
               help="exit 1 when a metric got worse by more than PCT percent")
 def compare(before: str, after: str, fail_worse: float | None) -> None:
     """Print the change of each figure from report BEFORE (A) to AFTER (B)."""
-    from eventstream.load.report import compare_reports, params_differences, render_comparison
+    from esc_bench.report import compare_reports, params_differences, render_comparison
 
     reports = [_read_report(path) for path in (before, after)]
     deltas = compare_reports(*reports)

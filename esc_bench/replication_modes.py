@@ -1,7 +1,7 @@
 """Pool vs in-process replication on real local clusters, measured in one run with esc-bench.
 
-`python -m eventstream.replication.mode_benchmark` runs, for each cluster size, batch size and
-wal_sync setting, esc-bench's load (eventstream/load/run.py: client processes, closed loop,
+`python -m esc_bench.replication_modes` runs, for each cluster size, batch size and
+wal_sync setting, esc-bench's load (esc_bench/run.py: client processes, closed loop,
 HdrHistogram latencies) against a fresh local cluster in each replication mode, back to back,
 alternating the order from round to round, and prints acknowledged events/s, client p50/p99
 append latency, and where the leader's CPU went: its own process (the control plane: Raft,
@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from eventstream.load.latency import summary_ms
-from eventstream.load.params import LoadParams
-from eventstream.load.run import run_load
+from esc_bench.latency import summary_ms
+from esc_bench.params import LoadParams
+from esc_bench.run import run_load
 from eventstream.local_cluster import LocalCluster
 
 # The label under which a leader's worker process is measured: WORKER_LABEL + follower id.

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from typing import Any
 
+from esc_bench import latency
+from esc_bench.params import LoadParams
 from eventstream.client import AsyncClient
 from eventstream.errors import EscError
-from eventstream.load import latency
-from eventstream.load.params import LoadParams
 from eventstream.storage.codec import encode_batch
 from eventstream.transport.client_protocol import ProtocolError
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from esc_bench import latency
+from esc_bench.native_worker import run_native_worker
+from esc_bench.node_usage import NodeFigures, NodeUsage
+from esc_bench.params import LoadParams
+from esc_bench.worker import WorkerSpec, run_worker
 from eventstream.client import Client
 from eventstream.errors import EscError
-from eventstream.load import latency
-from eventstream.load.native_worker import run_native_worker
-from eventstream.load.node_usage import NodeFigures, NodeUsage
-from eventstream.load.params import LoadParams
-from eventstream.load.worker import WorkerSpec, run_worker
 
 READY_WAIT_S = 60.0
 START_DELAY_S = 0.2

@@ -17,9 +17,9 @@ from collections import Counter
 from importlib import metadata
 from typing import Any
 
+from esc_bench import latency
+from esc_bench.run import LoadOutcome
 from eventstream import __version__
-from eventstream.load import latency
-from eventstream.load.run import LoadOutcome
 
 REPORT_FORMAT = 1
 

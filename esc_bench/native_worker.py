@@ -26,11 +26,11 @@ import time
 from multiprocessing.queues import Queue
 from typing import Any
 
-from eventstream._load_engine import RUN_DONE, RUN_LOOKUP, LoadEngine
+from esc_bench import latency
+from esc_bench._load_engine import RUN_DONE, RUN_LOOKUP, LoadEngine
+from esc_bench.worker import START_WAIT_S, WorkerSpec
 from eventstream.client import Client, parse_address
 from eventstream.errors import EscError, InvalidArgument
-from eventstream.load import latency
-from eventstream.load.worker import START_WAIT_S, WorkerSpec
 
 # Asking every node for its status is slower than a failed request; a burst of failures
 # (a leader change fails every slot at once) triggers at most one sweep per this interval.

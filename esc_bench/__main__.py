@@ -1,0 +1,5 @@
+"""`python -m esc_bench` is `esc-bench`."""
+
+from esc_bench.cli import main
+
+main()
