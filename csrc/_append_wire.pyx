@@ -6,9 +6,9 @@ in Python the per-request parsing, batch validation, queueing and answer encodin
 than the Raft and storage work they feed. AppendIntake does all of it per connection read and
 per applied entry, with the requests that wait for an entry held in C arrays; check_appends and
 frame_append_answers are the same checks and encoders over lists, for tests and benchmarks.
-Byte layouts: eventstream/transport/client_protocol.py (requests and answers) and
-eventstream/transport/frames.py (frame header); the Python encoders there stay the reference
-the tests compare these with.
+Byte layouts: csrc/client_protocol.h (requests and answers), csrc/frame_format.h (frames) and
+csrc/state_commands.h (the entry it builds); the Python encoders in eventstream/transport/ stay
+the reference the tests compare these with.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -18,8 +18,11 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove
 
 from batch_codec_h cimport *
+from byte_order_h cimport esc_load_u32, esc_load_u64, esc_store_u32, esc_store_u64
 from byte_views cimport as_byte_view
-from crc32c_h cimport esc_crc32c
+from client_protocol_h cimport *
+from frame_format_h cimport *
+from state_commands_h cimport ESC_COMMAND_SET_EVENT_AT, ESC_SET_EVENT_AT_HEAD_BYTES
 
 from eventstream.transport.frames import FrameError
 
@@ -38,47 +41,8 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_NOSIGNAL
 
 cdef enum:
-    # Request header: u8 op, u64 request_id; answer header: u8 status, u64 request_id.
-    REQUEST_HEADER = 9
-    FRAME_HEADER = 8
-    OP_APPEND = 1
-    STATUS_OK = 0
-    # APPEND OK body after the answer header: u64 raft index, u32 n, n x u32 queue,
-    # n x u64 offset, n x u8 duplicate.
-    APPEND_OK_FIXED = 12
-    # Error body after the answer header: u64 leader hint, then the UTF-8 message.
-    ERROR_FIXED = 8
-    # The SET_EVENT_AT command byte that starts an entry, then its i64 first-seen time
-    # (eventstream/state/commands.py).
-    COMMAND_SET_EVENT_AT = 5
-    ENTRY_HEAD_BYTES = 9
     # A batch whose events end before its length says (esc_batch_read_* never return it).
     BATCH_BYTES_LEFT = -1
-
-
-cdef inline uint64_t _load_u64le(const uint8_t *p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(7, -1, -1):
-        v = (v << 8) | p[i]
-    return v
-
-
-cdef inline void _store_u32le(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v & 0xFF
-    p[1] = (v >> 8) & 0xFF
-    p[2] = (v >> 16) & 0xFF
-    p[3] = (v >> 24) & 0xFF
-
-
-cdef inline void _store_u64le(uint8_t *p, uint64_t v) noexcept nogil:
-    cdef int i
-    for i in range(8):
-        p[i] = (v >> (8 * i)) & 0xFF
-
-
-cdef inline uint32_t _load_u32le(const uint8_t *p) noexcept nogil:
-    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
 cdef struct BatchCheck:
@@ -130,7 +94,8 @@ cdef str _refusal_text(const BatchCheck *c, uint32_t queue_count):
 
 
 cdef inline size_t _ok_frame_bytes(uint32_t count) noexcept nogil:
-    return FRAME_HEADER + REQUEST_HEADER + APPEND_OK_FIXED + 13 * <size_t>count
+    return (ESC_FRAME_HEAD_BYTES + ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_APPEND_OK_FIXED_BYTES
+            + ESC_CLIENT_APPEND_OK_ROW_BYTES * <size_t>count)
 
 
 cdef long long _write_ok_frame(uint8_t *out, uint64_t request_id, uint64_t index, uint32_t count,
@@ -138,23 +103,24 @@ cdef long long _write_ok_frame(uint8_t *out, uint64_t request_id, uint64_t index
                                uint32_t duplicate_status) noexcept nogil:
     """One APPEND OK answer as a whole frame at out (_ok_frame_bytes(count) bytes); returns how
     many of its events are duplicates."""
-    cdef size_t body_len = _ok_frame_bytes(count) - FRAME_HEADER
-    cdef uint8_t *body = out + FRAME_HEADER
-    cdef uint8_t *flags = body + REQUEST_HEADER + APPEND_OK_FIXED + 12 * <size_t>count
+    cdef size_t body_len = _ok_frame_bytes(count) - ESC_FRAME_HEAD_BYTES
+    cdef uint8_t *body = out + ESC_FRAME_HEAD_BYTES
+    # The columns after the fixed part: n x u32 queue, n x u64 offset, n x u8 duplicate.
+    cdef uint8_t *columns = body + ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_APPEND_OK_FIXED_BYTES
+    cdef uint8_t *flags = columns + 12 * <size_t>count
     cdef long long duplicates = 0
     cdef uint32_t j
-    body[0] = STATUS_OK
-    _store_u64le(body + 1, request_id)
-    _store_u64le(body + 9, index)
-    _store_u32le(body + 17, count)
+    body[0] = ESC_CLIENT_STATUS_OK
+    esc_store_u64(body + 1, request_id)
+    esc_store_u64(body + ESC_CLIENT_ANSWER_HEAD_BYTES, index)
+    esc_store_u32(body + ESC_CLIENT_ANSWER_HEAD_BYTES + 8, count)
     if count:
-        memcpy(body + 21, queues, 4 * <size_t>count)
-        memcpy(body + 21 + 4 * <size_t>count, offsets, 8 * <size_t>count)
+        memcpy(columns, queues, 4 * <size_t>count)
+        memcpy(columns + 4 * <size_t>count, offsets, 8 * <size_t>count)
     for j in range(count):
         flags[j] = 1 if statuses[j] == duplicate_status else 0
         duplicates += flags[j]
-    _store_u32le(out, <uint32_t>body_len)
-    _store_u32le(out + 4, esc_crc32c(0, body, body_len))
+    esc_frame_store_head(out, body, <uint32_t>body_len)
     return duplicates
 
 
@@ -184,11 +150,11 @@ def check_appends(list bodies, uint32_t queue_count):
     cdef BatchCheck c
     for i in range(n):
         view = as_byte_view(bodies[i])
-        if view.shape[0] < REQUEST_HEADER or view[0] != OP_APPEND:
+        if view.shape[0] < ESC_CLIENT_REQUEST_HEAD_BYTES or view[0] != ESC_CLIENT_OP_APPEND:
             errors[i] = "not an APPEND request"
             continue
-        request_ids[i] = _load_u64le(&view[1])
-        _check_batch(&view[0] + REQUEST_HEADER, view.shape[0] - REQUEST_HEADER, &c)
+        request_ids[i] = esc_load_u64(&view[1])
+        _check_batch(&view[0] + ESC_CLIENT_REQUEST_HEAD_BYTES, view.shape[0] - ESC_CLIENT_REQUEST_HEAD_BYTES, &c)
         message = _refusal_text(&c, queue_count)
         if message is None:
             counts[i] = c.count
@@ -419,7 +385,7 @@ cdef class AppendIntake:
         bounds = [float(b) for b in latency_bounds]
         if sorted(bounds) != bounds or len(set(bounds)) != len(bounds):
             raise ValueError("latency bounds must be strictly increasing")
-        if in_flight_max < 1 or frame_bytes_max < REQUEST_HEADER:
+        if in_flight_max < 1 or frame_bytes_max < ESC_CLIENT_REQUEST_HEAD_BYTES:
             raise ValueError("in_flight_max must be >= 1 and frame_bytes_max >= 9")
         self.frame_bytes_max = frame_bytes_max
         self.in_flight_max = in_flight_max
@@ -563,7 +529,8 @@ cdef class AppendIntake:
         cdef Py_ssize_t size = view.shape[0]
         cdef const uint8_t *buf
         cdef size_t end, pos, checked, length
-        cdef uint32_t expected, actual
+        cdef esc_frame f
+        cdef int state
         cdef const uint8_t *body
         if s.inbound.length:
             if size:
@@ -580,32 +547,30 @@ cdef class AppendIntake:
         # Every complete frame is checked before any is acted on: a stream that turns bad
         # delivers nothing of the read it turned bad in (as FrameDecoder does).
         checked = 0
-        while end - checked >= FRAME_HEADER:
-            length = _load_u32le(buf + checked)
-            if length > self.frame_bytes_max:
-                s.inbound.length = 0
-                raise FrameError(f"frame length prefix {length} exceeds the limit of {self.frame_bytes_max} bytes")
-            if length > end - checked - FRAME_HEADER:
+        while True:
+            state = esc_frame_next(buf + checked, end - checked, self.frame_bytes_max, &f)
+            if state == ESC_FRAME_NEED_MORE:
                 break
-            expected = _load_u32le(buf + checked + 4)
-            actual = esc_crc32c(0, buf + checked + FRAME_HEADER, length)
-            if actual != expected:
+            if state == ESC_FRAME_TOO_LONG:
                 s.inbound.length = 0
-                raise FrameError(f"frame CRC mismatch: header says {expected:#010x}, body has {actual:#010x}")
-            checked += FRAME_HEADER + length
+                raise FrameError(f"frame length prefix {f.body_len} exceeds the limit of {self.frame_bytes_max} bytes")
+            if state == ESC_FRAME_BAD_CRC:
+                s.inbound.length = 0
+                raise FrameError(f"frame CRC mismatch: header says {f.head_crc:#010x}, body has {f.body_crc:#010x}")
+            checked += ESC_FRAME_HEAD_BYTES + f.body_len
         pos = 0
         handed = None
         while pos < checked:
-            length = _load_u32le(buf + pos)
-            body = buf + pos + FRAME_HEADER
-            if length >= REQUEST_HEADER and body[0] == OP_APPEND and s.in_flight < self.in_flight_max:
-                pos += FRAME_HEADER + length
+            length = esc_load_u32(buf + pos)
+            body = buf + pos + ESC_FRAME_HEAD_BYTES
+            if length >= ESC_CLIENT_REQUEST_HEAD_BYTES and body[0] == ESC_CLIENT_OP_APPEND and s.in_flight < self.in_flight_max:
+                pos += ESC_FRAME_HEAD_BYTES + length
                 s.in_flight += 1
                 s.requests += 1
                 self._take_append(<uint32_t>slot, s, body, length, now, accepting)
                 continue
             handed = PyBytes_FromStringAndSize(<const char *>body, length)
-            pos += FRAME_HEADER + length
+            pos += ESC_FRAME_HEAD_BYTES + length
             break
         # Keep what was not taken (a request handed to Python may be followed by more).
         if buf == s.inbound.data:
@@ -620,11 +585,11 @@ cdef class AppendIntake:
 
     cdef int _take_append(self, uint32_t slot, Slot *s, const uint8_t *body, size_t length, double now,
                           bint accepting) except -1:
-        cdef uint64_t request_id = _load_u64le(body + 1)
+        cdef uint64_t request_id = esc_load_u64(body + 1)
         cdef BatchCheck c
         cdef size_t event_bytes
         cdef Waiter *w
-        _check_batch(body + REQUEST_HEADER, length - REQUEST_HEADER, &c)
+        _check_batch(body + ESC_CLIENT_REQUEST_HEAD_BYTES, length - ESC_CLIENT_REQUEST_HEAD_BYTES, &c)
         message = _refusal_text(&c, self.queue_count)
         if message is not None:
             self.refusals.append((slot, request_id, REFUSED_INVALID, message))
@@ -633,10 +598,10 @@ cdef class AppendIntake:
         elif self.pending_bytes > self.pending_bytes_max:
             self.refusals.append((slot, request_id, REFUSED_OVERLOADED, None))
         else:
-            event_bytes = length - REQUEST_HEADER - ESC_BATCH_HEADER_BYTES
+            event_bytes = length - ESC_CLIENT_REQUEST_HEAD_BYTES - ESC_BATCH_HEADER_BYTES
             _reserve(&self._pending, event_bytes)
             memcpy(self._pending.data + self._pending.length,
-                   body + REQUEST_HEADER + ESC_BATCH_HEADER_BYTES, event_bytes)
+                   body + ESC_CLIENT_REQUEST_HEAD_BYTES + ESC_BATCH_HEADER_BYTES, event_bytes)
             self._pending.length += event_bytes
             if self._waiters_end == self._waiters_capacity:
                 self._grow_waiters()
@@ -703,13 +668,13 @@ cdef class AppendIntake:
             n += 1
         if events > 0xFFFFFFFFu or size + ESC_BATCH_HEADER_BYTES > 0xFFFFFFFFu:
             raise ValueError(f"an entry of {events} events and {size} bytes does not fit a batch header")
-        data = PyBytes_FromStringAndSize(NULL, ENTRY_HEAD_BYTES + ESC_BATCH_HEADER_BYTES + size)
+        data = PyBytes_FromStringAndSize(NULL, ESC_SET_EVENT_AT_HEAD_BYTES + ESC_BATCH_HEADER_BYTES + size)
         cdef uint8_t *out = <uint8_t *>PyBytes_AS_STRING(data)
-        out[0] = COMMAND_SET_EVENT_AT
-        _store_u64le(out + 1, <uint64_t>first_seen_us)
-        esc_batch_write_header(out + ENTRY_HEAD_BYTES, <uint32_t>events, <uint32_t>(ESC_BATCH_HEADER_BYTES + size))
+        out[0] = ESC_COMMAND_SET_EVENT_AT
+        esc_store_u64(out + 1, <uint64_t>first_seen_us)
+        esc_batch_write_header(out + ESC_SET_EVENT_AT_HEAD_BYTES, <uint32_t>events, <uint32_t>(ESC_BATCH_HEADER_BYTES + size))
         if size:
-            memcpy(out + ENTRY_HEAD_BYTES + ESC_BATCH_HEADER_BYTES, self._pending.data + self._pending_start, size)
+            memcpy(out + ESC_SET_EVENT_AT_HEAD_BYTES + ESC_BATCH_HEADER_BYTES, self._pending.data + self._pending_start, size)
         waiters = _entry_waiters(self._waiters + self._waiters_start, n)
         self._waiters_start += n
         self._consume_pending(size)
@@ -800,18 +765,17 @@ cdef class AppendIntake:
 
     cdef int _queue_error(self, uint32_t index, Slot *s, uint8_t status, uint64_t request_id,
                           const uint8_t *message, size_t message_len, uint64_t leader_id) except -1:
-        cdef size_t body_len = REQUEST_HEADER + ERROR_FIXED + message_len
+        cdef size_t body_len = ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_ERROR_FIXED_BYTES + message_len
         cdef uint8_t *at
         cdef uint8_t *body
-        self._queue(index, s, FRAME_HEADER + body_len, &at)
-        body = at + FRAME_HEADER
+        self._queue(index, s, ESC_FRAME_HEAD_BYTES + body_len, &at)
+        body = at + ESC_FRAME_HEAD_BYTES
         body[0] = status
-        _store_u64le(body + 1, request_id)
-        _store_u64le(body + REQUEST_HEADER, leader_id)
+        esc_store_u64(body + 1, request_id)
+        esc_store_u64(body + ESC_CLIENT_ANSWER_HEAD_BYTES, leader_id)
         if message_len:
-            memcpy(body + REQUEST_HEADER + ERROR_FIXED, message, message_len)
-        _store_u32le(at, <uint32_t>body_len)
-        _store_u32le(at + 4, esc_crc32c(0, body, body_len))
+            memcpy(body + ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_ERROR_FIXED_BYTES, message, message_len)
+        esc_frame_store_head(at, body, <uint32_t>body_len)
         return 0
 
     def fail(self, EntryWaiters waiters, uint8_t status, bytes message, uint64_t leader_id=0):
@@ -820,7 +784,7 @@ cdef class AppendIntake:
         cdef Py_ssize_t i
         cdef Waiter *w
         cdef Slot *s
-        if <uint64_t>(REQUEST_HEADER + ERROR_FIXED + len(message)) > self.frame_bytes_max:
+        if <uint64_t>(ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_ERROR_FIXED_BYTES + len(message)) > self.frame_bytes_max:
             raise ValueError("error message longer than a frame")
         for i in range(waiters.n):
             w = &waiters.items[i]
@@ -842,11 +806,10 @@ cdef class AppendIntake:
         if length > self.frame_bytes_max:
             raise FrameError(f"frame body of {length} bytes exceeds the limit of {self.frame_bytes_max}")
         s.in_flight -= 1
-        self._queue(slot, s, FRAME_HEADER + length, &at)
+        self._queue(slot, s, ESC_FRAME_HEAD_BYTES + length, &at)
         if length:
-            memcpy(at + FRAME_HEADER, &view[0], length)
-        _store_u32le(at, <uint32_t>length)
-        _store_u32le(at + 4, esc_crc32c(0, at + FRAME_HEADER, length))
+            memcpy(at + ESC_FRAME_HEAD_BYTES, &view[0], length)
+        esc_frame_store_head(at, at + ESC_FRAME_HEAD_BYTES, <uint32_t>length)
         return True
 
     @property

@@ -3,23 +3,23 @@
 
 A node takes in tens of thousands of small frames a second; the per-frame header parse, limit
 check and CRC here cost a fraction of the Python loop they replace (frames.py keeps that loop as
-the reference the tests compare against). Frame layout: eventstream/transport/frames.py.
+the reference the tests compare against). Frame layout: csrc/frame_format.h, the C side of
+eventstream/transport/frames.py.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t
 
 from byte_views cimport as_byte_view
-from crc32c_h cimport esc_crc32c
+from client_protocol_h cimport *
+from frame_format_h cimport *
+from peer_message_h cimport *
+from state_commands_h cimport *
 
 # Outcomes reported to frames.py, which owns the error messages.
 SPLIT_OK = 0
 SPLIT_TOO_LONG = 1
 SPLIT_BAD_CRC = 2
-
-
-cdef inline uint32_t _load_u32le(const uint8_t *p) noexcept nogil:
-    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
 
 
 def split_frames(buffer, Py_ssize_t start, unsigned long long limit, list out):
@@ -33,22 +33,71 @@ def split_frames(buffer, Py_ssize_t start, unsigned long long limit, list out):
     cdef Py_ssize_t end = view.shape[0]
     cdef Py_ssize_t pos = start
     cdef const uint8_t *base
-    cdef uint32_t length, expected, actual
+    cdef esc_frame f
+    cdef int state
     if start < 0 or start > end:
         raise ValueError(f"start {start} outside a buffer of {end} bytes")
     if end == 0:
         return SPLIT_OK, pos, 0, 0
     base = &view[0]
-    while end - pos >= 8:
-        length = _load_u32le(base + pos)
-        expected = _load_u32le(base + pos + 4)
-        if length > limit:
-            return SPLIT_TOO_LONG, pos, length, 0
-        if <Py_ssize_t>length > end - pos - 8:
-            break
-        actual = esc_crc32c(0, base + pos + 8, length)
-        if actual != expected:
-            return SPLIT_BAD_CRC, pos, expected, actual
-        out.append(PyBytes_FromStringAndSize(<const char *>base + pos + 8, length))
-        pos += 8 + length
-    return SPLIT_OK, pos, 0, 0
+    while True:
+        state = esc_frame_next(base + pos, end - pos, limit, &f)
+        if state == ESC_FRAME_NEED_MORE:
+            return SPLIT_OK, pos, 0, 0
+        if state == ESC_FRAME_TOO_LONG:
+            return SPLIT_TOO_LONG, pos, f.body_len, 0
+        if state == ESC_FRAME_BAD_CRC:
+            return SPLIT_BAD_CRC, pos, f.head_crc, f.body_crc
+        out.append(PyBytes_FromStringAndSize(<const char *>base + pos + ESC_FRAME_HEAD_BYTES, f.body_len))
+        pos += ESC_FRAME_HEAD_BYTES + f.body_len
+
+
+def native_wire_vocabulary():
+    """The wire constants the native modules are compiled with (csrc/frame_format.h,
+    client_protocol.h, peer_message.h, state_commands.h), by name, for the test that holds
+    them equal to the Python codecs' constants."""
+    return {
+        "frame_head_bytes": ESC_FRAME_HEAD_BYTES,
+        "ops": {
+            "APPEND": ESC_CLIENT_OP_APPEND, "READ": ESC_CLIENT_OP_READ,
+            "CONFIG_UPDATE": ESC_CLIENT_OP_CONFIG_UPDATE, "CONFIG_GET": ESC_CLIENT_OP_CONFIG_GET,
+            "STATUS": ESC_CLIENT_OP_STATUS, "SNAPSHOT": ESC_CLIENT_OP_SNAPSHOT,
+        },
+        "statuses": {
+            "OK": ESC_CLIENT_STATUS_OK, "NOT_LEADER": ESC_CLIENT_STATUS_NOT_LEADER,
+            "TIMEOUT": ESC_CLIENT_STATUS_TIMEOUT, "UNAVAILABLE": ESC_CLIENT_STATUS_UNAVAILABLE,
+            "INVALID_ARGUMENT": ESC_CLIENT_STATUS_INVALID_ARGUMENT,
+            "OVERLOADED": ESC_CLIENT_STATUS_OVERLOADED, "OUT_OF_RANGE": ESC_CLIENT_STATUS_OUT_OF_RANGE,
+            "INTERNAL": ESC_CLIENT_STATUS_INTERNAL,
+        },
+        "status_last": ESC_CLIENT_STATUS_LAST,
+        "request_head_bytes": ESC_CLIENT_REQUEST_HEAD_BYTES,
+        "answer_head_bytes": ESC_CLIENT_ANSWER_HEAD_BYTES,
+        "append_ok_fixed_bytes": ESC_CLIENT_APPEND_OK_FIXED_BYTES,
+        "append_ok_row_bytes": ESC_CLIENT_APPEND_OK_ROW_BYTES,
+        "error_fixed_bytes": ESC_CLIENT_ERROR_FIXED_BYTES,
+        "hello_magic": ESC_HELLO_MAGIC[:ESC_HELLO_MAGIC_BYTES],
+        "hello_bytes": ESC_HELLO_BYTES,
+        "hello_roles": {
+            "PEER": ESC_HELLO_ROLE_PEER, "CLIENT": ESC_HELLO_ROLE_CLIENT,
+            "REPLICATION": ESC_HELLO_ROLE_REPLICATION,
+        },
+        "commands": {
+            "SET_EVENT": ESC_COMMAND_SET_EVENT, "DEDUP_ADD": ESC_COMMAND_DEDUP_ADD,
+            "DEDUP_EXPIRE": ESC_COMMAND_DEDUP_EXPIRE, "CONFIG_UPDATE": ESC_COMMAND_CONFIG_UPDATE,
+            "SET_EVENT_AT": ESC_COMMAND_SET_EVENT_AT,
+        },
+        "set_event_at_head_bytes": ESC_SET_EVENT_AT_HEAD_BYTES,
+        "message_version": ESC_MESSAGE_VERSION,
+        "message_head_bytes": ESC_MESSAGE_HEAD_BYTES,
+        "message_entry_row_bytes": ESC_MESSAGE_ENTRY_ROW_BYTES,
+        "message_entries_max": ESC_MESSAGE_ENTRIES_MAX,
+        "message_flag_reject": ESC_MESSAGE_FLAG_REJECT,
+        "message_at_counts": (ESC_MESSAGE_AT_ENTRIES, ESC_MESSAGE_AT_CONTEXT_LEN, ESC_MESSAGE_AT_DATA_LEN),
+        "message_types": {
+            "APPEND": ESC_MESSAGE_APPEND, "APPEND_RESPONSE": ESC_MESSAGE_APPEND_RESPONSE,
+            "HEARTBEAT_RESPONSE": ESC_MESSAGE_HEARTBEAT_RESPONSE,
+            "SNAPSHOT_RESPONSE": ESC_MESSAGE_SNAPSHOT_RESPONSE,
+        },
+        "message_type_max": ESC_MESSAGE_TYPE_MAX,
+    }

@@ -11,6 +11,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from byte_views cimport as_byte_view
+from frame_format_h cimport *
 from load_engine_h cimport *
 
 # Error kinds by outcome code (csrc/load_engine.h, enum esc_load_outcome); index 0 is OK.
@@ -67,17 +68,17 @@ def read_answer(frame, uint64_t request_id, uint32_t batch_size, size_t body_byt
     "BadAnswer", like a second frame on a connection with one request in flight."""
     cdef const unsigned char[::1] view = as_byte_view(frame)
     cdef size_t length = view.shape[0]
-    cdef size_t body_len = 0
+    cdef esc_frame f
     cdef esc_load_answer_t answer
     cdef const uint8_t *base = &view[0] if length else NULL
-    cdef int status = esc_load_frame_check(base, length, body_bytes_max, &body_len)
-    if status == ESC_LOAD_FRAME_NEED_MORE:
+    cdef int status = esc_frame_next(base, length, body_bytes_max, &f)
+    if status == ESC_FRAME_NEED_MORE:
         return "incomplete", 0, ""
-    if status != ESC_LOAD_FRAME_WHOLE:
+    if status != ESC_FRAME_WHOLE:
         return OUTCOME_NAMES[ESC_LOAD_BAD_FRAME], 0, ""
-    if length != ESC_LOAD_FRAME_HEADER_BYTES + body_len:
+    if length != ESC_FRAME_HEAD_BYTES + f.body_len:
         return OUTCOME_NAMES[ESC_LOAD_BAD_ANSWER], 0, ""
-    esc_load_parse_answer(base + ESC_LOAD_FRAME_HEADER_BYTES, body_len, request_id, batch_size, &answer)
+    esc_load_parse_answer(base + ESC_FRAME_HEAD_BYTES, f.body_len, request_id, batch_size, &answer)
     message = ""
     if answer.message_len:
         message = (<const char *>answer.message)[:answer.message_len].decode("utf-8", "replace")

@@ -23,7 +23,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from append_stream_h cimport (
-    ESC_FRAME_HEAD, ESC_MESSAGE_HEAD, ESC_STREAM_LAPPED, ESC_STREAM_SEND_FAILED, esc_append_frame_encode, esc_append_head,
+    ESC_FRAME_HEAD_BYTES, ESC_MESSAGE_HEAD_BYTES, ESC_STREAM_LAPPED, ESC_STREAM_SEND_FAILED, esc_append_frame_encode, esc_append_head,
     esc_stream,
     esc_stream_flush, esc_stream_free, esc_stream_init, esc_stream_queue_append, esc_stream_queue_frame,
     esc_stream_queue_message,
@@ -207,7 +207,7 @@ GATHER_MISMATCH = ESC_ENTRY_MISMATCH
 # a peer message (eventstream/transport/peer_codec.py) before an AppendEntries' entry table: its
 # byte layout is written field by field in csrc/append_stream.c, and a differential test holds
 # it to encode_message.
-APPEND_OVERHEAD_BYTES = ESC_FRAME_HEAD + ESC_MESSAGE_HEAD
+APPEND_OVERHEAD_BYTES = ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES
 # AppendStream.queue_append: the entries were overwritten while the kernel copied them; the frame
 # was left without its last byte and the link must be closed.
 SEND_LAPPED = ESC_STREAM_LAPPED
@@ -272,7 +272,7 @@ cdef class EntryRing(_SharedMapping):
         cdef unsigned char[::1] dst = out
         cdef int64_t n
         cdef esc_append_head head
-        if offset > <size_t>dst.shape[0] or dst.shape[0] - offset < ESC_FRAME_HEAD + ESC_MESSAGE_HEAD:
+        if offset > <size_t>dst.shape[0] or dst.shape[0] - offset < ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES:
             raise ValueError("out has no room for an AppendEntries head")
         head.to, head.sender, head.term = to, sender, term
         head.prev_index, head.prev_term, head.commit = prev_index, prev_term, commit

@@ -16,12 +16,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyBy
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 from batch_codec_h cimport *
-
-
-cdef extern from "byte_order.h" nogil:
-    uint16_t esc_load_u16(const uint8_t *p)
-    uint32_t esc_load_u32(const uint8_t *p)
-    uint64_t esc_load_u64(const uint8_t *p)
+from byte_order_h cimport esc_load_u16, esc_load_u32, esc_load_u64
 
 
 cdef extern from "murmur3.h":

@@ -11,48 +11,44 @@
 #include "crc32c.h"
 #include "send_all.h"
 
-#define PEER_CODEC_VERSION 1
-#define MESSAGE_APPEND 1
-
 void esc_append_head_store(uint8_t *body, const esc_append_head *head, uint32_t count)
 {
-    body[0] = PEER_CODEC_VERSION;
-    body[1] = MESSAGE_APPEND;
-    body[2] = 0; /* flags */
-    body[3] = 0; /* voters */
-    esc_store_u64(body + 4, head->to);
-    esc_store_u64(body + 12, head->sender);
-    esc_store_u64(body + 20, head->term);
-    esc_store_u64(body + 28, head->prev_index);
-    esc_store_u64(body + 36, head->prev_term);
-    esc_store_u64(body + 44, head->commit);
-    esc_store_u64(body + 52, 0); /* hint_index */
-    esc_store_u64(body + 60, 0); /* read_seq */
-    esc_store_u64(body + 68, 0); /* offset */
-    esc_store_u32(body + 76, count);
-    esc_store_u32(body + 80, 0); /* context length */
-    esc_store_u32(body + 84, 0); /* data length */
+    body[ESC_MESSAGE_AT_VERSION] = ESC_MESSAGE_VERSION;
+    body[ESC_MESSAGE_AT_TYPE] = ESC_MESSAGE_APPEND;
+    body[ESC_MESSAGE_AT_FLAGS] = 0;
+    body[ESC_MESSAGE_AT_VOTERS] = 0;
+    esc_store_u64(body + ESC_MESSAGE_AT_TO, head->to);
+    esc_store_u64(body + ESC_MESSAGE_AT_SENDER, head->sender);
+    esc_store_u64(body + ESC_MESSAGE_AT_TERM, head->term);
+    esc_store_u64(body + ESC_MESSAGE_AT_INDEX, head->prev_index);
+    esc_store_u64(body + ESC_MESSAGE_AT_LOG_TERM, head->prev_term);
+    esc_store_u64(body + ESC_MESSAGE_AT_COMMIT, head->commit);
+    esc_store_u64(body + ESC_MESSAGE_AT_HINT_INDEX, 0);
+    esc_store_u64(body + ESC_MESSAGE_AT_READ_SEQ, 0);
+    esc_store_u64(body + ESC_MESSAGE_AT_OFFSET, 0);
+    esc_store_u32(body + ESC_MESSAGE_AT_ENTRIES, count);
+    esc_store_u32(body + ESC_MESSAGE_AT_CONTEXT_LEN, 0);
+    esc_store_u32(body + ESC_MESSAGE_AT_DATA_LEN, 0);
 }
 
 int64_t esc_append_frame_encode(const esc_entry_ring *ring, const esc_append_head *head, uint64_t pos, uint64_t lo,
                                 uint64_t hi, uint8_t *out, size_t room)
 {
     int64_t gathered;
-    uint8_t *body = out + ESC_FRAME_HEAD;
-    if (room < ESC_FRAME_HEAD + ESC_MESSAGE_HEAD)
+    uint8_t *body = out + ESC_FRAME_HEAD_BYTES;
+    if (room < ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES)
         return ESC_ENTRY_NO_ROOM;
     if (hi < lo || hi - lo >= 0xFFFFFFFFu)
         return ESC_ENTRY_MISMATCH;
-    gathered = esc_entry_ring_gather(ring, pos, lo, hi, body + ESC_MESSAGE_HEAD,
-                                     room - ESC_FRAME_HEAD - ESC_MESSAGE_HEAD);
+    gathered = esc_entry_ring_gather(ring, pos, lo, hi, body + ESC_MESSAGE_HEAD_BYTES,
+                                     room - ESC_FRAME_HEAD_BYTES - ESC_MESSAGE_HEAD_BYTES);
     if (gathered < 0)
         return gathered;
-    if ((uint64_t)gathered > UINT32_MAX - ESC_MESSAGE_HEAD)
+    if ((uint64_t)gathered > UINT32_MAX - ESC_MESSAGE_HEAD_BYTES)
         return ESC_ENTRY_NO_ROOM;
     esc_append_head_store(body, head, (uint32_t)(hi - lo + 1));
-    esc_store_u32(out, (uint32_t)(ESC_MESSAGE_HEAD + gathered));
-    esc_store_u32(out + 4, esc_crc32c(0, body, ESC_MESSAGE_HEAD + (size_t)gathered));
-    return (int64_t)ESC_FRAME_HEAD + ESC_MESSAGE_HEAD + gathered;
+    esc_frame_store_head(out, body, (uint32_t)(ESC_MESSAGE_HEAD_BYTES + gathered));
+    return (int64_t)ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES + gathered;
 }
 
 int esc_stream_init(esc_stream *stream, int fd, int timeout_ms, size_t local_bytes)
@@ -158,14 +154,13 @@ int esc_stream_queue_frame(esc_stream *stream, const uint8_t *head, size_t head_
 
 int esc_stream_queue_message(esc_stream *stream, const uint8_t *body, size_t n)
 {
-    uint8_t head[ESC_FRAME_HEAD];
+    uint8_t head[ESC_FRAME_HEAD_BYTES];
     if (n > UINT32_MAX) {
         stream->error = EMSGSIZE;
         return ESC_STREAM_SEND_FAILED;
     }
-    esc_store_u32(head, (uint32_t)n);
-    esc_store_u32(head + 4, esc_crc32c(0, body, n));
-    return esc_stream_queue_frame(stream, head, ESC_FRAME_HEAD, body, n);
+    esc_frame_store_head(head, body, (uint32_t)n);
+    return esc_stream_queue_frame(stream, head, ESC_FRAME_HEAD_BYTES, body, n);
 }
 
 int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, const esc_append_head *head,
@@ -182,7 +177,7 @@ int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, 
         return ESC_ENTRY_MISMATCH;
     count = hi - lo + 1;
     /* Each entry may take an iovec, plus the head and the byte held back. */
-    head_bytes = ESC_FRAME_HEAD + ESC_MESSAGE_HEAD + ESC_ENTRY_ROW * count;
+    head_bytes = ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES + ESC_MESSAGE_ENTRY_ROW_BYTES * count;
     if (count > ESC_STREAM_IOV - 3 || head_bytes + 1 > stream->local_bytes)
         return ESC_ENTRY_NO_ROOM;
     if (stream->local_bytes - stream->local_used < head_bytes + 1 || ESC_STREAM_IOV - stream->iovcnt < (int)count + 2) {
@@ -191,7 +186,7 @@ int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, 
     }
     iov_mark = stream->iovcnt;
     frame = stream->local + stream->local_used;
-    table = frame + ESC_FRAME_HEAD + ESC_MESSAGE_HEAD;
+    table = frame + ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES;
     add_iov(stream, frame, head_bytes);
     first_payload = stream->iovcnt;
     rc = esc_entry_cursor_begin(ring, &cursor, pos);
@@ -202,24 +197,23 @@ int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, 
         rc = esc_entry_cursor_next(ring, &cursor, pos, index, &term, &payload, &length);
         if (rc != ESC_ENTRY_OK)
             break;
-        esc_store_u64(table + (index - lo) * ESC_ENTRY_ROW, term);
-        esc_store_u32(table + (index - lo) * ESC_ENTRY_ROW + 8, length);
+        esc_store_u64(table + (index - lo) * ESC_MESSAGE_ENTRY_ROW_BYTES, term);
+        esc_store_u32(table + (index - lo) * ESC_MESSAGE_ENTRY_ROW_BYTES + 8, length);
         add_iov(stream, (uint8_t *)payload, length);
         data_bytes += length;
     }
-    body_bytes = ESC_MESSAGE_HEAD + ESC_ENTRY_ROW * count + data_bytes;
+    body_bytes = ESC_MESSAGE_HEAD_BYTES + ESC_MESSAGE_ENTRY_ROW_BYTES * count + data_bytes;
     if (rc == ESC_ENTRY_OK && body_bytes > UINT32_MAX)
         rc = ESC_ENTRY_NO_ROOM;
     if (rc != ESC_ENTRY_OK) {
         unqueue_frame(stream, iov_mark, frame);
         return rc;
     }
-    esc_append_head_store(frame + ESC_FRAME_HEAD, head, (uint32_t)count);
-    crc = esc_crc32c(0, frame + ESC_FRAME_HEAD, head_bytes - ESC_FRAME_HEAD);
+    esc_append_head_store(frame + ESC_FRAME_HEAD_BYTES, head, (uint32_t)count);
+    crc = esc_crc32c(0, frame + ESC_FRAME_HEAD_BYTES, head_bytes - ESC_FRAME_HEAD_BYTES);
     for (i = first_payload; i < stream->iovcnt; i++)
         crc = esc_crc32c(crc, stream->iov[i].iov_base, stream->iov[i].iov_len);
-    esc_store_u32(frame, (uint32_t)body_bytes);
-    esc_store_u32(frame + 4, crc);
+    esc_frame_store_head_crc(frame, (uint32_t)body_bytes, crc);
     /* Hold back the frame's last byte (the head is never empty, so there is one). The first
      * iovec of this frame may have been merged into bytes queued before it; only its end is
      * this frame's, and the last byte is always this frame's. */
@@ -241,5 +235,5 @@ int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, 
     stream->local[0] = held;
     stream->local_used = 1;
     add_iov(stream, stream->local, 1);
-    return (int64_t)(ESC_FRAME_HEAD + body_bytes);
+    return (int64_t)(ESC_FRAME_HEAD_BYTES + body_bytes);
 }

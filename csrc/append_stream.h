@@ -42,12 +42,9 @@
 #include <sys/uio.h>
 
 #include "entry_ring.h"
+#include "frame_format.h"
+#include "peer_message.h"
 
-/* Bytes of a frame header (u32 length, u32 CRC-32C; eventstream/transport/frames.py) and of the
- * fixed head of a peer message (eventstream/transport/peer_codec.py). */
-#define ESC_FRAME_HEAD 8u
-#define ESC_MESSAGE_HEAD 88u
-#define ESC_ENTRY_ROW 12u
 #define ESC_STREAM_IOV 1024
 /* queue_append results besides a frame length and ESC_ENTRY_STALE / MISMATCH / NO_ROOM. */
 #define ESC_STREAM_LAPPED (-8)
@@ -85,7 +82,7 @@ void esc_stream_free(esc_stream *stream);
 /* Forget whatever is queued (after a lost link) and write to fd from now on. */
 void esc_stream_reset(esc_stream *stream, int fd);
 
-/* Queue head_n bytes of head (at most ESC_FRAME_HEAD; 0 for a frame already complete in body),
+/* Queue head_n bytes of head (at most ESC_FRAME_HEAD_BYTES; 0 for a frame already complete in body),
  * then n bytes of body: copied, or sent from body before returning when they do not fit the
  * local buffer. 0 or ESC_STREAM_SEND_FAILED. */
 int esc_stream_queue_frame(esc_stream *stream, const uint8_t *head, size_t head_n, const uint8_t *body, size_t n);

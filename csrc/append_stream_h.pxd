@@ -2,11 +2,11 @@
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 from entry_ring_h cimport esc_entry_ring
+from frame_format_h cimport ESC_FRAME_HEAD_BYTES
+from peer_message_h cimport ESC_MESSAGE_HEAD_BYTES
 
 
 cdef extern from "append_stream.h" nogil:
-    unsigned int ESC_FRAME_HEAD
-    unsigned int ESC_MESSAGE_HEAD
     int ESC_STREAM_LAPPED
     int ESC_STREAM_SEND_FAILED
 

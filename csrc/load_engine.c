@@ -16,16 +16,6 @@
 
 #include "batch_codec.h"
 #include "byte_order.h"
-#include "crc32c.h"
-
-#define OP_APPEND 1
-#define HELLO_ROLE_CLIENT 2
-/* Answer status bytes (eventstream/transport/client_protocol.py, Status). */
-#define STATUS_OK 0
-#define STATUS_NOT_LEADER 1
-#define STATUS_TIMEOUT 2
-#define STATUS_UNAVAILABLE 3
-#define STATUS_LAST 7
 /* An answer is small (21 + 13 bytes per event, or an error message); anything longer than this
  * plus the results is damage, not an answer, and is refused before it is buffered. */
 #define ANSWER_SLACK_BYTES (64u * 1024u)
@@ -115,7 +105,7 @@ size_t esc_load_request_bytes_max(uint32_t batch_size, uint32_t payload_len, uin
     uint8_t scratch[KEY_BYTES_MAX];
     size_t key_max = key_text(scratch, keys ? keys - 1 : 0);
     size_t event = esc_event_encoded_bytes(ESC_LOAD_EVENT_ID_BYTES, key_max, payload_len);
-    return ESC_LOAD_FRAME_HEADER_BYTES + ESC_LOAD_REQUEST_HEADER_BYTES + ESC_BATCH_HEADER_BYTES +
+    return ESC_FRAME_HEAD_BYTES + ESC_CLIENT_REQUEST_HEAD_BYTES + ESC_BATCH_HEADER_BYTES +
            (size_t)batch_size * event;
 }
 
@@ -123,8 +113,8 @@ size_t esc_load_encode_request(uint8_t *dst, uint64_t request_id, uint32_t batch
                                const uint8_t *ids, uint64_t key_first, uint64_t keys,
                                const uint8_t *payload, uint32_t payload_len, int64_t timestamp_us)
 {
-    uint8_t *body = dst + ESC_LOAD_FRAME_HEADER_BYTES;
-    uint8_t *batch = body + ESC_LOAD_REQUEST_HEADER_BYTES;
+    uint8_t *body = dst + ESC_FRAME_HEAD_BYTES;
+    uint8_t *batch = body + ESC_CLIENT_REQUEST_HEAD_BYTES;
     uint8_t key[KEY_BYTES_MAX];
     size_t at = ESC_BATCH_HEADER_BYTES;
     uint64_t key_index = key_first % keys;
@@ -146,60 +136,44 @@ size_t esc_load_encode_request(uint8_t *dst, uint64_t request_id, uint32_t batch
             key_index = 0;
     }
     esc_batch_write_header(batch, batch_size, (uint32_t)at);
-    body[0] = OP_APPEND;
+    body[0] = ESC_CLIENT_OP_APPEND;
     esc_store_u64(body + 1, request_id);
-    size_t body_len = ESC_LOAD_REQUEST_HEADER_BYTES + at;
-    esc_store_u32(dst, (uint32_t)body_len);
-    esc_store_u32(dst + 4, esc_crc32c(0, body, body_len));
-    return ESC_LOAD_FRAME_HEADER_BYTES + body_len;
+    size_t body_len = ESC_CLIENT_REQUEST_HEAD_BYTES + at;
+    esc_frame_store_head(dst, body, (uint32_t)body_len);
+    return ESC_FRAME_HEAD_BYTES + body_len;
 }
 
 size_t esc_load_encode_hello(uint8_t *dst)
 {
-    uint8_t *body = dst + ESC_LOAD_FRAME_HEADER_BYTES;
-    memcpy(body, "ESC\x01", 4);
-    body[4] = HELLO_ROLE_CLIENT;
-    memset(body + 5, 0, 16); /* sender and target ids: 0 for clients */
-    esc_store_u32(dst, ESC_LOAD_HELLO_BODY_BYTES);
-    esc_store_u32(dst + 4, esc_crc32c(0, body, ESC_LOAD_HELLO_BODY_BYTES));
-    return ESC_LOAD_FRAME_HEADER_BYTES + ESC_LOAD_HELLO_BODY_BYTES;
+    uint8_t *body = dst + ESC_FRAME_HEAD_BYTES;
+    memcpy(body, ESC_HELLO_MAGIC, ESC_HELLO_MAGIC_BYTES);
+    body[ESC_HELLO_MAGIC_BYTES] = ESC_HELLO_ROLE_CLIENT;
+    memset(body + ESC_HELLO_MAGIC_BYTES + 1, 0, 16); /* sender and target ids: 0 for clients */
+    esc_frame_store_head(dst, body, ESC_HELLO_BYTES);
+    return ESC_FRAME_HEAD_BYTES + ESC_HELLO_BYTES;
 }
 
 /* ---- answers ------------------------------------------------------------------------------- */
-
-int esc_load_frame_check(const uint8_t *buf, size_t len, size_t body_bytes_max, size_t *body_len)
-{
-    if (len < ESC_LOAD_FRAME_HEADER_BYTES)
-        return ESC_LOAD_FRAME_NEED_MORE;
-    uint32_t length = esc_load_u32(buf);
-    if (length > body_bytes_max)
-        return ESC_LOAD_FRAME_TOO_LONG;
-    if (len - ESC_LOAD_FRAME_HEADER_BYTES < length)
-        return ESC_LOAD_FRAME_NEED_MORE;
-    if (esc_crc32c(0, buf + ESC_LOAD_FRAME_HEADER_BYTES, length) != esc_load_u32(buf + 4))
-        return ESC_LOAD_FRAME_BAD_CRC;
-    *body_len = length;
-    return ESC_LOAD_FRAME_WHOLE;
-}
 
 int esc_load_parse_answer(const uint8_t *body, size_t len, uint64_t request_id,
                           uint32_t batch_size, esc_load_answer_t *answer)
 {
     memset(answer, 0, sizeof(*answer));
     answer->outcome = ESC_LOAD_BAD_ANSWER;
-    if (len < ESC_LOAD_ANSWER_HEADER_BYTES || esc_load_u64(body + 1) != request_id)
+    if (len < ESC_CLIENT_ANSWER_HEAD_BYTES || esc_load_u64(body + 1) != request_id)
         return answer->outcome;
     uint8_t status = body[0];
-    const uint8_t *rest = body + ESC_LOAD_ANSWER_HEADER_BYTES;
-    size_t rest_len = len - ESC_LOAD_ANSWER_HEADER_BYTES;
-    if (status == STATUS_OK) {
-        if (rest_len < ESC_LOAD_APPEND_OK_FIXED_BYTES)
+    const uint8_t *rest = body + ESC_CLIENT_ANSWER_HEAD_BYTES;
+    size_t rest_len = len - ESC_CLIENT_ANSWER_HEAD_BYTES;
+    if (status == ESC_CLIENT_STATUS_OK) {
+        if (rest_len < ESC_CLIENT_APPEND_OK_FIXED_BYTES)
             return answer->outcome;
         uint32_t n = esc_load_u32(rest + 8);
-        /* n is checked against the batch before it sizes anything, so 13 * n cannot wrap. */
-        if (n != batch_size || rest_len != ESC_LOAD_APPEND_OK_FIXED_BYTES + (size_t)n * 13)
+        /* n is checked against the batch before it sizes anything, so the rows cannot wrap. */
+        if (n != batch_size || rest_len != ESC_CLIENT_APPEND_OK_FIXED_BYTES + (size_t)n * ESC_CLIENT_APPEND_OK_ROW_BYTES)
             return answer->outcome;
-        const uint8_t *flags = rest + ESC_LOAD_APPEND_OK_FIXED_BYTES + (size_t)n * 12;
+        /* The duplicate flags follow the queue (u32) and offset (u64) columns. */
+        const uint8_t *flags = rest + ESC_CLIENT_APPEND_OK_FIXED_BYTES + (size_t)n * 12;
         uint32_t duplicates = 0;
         for (uint32_t i = 0; i < n; i++)
             duplicates += flags[i] != 0;
@@ -207,16 +181,16 @@ int esc_load_parse_answer(const uint8_t *body, size_t len, uint64_t request_id,
         answer->outcome = ESC_LOAD_OK;
         return answer->outcome;
     }
-    if (status > STATUS_LAST || rest_len < 8)
+    if (status > ESC_CLIENT_STATUS_LAST || rest_len < ESC_CLIENT_ERROR_FIXED_BYTES)
         return answer->outcome;
     answer->leader_id = esc_load_u64(rest);
-    answer->message = rest + 8;
-    answer->message_len = rest_len - 8;
+    answer->message = rest + ESC_CLIENT_ERROR_FIXED_BYTES;
+    answer->message_len = rest_len - ESC_CLIENT_ERROR_FIXED_BYTES;
     switch (status) {
-    case STATUS_NOT_LEADER: answer->outcome = ESC_LOAD_NOT_LEADER; break;
-    case STATUS_UNAVAILABLE: answer->outcome = ESC_LOAD_UNAVAILABLE; break;
-    case STATUS_TIMEOUT: answer->outcome = ESC_LOAD_SERVER_TIMEOUT; break;
-    case 5: answer->outcome = ESC_LOAD_OVERLOADED; break;
+    case ESC_CLIENT_STATUS_NOT_LEADER: answer->outcome = ESC_LOAD_NOT_LEADER; break;
+    case ESC_CLIENT_STATUS_UNAVAILABLE: answer->outcome = ESC_LOAD_UNAVAILABLE; break;
+    case ESC_CLIENT_STATUS_TIMEOUT: answer->outcome = ESC_LOAD_SERVER_TIMEOUT; break;
+    case ESC_CLIENT_STATUS_OVERLOADED: answer->outcome = ESC_LOAD_OVERLOADED; break;
     default: answer->outcome = ESC_LOAD_REFUSED; break;
     }
     return answer->outcome;
@@ -294,10 +268,10 @@ esc_load_engine_t *esc_load_engine_new(const esc_load_config_t *config)
     e->config = *config;
     e->payload = malloc(config->payload_len ? config->payload_len : 1);
     e->slots = calloc(config->slots, sizeof(slot_t));
-    e->out_cap = ESC_LOAD_FRAME_HEADER_BYTES + ESC_LOAD_HELLO_BODY_BYTES +
+    e->out_cap = ESC_FRAME_HEAD_BYTES + ESC_HELLO_BYTES +
                  esc_load_request_bytes_max(config->batch_size, config->payload_len, config->keys);
-    e->answer_body_max = ESC_LOAD_ANSWER_HEADER_BYTES + ESC_LOAD_APPEND_OK_FIXED_BYTES +
-                         (size_t)config->batch_size * 13 + ANSWER_SLACK_BYTES;
+    e->answer_body_max = ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_APPEND_OK_FIXED_BYTES +
+                         (size_t)config->batch_size * ESC_CLIENT_APPEND_OK_ROW_BYTES + ANSWER_SLACK_BYTES;
     e->ids_cap = (size_t)config->batch_size * ESC_LOAD_EVENT_ID_BYTES;
     if (e->ids_cap < IDS_BLOCK_BYTES)
         e->ids_cap = IDS_BLOCK_BYTES;
@@ -613,7 +587,7 @@ static void slot_read(esc_load_engine_t *e, slot_t *s, int64_t now)
 {
     if (s->in_cap - s->in_len < RECV_CHUNK_BYTES) {
         size_t cap = s->in_cap * 2;
-        size_t limit = ESC_LOAD_FRAME_HEADER_BYTES + e->answer_body_max + RECV_CHUNK_BYTES;
+        size_t limit = ESC_FRAME_HEAD_BYTES + e->answer_body_max + RECV_CHUNK_BYTES;
         if (cap > limit)
             cap = limit;
         if (cap > s->in_cap) {
@@ -637,21 +611,22 @@ static void slot_read(esc_load_engine_t *e, slot_t *s, int64_t now)
         return;
     }
     s->in_len += (size_t)n;
-    size_t body_len = 0;
-    int frame = esc_load_frame_check(s->in, s->in_len, e->answer_body_max, &body_len);
-    if (frame == ESC_LOAD_FRAME_NEED_MORE)
+    esc_frame f;
+    int frame = esc_frame_next(s->in, s->in_len, e->answer_body_max, &f);
+    if (frame == ESC_FRAME_NEED_MORE)
         return;
-    if (frame != ESC_LOAD_FRAME_WHOLE) {
+    if (frame != ESC_FRAME_WHOLE) {
         slot_fail(e, s, ESC_LOAD_BAD_FRAME, now);
         return;
     }
+    size_t body_len = f.body_len;
     /* One request is in flight, so exactly one frame may arrive; anything else is damage. */
-    if (s->state != SLOT_WAITING || s->in_len != ESC_LOAD_FRAME_HEADER_BYTES + body_len) {
+    if (s->state != SLOT_WAITING || s->in_len != ESC_FRAME_HEAD_BYTES + body_len) {
         slot_fail(e, s, ESC_LOAD_BAD_ANSWER, now);
         return;
     }
     esc_load_answer_t answer;
-    esc_load_parse_answer(s->in + ESC_LOAD_FRAME_HEADER_BYTES, body_len, s->request_id,
+    esc_load_parse_answer(s->in + ESC_FRAME_HEAD_BYTES, body_len, s->request_id,
                           e->config.batch_size, &answer);
     slot_answered(e, s, &answer, now);
 }

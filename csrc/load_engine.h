@@ -5,11 +5,9 @@
  * generator's cost per event is a few system calls and a memcpy rather than the Python client's
  * futures and frames (esc_bench/native_worker.py drives it; docs/benchmarks.md).
  *
- * Wire formats are the node's, byte for byte; their owners document them:
- *   frame             eventstream/transport/frames.py   (u32 body length, u32 CRC-32C, body)
- *   hello             eventstream/transport/hello.py    ("ESC\x01", role 2 = client, 0, 0)
- *   request, answer   eventstream/transport/client_protocol.py
- *   event batch       csrc/batch_codec.h
+ * Wire formats are the node's, byte for byte, from the shared headers: frames in
+ * frame_format.h, the hello, requests and answers in client_protocol.h, event batches in
+ * batch_codec.h.
  *
  * Nothing here touches Python; esc_load_run() is called without the GIL. Time is CLOCK_MONOTONIC
  * in nanoseconds, the clock behind Python's time.monotonic() on Linux, so the Python side can
@@ -21,11 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ESC_LOAD_FRAME_HEADER_BYTES 8
-#define ESC_LOAD_HELLO_BODY_BYTES 21
-#define ESC_LOAD_REQUEST_HEADER_BYTES 9 /* u8 op, u64 request id */
-#define ESC_LOAD_ANSWER_HEADER_BYTES 9  /* u8 status, u64 request id */
-#define ESC_LOAD_APPEND_OK_FIXED_BYTES 12 /* u64 raft index, u32 n */
+#include "client_protocol.h"
+#include "frame_format.h"
+
 #define ESC_LOAD_EVENT_ID_BYTES 16
 /* Latencies below this many microseconds are counted in an array indexed by the value; slower
  * ones are kept one by one. 131 ms covers every answer of a healthy run. */
@@ -51,10 +47,6 @@ enum esc_load_outcome {
     ESC_LOAD_NO_ANSWER,      /* no answer (or no connection) within the request timeout */
     ESC_LOAD_OUTCOME_COUNT
 };
-
-/* Frame states of esc_load_frame_check(). */
-enum { ESC_LOAD_FRAME_NEED_MORE = 0, ESC_LOAD_FRAME_WHOLE = 1, ESC_LOAD_FRAME_TOO_LONG = -1,
-       ESC_LOAD_FRAME_BAD_CRC = -2 };
 
 /* Results of esc_load_run(). */
 enum { ESC_LOAD_RUN_UNTIL = 0, ESC_LOAD_RUN_DONE = 1, ESC_LOAD_RUN_LOOKUP = 2,
@@ -83,12 +75,6 @@ size_t esc_load_encode_request(uint8_t *dst, uint64_t request_id, uint32_t batch
 /* Writes the client hello frame (8 + 21 bytes) at dst; returns its length. */
 size_t esc_load_encode_hello(uint8_t *dst);
 
-/*
- * Looks at the frame at the start of buf[0, len): NEED_MORE, WHOLE (then *body_len is its body
- * length and the body's CRC has been checked), TOO_LONG (prefix above body_bytes_max; nothing
- * past the header is read), or BAD_CRC.
- */
-int esc_load_frame_check(const uint8_t *buf, size_t len, size_t body_bytes_max, size_t *body_len);
 
 /* Parses an answer body (CRC already checked) to the APPEND request `request_id` of
  * `batch_size` events. Never reads outside body[0, len). Returns answer->outcome. */

@@ -5,17 +5,12 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "load_engine.h" nogil:
     enum:
-        ESC_LOAD_FRAME_HEADER_BYTES
         ESC_LOAD_EVENT_ID_BYTES
         ESC_LOAD_TALLY_EXACT_US
         ESC_LOAD_SLOTS_MAX
         ESC_LOAD_OK
         ESC_LOAD_NOT_LEADER
         ESC_LOAD_OUTCOME_COUNT
-        ESC_LOAD_FRAME_NEED_MORE
-        ESC_LOAD_FRAME_WHOLE
-        ESC_LOAD_FRAME_TOO_LONG
-        ESC_LOAD_FRAME_BAD_CRC
         ESC_LOAD_BAD_FRAME
         ESC_LOAD_BAD_ANSWER
         ESC_LOAD_RUN_UNTIL
@@ -70,7 +65,6 @@ cdef extern from "load_engine.h" nogil:
     size_t esc_load_encode_request(uint8_t *dst, uint64_t request_id, uint32_t batch_size,
                                    const uint8_t *ids, uint64_t key_first, uint64_t keys,
                                    const uint8_t *payload, uint32_t payload_len, int64_t timestamp_us)
-    int esc_load_frame_check(const uint8_t *buf, size_t length, size_t body_bytes_max, size_t *body_len)
     int esc_load_parse_answer(const uint8_t *body, size_t length, uint64_t request_id,
                               uint32_t batch_size, esc_load_answer_t *answer)
     esc_load_engine_t *esc_load_engine_new(const esc_load_config_t *config)

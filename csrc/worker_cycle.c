@@ -10,17 +10,8 @@
 #include <unistd.h>
 
 #include "byte_order.h"
-#include "crc32c.h"
-
-/* peer_codec.py: the fixed head, its limits, and the message types a follower answers with. */
-#define MESSAGE_HEAD 88u
-#define CODEC_VERSION 1u
-#define TYPE_MAX 15u /* the highest MessageType (TERM_QUERY_RESPONSE) */
-#define ENTRIES_MAX (1u << 20)
-#define FLAG_REJECT 1u
-#define APPEND_RESPONSE 2u
-#define HEARTBEAT_RESPONSE 8u
-#define SNAPSHOT_RESPONSE 10u
+#include "frame_format.h"
+#include "peer_message.h"
 
 static uint64_t monotonic_ns(void)
 {
@@ -40,7 +31,7 @@ int esc_worker_init(esc_worker *w, const esc_worker_config *cfg, const esc_entry
     w->control = control;
     w->status = status;
     w->fd = -1;
-    w->rx_cap = ESC_FRAME_HEAD + cfg->answer_frame_max + ESC_RECV_BYTES;
+    w->rx_cap = ESC_FRAME_HEAD_BYTES + cfg->answer_frame_max + ESC_RECV_BYTES;
     w->rx = malloc(w->rx_cap);
     w->pending = malloc(sizeof(*w->pending) * ESC_PENDING_RESPONSES_MAX);
     if (w->rx == NULL || w->pending == NULL || esc_stream_init(&w->stream, -1, cfg->send_timeout_ms, 1u << 18) != 0) {
@@ -85,38 +76,41 @@ int esc_worker_decode_answer(const esc_worker *w, const uint8_t *body, size_t n,
     uint64_t n_voters, n_entries, context_len, data_len, fixed_end, pos, k;
     uint8_t type;
     /* The structure checks of decode_message, in its order; any failure is a malformed answer. */
-    if (n < MESSAGE_HEAD || body[0] != CODEC_VERSION || body[1] < 1 || body[1] > TYPE_MAX)
+    if (n < ESC_MESSAGE_HEAD_BYTES || body[ESC_MESSAGE_AT_VERSION] != ESC_MESSAGE_VERSION ||
+        body[ESC_MESSAGE_AT_TYPE] < 1 || body[ESC_MESSAGE_AT_TYPE] > ESC_MESSAGE_TYPE_MAX)
         return ESC_ANSWER_MALFORMED;
-    type = body[1];
-    n_voters = body[3];
-    n_entries = esc_load_u32(body + 76);
-    context_len = esc_load_u32(body + 80);
-    data_len = esc_load_u32(body + 84);
-    if (n_entries > ENTRIES_MAX)
+    type = body[ESC_MESSAGE_AT_TYPE];
+    n_voters = body[ESC_MESSAGE_AT_VOTERS];
+    n_entries = esc_load_u32(body + ESC_MESSAGE_AT_ENTRIES);
+    context_len = esc_load_u32(body + ESC_MESSAGE_AT_CONTEXT_LEN);
+    data_len = esc_load_u32(body + ESC_MESSAGE_AT_DATA_LEN);
+    if (n_entries > ESC_MESSAGE_ENTRIES_MAX)
         return ESC_ANSWER_MALFORMED;
-    fixed_end = MESSAGE_HEAD + 8 * n_voters + 12 * n_entries;
+    fixed_end = ESC_MESSAGE_HEAD_BYTES + 8 * n_voters + ESC_MESSAGE_ENTRY_ROW_BYTES * n_entries;
     if (fixed_end + context_len + data_len > n)
         return ESC_ANSWER_MALFORMED;
     pos = fixed_end + context_len + data_len;
     for (k = 0; k < n_entries; k++) {
-        pos += esc_load_u32(body + MESSAGE_HEAD + 8 * n_voters + 12 * k + 8);
+        pos += esc_load_u32(body + ESC_MESSAGE_HEAD_BYTES + 8 * n_voters + ESC_MESSAGE_ENTRY_ROW_BYTES * k + 8);
         if (pos > n)
             return ESC_ANSWER_MALFORMED;
     }
     if (pos != n)
         return ESC_ANSWER_MALFORMED;
-    if ((type != APPEND_RESPONSE && type != HEARTBEAT_RESPONSE && type != SNAPSHOT_RESPONSE) ||
-        esc_load_u64(body + 12) != w->cfg.peer_id || esc_load_u64(body + 4) != w->cfg.node_id)
+    if ((type != ESC_MESSAGE_APPEND_RESPONSE && type != ESC_MESSAGE_HEARTBEAT_RESPONSE &&
+         type != ESC_MESSAGE_SNAPSHOT_RESPONSE) ||
+        esc_load_u64(body + ESC_MESSAGE_AT_SENDER) != w->cfg.peer_id ||
+        esc_load_u64(body + ESC_MESSAGE_AT_TO) != w->cfg.node_id)
         return ESC_ANSWER_UNEXPECTED;
     /* RESPONSE_LAYOUT "<BB6xQQQQQQ": type, reject, then term, index, log_term, hint_index,
      * read_seq, offset. */
     memset(rec, 0, ESC_RESPONSE_BYTES);
     rec[0] = type;
-    rec[1] = (body[2] & FLAG_REJECT) ? 1 : 0;
-    memcpy(rec + 8, body + 20, 8);   /* term */
-    memcpy(rec + 16, body + 28, 8);  /* index */
-    memcpy(rec + 24, body + 36, 8);  /* log_term */
-    memcpy(rec + 32, body + 52, 24); /* hint_index, read_seq, offset */
+    rec[1] = (body[ESC_MESSAGE_AT_FLAGS] & ESC_MESSAGE_FLAG_REJECT) ? 1 : 0;
+    memcpy(rec + 8, body + ESC_MESSAGE_AT_TERM, 8);
+    memcpy(rec + 16, body + ESC_MESSAGE_AT_INDEX, 8);
+    memcpy(rec + 24, body + ESC_MESSAGE_AT_LOG_TERM, 8);
+    memcpy(rec + 32, body + ESC_MESSAGE_AT_HINT_INDEX, 24); /* hint_index, read_seq, offset */
     return ESC_ANSWER_OK;
 }
 
@@ -132,11 +126,11 @@ static void take_answer(esc_worker *w, const uint8_t *body, size_t n)
         w->unexpected_answers++;
         return;
     }
-    if (w->pending_n > 0 && rec[0] == APPEND_RESPONSE && !rec[1]) {
+    if (w->pending_n > 0 && rec[0] == ESC_MESSAGE_APPEND_RESPONSE && !rec[1]) {
         /* A success supersedes the success just before it at the same term: the core only needs
          * the highest index matched (its window frees through it). */
         uint8_t *last = w->pending[w->pending_n - 1];
-        if (last[0] == APPEND_RESPONSE && !last[1] && esc_load_u64(last + 8) == esc_load_u64(rec + 8) &&
+        if (last[0] == ESC_MESSAGE_APPEND_RESPONSE && !last[1] && esc_load_u64(last + 8) == esc_load_u64(rec + 8) &&
             esc_load_u64(last + 16) <= esc_load_u64(rec + 16)) {
             memcpy(last, rec, ESC_RESPONSE_BYTES);
             return;
@@ -151,21 +145,21 @@ static void take_answer(esc_worker *w, const uint8_t *body, size_t n)
 static int split_frames(esc_worker *w)
 {
     size_t pos = 0;
-    while (w->rx_used - pos >= ESC_FRAME_HEAD) {
-        uint32_t length = esc_load_u32(w->rx + pos), expected = esc_load_u32(w->rx + pos + 4), actual;
-        if (length > w->cfg.answer_frame_max) {
-            lose(w, ESC_LOST_FRAME_TOO_LONG, 0, length, 0);
-            return -1;
-        }
-        if (length > w->rx_used - pos - ESC_FRAME_HEAD)
+    esc_frame f;
+    for (;;) {
+        int state = esc_frame_next(w->rx + pos, w->rx_used - pos, w->cfg.answer_frame_max, &f);
+        if (state == ESC_FRAME_NEED_MORE)
             break;
-        actual = esc_crc32c(0, w->rx + pos + ESC_FRAME_HEAD, length);
-        if (actual != expected) {
-            lose(w, ESC_LOST_FRAME_CRC, 0, expected, actual);
+        if (state == ESC_FRAME_TOO_LONG) {
+            lose(w, ESC_LOST_FRAME_TOO_LONG, 0, f.body_len, 0);
             return -1;
         }
-        take_answer(w, w->rx + pos + ESC_FRAME_HEAD, length);
-        pos += ESC_FRAME_HEAD + length;
+        if (state == ESC_FRAME_BAD_CRC) {
+            lose(w, ESC_LOST_FRAME_CRC, 0, f.head_crc, f.body_crc);
+            return -1;
+        }
+        take_answer(w, w->rx + pos + ESC_FRAME_HEAD_BYTES, f.body_len);
+        pos += ESC_FRAME_HEAD_BYTES + f.body_len;
     }
     if (pos) {
         memmove(w->rx, w->rx + pos, w->rx_used - pos);
@@ -187,13 +181,13 @@ int esc_worker_can_read(const esc_worker *w)
 {
     /* One read completes at most one frame begun before it plus one per smallest answer frame
      * in it: read only with room for all of them, so no answer is ever dropped. */
-    return w->pending_n + 1 + (int)(ESC_RECV_BYTES / (ESC_FRAME_HEAD + MESSAGE_HEAD)) <= ESC_PENDING_RESPONSES_MAX;
+    return w->pending_n + 1 + (int)(ESC_RECV_BYTES / (ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES)) <= ESC_PENDING_RESPONSES_MAX;
 }
 
 /* Read what the follower sent (poll said there is some). */
 static int read_answers(esc_worker *w)
 {
-    /* Invariant: rx_used < ESC_FRAME_HEAD + answer_frame_max (split_frames takes every complete
+    /* Invariant: rx_used < ESC_FRAME_HEAD_BYTES + answer_frame_max (split_frames takes every complete
      * frame), so one read always fits in rx. */
     ssize_t got = recv(w->fd, w->rx + w->rx_used, ESC_RECV_BYTES, MSG_DONTWAIT);
     if (got < 0) {
@@ -311,7 +305,7 @@ static int maybe_extend(const esc_worker *w, esc_append_order *a, const esc_appe
 static int64_t send_copied(esc_worker *w, const esc_append_head *head, const esc_append_order *a)
 {
     uint64_t count = a->hi - a->lo + 1;
-    size_t room = ESC_FRAME_HEAD + ESC_MESSAGE_HEAD + ESC_ENTRY_ROW * count + a->data_bytes;
+    size_t room = ESC_FRAME_HEAD_BYTES + ESC_MESSAGE_HEAD_BYTES + ESC_MESSAGE_ENTRY_ROW_BYTES * count + a->data_bytes;
     uint8_t *out = malloc(room);
     int64_t n;
     if (out == NULL)
@@ -356,7 +350,7 @@ static int carry_out_orders(esc_worker *w)
             esc_ring_consume(w->control);
             if (rc != 0)
                 return lose(w, ESC_LOST_SEND_FAILED, w->stream.error, 0, 0);
-            queued += ESC_FRAME_HEAD + length;
+            queued += ESC_FRAME_HEAD_BYTES + length;
             w->messages++;
             continue;
         }
