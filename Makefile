@@ -64,4 +64,4 @@ demo: build
 	$(VENV)/bin/esc demo
 
 clean:
-	rm -rf build $(VENV) *.egg-info eventstream/*.so eventstream/**/*.so
+	rm -rf build $(VENV) *.egg-info eventstream/*/*.so esc_bench/*.so

@@ -1,5 +1,6 @@
-"""Build the native hot path: every csrc/_NAME.pyx becomes the extension eventstream._NAME
-(the load generator's engine becomes esc_bench._NAME: the product does not carry it).
+"""Build the native hot path: every csrc/_NAME.pyx becomes the extension _NAME of the subsystem
+that owns it (PACKAGE_OF; the load generator's engine goes to esc_bench: the product does not
+carry it).
 
 A .pyx names the plain C files it links with in its own header
 (`# distutils: sources = csrc/crc32c.c`), so this file needs no per-module table.
@@ -21,14 +22,25 @@ if sys.platform.startswith("linux"):
 # Debug checks compile away (docs/conventions.md §10): ESC_DEBUG=1 turns them on.
 macros = [("ESC_DEBUG", "1")] if os.environ.get("ESC_DEBUG") == "1" else []
 
-PACKAGE_OF = {"_load_engine": "esc_bench"}
+PACKAGE_OF = {
+    "_codec": "eventstream.storage",
+    "_crc32c": "eventstream.storage",
+    "_wal": "eventstream.storage",
+    "_frames": "eventstream.transport",
+    "_append_intake": "eventstream.transport",
+    "_spsc_ring": "eventstream.replication",
+    "_state": "eventstream.state",
+    "_load_engine": "esc_bench",
+}
 
 extensions = []
 for pyx in sorted(glob.glob("csrc/_*.pyx")):
     stem = os.path.splitext(os.path.basename(pyx))[0]
+    if stem not in PACKAGE_OF:
+        sys.exit(f"setup.py: {pyx} names no subsystem: add it to PACKAGE_OF")
     extensions.append(
         Extension(
-            f"{PACKAGE_OF.get(stem, 'eventstream')}.{stem}",
+            f"{PACKAGE_OF[stem]}.{stem}",
             [pyx],
             include_dirs=["csrc"],
             extra_compile_args=compile_args,

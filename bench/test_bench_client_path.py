@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from eventstream._append_wire import check_appends, frame_append_answers
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
+from eventstream.transport._append_intake import check_appends, frame_append_answers
 from eventstream.transport.client_protocol import (
     Op,
     Status,
@@ -120,9 +120,9 @@ def test_request_path_of_64_connections(benchmark: Any, impl: str) -> None:
     connection) with the same native kernels."""
     import time
 
-    from eventstream._append_wire import AppendIntake
     from eventstream.batcher import PendingAppend, ProposalBatcher
     from eventstream.metrics import LATENCY_BUCKETS_S
+    from eventstream.transport._append_intake import AppendIntake
 
     bodies, _ = _burst()
     reads = [struct.pack("<II", len(b), crc32c(b)) + b for b in bodies]

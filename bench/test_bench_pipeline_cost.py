@@ -28,10 +28,10 @@ from typing import Any
 import psutil
 import pytest
 
-from eventstream._crc32c import crc32c
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.replication.pipeline import FollowerPipeline, InProcessPipeline
 from eventstream.replication.pool import ReplicationPool
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.hello import ROLE_PEER
 from eventstream.transport.listener import Listener
 from eventstream.transport.peers import PeerNetwork
@@ -41,7 +41,7 @@ LIMIT = 64 << 20
 _SINK = textwrap.dedent(
     """
     import asyncio, sys
-    from eventstream._crc32c import crc32c
+    from eventstream.storage._crc32c import crc32c
     from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
     from eventstream.transport.listener import Listener
     from eventstream.transport.peers import PeerNetwork

@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
-from eventstream._state import DedupTable, apply_dedup_add
 from eventstream.state import STATUS_STORED, StateMachine, encode_set_event
+from eventstream.state._state import DedupTable, apply_dedup_add
 from eventstream.storage.codec import Event
 
 BATCH_EVENTS = 1000

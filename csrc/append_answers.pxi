@@ -1,6 +1,6 @@
 # Answers out: APPEND OK and error frames, per-connection output, latency:
-# part of the eventstream._append_wire extension; csrc/_append_wire.pyx includes it after the
-# declarations and shared names it uses.
+# part of the eventstream.transport._append_intake extension; csrc/_append_intake.pyx includes
+# it after the declarations and shared names it uses.
 
 cdef inline size_t _ok_frame_bytes(uint32_t count) noexcept nogil:
     return (ESC_FRAME_HEAD_BYTES + ESC_CLIENT_ANSWER_HEAD_BYTES + ESC_CLIENT_APPEND_OK_FIXED_BYTES

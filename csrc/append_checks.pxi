@@ -1,6 +1,6 @@
 # Requests in: frame and APPEND batch checks:
-# part of the eventstream._append_wire extension; csrc/_append_wire.pyx includes it after the
-# declarations and shared names it uses.
+# part of the eventstream.transport._append_intake extension; csrc/_append_intake.pyx includes
+# it after the declarations and shared names it uses.
 
 cdef enum:
     # A batch whose events end before its length says (esc_batch_read_* never return it).

@@ -1,6 +1,6 @@
 # Client connections as slots: their buffers, generations and free list:
-# part of the eventstream._append_wire extension; csrc/_append_wire.pyx includes it after the
-# declarations and shared names it uses.
+# part of the eventstream.transport._append_intake extension; csrc/_append_intake.pyx includes
+# it after the declarations and shared names it uses.
 
 cdef struct Buffer:
     uint8_t *data

@@ -1,6 +1,6 @@
 # Entry building: the waiting requests and their event bytes, cut into SET_EVENT_AT entries:
-# part of the eventstream._append_wire extension; csrc/_append_wire.pyx includes it after the
-# declarations and shared names it uses.
+# part of the eventstream.transport._append_intake extension; csrc/_append_intake.pyx includes
+# it after the declarations and shared names it uses.
 
 cdef struct Waiter:
     uint32_t slot

@@ -1,7 +1,7 @@
 /*
  * Positional writes into a WAL segment file: a vectored write that resumes after short writes
  * and EINTR, and best-effort block preallocation ahead of the write position. Plain C so that
- * eventstream._wal calls them without the GIL.
+ * eventstream.storage._wal calls them without the GIL.
  */
 #ifndef ESC_SEGMENT_WRITE_H
 #define ESC_SEGMENT_WRITE_H

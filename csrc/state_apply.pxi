@@ -1,6 +1,6 @@
 # The SET_EVENT and DEDUP_ADD apply loops:
-# part of the eventstream._state extension; csrc/_state.pyx includes it after the declarations
-# and shared names it uses.
+# part of the eventstream.state._state extension; csrc/_state.pyx includes it after the
+# declarations and shared names it uses.
 
 def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable dedup,
                     int64_t[::1] next_offsets, uint64_t log_index, first_seen_us=None):

@@ -1,6 +1,6 @@
 # The dedup table and the hashes:
-# part of the eventstream._state extension; csrc/_state.pyx includes it after the declarations
-# and shared names it uses.
+# part of the eventstream.state._state extension; csrc/_state.pyx includes it after the
+# declarations and shared names it uses.
 
 class DedupFullError(Exception):
     """The dedup table holds its configured maximum of ids; expire some before adding more."""

@@ -1,6 +1,6 @@
 # Queue segments: their record codec, sparse index and appends:
-# part of the eventstream._state extension; csrc/_state.pyx includes it after the declarations
-# and shared names it uses.
+# part of the eventstream.state._state extension; csrc/_state.pyx includes it after the
+# declarations and shared names it uses.
 
 # Queue segment files are WAL segment images (csrc/wal_format.h): one record per stored event,
 # record index = the event's queue offset, record term = the Raft index of the entry that stored

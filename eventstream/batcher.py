@@ -1,7 +1,7 @@
 """ProposalBatcher: coalesces concurrent client appends into one SET_EVENT_AT Raft entry.
 
 This is the Python reference of the leader's entry building: the node runs its native twin,
-csrc/_append_wire.pyx AppendIntake (which also reads the requests and frames the answers),
+csrc/_append_intake.pyx AppendIntake (which also reads the requests and frames the answers),
 and tests/unit/transport/test_append_intake.py checks both build the same entries.
 
 Many clients each sending one event would otherwise cost one entry, one WAL record and one
@@ -9,7 +9,7 @@ fdatasync each. The leader instead gathers every append that arrives while the p
 is being written and proposes them together (up to batch_size events or batch_bytes_max), so
 throughput grows with the number of clients instead of being capped by fsyncs per second.
 
-Client batches are validated natively when they arrive (csrc/_append_wire.pyx) (a malformed batch is refused
+Client batches are validated natively when they arrive (csrc/_append_intake.pyx) (a malformed batch is refused
 then and never reaches the log, where it would stop every replica's apply). Merging them is one
 header plus the event bytes of each batch back to back (csrc/batch_codec.h): events are never
 decoded or re-encoded. One client request always lands whole in one entry, so its events are

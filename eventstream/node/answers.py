@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from eventstream._append_wire import AppendIntake, EntryWaiters
 from eventstream.metrics import NodeMetrics
 from eventstream.node.clock import Clock
 from eventstream.raft.messages import NONE
 from eventstream.raft.node import RaftNode
 from eventstream.state import STATUS_BAD_QUEUE, STATUS_DEDUP_FULL, STATUS_DUPLICATE, StateMachine
+from eventstream.transport._append_intake import AppendIntake, EntryWaiters
 from eventstream.transport.client_protocol import Status, encode_json, encode_response
 from eventstream.transport.client_server import ClientServer, ClientSession
 

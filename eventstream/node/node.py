@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 from eventstream import __version__
-from eventstream._append_wire import AppendIntake
 from eventstream.config import NodeConfig, parse_address
 from eventstream.metrics import LATENCY_BUCKETS_S, NodeMetrics
 from eventstream.node.answers import AppendAnswers, Replies
@@ -41,6 +40,7 @@ from eventstream.state import (
 )
 from eventstream.storage import crc32c
 from eventstream.storage.errors import StorageError
+from eventstream.transport._append_intake import AppendIntake
 from eventstream.transport.client_protocol import Request, Status
 from eventstream.transport.client_server import (
     IN_FLIGHT_PER_CONNECTION_MAX,

@@ -6,12 +6,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from eventstream._append_wire import (
-    REFUSED_INVALID,
-    REFUSED_NOT_ACCEPTING,
-    REFUSED_OVERLOADED,
-    AppendIntake,
-)
 from eventstream.config import NodeConfig
 from eventstream.metrics import NodeMetrics
 from eventstream.node.answers import AppendAnswers, Replies, TermWaiters
@@ -29,6 +23,12 @@ from eventstream.raft.node import (
     UncommittedLimitError,
 )
 from eventstream.state import ConfigError, StateMachine, encode_config_update, validate_config
+from eventstream.transport._append_intake import (
+    REFUSED_INVALID,
+    REFUSED_NOT_ACCEPTING,
+    REFUSED_OVERLOADED,
+    AppendIntake,
+)
 from eventstream.transport.client_protocol import (
     Op,
     ProtocolError,

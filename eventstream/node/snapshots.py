@@ -7,13 +7,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from eventstream._append_wire import AppendIntake
 from eventstream.metrics import NodeMetrics
 from eventstream.node.durability import NodeLog
 from eventstream.node.snapshot_policy import snapshot_due
 from eventstream.raft.messages import SnapshotChunk
 from eventstream.raft.node import RaftNode
 from eventstream.state import SnapshotReceiver, StateError, StateMachine
+from eventstream.transport._append_intake import AppendIntake
 
 log = logging.getLogger(__name__)
 

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from eventstream._spsc_ring import HEADER_BYTES, SpscRing
 from eventstream.raft.messages import Message, MessageType
+from eventstream.replication._spsc_ring import HEADER_BYTES, SpscRing
 from eventstream.replication.pipeline import InProcessPipeline, PipelineStats
 from eventstream.replication.shared_entries import (
     ENTRY_RING_BYTES_DEFAULT,

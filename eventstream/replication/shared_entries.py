@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from eventstream._spsc_ring import ENTRY_HEADER_BYTES, EntryRing, RecordTooLargeError
 from eventstream.raft.messages import Entry
+from eventstream.replication._spsc_ring import ENTRY_HEADER_BYTES, EntryRing, RecordTooLargeError
 
 # Record space of the entry ring. Half of it bounds one entry (the node's entries are at most
 # batch_bytes_max plus a little); pages of shared memory are committed when first written.

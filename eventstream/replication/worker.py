@@ -64,8 +64,9 @@ import struct
 import sys
 import time
 
-from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import (
+from eventstream.node_log import configure_node_log
+from eventstream.raft.messages import Message, MessageType
+from eventstream.replication._spsc_ring import (
     RUN_LOST,
     RUN_ORPHANED,
     RUN_RING_CORRUPT,
@@ -74,9 +75,8 @@ from eventstream._spsc_ring import (
     SpscRing,
     WorkerCycle,
 )
-from eventstream.node_log import configure_node_log
-from eventstream.raft.messages import Message, MessageType
 from eventstream.replication.worker_stats import ORDER_WAIT_BOUNDS_S
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.frames import frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
 

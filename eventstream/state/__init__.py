@@ -4,7 +4,7 @@ See eventstream/state/machine.py for the contract with the node and commands.py 
 each command.
 """
 
-from eventstream._state import (
+from eventstream.state._state import (
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
     STATUS_DUPLICATE,

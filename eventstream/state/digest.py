@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eventstream._state import DedupView
+from eventstream.state._state import DedupView
 from eventstream.state.config import canonical_json
 from eventstream.state.queues import segment_prefix_pieces
 

@@ -32,8 +32,13 @@ import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from eventstream._state import DedupFullError, DedupTable, MalformedCommandError, apply_dedup_add
 from eventstream.state import snapshot as snapshots
+from eventstream.state._state import (
+    DedupFullError,
+    DedupTable,
+    MalformedCommandError,
+    apply_dedup_add,
+)
 from eventstream.state.commands import (
     DEDUP_EXPIRE_BODY,
     DEDUP_EXPIRE_LEGACY_BODY,
@@ -70,7 +75,7 @@ log = logging.getLogger(__name__)
 
 class ApplyResult(NamedTuple):
     """Outcome of one applied entry. Per-event arrays are set for SET_EVENT (statuses are the
-    STATUS_* values of eventstream._state) and per-id statuses for DEDUP_ADD."""
+    STATUS_* values of eventstream.state._state) and per-id statuses for DEDUP_ADD."""
 
     log_index: int
     command: CommandType | None  # None for the leader's no-op

@@ -38,7 +38,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from eventstream._state import (
+from eventstream.state._state import (
     PositionIndex,
     QueueDataError,
     QueueLogCore,

@@ -35,7 +35,7 @@ from typing import Any
 
 import lz4.frame
 
-from eventstream._state import DEDUP_ENTRY_BYTES, DedupTable, DedupView
+from eventstream.state._state import DEDUP_ENTRY_BYTES, DedupTable, DedupView
 from eventstream.state.digest import state_digest
 from eventstream.state.errors import SnapshotError
 from eventstream.state.queues import segment_prefix_pieces

@@ -1,6 +1,6 @@
 """Durable storage: CRC-32C, the segmented Raft log, hard state and the event batch codec."""
 
-from eventstream._crc32c import crc32c
+from eventstream.storage._crc32c import crc32c
 from eventstream.storage.errors import (
     CodecError,
     CompactedError,

@@ -11,7 +11,7 @@ import fcntl
 import os
 import struct
 
-from eventstream._crc32c import crc32c
+from eventstream.storage._crc32c import crc32c
 from eventstream.storage.errors import CorruptionError, StorageError
 
 

@@ -6,7 +6,7 @@ modules); eventstream/storage/codec_reference.py is its pure-Python twin for tes
 
 from __future__ import annotations
 
-from eventstream._codec import (
+from eventstream.storage._codec import (
     BATCH_BYTES_MAX,
     BATCH_EVENTS_MAX,
     BATCH_HEADER_BYTES,

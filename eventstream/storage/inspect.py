@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from eventstream._wal import scan_records
+from eventstream.storage._wal import scan_records
 from eventstream.storage.atomic_file import unpack_checked
 from eventstream.storage.errors import StorageError
 from eventstream.storage.hard_state import HARD_STATE_FILE, HardState

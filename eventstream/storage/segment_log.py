@@ -9,7 +9,7 @@ Layout of a log directory:
     LOCK                     flock'd while the log is open, so two processes never share it
 
 Loops over records (framing, CRC, scans, range reads), the writes themselves and the append
-path are native (eventstream._wal: SegmentFile, LogTail, which SegmentLog extends); this module
+path are native (eventstream.storage._wal: SegmentFile, LogTail, which SegmentLog extends); this module
 keeps the rest of the control flow: segment rolls, durability, recovery, truncation, compaction.
 With wal_sync=False the active segment has disk blocks reserved a few MiB ahead of its end
 (fallocate, file size unchanged); with wal_sync=True it is extended with zeros 1 MiB ahead of
@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from eventstream._wal import (
+from eventstream.storage._wal import (
     SPARSE_STRIDE,
     WAL_HEADER_BYTES,
     LogTail,

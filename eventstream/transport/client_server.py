@@ -1,6 +1,6 @@
 """Server side of the client protocol: requests in, answers out, per connection read.
 
-Each client connection's bytes go straight to the node's AppendIntake (csrc/_append_wire.pyx):
+Each client connection's bytes go straight to the node's AppendIntake (csrc/_append_intake.pyx):
 one native call per read splits the frames, checks every APPEND request and queues its events
 for the next entry, so 64 single-event clients cost the leader no Python work per request.
 Any other request is handed back here and served in arrival order, after the APPENDs that came
@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Protocol
 
-from eventstream._append_wire import AppendIntake
+from eventstream.transport._append_intake import AppendIntake
 from eventstream.transport.client_protocol import (
     ProtocolError,
     Request,

@@ -19,8 +19,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 
-from eventstream._crc32c import crc32c as _native_crc32c
-from eventstream._frames import SPLIT_BAD_CRC, SPLIT_TOO_LONG, split_frames
+from eventstream.storage._crc32c import crc32c as _native_crc32c
+from eventstream.transport._frames import SPLIT_BAD_CRC, SPLIT_TOO_LONG, split_frames
 
 Buffer = bytes | bytearray | memoryview
 CrcFunction = Callable[[Buffer], int]

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstream._crc32c import (
+from eventstream.storage import crc32c
+from eventstream.storage._crc32c import (
     crc32c_table,
     crc32c_without_folding,
     folding_accelerated,
     hardware_accelerated,
 )
-from eventstream.storage import crc32c
 
 reference = pytest.importorskip("crc32c", reason="the PyPI crc32c package is a test dependency")
 

@@ -26,7 +26,7 @@ def test_latency_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
 
 
 def test_latency_histogram_adds_the_native_intake_s_buckets() -> None:
-    from eventstream._append_wire import AppendIntake
+    from eventstream.transport._append_intake import AppendIntake
 
     registry = CollectorRegistry()
     h = LatencyHistogram("x_seconds", "doc", (0.001, 0.01), registry)

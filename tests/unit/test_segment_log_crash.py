@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eventstream._wal import WAL_HEADER_BYTES
 from eventstream.storage import CorruptionError, SegmentLog, wal_reference
+from eventstream.storage._wal import WAL_HEADER_BYTES
 
 SEGMENT_BYTES = 2048
 RECORDS = 120

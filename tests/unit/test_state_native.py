@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._state import (
+from eventstream.state._state import (
     DEDUP_ENTRY_BYTES,
     STATUS_BAD_QUEUE,
     STATUS_DEDUP_FULL,
@@ -35,8 +35,8 @@ from eventstream._state import (
     routing_hash,
     scan_queue_segment,
 )
-from eventstream._wal import scan_records
 from eventstream.storage import codec_reference, crc32c, wal_reference
+from eventstream.storage._wal import scan_records
 from eventstream.storage.codec import Event, encode_batch
 
 

@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._wal import (
+from eventstream.storage import crc32c
+from eventstream.storage import wal_reference as reference
+from eventstream.storage._wal import (
     SPARSE_STRIDE,
     WAL_ALIGN_PAYLOAD_BYTES_MIN,
     WAL_HEADER_BYTES,
@@ -22,8 +24,6 @@ from eventstream._wal import (
     read_records,
     scan_records,
 )
-from eventstream.storage import crc32c
-from eventstream.storage import wal_reference as reference
 from eventstream.storage.errors import CorruptionError, StorageError
 
 # A record for index 7, term 3, payload b"raft": pinned byte for byte (docs/conventions.md §9).

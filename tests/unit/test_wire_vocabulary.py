@@ -1,7 +1,7 @@
 """The native modules and the Python codecs speak one wire vocabulary.
 
 Every code and size the C side uses comes from four headers (csrc/frame_format.h,
-client_protocol.h, peer_message.h, state_commands.h); eventstream._frames reports the values it
+client_protocol.h, peer_message.h, state_commands.h); eventstream.transport._frames reports the values it
 was compiled with. Each is compared here with what the owning Python codec actually produces,
 so a change on one side alone fails this test instead of a cluster run.
 """
@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from eventstream._frames import native_wire_vocabulary
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.state import commands
 from eventstream.state.commands import CommandType
 from eventstream.transport import client_protocol, frames, hello, peer_codec
+from eventstream.transport._frames import native_wire_vocabulary
 from eventstream.transport.client_protocol import Op, Status
 
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import (
+from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication._spsc_ring import (
     APPEND_OVERHEAD_BYTES,
     ENTRY_HEADER_BYTES,
     GATHER_MISMATCH,
@@ -30,7 +30,7 @@ from eventstream._spsc_ring import (
     AppendStream,
     EntryRing,
 )
-from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.frames import FrameDecoder
 from eventstream.transport.peer_codec import decode_message, encode_message
 

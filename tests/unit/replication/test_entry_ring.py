@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import (
+from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication._spsc_ring import (
     APPEND_OVERHEAD_BYTES,
     ENTRY_HEADER_BYTES,
     ENTRY_MIN_CAPACITY,
@@ -30,8 +30,8 @@ from eventstream._spsc_ring import (
     RingError,
     SpscRing,
 )
-from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.replication.shared_entries import SharedEntries
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.peer_codec import encode_message
 
 
@@ -159,8 +159,8 @@ def test_placement_writes_each_entry_once_restarts_at_gaps_and_declines_what_it_
 _READER = textwrap.dedent(
     """
     import mmap, os, select, struct, sys
-    from eventstream._crc32c import crc32c
-    from eventstream._spsc_ring import EntryRing, SpscRing, APPEND_OVERHEAD_BYTES
+    from eventstream.storage._crc32c import crc32c
+    from eventstream.replication._spsc_ring import EntryRing, SpscRing, APPEND_OVERHEAD_BYTES
 
     efd, esize, cfd, csize, bell, count = map(int, sys.argv[1:7])
     entries = EntryRing.attach(mmap.mmap(efd, esize))

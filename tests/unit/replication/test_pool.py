@@ -19,10 +19,10 @@ from typing import Any
 import psutil
 import pytest
 
-from eventstream._crc32c import crc32c
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.replication import pool as pool_module
 from eventstream.replication.pool import PoolPipeline, ReplicationPool
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION
 from eventstream.transport.listener import Listener
 from eventstream.transport.peer_codec import decode_message, encode_message

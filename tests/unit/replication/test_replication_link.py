@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from eventstream._crc32c import crc32c
 from eventstream.raft.messages import Message, MessageType
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.frames import FrameDecoder, frame_header
 from eventstream.transport.hello import ROLE_REPLICATION, Hello
 from eventstream.transport.listener import Listener

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from eventstream._spsc_ring import (
+from eventstream.replication._spsc_ring import (
     HEADER_BYTES,
     MIN_CAPACITY,
     RecordTooLargeError,
@@ -130,7 +130,7 @@ def test_a_closed_end_refuses_use() -> None:
 _CONSUMER = textwrap.dedent(
     """
     import mmap, os, select, struct, sys
-    from eventstream._spsc_ring import SpscRing
+    from eventstream.replication._spsc_ring import SpscRing
 
     fd, size, bell, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     ring = SpscRing.attach(mmap.mmap(fd, size))
@@ -201,7 +201,7 @@ def test_two_processes_hammer_one_ring_without_loss_reorder_damage_or_lost_wakeu
 _ECHO_CONSUMER = textwrap.dedent(
     """
     import mmap, os, select, sys
-    from eventstream._spsc_ring import SpscRing
+    from eventstream.replication._spsc_ring import SpscRing
 
     fd, size, bell, echo, count = (int(a) for a in sys.argv[1:6])
     ring = SpscRing.attach(mmap.mmap(fd, size))

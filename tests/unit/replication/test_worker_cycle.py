@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._crc32c import crc32c
-from eventstream._spsc_ring import (
+from eventstream.raft.messages import Entry, Message, MessageType
+from eventstream.replication import worker as worker_module
+from eventstream.replication._spsc_ring import (
     CYCLE_RECORDS,
     ENTRY_HEADER_BYTES,
     HEADER_BYTES,
@@ -28,14 +29,13 @@ from eventstream._spsc_ring import (
     SpscRing,
     WorkerCycle,
 )
-from eventstream.raft.messages import Entry, Message, MessageType
-from eventstream.replication import worker as worker_module
 from eventstream.replication.worker import (
     _ORDER_WAIT_BOUNDS_NS,
     RESPONSE_LAYOUT,
     RESPONSE_TYPES,
     response_record,
 )
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.peer_codec import PeerCodecError, decode_message, encode_message
 
 NODE = 1

@@ -1,4 +1,4 @@
-"""AppendIntake (csrc/_append_wire.pyx): requests in per read, entries out, answers per connection.
+"""AppendIntake (csrc/_append_intake.pyx): requests in per read, entries out, answers per connection.
 
 Its entries are checked against the Python reference (eventstream/batcher.py), its frames
 against client_protocol.py's encoders and frames.py's decoder.
@@ -15,16 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventstream._append_wire import (
+from eventstream.batcher import PendingAppend, ProposalBatcher
+from eventstream.storage import crc32c
+from eventstream.storage.codec import encode_batch
+from eventstream.transport._append_intake import (
     REFUSED_INVALID,
     REFUSED_NOT_ACCEPTING,
     REFUSED_OVERLOADED,
     AppendIntake,
     EntryWaiters,
 )
-from eventstream.batcher import PendingAppend, ProposalBatcher
-from eventstream.storage import crc32c
-from eventstream.storage.codec import encode_batch
 from eventstream.transport.client_protocol import (
     Op,
     Status,

@@ -1,4 +1,4 @@
-"""csrc/_append_wire.pyx against the Python encoders of client_protocol.py and the codec."""
+"""csrc/_append_intake.pyx against the Python encoders of client_protocol.py and the codec."""
 
 import random
 import struct
@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstream._append_wire import check_appends, frame_append_answers
 from eventstream.storage import crc32c
 from eventstream.storage.codec import CodecError, decode_batch, encode_batch
+from eventstream.transport._append_intake import check_appends, frame_append_answers
 from eventstream.transport.client_protocol import (
     Op,
     Status,

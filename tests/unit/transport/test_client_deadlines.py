@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from eventstream._crc32c import crc32c
 from eventstream.client import AsyncClient
 from eventstream.errors import Overloaded, Timeout, Unavailable
+from eventstream.storage._crc32c import crc32c
 from eventstream.transport.client_protocol import Op, Status, decode_request, encode_error
 from eventstream.transport.frames import FRAME_BYTES_MAX_DEFAULT, FrameDecoder, FrameEncoder
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from eventstream._append_wire import REFUSED_INVALID, REFUSED_NOT_ACCEPTING, AppendIntake
 from eventstream.storage import crc32c
 from eventstream.storage.codec import encode_batch
+from eventstream.transport._append_intake import (
+    REFUSED_INVALID,
+    REFUSED_NOT_ACCEPTING,
+    AppendIntake,
+)
 from eventstream.transport.client_protocol import (
     Op,
     Request,
