@@ -19,14 +19,18 @@ import time
 from collections.abc import Iterator, Sequence
 
 from eventstream.raft import RaftNode
-from tests.sim.mutations import MUTATIONS
+from tests.sim.mutations import EXECUTOR_MUTATIONS, MUTATIONS
 from tests.sim.simulator import DEFAULT_FAULT_TICKS, SimResult, Simulation
 
 
 def run_seed(args: tuple[int, int | None, int, str | None, bool]) -> SimResult:
     seed, nodes, fault_ticks, mutation, disk_loss = args
-    node_class = MUTATIONS[mutation] if mutation else RaftNode
-    return Simulation(seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class, disk_loss=disk_loss).run()
+    node_class = MUTATIONS.get(mutation or "", RaftNode)
+    executor = EXECUTOR_MUTATIONS.get(mutation or "")
+    extra = {"executor_class": executor} if executor else {}
+    return Simulation(
+        seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class, disk_loss=disk_loss, **extra
+    ).run()
 
 
 def replay_command(seed: int, args: argparse.Namespace) -> str:
@@ -61,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--mutation",
-        choices=sorted(MUTATIONS),
+        choices=sorted(MUTATIONS) + sorted(EXECUTOR_MUTATIONS),
         default=None,
-        help="run a deliberately broken core (checks that the checker catches it)",
+        help="run a deliberately broken core or Ready executor (checks that the checker catches it)",
     )
     parser.add_argument(
         "--disk-loss",
