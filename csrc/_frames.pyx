@@ -85,7 +85,7 @@ def native_wire_vocabulary():
         "commands": {
             "SET_EVENT": ESC_COMMAND_SET_EVENT, "DEDUP_ADD": ESC_COMMAND_DEDUP_ADD,
             "DEDUP_EXPIRE": ESC_COMMAND_DEDUP_EXPIRE, "CONFIG_UPDATE": ESC_COMMAND_CONFIG_UPDATE,
-            "SET_EVENT_AT": ESC_COMMAND_SET_EVENT_AT,
+            "SET_EVENT_AT": ESC_COMMAND_SET_EVENT_AT, "MEMBERSHIP": ESC_COMMAND_MEMBERSHIP,
         },
         "set_event_at_head_bytes": ESC_SET_EVENT_AT_HEAD_BYTES,
         "message_version": ESC_MESSAGE_VERSION,

@@ -10,6 +10,8 @@
 #define ESC_COMMAND_DEDUP_EXPIRE 3
 #define ESC_COMMAND_CONFIG_UPDATE 4
 #define ESC_COMMAND_SET_EVENT_AT 5
+/* A membership entry of the consensus core (eventstream/raft/membership.py); applies as a no-op. */
+#define ESC_COMMAND_MEMBERSHIP 6
 /* SET_EVENT_AT: u8 command, i64 first-seen time in microseconds (the leader's clock at
  * proposal), then a batch_codec.h batch. */
 #define ESC_SET_EVENT_AT_HEAD_BYTES 9

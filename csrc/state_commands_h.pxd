@@ -7,4 +7,5 @@ cdef extern from "state_commands.h" nogil:
         ESC_COMMAND_DEDUP_EXPIRE
         ESC_COMMAND_CONFIG_UPDATE
         ESC_COMMAND_SET_EVENT_AT
+        ESC_COMMAND_MEMBERSHIP
         ESC_SET_EVENT_AT_HEAD_BYTES

@@ -25,6 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
+from eventstream.raft.membership import Membership
 from eventstream.raft.messages import Entry, HardState, SnapshotMeta
 from eventstream.raft.storage import (
     CompactedError,
@@ -109,10 +110,10 @@ class NodeStorage:
         self.refresh_snapshot()
 
     # -- the read interface (eventstream.raft.storage.Storage) ------------------------------
-    def initial_state(self) -> tuple[HardState, tuple[int, ...]]:
+    def initial_state(self) -> tuple[HardState, Membership | None]:
         stored = StoredHardState.load(self.data_dir)
         vote = 0 if stored.voted_for is None else stored.voted_for
-        return HardState(stored.term, vote, stored.commit), self.voters
+        return HardState(stored.term, vote, stored.commit), Membership.of(self.voters)
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> Sequence[Entry]:
         cached = self.recent.get(lo, hi, max_bytes) if lo >= self.log.first_index else None

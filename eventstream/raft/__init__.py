@@ -6,6 +6,12 @@ read interface the core uses.
 """
 
 from eventstream.raft.config import ConfigError, RaftConfig
+from eventstream.raft.membership import (
+    ChangeKind,
+    Membership,
+    MembershipChange,
+    MembershipError,
+)
 from eventstream.raft.messages import (
     NONE,
     Entry,
@@ -19,6 +25,7 @@ from eventstream.raft.messages import (
 from eventstream.raft.node import (
     EntryTooLargeError,
     MalformedMessageError,
+    MembershipChangeError,
     NotLeaderError,
     ProposalError,
     RaftNode,
@@ -45,6 +52,11 @@ __all__ = [
     "EntryTooLargeError",
     "HardState",
     "MalformedMessageError",
+    "Membership",
+    "MembershipChange",
+    "MembershipChangeError",
+    "MembershipError",
+    "ChangeKind",
     "MemoryStorage",
     "Message",
     "MessageType",

@@ -62,6 +62,12 @@ class RaftConfig:
     # leader of at least that term has committed (RaftNode.withholding_votes), it grants no
     # vote and starts no election.
     rejoining: bool = False
+    # A learner is promoted to voter only when its log is at most this many entries behind the
+    # leader's: a voter far behind would leave the cluster one failure from stalling while it
+    # catches up, its vote counted in every majority but its acknowledgements not yet coming.
+    max_promotion_lag: int = 1000
+    # Promote each learner as soon as it is within max_promotion_lag (the leader proposes it).
+    auto_promote: bool = False
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -95,6 +101,8 @@ class RaftConfig:
                 f"max_uncommitted_bytes ({self.max_uncommitted_bytes}) must be >= max_entry_bytes "
                 f"({self.max_entry_bytes}), or a maximal entry could never be proposed"
             )
+        if self.max_promotion_lag < 0:
+            raise ConfigError(f"max_promotion_lag must be >= 0, got {self.max_promotion_lag}")
         if self.applied < 0:
             raise ConfigError(f"applied must be >= 0, got {self.applied}")
 

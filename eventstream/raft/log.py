@@ -9,7 +9,7 @@ applied <= committed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eventstream.raft.messages import Entry, SnapshotMeta
 from eventstream.raft.storage import CompactedError, Storage, UnavailableError, limit_size
@@ -24,6 +24,7 @@ class RaftLog:
         "committed",
         "applied",
         "applying",
+        "on_append",
     )
 
     def __init__(self, storage: Storage, committed: int, applied: int) -> None:
@@ -45,6 +46,9 @@ class RaftLog:
         self.applied = max(applied, first - 1)
         # Highest index handed to the host in a Ready's committed_entries.
         self.applying = self.applied
+        # Called with (entries, first index) after every append, so the node can follow the
+        # membership entries in its log as they arrive and as a leader cuts them off.
+        self.on_append: Callable[[Sequence[Entry], int], None] | None = None
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -157,6 +161,8 @@ class RaftLog:
         else:
             del self.unstable[first - offset :]
             self.unstable.extend(entries)
+        if self.on_append is not None:
+            self.on_append(entries, first)
         return self.last_index()
 
     def maybe_append(

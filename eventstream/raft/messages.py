@@ -43,11 +43,14 @@ EMPTY_HARD_STATE = HardState(0, NONE, 0)
 
 class SnapshotMeta(NamedTuple):
     """What a snapshot covers: every entry up to and including `index`, which had `term`;
-    `voters` is the configuration at that point (§7)."""
+    voters, learners and context are the membership in force at that point (§7,
+    eventstream/raft/membership.py)."""
 
     index: int  # type: ignore[assignment]
     term: int
     voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+    context: bytes = b""
 
 
 class SnapshotChunk(NamedTuple):
@@ -98,7 +101,8 @@ class Message:
         election comes from a leadership transfer (it may then disturb a live leader's lease).
     *_RESPONSE to votes: reject.
     HEARTBEAT: commit (bounded by the follower's match), read_seq.  HEARTBEAT_RESPONSE: read_seq.
-    SNAPSHOT: index/log_term = snapshot index/term, voters, offset, data, done.
+    SNAPSHOT: index/log_term = snapshot index/term, voters, learners, context (the snapshot's
+        membership), offset, data, done.
     SNAPSHOT_RESPONSE: index = snapshot index, offset = next offset expected, reject.
     READ_INDEX: context.  READ_INDEX_RESPONSE: index, context.
     TERM_QUERY: nothing.  TERM_QUERY_RESPONSE: term (the answering node's).
@@ -120,3 +124,4 @@ class Message:
     data: bytes = b""
     done: bool = False
     voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()

@@ -34,6 +34,18 @@ from typing import Any
 
 from eventstream.raft.config import UNCOMMITTED_ROUNDS, RaftConfig
 from eventstream.raft.log import RaftLog
+from eventstream.raft.membership import (
+    MEMBERSHIP_ENTRY_TAG,
+    ChangeKind,
+    Membership,
+    MembershipChange,
+    MembershipError,
+    MembershipHistory,
+    changed,
+    decode_membership_entry,
+    encode_membership_entry,
+    is_membership_entry,
+)
 from eventstream.raft.messages import (
     NONE,
     Entry,
@@ -85,6 +97,10 @@ class MalformedMessageError(ValueError):
 
 class EntryTooLargeError(ProposalError):
     pass
+
+
+class MembershipChangeError(ProposalError):
+    """A membership change the leader refuses now (one pending, a lagging learner, ...)."""
 
 
 class UncommittedLimitError(ProposalError):
@@ -155,6 +171,11 @@ class Status:
     lead_transferee: int
     # For a leader: node id -> (state, match, next_index); empty otherwise.
     progress: dict[int, tuple[str, int, int]]
+    # The membership in force, and the index of the entry that set it (0: the configured one).
+    membership: Membership
+    membership_index: int
+    # Whether that entry is still uncommitted (a change is pending).
+    membership_pending: bool
 
 
 class RaftNode:
@@ -170,6 +191,8 @@ class RaftNode:
         "leader",
         "role",
         "voters",
+        "memberships",
+        "_removed_replicas",
         "progress",
         "votes",
         "election_elapsed",
@@ -202,13 +225,16 @@ class RaftNode:
         self.id = config.id
         self.config = config
         self.rng = rng
-        hard_state, stored_voters = storage.initial_state()
+        hard_state, stored_membership = storage.initial_state()
         self.log = RaftLog(storage, hard_state.commit, config.applied)
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.leader = NONE
         self.role = Role.FOLLOWER
-        self.voters = MajorityConfig(stored_voters or config.voters)
+        self.memberships = self._stored_memberships(storage, stored_membership or Membership.of(config.voters))
+        self.log.on_append = self._on_log_append
+        self.voters = MajorityConfig(self.memberships.current.voters)
+        self._removed_replicas = False
         self.progress: dict[int, Progress] = {}
         self.votes: dict[int, bool] = {}
         self.election_elapsed = 0
@@ -258,13 +284,13 @@ class RaftNode:
             self._tick_term_query()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_election_timeout and self.id in self.voters:
+            if self.election_elapsed >= self.randomized_election_timeout and self._may_campaign():
                 self.election_elapsed = 0
                 self.campaign()  # refused while withholding votes
 
     def campaign(self) -> None:
         """Start an election now (with a pre-vote round first when pre_vote is on)."""
-        if self.role == Role.LEADER or self.id not in self.voters or self.withholding_votes:
+        if self.role == Role.LEADER or not self._may_campaign() or self.withholding_votes:
             return
         if self.log.pending_snapshot is not None:
             # Its log is being replaced; vote requests would describe a log it may not keep.
@@ -283,6 +309,8 @@ class RaftNode:
                 f"leadership is moving to node {self.lead_transferee}; retry there"
             )
         size = len(data)
+        if size and data[0] == MEMBERSHIP_ENTRY_TAG:
+            raise ProposalError("membership entries are proposed with propose_membership")
         if size > self.config.max_entry_bytes:
             raise EntryTooLargeError(
                 f"entry of {size} bytes exceeds max_entry_bytes={self.config.max_entry_bytes}"
@@ -299,6 +327,40 @@ class RaftNode:
         # reacting per entry).
         self._append_pending = True
         return index
+
+    def propose_membership(self, change: MembershipChange, context: bytes | None = None) -> int:
+        """Append a membership entry making `change` (leader only): one node added as learner or
+        voter, promoted, or removed. `context` replaces the host's attachment to the membership
+        (None keeps it). Returns the entry's index; raises MembershipChangeError, appending
+        nothing, for a change the cluster cannot take now (see eventstream/raft/membership.py)."""
+        if self.role != Role.LEADER:
+            raise NotLeaderError(self.leader)
+        if self.lead_transferee != NONE:
+            raise TransferInProgressError(
+                f"leadership is moving to node {self.lead_transferee}; retry there"
+            )
+        self._check_membership_change_allowed()
+        current = self.memberships.current
+        try:
+            after = changed(current, change, context)
+        except MembershipError as e:
+            raise MembershipChangeError(str(e)) from e
+        if change.kind == ChangeKind.PROMOTE:
+            lag = self.log.last_index() - self.progress[change.node].match
+            if lag > self.config.max_promotion_lag:
+                raise MembershipChangeError(
+                    f"learner {change.node} is {lag} entries behind the leader; it is promoted "
+                    f"once within max_promotion_lag={self.config.max_promotion_lag}"
+                )
+        data = encode_membership_entry(after)
+        index = self._append_entry(data)
+        self._append_pending = True
+        return index
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force at log index `index` (the host writes it with a snapshot it
+        takes there). Raises MembershipError below the start of the log."""
+        return self.memberships.at(index)
 
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read tagged `context` (thesis §6.4). The answer arrives as a
@@ -335,6 +397,7 @@ class RaftNode:
         if index < self.log.first_index() - 1:
             raise ValueError(f"index {index} is already compacted")
         self._compact_index = max(self._compact_index, index)
+        self.memberships.compacted(index)
 
     def step(self, m: Message) -> None:
         """Handle a message from a peer. Raises MalformedMessageError, changing nothing, for a
@@ -348,6 +411,14 @@ class RaftNode:
                     f"{m.type.name} from {m.sender}: entries {first}..{last} do not follow "
                     f"prevLogIndex {m.index} contiguously"
                 )
+            for entry in m.entries:
+                if is_membership_entry(entry.data):
+                    try:
+                        decode_membership_entry(entry.data)
+                    except MembershipError as e:
+                        raise MalformedMessageError(
+                            f"{m.type.name} from {m.sender}: entry {entry.index}: {e}"
+                        ) from e
         if m.type == MT.TERM_QUERY:
             # A node still learning the cluster's term has nothing to report (reject set).
             asking = self._term_reports is not None
@@ -559,6 +630,9 @@ class RaftNode:
             last_index=self.log.last_index(),
             lead_transferee=self.lead_transferee,
             progress=progress,
+            membership=self.memberships.current,
+            membership_index=self.memberships.latest_index,
+            membership_pending=self.memberships.latest_index > self.log.committed,
         )
 
     def report_reconnected(self, peer: int) -> None:
@@ -575,6 +649,133 @@ class RaftNode:
         pr.become_probe()
         pr.next_index = self.log.last_index() + 1
         self._send_append(peer)
+
+    # ------------------------------------------------------------------ membership
+
+    def _check_membership_change_allowed(self) -> None:
+        log = self.log
+        if log.term(log.committed) != self.term:
+            # Thesis §4.1 (with its 2015 fix): a leader first commits an entry of its own term,
+            # so that no change of a deposed leader can still be in flight beside its own.
+            raise MembershipChangeError(
+                "this leader has not yet committed an entry of its term; retry shortly"
+            )
+        pending = self.memberships.latest_index
+        if pending > log.committed:
+            raise MembershipChangeError(
+                f"the membership change at index {pending} is not yet committed; one change at a time"
+            )
+
+    def _may_campaign(self) -> bool:
+        """A voter may stand for election; so may a node whose removal is still uncommitted.
+        Counting votes of the new voters is safe whoever the candidate is (any two majorities
+        of memberships one voter apart overlap), and it may be needed: a leader that removed
+        itself and went down holds the entry the remaining voters lack, so only it can win
+        (they grant it their votes; it refuses theirs, its log being longer) and commit it."""
+        if self.id in self.voters:
+            return True
+        history = self.memberships
+        latest = history.latest_index
+        return latest > self.log.committed and latest > history.base_index and self.id in history.at(latest - 1).voters
+
+    @staticmethod
+    def _stored_memberships(storage: Storage, initial: Membership) -> MembershipHistory:
+        """The memberships along the durable log (after a restart): the latest snapshot's, then
+        the membership entries after it. The snapshot's is the one known at its index even
+        when the log keeps entries before it (only memberships from the snapshot on are ever
+        asked for: nothing at or below a commit index is cut off)."""
+        try:
+            meta = storage.snapshot()
+        except SnapshotUnavailableError:
+            meta = None
+        if meta is not None and meta.index >= storage.first_index() - 1:
+            history = MembershipHistory(meta.index, Membership(meta.voters, meta.learners, meta.context))
+        else:
+            history = MembershipHistory(storage.first_index() - 1, initial)
+        index, last = history.base_index + 1, storage.last_index()
+        while index <= last:
+            batch = storage.entries(index, last + 1, 64 << 20)
+            history.appended(batch, batch[0].index)
+            index = batch[-1].index + 1
+        return history
+
+    def _on_log_append(self, entries: Any, first: int) -> None:
+        if self.memberships.appended(entries, first):
+            self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        """The membership in force changed (an entry appended, cut off, or a snapshot): quorums
+        count the new voters at once, and a leader replicates to exactly the new members."""
+        membership = self.memberships.current
+        self.voters = MajorityConfig(membership.voters)
+        if self.role != Role.LEADER:
+            return
+        if self.lead_transferee != NONE and self.lead_transferee not in membership.voters:
+            self.lead_transferee = NONE
+        self._track_replicas()
+
+    def _replicas(self) -> set[int]:
+        """Whom a leader replicates to: the members, and until a change commits, those it
+        removes too, so a removed node learns of its removal (in force once appended) and does
+        not go on campaigning, unaware."""
+        history = self.memberships
+        nodes = set(history.current.members)
+        if history.latest_index > self.log.committed and history.latest_index > history.base_index:
+            nodes.update(history.at(history.latest_index - 1).members)
+        return nodes
+
+    def _track_replicas(self) -> None:
+        replicas = self._replicas()
+        self._removed_replicas = not replicas.issubset(self.memberships.current.members)
+        for node in list(self.progress):
+            if node not in replicas and node != self.id:
+                # A last append, so that a removed node learns its removal committed; until
+                # then it may stand for election (_may_campaign).
+                self._send_append(node)
+                del self.progress[node]
+        config = self.config
+        for node in sorted(replicas):
+            if node not in self.progress:
+                # Probe from the leader's end, as a new leader does (§5.3).
+                pr = Progress(self.log.last_index() + 1, config.max_inflight, config.max_inflight_bytes)
+                pr.recent_active = True
+                self.progress[node] = pr
+                self._append_pending = True
+
+    def _leave_if_removed(self) -> None:
+        """A leader the committed membership no longer lists as a voter hands over to the most
+        caught-up voter and then steps down (thesis §4.2.2): it must not lead a cluster whose
+        majorities do not count it."""
+        if self.role != Role.LEADER or self.id in self.voters:
+            return
+        if self.memberships.latest_index > self.log.committed:
+            return  # it manages the cluster until its removal commits
+        if self.lead_transferee == NONE:
+            best = max(
+                (node for node in self.voters.voters if node in self.progress),
+                key=lambda node: (self.progress[node].match, -node),
+                default=NONE,
+            )
+            if best != NONE:
+                self.lead_transferee = best
+                self.election_elapsed = 0
+                if self.progress[best].match == self.log.last_index():
+                    self._send(Message(MT.TIMEOUT_NOW, best, self.id, self.term))
+                else:
+                    self._send_append(best)
+
+    def _maybe_auto_promote(self, node: int, pr: Progress) -> None:
+        if (
+            not self.config.auto_promote
+            or node not in self.memberships.current.learners
+            or self.log.last_index() - pr.match > self.config.max_promotion_lag
+            or self.lead_transferee != NONE
+        ):
+            return
+        try:
+            self.propose_membership(MembershipChange(ChangeKind.PROMOTE, node))
+        except ProposalError:
+            pass  # another change is pending, or this term has not committed yet: next answer
 
     # ------------------------------------------------------------------ roles
 
@@ -655,7 +856,7 @@ class RaftNode:
         last_index = self.log.last_index()
         config = self.config
         self.progress = {}
-        for peer in self.voters.voters:
+        for peer in self._replicas():
             pr = Progress(last_index + 1, config.max_inflight, config.max_inflight_bytes)
             self.progress[peer] = pr
         # Only durable entries count toward commit for the leader itself.
@@ -694,6 +895,11 @@ class RaftNode:
                     return
             # An unfinished transfer is abandoned after an election timeout (thesis §3.10).
             self.lead_transferee = NONE
+            if self.id not in self.voters and self.memberships.latest_index <= self.log.committed:
+                # Removed, and the hand-over did not happen within a timeout: stop leading, so
+                # that the voters elect one of their own.
+                self._become_follower(self.term, NONE)
+                return
         if self.role == Role.LEADER and self.config.lazy_commit:
             self._send_commit_updates()
         if self.role == Role.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_ticks:
@@ -810,14 +1016,22 @@ class RaftNode:
 
     def _hold_early_append(self, m: Message) -> None:
         size = sum(len(e.data) for e in m.entries)
-        if (
-            m.term != self.term
-            or m.index in self._early_appends
-            or len(self._early_appends) >= self.config.max_inflight
+        held = self._early_appends
+        if m.term != self.term or m.index in held or size > self.config.max_inflight_bytes:
+            return
+        # When the room is taken, the appends nearest the log's end are worth most: the gap
+        # before them fills first. Give up the farthest ones for a nearer one (the leader
+        # resends whatever is dropped); else a far one held long ago would take the room of
+        # every append after it, and a follower far behind would be rejected on each reorder.
+        while held and (
+            len(held) >= self.config.max_inflight
             or self._early_bytes + size > self.config.max_inflight_bytes
         ):
-            return
-        self._early_appends[m.index] = (m, size)
+            farthest = max(held)
+            if farthest < m.index:
+                return
+            self._early_bytes -= held.pop(farthest)[1]
+        held[m.index] = (m, size)
         self._early_bytes += size
 
     def _take_early_appends(self, last: int) -> int:
@@ -908,7 +1122,7 @@ class RaftNode:
 
     def _handle_snapshot_chunk(self, m: Message) -> None:
         log = self.log
-        meta = SnapshotMeta(m.index, m.log_term, m.voters)
+        meta = SnapshotMeta(m.index, m.log_term, m.voters, m.learners, m.context)
         if m.index <= log.committed:
             # We already have everything it covers; tell the leader where we are.
             self.incoming_snapshot = None
@@ -939,7 +1153,8 @@ class RaftNode:
             log.commit_to(meta.index)
         else:
             log.restore(meta)
-            self.voters = MajorityConfig(meta.voters)
+            self.memberships.reset(meta.index, Membership(meta.voters, meta.learners, meta.context))
+            self._membership_changed()
             self._forget_early_appends()
         self._reply(m, MT.APPEND_RESPONSE, index=log.last_index())
 
@@ -1009,6 +1224,7 @@ class RaftNode:
             pass
         if to == self.lead_transferee and pr.match == self.log.last_index():
             self._send(Message(MT.TIMEOUT_NOW, to, self.id, self.term))
+        self._maybe_auto_promote(to, pr)
 
     def _commit_candidate(self, own_match: int | None = None) -> int:
         """The index the voters' matches commit past the current commit index, or 0. With
@@ -1042,6 +1258,9 @@ class RaftNode:
             self.pending_leader_reads = []
             for context, requester in reads:
                 self._leader_read(context, requester)
+        if self._removed_replicas and self.memberships.latest_index <= committed:
+            self._track_replicas()  # the removal committed
+        self._leave_if_removed()
 
     def _append_entry(self, data: bytes) -> int:
         index = self.log.last_index() + 1
@@ -1059,7 +1278,8 @@ class RaftNode:
             # §8: a fresh leader learns the commit index only once its no-op commits.
             self.pending_leader_reads.append((context, requester))
             return
-        if len(self.voters.voters) == 1:
+        if self.voters.voters == (self.id,):
+            # Alone, it is the quorum. (A leader outside the voters confirms with them.)
             self._release_read(log.committed, context, requester)
             return
         seq = self.read_only.add(log.committed, context, requester)
@@ -1168,12 +1388,14 @@ class RaftNode:
             meta = self.log.storage.snapshot()
         except SnapshotUnavailableError:
             return False
-        pr.become_snapshot(meta.index, meta.term, meta.voters)
+        pr.become_snapshot(meta)
         self._send_snapshot_chunk(to, pr)
         return True
 
     def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
         size = self.config.snapshot_chunk_bytes
+        meta = pr.snapshot_meta
+        assert meta is not None
         try:
             data = self.log.storage.snapshot_chunk(pr.snapshot_index, pr.snapshot_offset, size)
         except SnapshotUnavailableError:
@@ -1188,7 +1410,9 @@ class RaftNode:
                 self.term,
                 index=pr.snapshot_index,
                 log_term=pr.snapshot_term,
-                voters=pr.snapshot_voters,
+                voters=meta.voters,
+                learners=meta.learners,
+                context=meta.context,
                 offset=pr.snapshot_offset,
                 data=data,
                 done=len(data) < size,
@@ -1212,6 +1436,7 @@ class RaftNode:
 __all__ = [
     "EntryTooLargeError",
     "MalformedMessageError",
+    "MembershipChangeError",
     "NotLeaderError",
     "ProposalError",
     "RaftNode",

@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from eventstream.raft.messages import SnapshotMeta
+
 
 class ProgressState(enum.IntEnum):
     PROBE = 0
@@ -77,7 +79,7 @@ class Progress:
         "inflights",
         "snapshot_index",
         "snapshot_term",
-        "snapshot_voters",
+        "snapshot_meta",
         "snapshot_offset",
         "commit_sent",
     )
@@ -95,7 +97,7 @@ class Progress:
         self.commit_sent = 0
         self.snapshot_index = 0
         self.snapshot_term = 0
-        self.snapshot_voters: tuple[int, ...] = ()
+        self.snapshot_meta: SnapshotMeta | None = None
         self.snapshot_offset = 0
 
     def __repr__(self) -> str:
@@ -122,12 +124,13 @@ class Progress:
         self.probe_sent = False
         self.inflights.reset()
 
-    def become_snapshot(self, index: int, term: int, voters: tuple[int, ...]) -> None:
+    def become_snapshot(self, meta: SnapshotMeta) -> None:
+        index, term = meta.index, meta.term
         self.state = ProgressState.SNAPSHOT
         self.probe_sent = False
         self.snapshot_index = index
         self.snapshot_term = term
-        self.snapshot_voters = voters
+        self.snapshot_meta = meta
         self.snapshot_offset = 0
         self.inflights.reset()
 

@@ -10,7 +10,7 @@ Mapping onto the durable log (storage engineer's SegmentLog):
     term(i)                     -> SegmentLog.term(i), or the snapshot's term at its index
     first_index / last_index    -> SegmentLog.first_index / last_index (snapshot index + 1 / + 0
                                    when the log is empty)
-    initial_state()             -> HardState file + voters of the latest snapshot (or config)
+    initial_state()             -> HardState file + membership of the latest snapshot (or None)
     snapshot() / snapshot_chunk -> the snapshot file's metadata and a byte range of its image
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from eventstream.raft.membership import Membership
 from eventstream.raft.messages import EMPTY_HARD_STATE, Entry, HardState, SnapshotMeta
 
 
@@ -46,8 +47,10 @@ class Storage(Protocol):
     term(first_index() - 1) returns that snapshot's term.
     """
 
-    def initial_state(self) -> tuple[HardState, tuple[int, ...]]:
-        """The persisted hard state, and the voters (empty tuple: use the configured ones)."""
+    def initial_state(self) -> tuple[HardState, Membership | None]:
+        """The persisted hard state, and the membership at first_index() - 1 (that of the
+        snapshot; None: use the configured voters). The core follows the membership entries
+        of the log after it by itself."""
         ...
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> Sequence[Entry]:
@@ -93,19 +96,19 @@ class MemoryStorage:
     follow with consecutive indexes.
     """
 
-    __slots__ = ("_entries", "hard_state", "voters", "_snapshot_meta", "_snapshot_data")
+    __slots__ = ("_entries", "hard_state", "membership", "_snapshot_meta", "_snapshot_data")
 
     def __init__(self, voters: tuple[int, ...] = ()) -> None:
         self._entries: list[Entry] = [Entry(0, 0, b"")]
         self.hard_state = EMPTY_HARD_STATE
-        self.voters = voters
+        self.membership = Membership.of(voters) if voters else None
         self._snapshot_meta: SnapshotMeta | None = None
         self._snapshot_data = b""
 
     # --- the read interface ---------------------------------------------------------------------
 
-    def initial_state(self) -> tuple[HardState, tuple[int, ...]]:
-        return self.hard_state, self.voters
+    def initial_state(self) -> tuple[HardState, Membership | None]:
+        return self.hard_state, self.membership
 
     def first_index(self) -> int:
         return self._entries[0].index + 1
@@ -177,16 +180,18 @@ class MemoryStorage:
             )
         self._snapshot_meta = meta
         self._snapshot_data = bytes(data)
-        self.voters = meta.voters
+        self.membership = Membership(meta.voters, meta.learners, meta.context)
         self._entries = [Entry(meta.index, meta.term, b"")]
         if self.hard_state.commit < meta.index:
             self.hard_state = self.hard_state._replace(commit=meta.index)
 
-    def create_snapshot(self, index: int, data: bytes, voters: tuple[int, ...]) -> SnapshotMeta:
-        """Record a snapshot the host took of its state machine at `index` (which it applied)."""
+    def create_snapshot(self, index: int, data: bytes, membership: Membership) -> SnapshotMeta:
+        """Record a snapshot the host took of its state machine at `index` (which it applied),
+        with the membership in force there (RaftNode.membership_at)."""
         if self._snapshot_meta is not None and index <= self._snapshot_meta.index:
             raise ValueError(f"snapshot at {index} is not newer than {self._snapshot_meta.index}")
-        meta = SnapshotMeta(index, self.term(index), voters)
+        meta = SnapshotMeta(index, self.term(index), membership.voters, membership.learners,
+                            membership.context)
         self._snapshot_meta = meta
         self._snapshot_data = bytes(data)
         return meta

@@ -22,6 +22,9 @@ Contract with the node and the leader:
                           cutoff_us alone (logs written before generated ids had their own
                           window) applies it to both.
       CONFIG_UPDATE  (4)  UTF-8 JSON object, keys sorted, validated before it is proposed.
+      MEMBERSHIP     (6)  a cluster membership entry of the consensus core (its layout:
+                          eventstream/raft/membership.py). Nothing to apply here: the state
+                          machine only counts its index as applied.
       SET_EVENT_AT   (5)  i64 first_seen_us, then a SET_EVENT batch: as SET_EVENT, but every id
                           is remembered as first seen at first_seen_us, the LEADER's clock when
                           it proposed the entry, whatever the events' own timestamps say. An id
@@ -47,6 +50,7 @@ class CommandType(IntEnum):
     DEDUP_EXPIRE = 3
     CONFIG_UPDATE = 4
     SET_EVENT_AT = 5
+    MEMBERSHIP = 6
 
 
 # SET_EVENT_AT's head: the command byte, then the i64 time its ids are first seen at.

@@ -217,6 +217,8 @@ class StateMachine:
                 raise MalformedCommandError(f"CONFIG_UPDATE body is not JSON: {e}") from e
             self._apply_config(validate_config(update))
             return ApplyResult(index, CommandType.CONFIG_UPDATE)
+        if kind == CommandType.MEMBERSHIP:
+            return ApplyResult(index, CommandType.MEMBERSHIP)
         raise MalformedCommandError(f"unknown command type {kind}")
 
     def _apply_config(self, update: dict[str, Any]) -> None:

@@ -5,8 +5,8 @@ Byte layout (little-endian)::
     offset  size  field
     0       1     version      1
     1       1     type         MessageType
-    2       1     flags        bit 0 reject, bit 1 done
-    3       1     n_voters
+    2       1     flags        bit 0 reject, bit 1 done, bits 2-7 n_learners
+    3       1     n_members    voters + learners (a SNAPSHOT's membership; 0 otherwise)
     4       8     to
     12      8     sender
     20      8     term
@@ -19,7 +19,7 @@ Byte layout (little-endian)::
     76      4     n_entries
     80      4     context_len
     84      4     data_len
-    88      8*n_voters          voter ids
+    88      8*n_members         member ids: the voters, then the n_learners learners
     ...     12*n_entries        per entry: u64 term, u32 data length
     ...     context, data, then the entries' data back to back
 
@@ -40,6 +40,8 @@ _HEAD = struct.Struct("<BBBBQQQQQQQQQIII")
 _ENTRY = struct.Struct("<QI")
 _FLAG_REJECT = 1
 _FLAG_DONE = 2
+_LEARNERS_SHIFT = 2
+LEARNERS_MAX = 0xFF >> _LEARNERS_SHIFT
 _TYPES = {int(t): t for t in MessageType}
 
 # Bounds a decoder enforces before it trusts a count from the wire.
@@ -59,10 +61,12 @@ def encode_message_parts(msg: Message) -> list[bytes | bytearray | memoryview]:
     """The encoded message as buffers to concatenate: the entries' data is not copied, so a
     caller that writes the parts into its own buffer (the pool's shared ring) copies it once."""
     entries = msg.entries
-    voters = msg.voters
-    if len(voters) > VOTERS_MAX:
-        raise PeerCodecError(f"{len(voters)} voters exceeds {VOTERS_MAX}")
-    flags = (_FLAG_REJECT if msg.reject else 0) | (_FLAG_DONE if msg.done else 0)
+    voters = msg.voters + msg.learners
+    if len(voters) > VOTERS_MAX or len(msg.learners) > LEARNERS_MAX:
+        raise PeerCodecError(f"{len(voters)} members ({len(msg.learners)} learners) exceeds "
+                             f"{VOTERS_MAX} ({LEARNERS_MAX})")
+    flags = ((_FLAG_REJECT if msg.reject else 0) | (_FLAG_DONE if msg.done else 0)
+             | (len(msg.learners) << _LEARNERS_SHIFT))
     parts: list[bytes | bytearray | memoryview] = [
         _HEAD.pack(
             VERSION, msg.type, flags, len(voters), msg.to, msg.sender, msg.term, msg.index,
@@ -117,7 +121,11 @@ def decode_message(body: bytes | memoryview) -> Message:
     fixed_end = pos + 8 * n_voters + _ENTRY.size * n_entries
     if fixed_end + context_len + data_len > size:
         raise PeerCodecError("peer message is truncated")
-    voters = struct.unpack_from(f"<{n_voters}Q", view, pos) if n_voters else ()
+    members = struct.unpack_from(f"<{n_voters}Q", view, pos) if n_voters else ()
+    n_learners = flags >> _LEARNERS_SHIFT
+    if n_learners > n_voters:
+        raise PeerCodecError(f"{n_learners} learners among {n_voters} members")
+    voters, learners = members[: n_voters - n_learners], members[n_voters - n_learners :]
     pos += 8 * n_voters
     heads = [_ENTRY.unpack_from(view, pos + k * _ENTRY.size) for k in range(n_entries)]
     pos = fixed_end
@@ -139,4 +147,5 @@ def decode_message(body: bytes | memoryview) -> Message:
     return Message(
         kind, to, sender, term, index, log_term, commit, entries, bool(flags & _FLAG_REJECT),
         hint_index, read_seq, context, offset, data, bool(flags & _FLAG_DONE), tuple(voters),
+        tuple(learners),
     )

@@ -211,7 +211,7 @@ class MemoryHost:
         if self.applied <= current:
             return
         self.storage.create_snapshot(
-            self.applied, encode_image(self.applied, self.digest), self.node.voters.voters
+            self.applied, encode_image(self.applied, self.digest), self.node.membership_at(self.applied)
         )
         # The node learns the new applied index at advance(); ask for compaction after that.
         self.compact_wanted = self.applied - self.keep_entries

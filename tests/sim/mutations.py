@@ -6,6 +6,7 @@ from __future__ import annotations
 from eventstream.node.ready import ReadyExecutor
 from eventstream.raft import Message, MessageType, RaftNode, Ready, Role
 from eventstream.raft.log import RaftLog
+from eventstream.raft.node import MembershipChangeError
 
 
 class OldTermCommit(RaftNode):
@@ -60,11 +61,36 @@ class RejoinVotes(RaftNode):
         super()._handle_vote_request(m)
 
 
+class TwoChangesInFlight(RaftNode):
+    """Breaks the one-change-at-a-time rule: a leader takes a membership change while another
+    is still uncommitted."""
+
+    __slots__ = ()
+
+    def _check_membership_change_allowed(self) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            raise MembershipChangeError("this leader has not yet committed an entry of its term")
+
+
+class ChangeBeforeTermCommit(RaftNode):
+    """Breaks the fix to single-server changes: a new leader takes a membership change before
+    it has committed an entry of its own term."""
+
+    __slots__ = ()
+
+    def _check_membership_change_allowed(self) -> None:
+        pending = self.memberships.latest_index
+        if pending > self.log.committed:
+            super()._check_membership_change_allowed()  # still one at a time
+
+
 MUTATIONS: dict[str, type[RaftNode]] = {
     "old-term-commit": OldTermCommit,
     "vote-ignores-log": VoteIgnoresLog,
     "vote-twice": VoteTwice,
     "rejoin-votes": RejoinVotes,
+    "two-changes-in-flight": TwoChangesInFlight,
+    "change-before-term-commit": ChangeBeforeTermCommit,
 }
 
 

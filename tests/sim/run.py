@@ -1,6 +1,7 @@
 """Run the deterministic Raft cluster simulator over a range of seeds.
 
     python -m tests.sim.run --seeds 20000 [--start 0] [--nodes 3|5] [--jobs 2] [--max-seconds S]
+                            [--membership] [--disk-loss] [--mutation NAME]
 
 Prints the count of schedules, steps, violations (must be 0), how long the cluster took to commit
 and to apply everywhere a fresh proposal once the faults stopped (median, p99, max ticks), and the
@@ -23,13 +24,14 @@ from tests.sim.mutations import EXECUTOR_MUTATIONS, MUTATIONS
 from tests.sim.simulator import DEFAULT_FAULT_TICKS, SimResult, Simulation
 
 
-def run_seed(args: tuple[int, int | None, int, str | None, bool]) -> SimResult:
-    seed, nodes, fault_ticks, mutation, disk_loss = args
+def run_seed(args: tuple[int, int | None, int, str | None, bool, bool]) -> SimResult:
+    seed, nodes, fault_ticks, mutation, disk_loss, membership = args
     node_class = MUTATIONS.get(mutation or "", RaftNode)
     executor = EXECUTOR_MUTATIONS.get(mutation or "")
     extra = {"executor_class": executor} if executor else {}
     return Simulation(
-        seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class, disk_loss=disk_loss, **extra
+        seed, nodes=nodes, fault_ticks=fault_ticks, node_class=node_class, disk_loss=disk_loss,
+        membership=membership, **extra
     ).run()
 
 
@@ -43,6 +45,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         command += f" --mutation {args.mutation}"
     if args.disk_loss:
         command += " --disk-loss"
+    if args.membership:
+        command += " --membership"
     return command
 
 
@@ -74,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also replace nodes' disks (they rejoin empty, RaftConfig.rejoining)",
     )
+    parser.add_argument(
+        "--membership",
+        action="store_true",
+        help="the schedules with membership changes (learners added, promoted, nodes removed)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--verbose", action="store_true", help="one line per seed")
     parser.add_argument(
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-seconds must be > 0")
 
     seeds = range(args.start, args.start + args.seeds)
-    work = [(s, args.nodes, args.fault_ticks, args.mutation, args.disk_loss) for s in seeds]
+    work = [(s, args.nodes, args.fault_ticks, args.mutation, args.disk_loss, args.membership) for s in seeds]
     started = time.perf_counter()
     schedules = steps = violations = 0
     events: collections.Counter[str] = collections.Counter()

@@ -53,6 +53,7 @@ Checked at every step (after each message delivery, tick and Ready):
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import Counter
@@ -69,6 +70,7 @@ from eventstream.raft import (
     Role,
     SnapshotMeta,
 )
+from eventstream.raft.membership import ChangeKind, MembershipChange
 from eventstream.raft.storage import MemoryStorage, StorageError
 from tests.sim.host import MemoryHost
 
@@ -166,7 +168,11 @@ class Simulation:
         node_class: type[RaftNode] = RaftNode,
         disk_loss: bool = False,
         executor_class: type[ReadyExecutor] = ReadyExecutor,
+        membership: bool = False,
     ) -> None:
+        """membership: the leader also changes who takes part (adds learners and voters,
+        promotes, removes, itself included), with spare nodes running outside the cluster
+        that it may add. A family of its own: the schedules without it stay as they were."""
         self.seed = seed
         self.rng = random.Random(seed)
         self.rates = FaultRates.draw(self.rng, nodes, fault_ticks)
@@ -175,13 +181,28 @@ class Simulation:
         # Drawn apart from the main generator so the other draws of a seed stay as they were.
         self.batch_ready = random.Random(f"{seed}-batch-ready").random() < 0.5
         rates = self.rates
-        self.ids = tuple(range(1, rates.nodes + 1))
+        self.voters = tuple(range(1, rates.nodes + 1))
+        self.member_rng = random.Random(f"{seed}-membership")
+        self.membership_rate = self.member_rng.choice((0.01, 0.03, 0.08)) if membership else 0.0
+        spares = self.member_rng.choice((1, 2)) if membership else 0
+        if membership and not self.rates.pre_vote:
+            # The node always runs pre-vote. Without it a removed node that never heard of its
+            # removal deposes each leader with a higher term (thesis §4.2.3); seen on seeds
+            # 1234 and 2318 of these schedules.
+            self.rates = dataclasses.replace(self.rates, pre_vote=True)
+        rates = self.rates
+        # Every node that runs: the first voters, then the spares.
+        self.ids = tuple(range(1, rates.nodes + spares + 1))
         # Leaders sync their writes late (advance(durable=False)) on half of the seeds. Its own
         # generator keeps every other draw of a seed as it was before this feature existed.
         self.sync_rng = random.Random(seed * 7919 + 17)
         # A node's disk replaced (it restarts empty, rejoining): drawn apart likewise.
         self.disk_rng = random.Random(f"{seed}-disk-loss")
         self.lose_disk_rate = self.disk_rng.choice((0.002, 0.005)) if disk_loss else 0.0
+        if membership:
+            # A node that lost its disk starts from the first voters, which a changed
+            # membership may no longer hold; the node's --rejoin learns the membership first.
+            self.lose_disk_rate = 0.0
         if not rates.pre_vote:
             # The node always runs pre-vote. Without it, two of five nodes rejoining leave three
             # that must all vote alike while each timeout bumps the term: elections can churn
@@ -195,7 +216,7 @@ class Simulation:
         for node_id in self.ids:
             config = RaftConfig(
                 id=node_id,
-                voters=self.ids,
+                voters=self.voters,
                 election_ticks=ELECTION_TICKS,
                 heartbeat_ticks=rates.heartbeat_ticks,
                 max_inflight=rates.max_inflight,
@@ -282,6 +303,10 @@ class Simulation:
         if holder is None:
             self.leader_of_term[term] = node.id
             self._check_completeness(node)
+            if self.membership_rate and self.faults_on and self.member_rng.random() < 0.3:
+                # A change asked of a leader at the very start of its term, when the core must
+                # refuse it (it has committed nothing of its term yet).
+                self._change_membership(leader=node, process=False)
         elif holder != node.id:
             self._violate(f"election safety: nodes {holder} and {node.id} both lead term {term}")
         committed = node.log.committed
@@ -535,9 +560,47 @@ class Simulation:
         if rates.transfer and rng.random() < rates.transfer:
             leader = self._live_leader()
             if leader is not None:
-                target = rng.choice([i for i in self.ids if i != leader.id])
-                leader.transfer_leadership(target)
-                self.events["transfer"] += 1
+                targets = [i for i in leader.voters.voters if i != leader.id]
+                if targets:
+                    leader.transfer_leadership(rng.choice(targets))
+                    self.events["transfer"] += 1
+        if self.membership_rate and self.member_rng.random() < self.membership_rate:
+            self._change_membership()
+
+    def _change_membership(self, leader: RaftNode | None = None, process: bool = True) -> None:
+        """One membership change through the live leader, drawn from those that apply now
+        (the core refuses the ones it must: pending change, lagging learner, fresh term)."""
+        leader = leader or self._live_leader()
+        if leader is None:
+            return
+        rng = self.member_rng
+        current = leader.memberships.current
+        grow = len(current.voters) < 5
+        choices: list[MembershipChange] = []
+        for node in self.ids:
+            if node not in current.members:
+                choices += [MembershipChange(ChangeKind.ADD_LEARNER, node)] * 2
+                if grow:
+                    choices.append(MembershipChange(ChangeKind.ADD_VOTER, node))
+        for node in current.learners:
+            if grow:
+                choices += [MembershipChange(ChangeKind.PROMOTE, node)] * 2
+            choices.append(MembershipChange(ChangeKind.REMOVE, node))
+        if len(current.voters) > 1:
+            choices += [MembershipChange(ChangeKind.REMOVE, node) for node in current.voters]
+        if not choices:
+            return
+        change = rng.choice(choices)
+        try:
+            leader.propose_membership(change)
+        except ProposalError:
+            self.events["membership_refused"] += 1
+            return
+        self.events[f"membership_{change.kind.value}"] += 1
+        if change.node == leader.id:
+            self.events["membership_remove_leader"] += 1
+        if process:
+            self._process_ready(self.hosts[leader.id])
 
     def _live_leader(self) -> RaftNode | None:
         best = None
@@ -668,14 +731,16 @@ class Simulation:
                 continue
             if not committed_after:
                 committed_after = self.now - start
-            if all(h.applied >= marker_index for h in self.hosts.values()):
+            members = leader.memberships.current.members
+            if all(self.hosts[i].applied >= marker_index for i in members):
                 self._check_proposals_resolved(leader)
                 return committed_after, self.now - start
         self._violate(
             f"liveness: no fresh proposal applied on all nodes within {LIVENESS_BUDGET_TICKS} "
             f"ticks after faults stopped (applied "
             f"{ {i: h.applied for i, h in self.hosts.items()} }, roles "
-            f"{ {i: h.node.role.name for i, h in self.hosts.items()} })"
+            f"{ {i: h.node.role.name for i, h in self.hosts.items()} }, memberships "
+            f"{ {i: h.node.memberships.current[:2] for i, h in self.hosts.items()} })"
         )
         return committed_after or LIVENESS_BUDGET_TICKS, LIVENESS_BUDGET_TICKS
 

@@ -21,12 +21,13 @@ from tests.unit.node_on_disk import close_node, open_node
 CI_SEEDS = 1000
 
 # Seeds on which the simulator catches the Figure 8 mutation, found with
-#   python -m tests.sim.run --seeds 40000 --mutation old-term-commit --jobs 2
+#   python -m tests.sim.run --seeds 80000 --start 40000 --mutation old-term-commit
 # The bug needs a rare schedule (an old-term entry on a bare majority, then a leader change
-# that overwrites it), so a random seed range catches it only now and then: 1 seed in 40,000
-# with the current core. Any change to the simulator's draws or to the core's behaviour under
-# faults moves them; the same command finds new ones (keep those clean with the real core).
-OLD_TERM_COMMIT_SEEDS = [13438]
+# that overwrites it), so a random seed range catches it only now and then: 1 seed in 120,000
+# with the current core (0 in seeds 0-39999). Any change to the simulator's draws or to the
+# core's behaviour under faults moves them; the same command finds new ones (keep those clean
+# with the real core).
+OLD_TERM_COMMIT_SEEDS = [82847]
 
 # Seeds on which the cluster once failed to apply a fresh proposal everywhere within the
 # liveness budget after the heal: a leader's uncommitted tail far longer than its pipeline,
@@ -35,7 +36,26 @@ OLD_TERM_COMMIT_SEEDS = [13438]
 LIVENESS_REGRESSION_SEEDS = [
     (510888872, 3), (777000172, 3), (777000240, 3), (777000388, 3), (777000894, 3),
     (777002540, 3), (511666808, 5),
+    # A follower far behind that held one far-ahead reordered append kept it, and so rejected
+    # every nearer one (RaftNode._hold_early_append now gives up the farthest).
+    (3277816824, 3), (3277856382, 3), (2240443412, 5), (2240460404, 5),
 ]
+
+# Membership schedules (Simulation(membership=True)). Seeds that found a bug while the
+# membership changes were built: a restart that forgot the membership of its own snapshot, a
+# leader that removed itself and went down leaving voters that could not elect (a node whose
+# removal is uncommitted may stand), a leader outside the voters serving reads unconfirmed.
+MEMBERSHIP_REGRESSION_SEEDS = [73, 128, 164, 167, 1433, 2601, 2768, 2890, 3911]
+MEMBERSHIP_CI_SEEDS = 600
+# Seeds on which the simulator catches a leader taking a second membership change while one is
+# uncommitted (mutation two-changes-in-flight), from
+#   python -m tests.sim.run --seeds 300 --membership --mutation two-changes-in-flight
+TWO_CHANGES_SEEDS = [45, 100, 256]
+# A fresh leader taking a change before it committed an entry of its term (mutation
+# change-before-term-commit) needs a deposed leader's uncommitted change beside it: 1 seed in
+# 30,000 from  python -m tests.sim.run --seeds 30000 --start 3000 --membership \
+#   --mutation change-before-term-commit  (tests/unit/raft/test_membership.py builds it by hand).
+CHANGE_BEFORE_TERM_COMMIT_SEEDS = [19327]
 
 # Each run also tries seeds nobody ran before, from a random start it prints, for about this
 # much CPU time per cluster size (and at most FRESH_SEEDS_MAX seeds). ESC_SIM_FRESH_START=N
@@ -89,18 +109,23 @@ def test_liveness_regressions(seed: int, nodes: int) -> None:
     assert result.commit_ticks <= result.recovery_ticks
 
 
-@pytest.mark.parametrize("nodes", [3, 5])
-def test_fresh_seeds(nodes: int) -> None:
+def _fresh_results(what: str, **options: object) -> tuple[int, list]:
     """Seeds from a start drawn now: the fixed ranges are a regression set, these look for what
     they miss. The start is printed, and in the failure message, so a failure replays."""
     start = int(os.environ.get("ESC_SIM_FRESH_START") or random.SystemRandom().randrange(10**9, 2 * 10**9))
-    print(f"fresh simulator seeds from {start} ({nodes} nodes); replay with ESC_SIM_FRESH_START={start}")
+    print(f"fresh {what} from {start}; replay with ESC_SIM_FRESH_START={start}")
     began = time.process_time()
     results = []
     for seed in range(start, start + FRESH_SEEDS_MAX):
-        results.append(Simulation(seed, nodes=nodes).run())
+        results.append(Simulation(seed, **options).run())  # type: ignore[arg-type]
         if time.process_time() - began > FRESH_SEEDS_CPU_S:
             break
+    return start, results
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_fresh_seeds(nodes: int) -> None:
+    start, results = _fresh_results(f"simulator seeds ({nodes} nodes)", nodes=nodes)
     failures = _failures(results)
     assert not failures, f"fresh seeds from {start}:\n" + "\n".join(failures[:10])
     assert len(results) >= 1 and all(r.committed > 0 for r in results)
@@ -191,6 +216,44 @@ def test_checker_catches_old_term_commit() -> None:
         assert result.violations, f"seed {seed} no longer catches old-term-commit"
         # The same seed is clean with the real core, so the violation is the mutation's doing.
         assert not Simulation(seed).run().violations
+
+
+@pytest.mark.parametrize("seed", MEMBERSHIP_REGRESSION_SEEDS)
+def test_membership_regressions(seed: int) -> None:
+    result = Simulation(seed, membership=True).run()
+    assert not _failures([result]), _failures([result])
+
+
+def test_no_violations_while_membership_changes() -> None:
+    results = [Simulation(seed, membership=True).run() for seed in range(MEMBERSHIP_CI_SEEDS)]
+    failures = _failures(results)
+    assert not failures, "\n".join(f + " --membership" for f in failures[:10])
+    events: collections.Counter[str] = collections.Counter()
+    for result in results:
+        events.update(result.events)
+    for kind in ("add-learner", "add-voter", "promote", "remove", "remove_leader", "refused"):
+        assert events[f"membership_{kind}"] > 0, f"membership_{kind} never happened: {dict(events)}"
+
+
+def test_fresh_membership_seeds() -> None:
+    start, results = _fresh_results("membership seeds", membership=True)
+    failures = _failures(results)
+    assert not failures, f"fresh membership seeds from {start}:\n" + "\n".join(f + " --membership" for f in failures[:10])
+    assert len(results) >= 1
+
+
+def test_checker_catches_two_membership_changes_in_flight() -> None:
+    for seed in TWO_CHANGES_SEEDS:
+        result = Simulation(seed, membership=True, node_class=MUTATIONS["two-changes-in-flight"]).run()
+        assert result.violations, f"seed {seed} no longer catches two-changes-in-flight"
+        assert not Simulation(seed, membership=True).run().violations
+
+
+def test_checker_catches_a_change_before_the_leaders_first_commit() -> None:
+    for seed in CHANGE_BEFORE_TERM_COMMIT_SEEDS:
+        result = Simulation(seed, membership=True, node_class=MUTATIONS["change-before-term-commit"]).run()
+        assert result.violations, f"seed {seed} no longer catches change-before-term-commit"
+        assert not Simulation(seed, membership=True).run().violations
 
 
 def test_runner_reports_summary(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from eventstream.raft.membership import MEMBERSHIP_ENTRY_TAG, Membership, encode_membership_entry
 from eventstream.raft.messages import Entry, Message, MessageType
 from eventstream.state import commands
 from eventstream.state.commands import CommandType
@@ -66,6 +67,9 @@ def test_state_commands(native: dict[str, Any]) -> None:
     entry = commands.encode_set_event_at(123, [])
     assert entry[0] == native["commands"]["SET_EVENT_AT"]
     assert len(entry) - len(commands.encode_set_event([])) + 1 == native["set_event_at_head_bytes"]
+    # The consensus core's membership entries share the first-byte namespace of the commands.
+    assert encode_membership_entry(Membership.of((1, 2, 3)))[0] == native["commands"]["MEMBERSHIP"]
+    assert MEMBERSHIP_ENTRY_TAG == CommandType.MEMBERSHIP
 
 
 def test_peer_message_head(native: dict[str, Any]) -> None:

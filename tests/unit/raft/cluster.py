@@ -28,13 +28,17 @@ class Cluster:
         ids: Iterable[int],
         storages: dict[int, MemoryStorage] | None = None,
         node_class: type[RaftNode] = RaftNode,
+        spares: Iterable[int] = (),
         **config: object,
     ) -> None:
+        """`ids` are the first voters; `spares` run too but start outside the membership (nodes
+        a membership change may add)."""
         self.ids = tuple(ids)
+        self.spares = tuple(spares)
         self.config = config
         self.hosts: dict[int, MemoryHost] = {}
         storages = storages or {}
-        for node_id in self.ids:
+        for node_id in self.ids + self.spares:
             cfg = RaftConfig(id=node_id, voters=self.ids, **config)  # type: ignore[arg-type]
             storage = storages.get(node_id) or MemoryStorage()
             self.hosts[node_id] = MemoryHost(cfg, storage, node_id, node_class)
@@ -53,7 +57,7 @@ class Cluster:
 
     def process_all(self) -> bool:
         moved = False
-        for node_id in self.ids:
+        for node_id in self.hosts:
             moved |= self.process_ready(node_id)
         return moved
 

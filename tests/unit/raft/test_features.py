@@ -3,6 +3,7 @@ leadership transfer, bounded proposals, and the Ready ordering contract."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
@@ -861,6 +862,23 @@ def test_a_follower_holds_appends_that_arrive_early() -> None:
         cluster.node(1).step(m)
     progress = cluster.node(1).progress[3]
     assert progress.match == 6 and progress.state == ProgressState.REPLICATE
+
+
+def test_a_follower_gives_up_its_farthest_held_append_for_a_nearer_one() -> None:
+    """With room for one held append, a far-ahead one held first must not take the room of
+    every nearer one after it: the nearer one fills the gap first."""
+    cluster = Cluster((1, 2, 3), max_inflight=8)
+    cluster.elect(1)
+    sent = _pipelined_appends(cluster, 5)
+    follower = cluster.node(3)
+    follower.config = dataclasses.replace(follower.config, max_inflight=1)
+    for m in (sent[4], sent[2], sent[3]):
+        follower.step(m)
+    assert list(follower._early_appends) == [sent[2].index]
+    follower.step(sent[0])
+    follower.step(sent[1])
+    assert follower.log.last_index() == sent[2].entries[-1].index
+    assert not follower._early_appends
 
 
 def test_a_follower_forgets_held_appends_of_an_older_term() -> None:

@@ -17,6 +17,7 @@ from eventstream.raft import (
     UnavailableError,
 )
 from eventstream.raft.log import RaftLog
+from eventstream.raft.membership import Membership
 from eventstream.raft.progress import Inflights, Progress, ProgressState
 from eventstream.raft.quorum import MajorityConfig, VoteResult
 from tests.unit.raft.cluster import storage_with_terms
@@ -50,7 +51,7 @@ def test_memory_storage_errors_and_compaction() -> None:
         storage.snapshot()
     with pytest.raises(ValueError, match="no snapshot"):
         storage.compact(2)
-    meta = storage.create_snapshot(3, b"image", (1, 2, 3))
+    meta = storage.create_snapshot(3, b"image", Membership.of((1, 2, 3)))
     assert (meta.index, meta.term) == (3, 2)
     storage.compact(3)
     assert (storage.first_index(), storage.last_index()) == (4, 4)
