@@ -17,6 +17,7 @@ then answers any (offset, length) with one pread, which also makes resending a c
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ import shutil
 import threading
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 from eventstream.raft.membership import Membership
 from eventstream.raft.messages import Entry, HardState, SnapshotMeta
@@ -92,6 +94,21 @@ class RecentEntries:
         if lo < first or hi > first + len(recent) or lo >= hi:
             return None
         return list(limit_size([recent[i] for i in range(lo - first, hi - first)], max_bytes))
+
+
+def membership_meta(membership: Membership) -> dict[str, Any]:
+    """The membership as the snapshot manifest's "raft" section keeps it (JSON)."""
+    return {"membership": {"voters": list(membership.voters), "learners": list(membership.learners),
+                           "context": base64.b64encode(membership.context).decode("ascii")}}
+
+
+def membership_from_meta(raft_meta: dict[str, Any], fallback: Membership) -> Membership:
+    """The membership a snapshot was taken with; `fallback` (the configured peers) for a
+    snapshot written before membership changes existed."""
+    stored = raft_meta.get("membership")
+    if stored is None:
+        return fallback
+    return Membership.of(stored["voters"], stored["learners"], base64.b64decode(stored["context"]))
 
 
 class NodeStorage:
@@ -174,7 +191,9 @@ class NodeStorage:
             self._snapshot_meta = None
             return
         manifest = snapshots.read_manifest(folder)
-        self._snapshot_meta = SnapshotMeta(manifest["last_index"], manifest["last_term"], self.voters)
+        membership = membership_from_meta(manifest.get("raft", {}), Membership.of(self.voters))
+        self._snapshot_meta = SnapshotMeta(manifest["last_index"], manifest["last_term"], membership.voters,
+                                           membership.learners, membership.context)
         self._prune_streams(keep=folder)
 
     def save_hard_state(self, hard_state: HardState) -> None:

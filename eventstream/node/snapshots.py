@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from eventstream.metrics import NodeMetrics
 from eventstream.node.durability import NodeLog
+from eventstream.node.raft_storage import membership_meta
 from eventstream.node.snapshot_policy import snapshot_due
 from eventstream.raft.messages import SnapshotChunk
 from eventstream.raft.node import RaftNode
@@ -74,7 +75,9 @@ class Snapshots:
         state, storage = self.state, self.node_log.storage
         at = state.applied_index
         try:
-            cut = state.begin_snapshot()
+            # The membership in force at the cut goes with it: a restart from this snapshot, or
+            # a follower that installs it, knows who takes part (docs/raft.md, "Membership").
+            cut = state.begin_snapshot(membership_meta(self.raft.membership_at(at)))
             index = cut.manifest["last_index"]
             await asyncio.get_running_loop().run_in_executor(None, cut.write)
             state.prune_snapshots()

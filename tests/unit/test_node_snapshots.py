@@ -13,6 +13,7 @@ import pytest
 
 from eventstream.config import NodeConfig
 from eventstream.node import Node
+from eventstream.raft.membership import Membership, encode_membership_entry
 from eventstream.raft.messages import SnapshotChunk, SnapshotMeta
 from eventstream.state import StateMachine, encode_set_event_at
 from eventstream.state import snapshot as snapshot_module
@@ -71,3 +72,39 @@ def test_a_leader_snapshot_installed_while_a_local_one_is_written_wins(
     node.seg_log.close()
     node.state.close()
     leader.close()
+
+
+def test_the_membership_goes_with_the_nodes_snapshot_and_shows_in_its_status(tmp_path: Path) -> None:
+    """A membership entry in the log: the state machine applies it as a no-op, the snapshot
+    taken after it records that membership, and a restarted node reads it back from there."""
+    config = NodeConfig(id=1, listen="127.0.0.1:7101", peers={1: "127.0.0.1:7101"}, data_dir=str(tmp_path))
+    grown = Membership.of((1,), (2,), b'{"2": "127.0.0.1:7102"}')
+    entries = [*_entries(1, 4), (5, 1, encode_membership_entry(grown)), *_entries(6, 8)]
+    node = Node(config)
+    assert node.seg_log is not None
+    node.seg_log.append(entries)
+    node.seg_log.close()
+    assert node.state is not None
+    node.state.close()
+
+    node = Node(config)  # reads the membership entry back from its log
+    assert node.raft.memberships.current == grown and node.state is not None and node.storage is not None
+    for index, term, data in entries:
+        node.state.apply(index, term, data)
+    asyncio.run(node.snapshots.take())
+    meta = node.storage.snapshot()
+    assert (meta.index, meta.voters, meta.learners, meta.context) == (8, (1,), (2,), grown.context)
+    status = node.status_reporter.status()
+    assert status["membership"] == {"voters": [1], "learners": [2], "index": 5, "pending": True,
+                                    "this_node": "voter"}
+    assert node.seg_log is not None
+    node.seg_log.close()
+    node.state.close()
+
+    node = Node(config)
+    assert node.storage is not None
+    assert node.storage.snapshot().learners == (2,)
+    assert node.raft.membership_at(8) == grown
+    assert node.seg_log is not None and node.state is not None
+    node.seg_log.close()
+    node.state.close()
