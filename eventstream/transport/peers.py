@@ -94,15 +94,50 @@ class PeerNetwork:
         self.blocked: set[int] = set()
         self.stats: dict[int, PeerStats] = {pid: PeerStats() for pid in peers}
         self._stopping = False
+        self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self._started = True
         for peer_id in self.peers:
-            self._connected_events[peer_id] = asyncio.Event()
-            if peer_id > self.node_id:
-                self._dialers[peer_id] = asyncio.get_running_loop().create_task(
-                    self._dial_forever(peer_id), name=f"dial-peer-{peer_id}"
-                )
+            self._connected_events.setdefault(peer_id, asyncio.Event())
+            self._start_dialer(peer_id)
+
+    def _start_dialer(self, peer_id: int) -> None:
+        if peer_id > self.node_id and peer_id not in self._dialers:
+            self._dialers[peer_id] = asyncio.get_running_loop().create_task(
+                self._dial_forever(peer_id), name=f"dial-peer-{peer_id}"
+            )
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """Follow a membership change: link to the new members, close the links of the removed
+        ones (and stop redialling them), and redial a member whose address changed. Stats of
+        removed peers are kept, so what was dropped on the way out stays counted."""
+        wanted = {pid: address for pid, address in peers.items() if pid != self.node_id}
+        for peer_id, address in list(self.peers.items()):
+            if wanted.get(peer_id) != address:
+                self._forget(peer_id)
+        for peer_id, address in wanted.items():
+            if peer_id in self.peers:
+                continue
+            self.peers[peer_id] = address
+            self.stats.setdefault(peer_id, PeerStats())
+            self._connected_events.setdefault(peer_id, asyncio.Event())
+            if self._started:
+                self._start_dialer(peer_id)
+
+    def _forget(self, peer_id: int) -> None:
+        del self.peers[peer_id]
+        task = self._dialers.pop(peer_id, None)
+        if task is not None:
+            task.cancel()
+        for conns in (self._conns, self._replication_conns):
+            conn = conns.pop(peer_id, None)
+            if conn is not None:
+                conn.close("peer left the membership")
+        event = self._connected_events.get(peer_id)
+        if event is not None:
+            event.clear()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -197,3 +197,36 @@ def test_peer_that_dialled_the_wrong_node_is_refused() -> None:
             await stop_cluster(listeners, nets)
 
     asyncio.run(main())
+
+
+def test_a_membership_change_links_new_peers_and_drops_removed_ones() -> None:
+    async def main() -> None:
+        listeners, nets, inboxes = await start_cluster(2)
+        newcomer_listener = Listener(crc, LIMIT)
+        address = await newcomer_listener.start("127.0.0.1", 0)
+        inbox3 = Inbox()
+        net3 = PeerNetwork(3, dict(nets[0].peers | {1: nets[1].peers[1]}), crc, LIMIT, inbox3.on_messages,
+                           backoff=Backoff(0.01, 0.1))
+        newcomer_listener.set_owner(ROLE_PEER, net3)
+        net3.start()
+        try:
+            for net in nets:
+                net.set_peers({**net.peers, 3: address})
+            for net in nets:
+                await asyncio.wait_for(net.wait_connected(3), 5)
+                net.send(3, [b"hello from %d" % net.node_id])
+            await inbox3.wait_for(2)
+            assert sorted(inbox3.got) == [(1, b"hello from 1"), (2, b"hello from 2")]
+
+            nets[0].set_peers({2: nets[0].peers[2]})  # node 3 leaves node 1's membership
+            await asyncio.sleep(0.3)  # several redial periods: none must happen
+            assert 3 not in nets[0].peers and not nets[0].is_connected(3)
+            nets[0].send(3, [b"gone"])
+            assert nets[0].stats[3].dropped_unconnected == 1
+            assert nets[0].stats[3].connects == 1
+            nets[0].send(2, [b"still here"])
+            await inboxes[1].wait_for(1)
+        finally:
+            await stop_cluster([*listeners, newcomer_listener], [*nets, net3])
+
+    asyncio.run(main())
