@@ -328,11 +328,16 @@ class RaftNode:
         self._append_pending = True
         return index
 
-    def propose_membership(self, change: MembershipChange, context: bytes | None = None) -> int:
+    def propose_membership(
+        self, change: MembershipChange, context: bytes | None = None, force: bool = False
+    ) -> int:
         """Append a membership entry making `change` (leader only): one node added as learner or
         voter, promoted, or removed. `context` replaces the host's attachment to the membership
         (None keeps it). Returns the entry's index; raises MembershipChangeError, appending
-        nothing, for a change the cluster cannot take now (see eventstream/raft/membership.py)."""
+        nothing, for a change the cluster cannot take now (see eventstream/raft/membership.py).
+        Without `force`, a change after which fewer than a majority of the voters are live (this
+        leader, and nodes it heard from within the last election timeout) is refused too: the
+        cluster would stop committing, this change included."""
         if self.role != Role.LEADER:
             raise NotLeaderError(self.leader)
         if self.lead_transferee != NONE:
@@ -351,6 +356,15 @@ class RaftNode:
                 raise MembershipChangeError(
                     f"learner {change.node} is {lag} entries behind the leader; it is promoted "
                     f"once within max_promotion_lag={self.config.max_promotion_lag}"
+                )
+        if not force:
+            live = [n for n in after.voters if n == self.id or (n in self.progress and self.progress[n].recent_active)]
+            needed = len(after.voters) // 2 + 1
+            if len(live) < needed:
+                raise MembershipChangeError(
+                    f"after this change {len(live)} of its {len(after.voters)} voters would be live "
+                    f"({', '.join(map(str, live)) or 'none'}), short of a majority of {needed}; "
+                    "force it to proceed"
                 )
         data = encode_membership_entry(after)
         index = self._append_entry(data)

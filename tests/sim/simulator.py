@@ -592,7 +592,9 @@ class Simulation:
             return
         change = rng.choice(choices)
         try:
-            leader.propose_membership(change)
+            # Forced: the live-majority check is an operator's guard, not a safety rule, and
+            # changes that leave the cluster short of live voters are the harder test.
+            leader.propose_membership(change, force=True)
         except ProposalError:
             self.events["membership_refused"] += 1
             return

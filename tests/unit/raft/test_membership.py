@@ -383,3 +383,27 @@ def test_without_the_fix_two_majorities_commit_conflicting_logs():
     assert old.role == Role.LEADER and old.term > new.term
     assert old.log.term(pending) == 1  # its own change, where the committed removal was
     assert not old.log.match_term(removal, new.term)
+
+
+def test_a_change_that_leaves_no_live_majority_needs_force():
+    cluster = started()
+    leader = cluster.node(1)
+    cluster.cut = {3}
+    settle(cluster, ticks=2 * leader.config.election_ticks)  # check-quorum marks node 3 silent
+    assert leader.role == Role.LEADER
+    with pytest.raises(MembershipChangeError, match=r"1 of its 2 voters would be live \(1\), short of a majority of 2"):
+        leader.propose_membership(change("remove", 2))
+    assert not leader.status().membership_pending
+    # Removing the silent node leaves two live voters of two: allowed.
+    index = leader.propose_membership(change("remove", 3))
+    settle(cluster)
+    assert leader.log.committed >= index
+
+
+def test_force_takes_a_change_that_leaves_no_live_majority():
+    cluster = started()
+    leader = cluster.node(1)
+    cluster.cut = {3}
+    settle(cluster, ticks=2 * leader.config.election_ticks)
+    index = leader.propose_membership(change("remove", 2), force=True)
+    assert leader.status().membership_index == index and leader.voters.voters == (1, 3)
