@@ -93,6 +93,7 @@ def native_wire_vocabulary():
         "message_entry_row_bytes": ESC_MESSAGE_ENTRY_ROW_BYTES,
         "message_entries_max": ESC_MESSAGE_ENTRIES_MAX,
         "message_flag_reject": ESC_MESSAGE_FLAG_REJECT,
+        "message_learners_shift": ESC_MESSAGE_LEARNERS_SHIFT,
         "message_at_counts": (ESC_MESSAGE_AT_ENTRIES, ESC_MESSAGE_AT_CONTEXT_LEN, ESC_MESSAGE_AT_DATA_LEN),
         "message_types": {
             "APPEND": ESC_MESSAGE_APPEND, "APPEND_RESPONSE": ESC_MESSAGE_APPEND_RESPONSE,

@@ -11,6 +11,8 @@
 #define ESC_MESSAGE_ENTRY_ROW_BYTES 12u /* per entry: u64 term, u32 data length */
 #define ESC_MESSAGE_ENTRIES_MAX (1u << 20)
 #define ESC_MESSAGE_FLAG_REJECT 1u
+/* The flags byte's bits from here up count the learners at the end of the member id list. */
+#define ESC_MESSAGE_LEARNERS_SHIFT 2u
 
 /* Byte offsets in the head. */
 #define ESC_MESSAGE_AT_VERSION 0

@@ -89,6 +89,8 @@ int esc_worker_decode_answer(const esc_worker *w, const uint8_t *body, size_t n,
     fixed_end = ESC_MESSAGE_HEAD_BYTES + 8 * n_voters + ESC_MESSAGE_ENTRY_ROW_BYTES * n_entries;
     if (fixed_end + context_len + data_len > n)
         return ESC_ANSWER_MALFORMED;
+    if ((uint64_t)(body[ESC_MESSAGE_AT_FLAGS] >> ESC_MESSAGE_LEARNERS_SHIFT) > n_voters)
+        return ESC_ANSWER_MALFORMED;
     pos = fixed_end + context_len + data_len;
     for (k = 0; k < n_entries; k++) {
         pos += esc_load_u32(body + ESC_MESSAGE_HEAD_BYTES + 8 * n_voters + ESC_MESSAGE_ENTRY_ROW_BYTES * k + 8);

@@ -870,7 +870,10 @@ class RaftNode:
         last_index = self.log.last_index()
         config = self.config
         self.progress = {}
-        for peer in self._replicas():
+        replicas = self._replicas()
+        # An uncommitted removal it inherits: drop the removed node's progress once it commits.
+        self._removed_replicas = not replicas.issubset(self.memberships.current.members)
+        for peer in replicas:
             pr = Progress(last_index + 1, config.max_inflight, config.max_inflight_bytes)
             self.progress[peer] = pr
         # Only durable entries count toward commit for the leader itself.

@@ -79,6 +79,8 @@ def test_peer_message_head(native: dict[str, Any]) -> None:
     assert len(bare) == native["message_head_bytes"]
     assert bare[0] == native["message_version"]
     assert bare[2] & native["message_flag_reject"]
+    learners = peer_codec.encode_message(Message(MessageType.SNAPSHOT, 2, 1, 3, voters=(1,), learners=(2, 3)))
+    assert learners[2] >> native["message_learners_shift"] == 2
     one = peer_codec.encode_message(Message(MessageType.APPEND, 2, 1, 3, entries=[Entry(1, 3, b"")]))
     assert len(one) - len(bare) == native["message_entry_row_bytes"]
     entries_at, context_at, data_at = native["message_at_counts"]

@@ -407,3 +407,23 @@ def test_force_takes_a_change_that_leaves_no_live_majority():
     settle(cluster, ticks=2 * leader.config.election_ticks)
     index = leader.propose_membership(change("remove", 2), force=True)
     assert leader.status().membership_index == index and leader.voters.voters == (1, 3)
+
+
+def test_a_new_leader_stops_replicating_to_a_node_whose_inherited_removal_commits():
+    cluster = started(ids=(1, 2, 3, 4, 5), spares=())
+    cluster.cut = {3, 4, 5}
+    cluster.node(1).propose_membership(change("remove", 5), force=True)
+    cluster.process_all()
+    cluster.deliver(keep=lambda m: m.type == MT.APPEND)  # only node 2 has the removal
+    cluster.queue.clear()
+    cluster.cut = {1, 5}
+    for node_id in (3, 4):
+        cluster.node(node_id).election_elapsed = cluster.node(node_id).config.election_ticks
+    node2 = cluster.node(2)
+    node2.campaign()
+    cluster.stabilize(keep=lambda m: m.type in VOTES)
+    assert node2.role == Role.LEADER and 5 in node2.progress  # replicated to until it commits
+    cluster.cut = {1}
+    settle(cluster, ticks=3)
+    assert node2.voters.voters == (1, 2, 3, 4) and not node2.status().membership_pending
+    assert 5 not in node2.progress
