@@ -12,6 +12,7 @@ from eventstream.node.proposal_clock import ProposalClock
 from eventstream.node.reads import Reads
 from eventstream.node.routing import LateEntries
 from eventstream.node.snapshots import Snapshots
+from eventstream.raft.membership import decode_membership_entry
 from eventstream.raft.messages import Entry, SnapshotChunk, SnapshotMeta
 from eventstream.raft.node import ReadState
 from eventstream.state import EVENT_COMMANDS, CommandType, StateMachine
@@ -69,6 +70,11 @@ class NodeApplier:
                         answers.fail(waiters.waiters, Status.NOT_LEADER, "entry replaced by a new leader; retry")
             elif waiters is not None:
                 answers.fail(waiters.waiters, Status.INTERNAL, f"entry {entry.index} held another command")
+            if result.command == CommandType.MEMBERSHIP:
+                membership = decode_membership_entry(entry.data)
+                metrics.membership_changes.inc()
+                metrics.voters.set(len(membership.voters))
+                metrics.learners.set(len(membership.learners))
             if result.command == CommandType.CONFIG_UPDATE:
                 answers.intake.queue_count = state.config["queue_count"]
                 answers.answer_config(entry.index)

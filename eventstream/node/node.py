@@ -74,6 +74,9 @@ class Node:
         files = self.files = open_files(config)
         self.raft, self.state, self.seg_log, self.storage = files.raft, files.state, files.seg_log, files.storage
         self.health = Health(started_at=clock.wall(), rejoining=files.rejoining)
+        applied_membership = self.raft.membership_at(max(self.state.applied_index, self.raft.memberships.base_index))
+        metrics.voters.set(len(applied_membership.voters))
+        metrics.learners.set(len(applied_membership.learners))
         # Client APPENDs, from the bytes read to the entry proposed and the answers written.
         self.intake = AppendIntake(config.frame_bytes_max, IN_FLIGHT_PER_CONNECTION_MAX,
                                    config.max_uncommitted_bytes, LATENCY_BUCKETS_S)

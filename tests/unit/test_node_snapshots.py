@@ -14,7 +14,7 @@ import pytest
 from eventstream.config import NodeConfig
 from eventstream.node import Node
 from eventstream.raft.membership import Membership, encode_membership_entry
-from eventstream.raft.messages import SnapshotChunk, SnapshotMeta
+from eventstream.raft.messages import Entry, SnapshotChunk, SnapshotMeta
 from eventstream.state import StateMachine, encode_set_event_at
 from eventstream.state import snapshot as snapshot_module
 from eventstream.storage.codec import Event
@@ -105,6 +105,21 @@ def test_the_membership_goes_with_the_nodes_snapshot_and_shows_in_its_status(tmp
     assert node.storage is not None
     assert node.storage.snapshot().learners == (2,)
     assert node.raft.membership_at(8) == grown
+    assert node.seg_log is not None and node.state is not None
+    node.seg_log.close()
+    node.state.close()
+
+
+def test_applied_membership_changes_are_counted_in_the_metrics(tmp_path: Path) -> None:
+    config = NodeConfig(id=1, listen="127.0.0.1:7101", peers={1: "127.0.0.1:7101"}, data_dir=str(tmp_path))
+    node = Node(config)
+    rendered = node.metrics.render().decode()
+    assert "esc_voters 1.0" in rendered and "esc_membership_changes_total 0.0" in rendered
+    grown = Membership.of((1,), (2, 3))
+    node.applier.apply([Entry(1, 1, encode_membership_entry(grown))])
+    rendered = node.metrics.render().decode()
+    assert "esc_membership_changes_total 1.0" in rendered
+    assert "esc_voters 1.0" in rendered and "esc_learners 2.0" in rendered
     assert node.seg_log is not None and node.state is not None
     node.seg_log.close()
     node.state.close()
