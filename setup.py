@@ -33,6 +33,10 @@ PACKAGE_OF = {
     "_load_engine": "esc_bench",
 }
 
+# Every header and plain C file: a change to a wire format's header rebuilds each module that
+# may include it, not only those whose .pyx changed.
+NATIVE_DEPENDS = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c"))
+
 extensions = []
 for pyx in sorted(glob.glob("csrc/_*.pyx")):
     stem = os.path.splitext(os.path.basename(pyx))[0]
@@ -43,6 +47,7 @@ for pyx in sorted(glob.glob("csrc/_*.pyx")):
             f"{PACKAGE_OF[stem]}.{stem}",
             [pyx],
             include_dirs=["csrc"],
+            depends=NATIVE_DEPENDS,
             extra_compile_args=compile_args,
             define_macros=macros,
         )

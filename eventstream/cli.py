@@ -90,6 +90,11 @@ def _node_options(fn: F) -> F:
                      help="this node lost its data dir and starts empty into a running cluster: no vote until it has caught up"),
         click.option("--repair", is_flag=True, default=None,
                      help="if the log, hard state or snapshot is damaged, move them aside and catch up as with --rejoin"),
+        click.option("--join", help="host:port,... of members of a running cluster: learn its membership "
+                     "and take part once added (esc member add); instead of --peers"),
+        click.option("--auto-promote", is_flag=True, default=None,
+                     help="as leader, promote each learner to voter once caught up"),
+        click.option("--max-promotion-lag", type=int, help="entries a learner may lag the leader and be promoted"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -310,6 +315,79 @@ def snapshot(cluster: str, timeout: float) -> None:
     """Ask the leader to take a snapshot now."""
     with _client(cluster, timeout) as c:
         _echo_json(c.snapshot())
+
+
+@main.group()
+def member() -> None:
+    """Show and change the cluster's membership, one node at a time (README.md, "Membership")."""
+
+
+def _parse_member(spec: str) -> tuple[int, str]:
+    from eventstream.errors import InvalidArgument
+
+    node, sep, address = spec.partition("=")
+    if not sep or not node.strip().isdigit() or int(node) < 1 or not address.strip():
+        raise InvalidArgument(f"{spec!r} is not ID=HOST:PORT (the new node's id and its --listen address)")
+    return int(node), address.strip()
+
+
+@member.command("list")
+@_cluster_option
+@click.option("--json", "as_json", is_flag=True, help="the whole answer as JSON")
+@_one_line_errors
+def member_list(cluster: str, timeout: float, as_json: bool) -> None:
+    """Each member's id, role and address; from the leader, how far each lags."""
+    with _client(cluster, timeout) as c:
+        view = c.members()
+    if as_json:
+        _echo_json(view)
+        return
+    leader = view.get("leader")
+    for node, row in sorted(view["members"].items(), key=lambda kv: int(kv[0])):
+        lag = f"  lag {row['lag']}" if "lag" in row else ""
+        mark = "  leader" if int(node) == leader else ""
+        click.echo(f"{node:>4}  {row['role']:<8} {row['address'] or '?'}{mark}{lag}")
+    if view.get("pending"):
+        click.echo(f"a change (entry {view['index']}) is not committed yet")
+
+
+@member.command("add")
+@_cluster_option
+@click.argument("spec", metavar="ID=HOST:PORT")
+@click.option("--learner/--voter", default=True, show_default=True,
+              help="join as a non-voting learner (promote it once caught up), or as a voter at once")
+@click.option("--force", is_flag=True, help="make the change even if too few voters would be live after it")
+@_one_line_errors
+def member_add(cluster: str, timeout: float, spec: str, learner: bool, force: bool) -> None:
+    """Add a node (started with --join, or to be started so) at its --listen address."""
+    node, address = _parse_member(spec)
+    with _client(cluster, timeout) as c:
+        view = c.add_member(node, address, learner=learner, force=force)
+    click.echo(f"node {node} added as {view['members'][str(node)]['role']} at {address}")
+
+
+@member.command("promote")
+@_cluster_option
+@click.argument("node", type=click.IntRange(1))
+@click.option("--force", is_flag=True, help="make the change even if too few voters would be live after it")
+@_one_line_errors
+def member_promote(cluster: str, timeout: float, node: int, force: bool) -> None:
+    """Make a learner a voter; refused while it lags the leader."""
+    with _client(cluster, timeout) as c:
+        c.promote_member(node, force=force)
+    click.echo(f"node {node} is a voter")
+
+
+@member.command("remove")
+@_cluster_option
+@click.argument("node", type=click.IntRange(1))
+@click.option("--force", is_flag=True, help="make the change even if too few voters would be live after it")
+@_one_line_errors
+def member_remove(cluster: str, timeout: float, node: int, force: bool) -> None:
+    """Remove a voter or learner (the leader too: it hands leadership over once removed)."""
+    with _client(cluster, timeout) as c:
+        c.remove_member(node, force=force)
+    click.echo(f"node {node} removed; stop its process")
 
 
 @main.group()

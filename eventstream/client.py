@@ -35,6 +35,7 @@ from eventstream.errors import (
     NotLeader,
     OutOfRange,
     Overloaded,
+    Refused,
     Timeout,
     Unavailable,
 )
@@ -380,6 +381,43 @@ class AsyncClient:
     async def snapshot(self) -> dict[str, Any]:
         return decode_json_object((await self._call(Op.SNAPSHOT, b"")).body)
 
+    # -- membership (docs/operations.md, "Membership") --------------------------------------
+    async def members(self) -> dict[str, Any]:
+        """The membership: voters, learners, each member's role and address (and, from the
+        leader, its lag), the pending change. Any node answers; the members' addresses join
+        the ones this client tries."""
+        return self._learn(decode_json_object((await self._call(Op.MEMBERS, b"", any_node=True)).body))
+
+    async def add_member(self, node_id: int, address: str, learner: bool = True, force: bool = False) -> dict[str, Any]:
+        """Add node `node_id` at `address` (its --listen), as a learner unless learner=False.
+        Answered once the change is applied; Refused when the cluster cannot take it now."""
+        change = "add-learner" if learner else "add-voter"
+        return await self._member_change({"change": change, "id": node_id, "address": address, "force": force})
+
+    async def promote_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        """Make learner `node_id` a voter; Refused while it lags the leader."""
+        return await self._member_change({"change": "promote", "id": node_id, "force": force})
+
+    async def remove_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        """Remove voter or learner `node_id` (the leader too: it hands over once removed)."""
+        return await self._member_change({"change": "remove", "id": node_id, "force": force})
+
+    async def _member_change(self, change: dict[str, Any]) -> dict[str, Any]:
+        return self._learn(decode_json_object((await self._call(Op.MEMBER_CHANGE, encode_json(change))).body))
+
+    def _learn(self, view: dict[str, Any]) -> dict[str, Any]:
+        members = view.get("members")
+        if isinstance(members, dict):
+            for row in members.values():
+                address = row.get("address") if isinstance(row, dict) else None
+                if isinstance(address, str) and address not in self.addresses:
+                    try:
+                        parse_address(address)
+                    except InvalidArgument:
+                        continue
+                    self.addresses.append(address)
+        return view
+
     # -- the retry loop ---------------------------------------------------------------------
     async def _call(self, op: Op, body: bytes, any_node: bool = False, timeout_s: float | None = None) -> Response:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
@@ -478,6 +516,8 @@ class AsyncClient:
             return OutOfRange(message)
         if status is Status.INVALID_ARGUMENT:
             return InvalidArgument(message)
+        if status is Status.REFUSED:
+            return Refused(message)
         return EscError(f"server error: {message}")
 
     def _raise_for(self, resp: Response) -> None:
@@ -543,6 +583,18 @@ class Client:
 
     def status(self, address: str | None = None, digest: bool = False) -> dict[str, Any]:
         return self._run(self._async.status(address, digest))
+
+    def members(self) -> dict[str, Any]:
+        return self._run(self._async.members())
+
+    def add_member(self, node_id: int, address: str, learner: bool = True, force: bool = False) -> dict[str, Any]:
+        return self._run(self._async.add_member(node_id, address, learner, force))
+
+    def promote_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        return self._run(self._async.promote_member(node_id, force))
+
+    def remove_member(self, node_id: int, force: bool = False) -> dict[str, Any]:
+        return self._run(self._async.remove_member(node_id, force))
 
     def snapshot(self) -> dict[str, Any]:
         return self._run(self._async.snapshot())

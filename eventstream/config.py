@@ -106,6 +106,14 @@ class NodeConfig:
     # (DATA_DIR/damaged-N/) and start as with rejoin; without it the node stops and names the
     # damaged file (eventstream/node/damage.py).
     repair: bool = False
+    # Client addresses (host:port,...) of members of a running cluster: this node learns the
+    # membership from them and takes part once an operator adds it (`esc member add`); it
+    # excludes --peers. Ignored once the data dir holds what a first join learned.
+    join: str | None = None
+    # Promote a learner to voter as soon as it is within max_promotion_lag entries (leader).
+    auto_promote: bool = False
+    # A learner further behind the leader than this many entries is not promoted.
+    max_promotion_lag: int = 1000
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
@@ -113,6 +121,14 @@ class NodeConfig:
         parse_address("listen", self.listen)
         if self.http is not None:
             parse_address("http", self.http)
+        if self.join is not None:
+            if set(self.peers) - {self.id}:
+                raise ConfigError("join: a joining node learns the members from the cluster; give --join or --peers, "
+                                  "not both")
+            if not self.join_addresses:
+                raise ConfigError("join: give at least one host:port of a member")
+            for address in self.join_addresses:
+                parse_address("join", address)
         if not self.peers:
             self.peers = {self.id: self.listen}
         if self.id not in self.peers:
@@ -135,6 +151,7 @@ class NodeConfig:
         _positive("segment_bytes", self.segment_bytes, 64 * 1024, 1 << 34)
         _positive("max_inflight", self.max_inflight, 1, 1 << 16)
         _positive("queue_count", self.queue_count, 1, 1 << 16)
+        _positive("max_promotion_lag", self.max_promotion_lag, 0, 1 << 40)
         if not 0 < self.dedup_window <= 7 * 24 * 3600:
             raise ConfigError(f"dedup_window: must be in (0, 604800] seconds, got {self.dedup_window}")
         if self.dedup_expire_interval < 0:
@@ -150,6 +167,10 @@ class NodeConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def join_addresses(self) -> list[str]:
+        return [a.strip() for a in (self.join or "").split(",") if a.strip()]
 
 
 def _positive(key: str, value: int, low: int, high: int) -> None:

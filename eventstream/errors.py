@@ -37,3 +37,9 @@ class OutOfRange(InvalidArgument):
 
 class Overloaded(EscError):
     """The leader's proposal queue is full; back off and retry."""
+
+
+class Refused(EscError):
+    """The cluster cannot take this change as it stands now (another membership change is
+    pending, the learner lags, too few voters would be live); nothing changed. The message
+    says why and what to do."""

@@ -67,6 +67,7 @@ class NodeProcess:
         self.data_dir = cluster.root / f"node{node_id}"
         self.log_path = cluster.root / f"node{node_id}.log"
         self.extra_args: list[str] = []  # this node's own flags, after the cluster's options
+        self.joining = False  # started with --join (LocalCluster.add_node), not --peers
 
     @property
     def host(self) -> str:
@@ -82,10 +83,13 @@ class NodeProcess:
 
     def args(self) -> list[str]:
         c = self.cluster
-        peers = ",".join(f"{k}={c.nodes[k].address}" for k in sorted(c.nodes))
+        if self.joining:
+            members = ["--join", ",".join(c.nodes[k].address for k in sorted(c.nodes) if k != self.id)]
+        else:
+            members = ["--peers", ",".join(f"{k}={c.nodes[k].address}" for k in sorted(c.nodes))]
         args = [
             sys.executable, "-m", "eventstream.cli", "node",
-            "--id", str(self.id), "--listen", self.address, "--peers", peers,
+            "--id", str(self.id), "--listen", self.address, *members,
             "--data-dir", str(self.data_dir), "--http", self.http,
         ]
         for key, value in c.options.items():
@@ -106,6 +110,15 @@ class NodeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its sockets but answers nothing (a long GC pause, a VM stall)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -147,7 +160,8 @@ class LocalCluster:
     default_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, root: Path, size: int = 3, distinct_hosts: bool = False, port: int | None = None,
-                 http_port: int | None = None, **options: Any) -> None:
+                 http_port: int | None = None, spare: int = 0, **options: Any) -> None:
+        """`spare` reserves ports for that many more nodes (ids size+1...), for add_node."""
         self.root = Path(root)
         self.size = size
         self.distinct_hosts = distinct_hosts
@@ -157,11 +171,13 @@ class LocalCluster:
             self.http_port = http_port or 8101
         elif port is None and http_port is None:
             # One block for both, so the two ranges cannot be drawn on top of each other.
-            self.port = free_port_block(2 * size)
-            self.http_port = self.port + size
+            self.port = free_port_block(2 * (size + spare))
+            self.http_port = self.port + size + spare
         else:
-            self.port = port or free_port_block(size)
-            self.http_port = http_port or free_port_block(size)
+            self.port = port or free_port_block(size + spare)
+            self.http_port = http_port or free_port_block(size + spare)
+        self.spare = spare
+        self.retired: dict[int, NodeProcess] = {}  # removed from the membership and stopped
         self.nodes = {k: NodeProcess(self, k) for k in range(1, size + 1)}
 
     def host_of(self, node_id: int) -> str:
@@ -172,6 +188,24 @@ class LocalCluster:
     @property
     def addresses(self) -> list[str]:
         return [n.address for n in self.nodes.values()]
+
+    def add_node(self, node_id: int) -> NodeProcess:
+        """Start node `node_id` (one of the spare ids) with --join: it takes part once an
+        operator adds it (esc member add)."""
+        if not self.size < node_id <= self.size + self.spare or node_id in self.nodes:
+            raise ValueError(f"node {node_id} is not a free spare id ({self.size + 1}..{self.size + self.spare})")
+        node = NodeProcess(self, node_id)
+        node.joining = True
+        self.nodes[node_id] = node
+        node.start()
+        return node
+
+    def retire(self, node_id: int) -> NodeProcess:
+        """Stop a node removed from the membership and forget it (addresses, leader, convergence)."""
+        node = self.nodes.pop(node_id)
+        node.stop()
+        self.retired[node_id] = node
+        return node
 
     def start(self) -> LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ class Replies:
 
     def not_leader(self, session: ClientSession, request_id: int) -> None:
         leader = self.raft.leader
-        if leader == NONE or leader == self.node_id:
+        if leader == NONE or leader == self.node_id or not self.peers.get(leader):
             self.error(session, request_id, Status.UNAVAILABLE, "no leader is known (election in progress or no quorum)")
         else:
             # The message is the leader's client address: the client follows it directly.

@@ -24,7 +24,7 @@ class NodeApplier:
 
     def __init__(self, state: StateMachine, answers: AppendAnswers, reads: Reads, snapshots: Snapshots,
                  late: LateEntries, proposal_clock: ProposalClock, metrics: NodeMetrics, clock: Clock,
-                 after_advance: Callable[[], None]) -> None:
+                 after_advance: Callable[[], None], membership_applied: Callable[[int, int], None]) -> None:
         self.state = state
         self.answers = answers
         self.reads = reads
@@ -34,6 +34,7 @@ class NodeApplier:
         self.metrics = metrics
         self.clock = clock
         self.after_advance = after_advance
+        self.membership_applied = membership_applied  # (index, term): answers the change's request
 
     def stage_snapshot_chunks(self, chunks: list[SnapshotChunk]) -> None:
         self.snapshots.stage(chunks)
@@ -75,6 +76,7 @@ class NodeApplier:
                 metrics.membership_changes.inc()
                 metrics.voters.set(len(membership.voters))
                 metrics.learners.set(len(membership.learners))
+                self.membership_applied(entry.index, entry.term)
             if result.command == CommandType.CONFIG_UPDATE:
                 answers.intake.queue_count = state.config["queue_count"]
                 answers.answer_config(entry.index)

@@ -18,6 +18,7 @@ from eventstream.config import NodeConfig
 from eventstream.node.damage import DamagedDataError, set_aside
 from eventstream.node.raft_storage import NodeStorage
 from eventstream.raft.config import RaftConfig
+from eventstream.raft.membership import Membership
 from eventstream.raft.messages import HardState
 from eventstream.raft.node import RaftNode
 from eventstream.state import StateError, StateMachine
@@ -44,54 +45,55 @@ class NodeFiles:
         self.state.close()
 
 
-def open_files(config: NodeConfig) -> NodeFiles:
-    """Open the data dir; with config.repair, a data dir that fails its checks is set aside and
+def open_files(config: NodeConfig, initial: Membership | None = None) -> NodeFiles:
+    """Open the data dir; `initial` is the membership before any change in its log (default:
+    config.peers; a joining node's is what it learned). With config.repair, a data dir that fails its checks is set aside and
     the node starts empty, rejoining (eventstream/node/damage.py)."""
     try:
-        return _open_files(config, config.rejoin)
+        return _open_files(config, config.rejoin, initial)
     except (StorageError, StateError) as exc:
         data = config.data_path
         if not config.repair:
             raise DamagedDataError(f"{exc} (`esc wal check {data}` lists the damage; --repair moves it aside and "
                                    f"catches up from the leader)") from exc
-        if len(config.peers) < 2:
+        if len(set(config.peers) | set(initial.members if initial is not None else ())) < 2:
             raise DamagedDataError(f"{exc}; --repair needs peers to catch up from, and this node has none") from exc
         aside = set_aside(data)
         log.critical("node %d: damaged data: %s; --repair moved the log, state and hard state into %s: "
                      "starting empty, no vote until caught up from the leader", config.id, exc, aside)
-        return _open_files(config, rejoin=True)
+        return _open_files(config, True, initial)
 
 
-def _open_files(config: NodeConfig, rejoin: bool) -> NodeFiles:
+def _open_files(config: NodeConfig, rejoin: bool, initial: Membership | None) -> NodeFiles:
     data = config.data_path
     os.makedirs(data, exist_ok=True)
     state = StateMachine.open(str(data / "state"))
     try:
-        return _open_log(config, state, rejoin)
+        return _open_log(config, state, rejoin, initial or Membership.of(config.peers))
     except BaseException:
         state.close()
         raise
 
 
-def _open_log(config: NodeConfig, state: StateMachine, rejoin: bool) -> NodeFiles:
+def _open_log(config: NodeConfig, state: StateMachine, rejoin: bool, initial: Membership) -> NodeFiles:
     data = config.data_path
     # The node syncs the log itself (must_sync, in a worker thread), so the log is opened
     # without per-append sync; with wal_sync=false its background flusher bounds the window.
     seg_log = SegmentLog.open(str(data / "log"), segment_bytes=config.segment_bytes, wal_sync=False)
     try:
-        return _open_core(config, state, seg_log, rejoin)
+        return _open_core(config, state, seg_log, rejoin, initial)
     except BaseException:
         seg_log.close()
         raise
 
 
-def _open_core(config: NodeConfig, state: StateMachine, seg_log: SegmentLog, rejoin: bool) -> NodeFiles:
+def _open_core(config: NodeConfig, state: StateMachine, seg_log: SegmentLog, rejoin: bool,
+               initial: Membership) -> NodeFiles:
     data = config.data_path
     cut = seg_log.recovery
     if cut is not None:
         log.warning("raft log recovery cut a torn tail: %s", cut)
-    peer_ids = tuple(sorted(config.peers))
-    storage = NodeStorage(str(data), seg_log, state, peer_ids)
+    storage = NodeStorage(str(data), seg_log, state, initial)
     applied = state.applied_index
     if applied > seg_log.last_index:
         # A snapshot was installed but the crash came before the log was reset to it.
@@ -100,7 +102,7 @@ def _open_core(config: NodeConfig, state: StateMachine, seg_log: SegmentLog, rej
     rejoining = _check_rejoin(config, seg_log, state, hard, rejoin)
     raft_config = RaftConfig(
         id=config.id,
-        voters=peer_ids,
+        voters=initial.voters,
         election_ticks=config.election_ticks,
         heartbeat_ticks=config.heartbeat_ticks,
         max_inflight=config.max_inflight,
@@ -113,6 +115,8 @@ def _open_core(config: NodeConfig, state: StateMachine, seg_log: SegmentLog, rej
         lazy_commit=True,
         applied=applied,
         rejoining=rejoining,
+        max_promotion_lag=config.max_promotion_lag,
+        auto_promote=config.auto_promote,
     )
     # Election jitter only; the core never reads global random state.
     raft = RaftNode(raft_config, storage, random.Random())

@@ -23,6 +23,9 @@ from eventstream.node.apply import NodeApplier
 from eventstream.node.clock import SYSTEM_CLOCK, Clock
 from eventstream.node.durability import NodeLog
 from eventstream.node.files import note_caught_up, open_files
+from eventstream.node.join import JoinedCluster, JoinError, join_cluster
+from eventstream.node.member_requests import MemberRequests
+from eventstream.node.members import MemberDirectory
 from eventstream.node.proposal_clock import CLOCK_GAP_NOTED_US, ProposalClock
 from eventstream.node.reads import Reads
 from eventstream.node.ready import ReadyExecutor
@@ -62,7 +65,9 @@ class Node:
     """A node with its data dir open and every part built; serve() starts its links and loops.
     `await Node.open(config)` does both."""
 
-    def __init__(self, config: NodeConfig, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, config: NodeConfig, clock: Clock = SYSTEM_CLOCK, joined: JoinedCluster | None = None) -> None:
+        if config.join is not None and joined is None:
+            raise JoinError("join: a joining node learns the membership first (Node.open does)")
         self.config = config
         self.id = config.id
         self.clock = clock
@@ -71,7 +76,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         wake = self._wake_event.set
-        files = self.files = open_files(config)
+        files = self.files = open_files(config, joined.membership if joined is not None else None)
         self.raft, self.state, self.seg_log, self.storage = files.raft, files.state, files.seg_log, files.storage
         self.health = Health(started_at=clock.wall(), rejoining=files.rejoining)
         applied_membership = self.raft.membership_at(max(self.state.applied_index, self.raft.memberships.base_index))
@@ -90,11 +95,17 @@ class Node:
                                 config.wal_sync, wake)
         self.late = LateEntries(self.seg_log.last_index, config.election_ticks * config.tick_ms / 1000)
         host, _ = parse_address("listen", config.listen)
-        peers = {pid: parse_address(f"peers[{pid}]", addr) for pid, addr in config.peers.items() if pid != self.id}
-        self.routing = PeerRouting(self.id, self.raft, peers, host, config.frame_bytes_max,
+        # Whom to link with follows the membership in force (members.py); --peers, or what a
+        # join learned, until a change names the members' addresses.
+        known = {**(joined.addresses if joined is not None else config.peers), self.id: config.listen}
+        self.directory = MemberDirectory(self.id, self.raft, known,
+                                         grace_s=2 * config.election_ticks * config.tick_ms / 1000)
+        self.directory.refresh(clock.monotonic())
+        self.routing = PeerRouting(self.id, self.raft, dict(self.directory.links), host, config.frame_bytes_max,
                                    config.replication == "pool", self.late, metrics, clock, wake)
         self.clients = ClientServer(self, self.intake)
-        self.replies = Replies(self.id, config.peers, self.raft, metrics)
+        self.replies = Replies(self.id, self.directory.addresses, self.raft, metrics)
+        self.members = MemberRequests(self.id, self.raft, self.directory, self.replies, self._follow_membership)
         self.answers = AppendAnswers(self.intake, self.clients, self.replies, self.state, metrics, clock)
         self.reads = Reads(self.raft, self.state, self.replies, clock)
         self.snapshots = Snapshots(self.state, self.node_log, self.raft, self.intake, metrics,
@@ -102,10 +113,11 @@ class Node:
         self.status_reporter = StatusReporter(config, self.raft, self.state, self.seg_log, self.snapshots,
                                               self.routing, self.health, self.replies, clock)
         self.requests = ClientRequests(config, self.raft, self.state, self.intake, self.answers, self.replies,
-                                       self.reads, self.snapshots, self.status_reporter, self.proposal_clock,
-                                       metrics, wake)
+                                       self.reads, self.snapshots, self.status_reporter, self.members,
+                                       self.proposal_clock, metrics, wake)
         self.applier = NodeApplier(self.state, self.answers, self.reads, self.snapshots, self.late,
-                                   self.proposal_clock, metrics, clock, self._after_advance)
+                                   self.proposal_clock, metrics, clock, self._after_advance,
+                                   self.members.on_applied)
         self.executor = ReadyExecutor(self.raft, self.node_log, self.routing, self.applier,
                                       sync_writes=config.wal_sync)
         self.listener = Listener(crc32c, config.frame_bytes_max)
@@ -119,7 +131,8 @@ class Node:
 
     @classmethod
     async def open(cls, config: NodeConfig, clock: Clock = SYSTEM_CLOCK) -> Node:
-        node = cls(config, clock)
+        joined = await join_cluster(config) if config.join is not None else None
+        node = cls(config, clock, joined)
         await node.serve()
         return node
 
@@ -166,7 +179,7 @@ class Node:
     async def shutdown(self, transfer: bool = True) -> None:
         """Stop serving. A leader first hands leadership to the most caught-up follower
         (thesis 3.10) so clients see a new leader within a round trip, not an election timeout."""
-        if transfer and self.raft.role == Role.LEADER and len(self.config.peers) > 1:
+        if transfer and self.raft.role == Role.LEADER and len(self.raft.memberships.current.voters) > 1:
             await self._transfer_leadership()
         for task in self._tasks:
             task.cancel()
@@ -230,6 +243,7 @@ class Node:
         while True:
             await clock.sleep(HOUSEKEEPING_INTERVAL_S)
             now = clock.monotonic()
+            self._follow_membership()  # a removed node's link goes after a grace period
             self.answers.expire(now)
             self.reads.expire(now)
             interval = self.config.dedup_expire_interval
@@ -286,6 +300,7 @@ class Node:
             self._on_role_change(self._role, role, leader)
             self._role, self._leader = role, leader
         self.metrics.term.set(raft.term)
+        self._follow_membership()
         if self.health.rejoining and not raft.withholding_votes:
             note_caught_up(self.config, raft.log.committed)
             self.health.rejoining = False
@@ -330,6 +345,14 @@ class Node:
     def _fail_all(self, status: Status, message: str) -> None:
         self.answers.fail_all(status, message)
         self.reads.fail_all(status, message)
+        self.members.fail_all(status, f"{message} (a membership change proposed here may still take effect: "
+                                      "`esc member list` shows)")
+
+    def _follow_membership(self) -> None:
+        """Link with the members in force (called after every Ready, and at once after a change
+        is proposed, so the core's next messages to a new member have a link)."""
+        if self.directory.refresh(self.clock.monotonic()):
+            self.routing.set_peers(self.directory.links)
 
     # ----------------------------------------------------------------- the client server's service
     def on_request(self, session: ClientSession, request: Request) -> None:

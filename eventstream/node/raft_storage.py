@@ -112,12 +112,12 @@ def membership_from_meta(raft_meta: dict[str, Any], fallback: Membership) -> Mem
 
 
 class NodeStorage:
-    def __init__(self, data_dir: str, log: SegmentLog, state: StateMachine, voters: tuple[int, ...]) -> None:
+    def __init__(self, data_dir: str, log: SegmentLog, state: StateMachine, initial: Membership) -> None:
         self.data_dir = data_dir
         self.log = log
         self.recent = RecentEntries(RECENT_ENTRIES_BYTES)
         self.state = state
-        self.voters = voters
+        self.initial = initial  # the membership before any change: --peers, or what --join learned
         self._snapshot_meta: SnapshotMeta | None = None
         self._stream_lock = threading.Lock()
         self._stream_ready: dict[str, str] = {}  # snapshot folder -> finished stream file
@@ -130,7 +130,7 @@ class NodeStorage:
     def initial_state(self) -> tuple[HardState, Membership | None]:
         stored = StoredHardState.load(self.data_dir)
         vote = 0 if stored.voted_for is None else stored.voted_for
-        return HardState(stored.term, vote, stored.commit), Membership.of(self.voters)
+        return HardState(stored.term, vote, stored.commit), self.initial
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> Sequence[Entry]:
         cached = self.recent.get(lo, hi, max_bytes) if lo >= self.log.first_index else None
@@ -191,7 +191,7 @@ class NodeStorage:
             self._snapshot_meta = None
             return
         manifest = snapshots.read_manifest(folder)
-        membership = membership_from_meta(manifest.get("raft", {}), Membership.of(self.voters))
+        membership = membership_from_meta(manifest.get("raft", {}), self.initial)
         self._snapshot_meta = SnapshotMeta(manifest["last_index"], manifest["last_term"], membership.voters,
                                            membership.learners, membership.context)
         self._prune_streams(keep=folder)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from eventstream.config import NodeConfig
 from eventstream.metrics import NodeMetrics
 from eventstream.node.answers import AppendAnswers, Replies, TermWaiters
+from eventstream.node.member_requests import MemberRequests
 from eventstream.node.proposal_clock import ProposalClock
 from eventstream.node.reads import Reads
 from eventstream.node.snapshots import Snapshots
@@ -49,8 +50,8 @@ class ClientRequests:
 
     def __init__(self, config: NodeConfig, raft: RaftNode, state: StateMachine, intake: AppendIntake,
                  answers: AppendAnswers, replies: Replies, reads: Reads, snapshots: Snapshots,
-                 status: StatusReporter, proposal_clock: ProposalClock, metrics: NodeMetrics,
-                 wake: Callable[[], None]) -> None:
+                 status: StatusReporter, members: MemberRequests, proposal_clock: ProposalClock,
+                 metrics: NodeMetrics, wake: Callable[[], None]) -> None:
         self.config = config
         self.raft = raft
         self.state = state
@@ -60,6 +61,7 @@ class ClientRequests:
         self.reads = reads
         self.snapshots = snapshots
         self.status = status
+        self.members = members
         self.proposal_clock = proposal_clock
         self.metrics = metrics
         self._wake = wake
@@ -81,6 +83,11 @@ class ClientRequests:
             started = self.snapshots.trigger()
             session.reply(encode_response(Status.OK, request.request_id, encode_json(
                 {"started": started, "applied": self.state.applied_index, "last_snapshot": self.snapshots.last_index})))
+        elif op == Op.MEMBERS:
+            self.members.on_members(session, request)
+        elif op == Op.MEMBER_CHANGE:
+            self.members.on_change(session, request)
+            self._wake()
         else:  # decode_request only yields known ops; a new op must be handled above
             self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, f"unsupported op {op}")
 

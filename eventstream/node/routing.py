@@ -66,7 +66,7 @@ class PeerRouting:
         self.peers = PeerNetwork(node_id, peer_addresses, crc32c, frame_bytes_max, self.on_peer_messages,
                                  self.on_unreachable, local_host=local_host, on_connected=self.on_connected)
         self.pool: ReplicationPool | None = None  # pool mode only
-        if use_pool and peer_addresses:
+        if use_pool:
             self.pool = ReplicationPool(node_id, peer_addresses, self.peers, self.on_worker_reprobe,
                                         on_responses=self.on_worker_responses, on_dropped=self.on_worker_dropped,
                                         local_host=local_host, append_bytes_max=raft.config.max_append_bytes)
@@ -100,6 +100,25 @@ class PeerRouting:
         if self.pool is not None:
             self.pool.stop()
             self.pipelines = dict(self.inprocess)
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> None:
+        """Follow a membership change (eventstream/node/members.py): link with exactly `peers`,
+        with a pipeline to each, and in pool mode a worker for each follower while leading."""
+        self.peers.set_peers(peers)
+        for pid in list(self.inprocess):
+            if pid not in peers:
+                del self.inprocess[pid]
+        for pid in peers:
+            if pid not in self.inprocess:
+                self.inprocess[pid] = InProcessPipeline(pid, self.peers)
+        pooled = {}
+        if self.pool is not None:
+            try:
+                pooled = self.pool.set_peers(peers)
+            except OSError as exc:
+                log.warning("replication pool could not follow the membership (%s); replicating in-process", exc)
+                self.pool.stop()
+        self.pipelines = {**self.inprocess, **pooled}
 
     def on_peer_messages(self, peer_id: int, bodies: list[bytes]) -> None:
         messages = []

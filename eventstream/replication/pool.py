@@ -320,7 +320,7 @@ class ReplicationPool:
     def start(self) -> dict[int, PoolPipeline]:
         """Spawn one worker per follower (on becoming leader); returns the pipelines to use.
         OSError when a worker cannot be started; then none is left running."""
-        if self._pipelines:
+        if self._entries is not None:
             return dict(self._pipelines)
         loop = asyncio.get_running_loop()
         try:
@@ -340,6 +340,33 @@ class ReplicationPool:
         self._task = loop.create_task(self._supervise_loop(), name="replication-pool")
         log.info("replication pool: started workers %s",
                  {pid: p.worker.proc.pid for pid, p in self._pipelines.items()})
+        return dict(self._pipelines)
+
+    def set_peers(self, peers: dict[int, tuple[str, int]]) -> dict[int, PoolPipeline]:
+        """Follow a membership change: while started, a worker for each new follower, and none
+        for a removed one (or one whose address changed: its successor dials the new address).
+        Returns the pipelines to use. OSError when a new worker cannot be started."""
+        for pid in [p for p, address in self.peers.items() if peers.get(p) != address]:
+            del self.peers[pid]
+            self._restart_at.pop(pid, None)
+            self._restart_delay.pop(pid, None)
+            pipeline = self._pipelines.pop(pid, None)
+            if pipeline is not None:
+                pipeline.close()
+                pipeline.worker.terminate()
+                self._retired.append(pipeline.worker)
+        for pid, address in peers.items():
+            if pid in self.peers:
+                continue
+            self.peers[pid] = address
+            self.restarts.setdefault(pid, 0)
+            self.answers_relayed.setdefault(pid, 0)
+            self.stale_orders.setdefault(pid, 0)
+            if self._entries is not None:
+                worker = self._spawn(pid, address)
+                self._pipelines[pid] = PoolPipeline(pid, worker, self._entries, InProcessPipeline(pid, self._network))
+                log.info("replication pool: started a worker for new member %d (pid %d)", pid, worker.proc.pid)
+        self._reap()
         return dict(self._pipelines)
 
     def stop(self) -> None:

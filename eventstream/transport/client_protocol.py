@@ -18,6 +18,10 @@ Request body::
     STATUS        empty, or a UTF-8 JSON object of options: {"digest": true} adds the state
                   digest, which reads all retained data (STATUS_OPTIONS)
     SNAPSHOT      empty (take a snapshot now)
+    MEMBERS       empty: the membership as this node knows it (any node answers)
+    MEMBER_CHANGE UTF-8 JSON object {"change": "add-learner" | "add-voter" | "promote" | "remove",
+                  "id": node id, "address": "host:port" (adds only), "force": bool}; the leader
+                  answers once the change is applied, with the membership after it
 
 Response body::
 
@@ -55,6 +59,8 @@ class Op(enum.IntEnum):
     CONFIG_GET = 4
     STATUS = 5
     SNAPSHOT = 6
+    MEMBERS = 7
+    MEMBER_CHANGE = 8
 
 
 _OPS = {int(op): op for op in Op}
@@ -69,6 +75,9 @@ class Status(enum.IntEnum):
     OVERLOADED = 5
     OUT_OF_RANGE = 6
     INTERNAL = 7
+    # The cluster cannot take this change as it stands (a membership change pending, a learner
+    # that lags, no live majority after it); the message says why and what to do.
+    REFUSED = 8
 
 
 class Consistency(enum.IntEnum):

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION, Hello
 from eventstream.transport.peer_codec import is_replication_answer
 
 log = logging.getLogger(__name__)
+
+
+# A node whose peer hellos are refused is logged at most this often.
+REFUSED_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -95,6 +100,7 @@ class PeerNetwork:
         self.stats: dict[int, PeerStats] = {pid: PeerStats() for pid in peers}
         self._stopping = False
         self._started = False
+        self._refused_logged: dict[int, float] = {}  # node id -> when its refusal was last logged
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -209,7 +215,13 @@ class PeerNetwork:
             self._adopt_replication(peer_id, conn)
             return True
         if hello.role != ROLE_PEER or peer_id not in self.peers:
-            log.warning("refusing peer hello from %s: unknown node id %d", conn.peername, peer_id)
+            # A removed member, or one not added yet, redials at every backoff step: say so
+            # once a minute per node, not once per attempt.
+            now = time.monotonic()
+            if now - self._refused_logged.get(peer_id, -REFUSED_LOG_INTERVAL_S) >= REFUSED_LOG_INTERVAL_S:
+                self._refused_logged[peer_id] = now
+                log.warning("refusing peer hello from %s: node id %d is not a member this node links with "
+                            "(logged once a minute)", conn.peername, peer_id)
             return False
         if hello.target_id != self.node_id:
             log.warning(

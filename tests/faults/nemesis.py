@@ -8,7 +8,8 @@ faults drawn from a seeded generator: SIGKILL (and restart), SIGSTOP (and SIGCON
 (graceful stop, and restart), a node cut off from every peer, the leader cut from one follower
 only, a pool worker killed, a node's data dir deleted (restarted empty with --rejoin), a node's
 files damaged (a flipped byte or a cut in its log, hard state or snapshot; restarted with
---repair), on five
+--repair), a node replaced by a new one at a new address (joined, added as a learner,
+promoted, the old one removed and stopped), on five
 nodes two of those faults at once (kill, pause, cut off), and now and then every node killed
 at once. Afterwards every node is brought back and healed, and the
 history is checked:
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from eventstream.client import Client
-from eventstream.errors import EscError
+from eventstream.errors import EscError, Refused
 from tests.cluster.harness import LocalCluster, NetNamespace
 from tests.faults.file_damage import damage, damageable
 
@@ -175,8 +176,8 @@ class Nemesis:
     """Draws and applies faults; keeps at most a minority faulty except in whole-cluster turns."""
 
     KINDS = ("kill", "pause", "terminate", "isolate", "bridge", "kill_worker", "kill_all", "lose_disk", "damage",
-             "two_at_once")
-    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1, 1, 3)
+             "two_at_once", "replace")
+    WEIGHTS = (4, 3, 1, 3, 2, 1, 1, 1, 1, 3, 1)
 
     def __init__(self, cluster: LocalCluster, netns: NetNamespace, seed: int, pool: bool) -> None:
         self.cluster = cluster
@@ -289,6 +290,11 @@ class Nemesis:
             except psutil.Error as exc:
                 self.note(f"pool worker {worker.pid} already gone: {exc}")
             time.sleep(hold_s)
+        elif kind == "replace":
+            old = self._target()
+            turn = Turn(kind, (old,), time.monotonic())
+            if not self._replace(old):
+                return
         elif kind == "two_at_once":
             # Two nodes of five or more faulty together: the majority left must still serve.
             first = self._target()
@@ -315,6 +321,40 @@ class Nemesis:
             self._end(kind, k)
         turn.ended = time.monotonic()
         self.turns.append(turn)
+
+    def _replace(self, old: int) -> bool:
+        """Replace node `old` by a new node at a new address, as an operator would
+        (docs/operations.md, "Runbooks"); False when the cluster refused a step (noted)."""
+        cluster = self.cluster
+        new = max(cluster.nodes) + 1
+        if new > cluster.size + cluster.spare:
+            self.note("replace skipped: no spare id left")
+            return False
+        node = cluster.add_node(new)
+        self.note(f"node {new} started with --join to replace node {old}")
+        try:
+            with Client(cluster.addresses, timeout_s=10.0) as admin:
+                admin.add_member(new, node.address)
+                self.note(f"node {new} added as a learner")
+                deadline = time.monotonic() + 20
+                while True:
+                    try:
+                        admin.promote_member(new)
+                        break
+                    except Refused:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
+                self.note(f"node {new} promoted")
+                admin.remove_member(old)
+        except EscError as exc:
+            # The new node stays a member (a learner, or a voter beside the old one): a cluster
+            # one node larger is as valid an end as the one planned.
+            self.note(f"replace of node {old} stopped: {type(exc).__name__}: {exc}")
+            return True
+        cluster.retire(old)
+        self.note(f"node {old} removed and stopped")
+        return True
 
     def _begin(self, kind: str, k: int) -> None:
         """Start a fault of one node: kill, terminate, pause, isolate or lose_disk."""
@@ -404,7 +444,7 @@ def check_history(cluster: LocalCluster, history: History, queue_count: int) -> 
             for e in events:
                 stored[e.event_id] += 1
                 positions[e.event_id] = (q, e.offset)
-    for k, node in cluster.nodes.items():
+    for k, node in {**cluster.retired, **cluster.nodes}.items():
         text = node.log_text()
         stray = [line for line in text.splitlines() if not LOG_LINE.match(line)]
         if stray:

@@ -33,7 +33,8 @@ def _run(netns: NetNamespace, tmp_path: Path, nodes: int, seconds: float) -> Non
     seed = nemesis_seed()
     print(f"nemesis seed {seed} ({SEED_ENV}={seed} replays this schedule)")
     rng = random.Random(seed)
-    cluster = LocalCluster(tmp_path, nodes, distinct_hosts=True, **NODE_OPTIONS).start()
+    # Spare ids for the turns that replace a node by a new one.
+    cluster = LocalCluster(tmp_path, nodes, distinct_hosts=True, spare=20, **NODE_OPTIONS).start()
     nemesis = Nemesis(cluster, netns, rng.randrange(2**32), pool=cluster.options.get("replication") == "pool")
     history = History()
     stop = threading.Event()

@@ -13,6 +13,7 @@ import pytest
 
 from eventstream.config import NodeConfig
 from eventstream.node import Node
+from eventstream.node.members import encode_addresses
 from eventstream.raft.membership import Membership, encode_membership_entry
 from eventstream.raft.messages import Entry, SnapshotChunk, SnapshotMeta
 from eventstream.state import StateMachine, encode_set_event_at
@@ -78,7 +79,7 @@ def test_the_membership_goes_with_the_nodes_snapshot_and_shows_in_its_status(tmp
     """A membership entry in the log: the state machine applies it as a no-op, the snapshot
     taken after it records that membership, and a restarted node reads it back from there."""
     config = NodeConfig(id=1, listen="127.0.0.1:7101", peers={1: "127.0.0.1:7101"}, data_dir=str(tmp_path))
-    grown = Membership.of((1,), (2,), b'{"2": "127.0.0.1:7102"}')
+    grown = Membership.of((1,), (2,), encode_addresses({1: "127.0.0.1:7101", 2: "127.0.0.1:7102"}))
     entries = [*_entries(1, 4), (5, 1, encode_membership_entry(grown)), *_entries(6, 8)]
     node = Node(config)
     assert node.seg_log is not None
@@ -96,7 +97,8 @@ def test_the_membership_goes_with_the_nodes_snapshot_and_shows_in_its_status(tmp
     assert (meta.index, meta.voters, meta.learners, meta.context) == (8, (1,), (2,), grown.context)
     status = node.status_reporter.status()
     assert status["membership"] == {"voters": [1], "learners": [2], "index": 5, "pending": True,
-                                    "this_node": "voter"}
+                                    "this_node": "voter",
+                                    "addresses": {"1": "127.0.0.1:7101", "2": "127.0.0.1:7102"}}
     assert node.seg_log is not None
     node.seg_log.close()
     node.state.close()
