@@ -347,3 +347,34 @@ def test_a_worker_whose_node_is_gone_exits_instead_of_spinning() -> None:
             worker._doorbell = os.open(os.devnull, os.O_WRONLY)  # for the pool's own close
 
     asyncio.run(scenario())
+
+
+def test_a_started_pool_follows_a_membership_change() -> None:
+    """A follower added while the pool runs gets a worker at once; a removed one's worker stops."""
+    async def scenario() -> None:
+        leader_listener = Listener(crc32c, LIMIT)
+        follower = Follower()
+        await follower.start(await leader_listener.start("127.0.0.1", 0))
+        net = PeerNetwork(1, {}, crc32c, LIMIT, lambda p, b: None)
+        pool = ReplicationPool(1, {}, net, lambda p: None)
+        try:
+            assert pool.start() == {}
+            pipelines = pool.set_peers({2: follower.address})
+            assert set(pipelines) == {2} and set(pool.worker_pids()) == {2}
+            worker = psutil.Process(pool.worker_pids()[2])
+            pipelines[2].submit(append(1, b"to the new member"))
+            pipelines[2].flush()
+            await wait_for(lambda: len(follower.got) == 1)
+            assert bytes(follower.got[0].entries[0].data) == b"to the new member"
+            assert pool.set_peers({}) == {} and pool.worker_pids() == {}
+            await wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE)
+            pool.stop()
+            # Not leading: the membership is remembered, no worker starts until start().
+            assert pool.set_peers({2: follower.address}) == {} and pool.worker_pids() == {}
+            assert set(pool.start()) == {2}
+        finally:
+            await pool.close()
+            await follower.stop()
+            await leader_listener.stop()
+
+    asyncio.run(scenario())
