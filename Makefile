@@ -28,9 +28,9 @@ lint: build
 test: lint
 	$(VENV)/bin/pytest -q
 
-# Long soaks and large simulations: opt-in.
+# Long soaks, large simulations and a long fuzz of every decoder: opt-in.
 test-slow: build
-	$(VENV)/bin/pytest -q --run-slow
+	ESC_FUZZ_EXAMPLES=20000 $(VENV)/bin/pytest -q --run-slow
 
 bench: build
 	mkdir -p bench/results

@@ -94,6 +94,11 @@ class FramedConnection(asyncio.Protocol):
         self._round: _FlushRound | None = None
         # A place for the owner to hang its per-connection state (peer id, session...).
         self.tag: object = None
+        # Until the first frame arrives, at most this many body bytes are buffered (a hello is
+        # a few bytes: a stranger cannot make the node hold frame_bytes_max per connection).
+        self.first_frame_bytes_max: int | None = None
+        # False while a stranger's connection is unproven: its owner logs refusals, rate-limited.
+        self.log_errors = True
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,15 +121,19 @@ class FramedConnection(asyncio.Protocol):
         try:
             bodies = self._decoder.feed(data)
         except FrameError as exc:
-            log.warning("closing connection from %s: %s", self.peername, exc)
+            if self.log_errors:
+                log.warning("closing connection from %s: %s", self.peername, exc)
             self.close(f"bad frame: {exc}")
             return
         if bodies:
             self.frames_in += len(bodies)
             self._on_frames(self, bodies)
+        elif (self.first_frame_bytes_max is not None and not self.frames_in
+              and self._decoder.buffered_bytes > HEADER.size + self.first_frame_bytes_max):
+            self.close(f"first frame longer than {self.first_frame_bytes_max} bytes")
 
     def eof_received(self) -> bool:
-        if self._on_data is None and not self._decoder.at_boundary():
+        if self._on_data is None and not self._decoder.at_boundary() and self.log_errors:
             log.warning(
                 "connection from %s ended inside a frame (%d bytes pending)",
                 self.peername,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -46,28 +47,14 @@ class HttpStatusServer:
             except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                 await self._respond(writer, 400, "text/plain", b"bad request\n")
                 return
-            if len(head) > HEADER_BYTES_MAX:
-                await self._respond(writer, 400, "text/plain", b"request header too large\n")
-                return
-            parts = head.split(b"\r\n", 1)[0].split()
-            if len(parts) != 3:
-                await self._respond(writer, 400, "text/plain", b"bad request line\n")
-                return
-            method, target, _, query = parts[0], *parts[1].partition(b"?")
-            if method != b"GET":
-                await self._respond(writer, 405, "text/plain", b"only GET is served\n")
-            elif target == b"/status":
-                try:
-                    digest = _status_digest_asked(query)
-                except ValueError as exc:
-                    await self._respond(writer, 400, "text/plain", f"{exc}\n".encode())
-                    return
-                body = json.dumps(await self._status(digest), indent=1, sort_keys=True).encode() + b"\n"
+            route = route_request(head)
+            if route.target == "status":
+                body = json.dumps(await self._status(route.digest), indent=1, sort_keys=True).encode() + b"\n"
                 await self._respond(writer, 200, "application/json", body)
-            elif target == b"/metrics":
+            elif route.target == "metrics":
                 await self._respond(writer, 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics())
             else:
-                await self._respond(writer, 404, "text/plain", b"try /status or /metrics\n")
+                await self._respond(writer, route.code, "text/plain", f"{route.message}\n".encode())
         except Exception:
             log.exception("HTTP request failed")
             with contextlib.suppress(Exception):
@@ -85,6 +72,36 @@ class HttpStatusServer:
         ).encode()
         writer.write(head + body)
         await writer.drain()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request head asks for: target "status" or "metrics", or an error code and message."""
+
+    target: str | None
+    digest: bool = False
+    code: int = 200
+    message: str = ""
+
+
+def route_request(head: bytes) -> Route:
+    """The answer to a request head (the bytes through the blank line); never raises."""
+    if len(head) > HEADER_BYTES_MAX:
+        return Route(None, code=400, message="request header too large")
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) != 3:
+        return Route(None, code=400, message="bad request line")
+    method, target, _, query = parts[0], *parts[1].partition(b"?")
+    if method != b"GET":
+        return Route(None, code=405, message="only GET is served")
+    if target == b"/status":
+        try:
+            return Route("status", digest=_status_digest_asked(query))
+        except ValueError as exc:
+            return Route(None, code=400, message=str(exc))
+    if target == b"/metrics":
+        return Route("metrics")
+    return Route(None, code=404, message="try /status or /metrics")
 
 
 def _status_digest_asked(query: bytes) -> bool:

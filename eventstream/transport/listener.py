@@ -4,13 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 from eventstream.transport.connection import FramedConnection
 from eventstream.transport.frames import CrcFunction
-from eventstream.transport.hello import ROLE_CLIENT, ROLE_PEER, Hello, HelloError
+from eventstream.transport.hello import HELLO_BYTES, ROLE_CLIENT, ROLE_PEER, Hello, HelloError
 
 log = logging.getLogger(__name__)
+
+# A connection that has not sent its hello within this long is closed: a stranger holding
+# connections open (idle, or trickling bytes) costs the node a descriptor only this long.
+HELLO_TIMEOUT_S = 5.0
+# At most this many connections may owe their hello at once (the oldest is closed to make
+# room); peers and clients that already said hello are not counted.
+PENDING_MAX = 1024
+# Refused connections are logged once per source host per this many seconds.
+REFUSAL_LOG_INTERVAL_S = 60.0
+_REFUSAL_HOSTS_MAX = 4096
+
+
+class RefusalLog:
+    """Refused connections, logged once per source host per interval with a count of the rest,
+    so a flood of strangers cannot flood the node's log."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self._hosts: dict[str, tuple[float, int]] = {}  # host -> (logged at, refused since)
+
+    def note(self, peername: str, reason: str, now: float | None = None) -> bool:
+        """Count one refusal; whether it was logged."""
+        now = time.monotonic() if now is None else now
+        host = peername.rpartition(":")[0] or peername
+        logged_at, since = self._hosts.get(host, (-self.interval_s, 0))
+        if now - logged_at < self.interval_s:
+            self._hosts[host] = (logged_at, since + 1)
+            return False
+        if len(self._hosts) >= _REFUSAL_HOSTS_MAX:
+            self._hosts.clear()  # a flood from many hosts: start counting afresh
+        self._hosts[host] = (now, 0)
+        more = f" ({since} more from {host} since last logged)" if since else ""
+        log.warning("refused a connection from %s: %s%s; logged once a minute per host", peername, reason, more)
+        return True
 
 
 class ConnectionOwner(Protocol):
@@ -32,8 +67,9 @@ class Listener:
         self._frame_bytes_max = frame_bytes_max
         self._owners: dict[int, ConnectionOwner | None] = {ROLE_PEER: peers, ROLE_CLIENT: clients}
         self._server: asyncio.base_events.Server | None = None
-        self._pending: set[FramedConnection] = set()
+        self._pending: dict[FramedConnection, asyncio.TimerHandle | None] = {}
         self.refused = 0
+        self.refusals = RefusalLog()
 
     def set_owner(self, role: int, owner: ConnectionOwner) -> None:
         """Bind a protocol owner; lets the port be bound (and learnt) before the owner exists."""
@@ -51,30 +87,60 @@ class Listener:
             self._server.close()
             await self._server.wait_closed()
         for conn in list(self._pending):
+            self._forget(conn)
             conn.close("listener stopping")
 
     def _make_connection(self) -> FramedConnection:
-        conn = FramedConnection(self._crc, self._frame_bytes_max, self._on_first_frames, self._on_pending_closed)
-        self._pending.add(conn)
+        conn = FramedConnection(self._crc, self._frame_bytes_max, self._on_first_frames, self._on_pending_closed,
+                                on_open=self._on_open)
+        conn.first_frame_bytes_max = HELLO_BYTES
+        conn.log_errors = False  # a stranger until its hello is taken: refusals are rate-limited
         return conn
 
+    def _on_open(self, conn: FramedConnection) -> None:
+        if len(self._pending) >= PENDING_MAX:
+            # Make room by closing the connection that has owed its hello longest: a real peer
+            # or client says hello within a round trip, so the oldest is a stranger's.
+            oldest = next(iter(self._pending))
+            self._refuse(oldest, f"{PENDING_MAX} connections owed their hello; this one the longest")
+        self._pending[conn] = asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._hello_overdue, conn)
+
+    def _hello_overdue(self, conn: FramedConnection) -> None:
+        if conn in self._pending:
+            self._refuse(conn, f"no hello within {HELLO_TIMEOUT_S:.0f} s")
+
+    def _refuse(self, conn: FramedConnection, reason: str) -> None:
+        self.refused += 1
+        self.refusals.note(conn.peername, reason)
+        self._forget(conn)
+        conn.close(reason)
+
+    def _forget(self, conn: FramedConnection) -> None:
+        timer = self._pending.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
     def _on_pending_closed(self, conn: FramedConnection, reason: str) -> None:
-        self._pending.discard(conn)
+        if conn in self._pending:  # closed by the stranger, or by a bad first frame
+            self._forget(conn)
+            if reason.startswith(("bad frame", "first frame")):
+                self.refused += 1
+                self.refusals.note(conn.peername, reason)
 
     def _on_first_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
-        self._pending.discard(conn)
+        self._forget(conn)
         try:
             hello = Hello.decode(bodies[0])
         except HelloError as exc:
-            self.refused += 1
-            log.warning("closing connection from %s: %s", conn.peername, exc)
-            conn.close(str(exc))
+            self._refuse(conn, str(exc))
             return
         owner = self._owners.get(hello.role)
         if owner is None or not owner.adopt(conn, hello):
             self.refused += 1
             conn.close("hello refused")
             return
+        conn.first_frame_bytes_max = None
+        conn.log_errors = True
         rest = bodies[1:]
         if rest and not conn.closed:
             # adopt() rebound the connection; frames that came in the same read go to the owner.
