@@ -95,6 +95,8 @@ def _node_options(fn: F) -> F:
         click.option("--auto-promote", is_flag=True, default=None,
                      help="as leader, promote each learner to voter once caught up"),
         click.option("--max-promotion-lag", type=int, help="entries a learner may lag the leader and be promoted"),
+        click.option("--insecure", is_flag=True, default=None,
+                     help="listen beyond loopback without encryption (everything crosses the network in the clear)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -173,6 +175,11 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
 
 # ------------------------------------------------------------------------------- clients
 def _cluster_option(fn: F) -> F:
+    fn = click.option(
+        "--token", envvar="ESC_TOKEN", expose_value=False, metavar="TOKEN",
+        callback=lambda ctx, param, value: ctx.meta.__setitem__("esc_token", value),
+        help="the client token, once the cluster has tokens (or ESC_TOKEN)",
+    )(fn)
     return click.option(
         "--cluster", default=lambda: os.environ.get("ESC_CLUSTER", "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"),
         show_default="ESC_CLUSTER or 127.0.0.1:7101-7103", help="client addresses host:port,...",
@@ -182,7 +189,8 @@ def _cluster_option(fn: F) -> F:
 def _client(cluster: str, timeout: float) -> Any:
     from eventstream.client import Client
 
-    return Client(cluster, timeout_s=timeout, attempt_timeout_s=min(3.0, timeout))
+    token = click.get_current_context().meta.get("esc_token")
+    return Client(cluster, timeout_s=timeout, attempt_timeout_s=min(3.0, timeout), token=token or None)
 
 
 def _echo_json(value: Any) -> None:
@@ -326,7 +334,7 @@ def _parse_member(spec: str) -> tuple[int, str]:
     from eventstream.errors import InvalidArgument
 
     node, sep, address = spec.partition("=")
-    if not sep or not node.strip().isdigit() or int(node) < 1 or not address.strip():
+    if not sep or not (node.strip().isascii() and node.strip().isdigit()) or int(node) < 1 or not address.strip():
         raise InvalidArgument(f"{spec!r} is not ID=HOST:PORT (the new node's id and its --listen address)")
     return int(node), address.strip()
 
@@ -388,6 +396,59 @@ def member_remove(cluster: str, timeout: float, node: int, force: bool) -> None:
     with _client(cluster, timeout) as c:
         c.remove_member(node, force=force)
     click.echo(f"node {node} removed; stop its process")
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke client tokens (docs/operations.md, "Tokens")."""
+
+
+@token.command("create")
+@_cluster_option
+@click.option("--name", required=True, help="what the token is for; 1-64 of letters, digits, '_', '.', '-'")
+@click.option("--allow", required=True, metavar="PERMS",
+              help="comma-separated: append, read, read:<queue>, admin (the first token must allow admin)")
+@_one_line_errors
+def token_create(cluster: str, timeout: float, name: str, allow: str) -> None:
+    """Create a token and print it once: the cluster keeps only its SHA-256."""
+    from eventstream.errors import InvalidArgument
+    from eventstream.node.auth import new_token, token_digest
+
+    permissions = [p.strip() for p in allow.split(",") if p.strip()]
+    with _client(cluster, timeout) as c:
+        existing = c.config_get().get("tokens", {})
+        if name in existing:
+            raise InvalidArgument(f"a token named {name!r} exists; revoke it first, or pick another name")
+        secret = new_token()
+        c.config_update({"tokens": {name: {"sha256": token_digest(secret), "allow": permissions}}})
+    click.echo(secret)
+    click.echo(f"token {name!r} allows {', '.join(permissions)}; it is shown only now", err=True)
+
+
+@token.command("revoke")
+@_cluster_option
+@click.argument("name")
+@_one_line_errors
+def token_revoke(cluster: str, timeout: float, name: str) -> None:
+    """Revoke a token: open connections that presented it are refused from their next request."""
+    from eventstream.errors import InvalidArgument
+
+    with _client(cluster, timeout) as c:
+        if name not in c.config_get().get("tokens", {}):
+            raise InvalidArgument(f"no token named {name!r}")
+        c.config_update({"tokens": {name: None}})
+    click.echo(f"token {name!r} revoked")
+
+
+@token.command("list")
+@_cluster_option
+@_one_line_errors
+def token_list(cluster: str, timeout: float) -> None:
+    """Each token's name and permissions (never the token itself)."""
+    with _client(cluster, timeout) as c:
+        tokens = c.config_get().get("tokens", {})
+    for name, entry in sorted(tokens.items()):
+        click.echo(f"{name}  {','.join(entry['allow'])}")
 
 
 @main.group()

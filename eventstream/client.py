@@ -35,8 +35,10 @@ from eventstream.errors import (
     NotLeader,
     OutOfRange,
     Overloaded,
+    PermissionDenied,
     Refused,
     Timeout,
+    Unauthenticated,
     Unavailable,
 )
 from eventstream.storage import crc32c
@@ -105,7 +107,7 @@ class EventIn:
 
 def parse_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidArgument(f"bad address {address!r}: expected host:port")
     return host.strip("[]"), int(port)
 
@@ -113,9 +115,10 @@ def parse_address(address: str) -> tuple[str, int]:
 class _Session:
     """One connection to one node, with its in-flight requests."""
 
-    def __init__(self, address: str, frame_bytes_max: int) -> None:
+    def __init__(self, address: str, frame_bytes_max: int, token: str | None = None) -> None:
         self.address = address
         self._frame_bytes_max = frame_bytes_max
+        self._token = token
         self._pending: dict[int, asyncio.Future[Response]] = {}
         # Each request's deadline, checked by one sweep timer per session rather than a timer
         # per request: at tens of thousands of requests a second the timers cost more than the
@@ -139,6 +142,12 @@ class _Session:
         )
         self.conn = conn
         conn.send(Hello(ROLE_CLIENT).encode())
+        if self._token is not None:
+            resp = await self.call(Op.AUTH, self._token.encode(), timeout_s)
+            if resp.status is not Status.OK:
+                err = decode_error(resp.body)
+                self.close()
+                raise Unauthenticated(f"{self.address}: {err.message}")
 
     def _on_frames(self, conn: FramedConnection, bodies: list[bytes]) -> None:
         for body in bodies:
@@ -219,7 +228,10 @@ class AsyncClient:
         backoff_initial_s: float = 0.02,
         backoff_max_s: float = 0.5,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+        token: str | None = None,
     ) -> None:
+        """`token` is presented on every connection (docs/operations.md, "Tokens"); None sends
+        none, which a cluster without tokens accepts."""
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
         if not addresses:
@@ -232,6 +244,7 @@ class AsyncClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._frame_bytes_max = frame_bytes_max
+        self._token = token
         self._target = 0
         self._session: _Session | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -366,7 +379,7 @@ class AsyncClient:
         asks for the state digest too, which the node computes over all its retained data."""
         body = encode_status_options(digest)
         if address is not None:
-            session = _Session(address, self._frame_bytes_max)
+            session = _Session(address, self._frame_bytes_max, self._token)
             try:
                 await session.open(self.attempt_timeout_s)
                 resp = await session.call(Op.STATUS, body, self.attempt_timeout_s)
@@ -492,7 +505,7 @@ class AsyncClient:
             session = self._session
             if session is not None and session.usable:
                 return session
-            session = _Session(self.addresses[self._target], self._frame_bytes_max)
+            session = _Session(self.addresses[self._target], self._frame_bytes_max, self._token)
             await session.open(timeout_s)
             self._session = session
             return session
@@ -518,6 +531,10 @@ class AsyncClient:
             return InvalidArgument(message)
         if status is Status.REFUSED:
             return Refused(message)
+        if status is Status.UNAUTHENTICATED:
+            return Unauthenticated(message)
+        if status is Status.PERMISSION_DENIED:
+            return PermissionDenied(message)
         return EscError(f"server error: {message}")
 
     def _raise_for(self, resp: Response) -> None:

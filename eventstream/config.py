@@ -8,6 +8,7 @@ bad config stops the node with one clear line before it touches its data directo
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class ConfigError(ValueError):
 
 def parse_address(key: str, value: str) -> tuple[str, int]:
     host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{key}: {value!r} is not host:port with a port in 1..65535")
     return host.strip("[]"), int(port)
 
@@ -60,7 +61,7 @@ def parse_peers(value: str | dict[Any, Any]) -> dict[int, str]:
             items.append((node.strip(), addr.strip()))
     peers: dict[int, str] = {}
     for node, addr in items:
-        if not node.isdigit() or int(node) < 1:
+        if not (node.isascii() and node.isdigit()) or int(node) < 1:
             raise ConfigError(f"peers: node id {node!r} must be a positive integer")
         parse_address(f"peers[{node}]", addr)
         if int(node) in peers:
@@ -114,13 +115,16 @@ class NodeConfig:
     auto_promote: bool = False
     # A learner further behind the leader than this many entries is not promoted.
     max_promotion_lag: int = 1000
+    # Links are not encrypted: without this a node listens (peers, clients, HTTP) on loopback
+    # addresses only, so nothing it says crosses a network in the clear by accident.
+    insecure: bool = False
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
             raise ConfigError(f"id: must be a positive integer, got {self.id}")
-        parse_address("listen", self.listen)
+        _check_exposure("listen", self.listen, self.insecure)
         if self.http is not None:
-            parse_address("http", self.http)
+            _check_exposure("http", self.http, self.insecure)
         if self.join is not None:
             if set(self.peers) - {self.id}:
                 raise ConfigError("join: a joining node learns the members from the cluster; give --join or --peers, "
@@ -173,6 +177,23 @@ class NodeConfig:
         return [a.strip() for a in (self.join or "").split(",") if a.strip()]
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _check_exposure(key: str, value: str, insecure: bool) -> None:
+    host, _ = parse_address(key, value)
+    if not insecure and not is_loopback(host):
+        raise ConfigError(f"{key}: {host} is not a loopback address; links are not encrypted, so a node listens "
+                          "beyond loopback only with --insecure (insecure = true): peers' messages, client "
+                          "requests and tokens then cross the network in the clear")
+
+
 def _positive(key: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{key}: must be an integer in [{low}, {high}], got {value!r}")
@@ -198,12 +219,16 @@ def _coerce(key: str, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if kind == "int":
-            if isinstance(value, bool):
+            # 3.7 is not silently 3, and inf (valid TOML) is no integer at all.
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if kind == "float":
-            return float(value)
-    except (TypeError, ValueError):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return number
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}: {value!r} is not a valid {kind}") from None
     return str(value)
 

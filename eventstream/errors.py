@@ -43,3 +43,12 @@ class Refused(EscError):
     """The cluster cannot take this change as it stands now (another membership change is
     pending, the learner lags, too few voters would be live); nothing changed. The message
     says why and what to do."""
+
+
+class Unauthenticated(EscError):
+    """The cluster requires a token and this client presented none, or one it does not know
+    (revoked, mistyped). Give `token=` (CLI: --token or ESC_TOKEN)."""
+
+
+class PermissionDenied(EscError):
+    """The token is valid but does not allow this operation, or this queue."""

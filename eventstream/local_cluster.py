@@ -138,8 +138,11 @@ class NodeProcess:
 
     def status(self, timeout: float = 2.0, digest: bool = False) -> dict[str, Any] | None:
         query = "?digest=1" if digest else ""
+        request = urllib.request.Request(f"http://{self.http}/status{query}")
+        if self.cluster.token:
+            request.add_header("Authorization", f"Bearer {self.cluster.token}")
         try:
-            with urllib.request.urlopen(f"http://{self.http}/status{query}", timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, http.client.HTTPException):
             return None  # not up yet, or not answering: the callers poll
@@ -178,6 +181,7 @@ class LocalCluster:
             self.http_port = http_port or free_port_block(size + spare)
         self.spare = spare
         self.retired: dict[int, NodeProcess] = {}  # removed from the membership and stopped
+        self.token: str | None = None  # an admin token, once the cluster has tokens (the digest needs it)
         self.nodes = {k: NodeProcess(self, k) for k in range(1, size + 1)}
 
     def host_of(self, node_id: int) -> str:

@@ -121,7 +121,8 @@ class Node:
         self.executor = ReadyExecutor(self.raft, self.node_log, self.routing, self.applier,
                                       sync_writes=config.wal_sync)
         self.listener = Listener(crc32c, config.frame_bytes_max)
-        self.http = HttpStatusServer(self.answer_status, metrics.render) if config.http else None
+        self.http = (HttpStatusServer(self.answer_status, metrics.render, self.requests.may_see_digest)
+                     if config.http else None)
         self._role = Role.FOLLOWER
         self._leader = NONE
         self._bootstrap_config_proposed = False
@@ -168,6 +169,10 @@ class Node:
             "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
             self.id, __version__, *self.listen_address, cfg.peers, cfg.data_dir, cfg.wal_sync,
         )
+        if cfg.insecure:
+            log.warning("node %d: --insecure: peer and client links are not encrypted and peers are not "
+                        "authenticated; anyone who reaches %s:%d can speak to this node", self.id,
+                        *self.listen_address)
         self._wake()
 
     async def wait_stopped(self) -> None:
@@ -358,8 +363,8 @@ class Node:
     def on_request(self, session: ClientSession, request: Request) -> None:
         self.requests.on_request(session, request)
 
-    def accepting_appends(self) -> bool:
-        return self.requests.accepting_appends()
+    def accepting_appends(self, session: ClientSession) -> bool:
+        return self.requests.accepting_appends(session)
 
     def on_appends_queued(self) -> None:
         self._wake()

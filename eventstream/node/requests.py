@@ -9,6 +9,7 @@ from collections.abc import Callable
 from eventstream.config import NodeConfig
 from eventstream.metrics import NodeMetrics
 from eventstream.node.answers import AppendAnswers, Replies, TermWaiters
+from eventstream.node.auth import Authority, Grants, describe
 from eventstream.node.member_requests import MemberRequests
 from eventstream.node.proposal_clock import ProposalClock
 from eventstream.node.reads import Reads
@@ -24,6 +25,7 @@ from eventstream.raft.node import (
     UncommittedLimitError,
 )
 from eventstream.state import ConfigError, StateMachine, encode_config_update, validate_config
+from eventstream.state.config import merge_config
 from eventstream.transport._append_intake import (
     REFUSED_INVALID,
     REFUSED_NOT_ACCEPTING,
@@ -36,6 +38,8 @@ from eventstream.transport.client_protocol import (
     Request,
     Status,
     decode_json_object,
+    decode_read,
+    decode_status_options,
     encode_json,
     encode_response,
 )
@@ -62,12 +66,18 @@ class ClientRequests:
         self.snapshots = snapshots
         self.status = status
         self.members = members
+        self.auth = Authority(state)
         self.proposal_clock = proposal_clock
         self.metrics = metrics
         self._wake = wake
 
     def on_request(self, session: ClientSession, request: Request) -> None:
         op = request.op
+        if op == Op.AUTH:
+            self._on_auth(session, request)
+            return
+        if self.auth.enabled and self._refused_by_token(session, request):
+            return
         # APPENDs come here only past a connection's in-flight limit (answered there): the
         # intake queues all others natively.
         if op == Op.READ:
@@ -91,6 +101,46 @@ class ClientRequests:
         else:  # decode_request only yields known ops; a new op must be handled above
             self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, f"unsupported op {op}")
 
+    def _on_auth(self, session: ClientSession, request: Request) -> None:
+        if not self.auth.enabled:  # no token exists yet: every request is taken
+            session.reply(encode_response(Status.OK, request.request_id, encode_json({"name": None, "allow": []})))
+            return
+        grants = self.auth.authenticate(bytes(request.body).decode(errors="replace"))
+        if grants is None:
+            session.grants = None
+            self.replies.error(session, request.request_id, Status.UNAUTHENTICATED, "unknown or revoked token")
+            return
+        session.grants = grants
+        session.reply(encode_response(Status.OK, request.request_id, encode_json(describe(grants))))
+
+    def _refused_by_token(self, session: ClientSession, request: Request) -> bool:
+        """Answer a request its session's token does not allow; whether it was refused."""
+        queue, digest = None, False
+        try:
+            if request.op == Op.READ:
+                queue = decode_read(request.body).queue
+            elif request.op == Op.STATUS:
+                digest = bool(decode_status_options(request.body).get("digest"))
+        except ProtocolError:
+            pass  # the op's own handler answers the malformed body
+        refusal = self.auth.refusal(self._grants(session), request.op, queue, digest)
+        if refusal is None:
+            return False
+        self.replies.error(session, request.request_id, *refusal)
+        return True
+
+    def may_see_digest(self, token: str | None) -> bool:
+        """Whether an HTTP request bearing `token` may have the state digest (admin)."""
+        if not self.auth.enabled:
+            return True
+        grants = self.auth.authenticate(token) if token else None
+        return grants is not None and grants.admin
+
+    @staticmethod
+    def _grants(session: ClientSession) -> Grants | None:
+        grants = session.grants
+        return grants if isinstance(grants, Grants) else None
+
     def _leader_check(self, session: ClientSession, request_id: int) -> bool:
         raft = self.raft
         if raft.role == Role.LEADER:
@@ -101,9 +151,10 @@ class ClientRequests:
         self.replies.not_leader(session, request_id)
         return False
 
-    def accepting_appends(self) -> bool:
+    def accepting_appends(self, session: ClientSession) -> bool:
         raft = self.raft
-        return raft.role == Role.LEADER and raft.lead_transferee == NONE
+        return (raft.role == Role.LEADER and raft.lead_transferee == NONE
+                and self.auth.may_append(self._grants(session)))
 
     def on_refused_appends(self, refusals: list[Refusal]) -> None:
         for session, request_id, code, message in refusals:
@@ -113,7 +164,11 @@ class ClientRequests:
                 self.replies.error(session, request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
             else:
                 assert code == REFUSED_NOT_ACCEPTING
-                self._leader_check(session, request_id)  # answers the refusal
+                refusal = self.auth.refusal(self._grants(session), Op.APPEND)
+                if refusal is not None:
+                    self.replies.error(session, request_id, *refusal)
+                else:
+                    self._leader_check(session, request_id)  # answers the refusal
 
     def _on_config_update(self, session: ClientSession, request: Request) -> None:
         if not self._leader_check(session, request.request_id):
@@ -121,6 +176,11 @@ class ClientRequests:
         try:
             changes = decode_json_object(request.body)
             checked = validate_config(changes)
+            if "tokens" in checked:
+                after = merge_config(self.state.config, checked).get("tokens", {})
+                if after and not any("admin" in t["allow"] for t in after.values()):
+                    raise ConfigError("tokens: at least one token must allow admin, or no one could manage "
+                                      "tokens (create an admin token first; revoke the last one only with none left)")
             data = encode_config_update(checked)
         except (ProtocolError, ConfigError) as exc:
             self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, str(exc))

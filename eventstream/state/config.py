@@ -24,11 +24,16 @@ Keys (units last, docs/conventions.md §14):
   queue_retention        per-queue overrides: {"<queue>": {"bytes_max": int, "age_ms_max": int}}.
   batch_size             events per Raft entry the leader's batcher aims for.
   snapshot_threshold     applied entries between snapshots.
+  tokens                 client tokens by name: {"<name>": {"sha256": hex digest of the token,
+                         "allow": ["append", "read" or "read:<queue>", "admin"]}}; a name set
+                         to null is revoked. Absent until the first token is created; while
+                         absent or empty, clients need no token (docs/operations.md, "Tokens").
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +72,9 @@ INT_KEYS: dict[str, IntRange] = {
     "snapshot_threshold": IntRange(1, 1 << 40, 100_000, "entries between snapshots"),
 }
 RETENTION_FIELDS = {"bytes_max": "retention_bytes_max", "age_ms_max": "retention_age_ms_max"}
+TOKEN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TOKEN_PERMISSIONS = ("append", "read", "admin")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def default_config() -> dict[str, Any]:
@@ -92,7 +100,7 @@ def _check_queue_retention(value: Any) -> dict[str, dict[str, int]]:
     checked: dict[str, dict[str, int]] = {}
     for queue_text, limits in value.items():
         queue = str(queue_text)
-        if not queue.isdigit() or int(queue) >= QUEUE_COUNT_MAX:
+        if not (queue.isascii() and queue.isdigit()) or int(queue) >= QUEUE_COUNT_MAX:
             raise ConfigError(
                 f"queue_retention key {queue_text!r} must be a queue number in "
                 f"[0, {QUEUE_COUNT_MAX - 1}]"
@@ -117,6 +125,37 @@ def _check_queue_retention(value: Any) -> dict[str, dict[str, int]]:
     return checked
 
 
+def _check_permission(name: str, permission: Any) -> str:
+    if isinstance(permission, str):
+        if permission in TOKEN_PERMISSIONS:
+            return permission
+        kind, _, queue = permission.partition(":")
+        if kind == "read" and (queue.isascii() and queue.isdigit()) and int(queue) < QUEUE_COUNT_MAX:
+            return f"read:{int(queue)}"
+    raise ConfigError(f"tokens[{name}].allow: {permission!r} is not one of append, read, read:<queue>, admin")
+
+
+def _check_tokens(value: Any) -> dict[str, dict[str, Any] | None]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"tokens must be a mapping of name -> token, got {value!r}")
+    checked: dict[str, dict[str, Any] | None] = {}
+    for name, token in value.items():
+        if not isinstance(name, str) or not TOKEN_NAME.fullmatch(name):
+            raise ConfigError(f"tokens: name {name!r} must be 1-64 of letters, digits, '_', '.', '-'")
+        if token is None:
+            checked[name] = None  # revoked
+            continue
+        if not isinstance(token, Mapping) or set(token) != {"sha256", "allow"}:
+            raise ConfigError(f"tokens[{name}] must be {{\"sha256\": ..., \"allow\": [...]}} or null")
+        digest, allow = token["sha256"], token["allow"]
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            raise ConfigError(f"tokens[{name}].sha256 must be 64 lowercase hex digits")
+        if not isinstance(allow, list) or not allow:
+            raise ConfigError(f"tokens[{name}].allow must be a non-empty list of permissions")
+        checked[name] = {"sha256": digest, "allow": sorted({_check_permission(name, p) for p in allow})}
+    return checked
+
+
 def validate_config(update: Mapping[str, Any]) -> dict[str, Any]:
     """Check a proposed update; returns it normalised or raises ConfigError naming the key.
 
@@ -131,8 +170,10 @@ def validate_config(update: Mapping[str, Any]) -> dict[str, Any]:
             checked[key] = _check_int(key, value, INT_KEYS[key])
         elif key == "queue_retention":
             checked[key] = _check_queue_retention(value)
+        elif key == "tokens":
+            checked[key] = _check_tokens(value)
         else:
-            allowed = sorted([*INT_KEYS, "queue_retention"])
+            allowed = sorted([*INT_KEYS, "queue_retention", "tokens"])
             raise ConfigError(f"unknown config key {key!r}; allowed keys: {allowed}")
     return checked
 
@@ -145,6 +186,14 @@ def merge_config(config: Mapping[str, Any], update: Mapping[str, Any]) -> dict[s
             overrides = dict(merged["queue_retention"])
             overrides.update(value)
             merged[key] = overrides
+        elif key == "tokens":
+            tokens = dict(merged.get("tokens", {}))
+            for name, token in value.items():
+                if token is None:
+                    tokens.pop(name, None)
+                else:
+                    tokens[name] = token
+            merged[key] = tokens
         else:
             merged[key] = value
     return merged

@@ -123,7 +123,7 @@ class StateMachine:
             if name.startswith(LIVE_PREFIX):
                 shutil.rmtree(os.path.join(self.directory, name))
                 suffix = name[len(LIVE_PREFIX) :]
-                if suffix.isdigit():
+                if suffix.isascii() and suffix.isdigit():
                     self._generation = max(self._generation, int(suffix))
         for name in os.listdir(self.snapshots_root):
             if not name.startswith(snapshots.SNAPSHOT_PREFIX):  # unfinished work folders

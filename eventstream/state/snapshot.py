@@ -364,6 +364,6 @@ def list_snapshots(snapshots_root: str) -> list[tuple[int, str]]:
             continue
         folder = os.path.join(snapshots_root, name)
         suffix = name[len(SNAPSHOT_PREFIX) :]
-        if suffix.isdigit() and os.path.exists(os.path.join(folder, MANIFEST_NAME)):
+        if (suffix.isascii() and suffix.isdigit()) and os.path.exists(os.path.join(folder, MANIFEST_NAME)):
             out.append((int(suffix), folder))
     return sorted(out)

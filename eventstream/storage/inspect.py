@@ -29,7 +29,7 @@ class LogReport:
 
 def _segment_first_index(name: str) -> int | None:
     stem = name[: -len(SEGMENT_SUFFIX)]
-    return int(stem) if name.endswith(SEGMENT_SUFFIX) and stem.isdigit() else None
+    return int(stem) if name.endswith(SEGMENT_SUFFIX) and (stem.isascii() and stem.isdigit()) else None
 
 
 def _scan(data: bytes, first: int, prev_term: int, reference: bool) -> tuple[int, int, int, str, str]:

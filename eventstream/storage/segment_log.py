@@ -93,7 +93,7 @@ def _segment_name(first_index: int) -> str:
 
 def _parse_segment_name(name: str) -> int | None:
     stem = name[: -len(SEGMENT_SUFFIX)]
-    if name.endswith(SEGMENT_SUFFIX) and len(stem) == _NAME_DIGITS and stem.isdigit():
+    if name.endswith(SEGMENT_SUFFIX) and len(stem) == _NAME_DIGITS and (stem.isascii() and stem.isdigit()):
         return int(stem)
     return None
 

@@ -22,6 +22,9 @@ Request body::
     MEMBER_CHANGE UTF-8 JSON object {"change": "add-learner" | "add-voter" | "promote" | "remove",
                   "id": node id, "address": "host:port" (adds only), "force": bool}; the leader
                   answers once the change is applied, with the membership after it
+    AUTH          the client's token, UTF-8; answered with its permissions. Once any token
+                  exists (docs/operations.md, "Tokens"), every other request on a connection
+                  needs one AUTH first
 
 Response body::
 
@@ -61,6 +64,7 @@ class Op(enum.IntEnum):
     SNAPSHOT = 6
     MEMBERS = 7
     MEMBER_CHANGE = 8
+    AUTH = 9
 
 
 _OPS = {int(op): op for op in Op}
@@ -78,6 +82,10 @@ class Status(enum.IntEnum):
     # The cluster cannot take this change as it stands (a membership change pending, a learner
     # that lags, no live majority after it); the message says why and what to do.
     REFUSED = 8
+    # No valid token was presented (AUTH), or the token was revoked.
+    UNAUTHENTICATED = 9
+    # The token does not allow this operation (or this queue).
+    PERMISSION_DENIED = 10
 
 
 class Consistency(enum.IntEnum):

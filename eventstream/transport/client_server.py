@@ -46,8 +46,8 @@ Refusal = tuple["ClientSession", int, int, "str | None"]
 class ClientService(Protocol):
     def on_request(self, session: ClientSession, request: Request) -> None: ...
 
-    def accepting_appends(self) -> bool:
-        """Whether APPENDs arriving now may be queued for the next entry."""
+    def accepting_appends(self, session: ClientSession) -> bool:
+        """Whether APPENDs arriving now on `session` may be queued for the next entry."""
 
     def on_appends_queued(self) -> None:
         """APPENDs were queued in the intake during this loop turn (called once per turn)."""
@@ -59,7 +59,7 @@ class ClientService(Protocol):
 class ClientSession:
     """One client connection: a slot of the intake. reply() may be called once per request."""
 
-    __slots__ = ("conn", "slot", "gen", "open", "_server")
+    __slots__ = ("conn", "slot", "gen", "open", "grants", "_server")
 
     def __init__(self, server: ClientServer, conn: FramedConnection, slot: int, gen: int) -> None:
         self._server = server
@@ -67,6 +67,7 @@ class ClientSession:
         self.slot = slot
         self.gen = gen
         self.open = True
+        self.grants: object = None  # what the token this connection presented allows (node/auth.py)
 
     def reply(self, body: bytes) -> None:
         server = self._server
@@ -137,7 +138,7 @@ class ClientServer:
         slot = session.slot
         now = time.monotonic()
         try:
-            body = intake.feed(slot, data, now, self._service.accepting_appends())
+            body = intake.feed(slot, data, now, self._service.accepting_appends(session))
             self._appends_queued = True
             self._schedule_turn_end()
             while True:
@@ -145,7 +146,7 @@ class ClientServer:
                     self._refuse(intake.take_refusals())
                 if body is None or not self._one(conn, session, body):
                     return
-                body = intake.feed(slot, b"", now, self._service.accepting_appends())
+                body = intake.feed(slot, b"", now, self._service.accepting_appends(session))
         except FrameError as exc:
             log.warning("closing connection from %s: %s", conn.peername, exc)
             self._close(session, f"bad frame: {exc}")

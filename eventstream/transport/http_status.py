@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 HEADER_BYTES_MAX = 8192
 READ_TIMEOUT_S = 5.0
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 class HttpStatusServer:
-    def __init__(self, status: Callable[[bool], Awaitable[dict[str, Any]]], metrics: Callable[[], bytes]) -> None:
+    def __init__(self, status: Callable[[bool], Awaitable[dict[str, Any]]], metrics: Callable[[], bytes],
+                 may_see_digest: Callable[[str | None], bool] = lambda token: True) -> None:
+        self._may_see_digest = may_see_digest
         self._status = status
         self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
@@ -48,7 +50,10 @@ class HttpStatusServer:
                 await self._respond(writer, 400, "text/plain", b"bad request\n")
                 return
             route = route_request(head)
-            if route.target == "status":
+            if route.target == "status" and route.digest and not self._may_see_digest(route.token):
+                await self._respond(writer, 401, "text/plain",
+                                    b"the state digest needs an admin token: Authorization: Bearer <token>\n")
+            elif route.target == "status":
                 body = json.dumps(await self._status(route.digest), indent=1, sort_keys=True).encode() + b"\n"
                 await self._respond(writer, 200, "application/json", body)
             elif route.target == "metrics":
@@ -82,6 +87,7 @@ class Route:
     digest: bool = False
     code: int = 200
     message: str = ""
+    token: str | None = None  # from "Authorization: Bearer <token>"
 
 
 def route_request(head: bytes) -> Route:
@@ -96,12 +102,22 @@ def route_request(head: bytes) -> Route:
         return Route(None, code=405, message="only GET is served")
     if target == b"/status":
         try:
-            return Route("status", digest=_status_digest_asked(query))
+            return Route("status", digest=_status_digest_asked(query), token=_bearer(head))
         except ValueError as exc:
             return Route(None, code=400, message=str(exc))
     if target == b"/metrics":
         return Route("metrics")
     return Route(None, code=404, message="try /status or /metrics")
+
+
+def _bearer(head: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token:
+                return token.strip().decode(errors="replace")
+    return None
 
 
 def _status_digest_asked(query: bytes) -> bool:

@@ -84,6 +84,19 @@ class ChangeBeforeTermCommit(RaftNode):
             super()._check_membership_change_allowed()  # still one at a time
 
 
+class AbandonsLaggards(RaftNode):
+    """Breaks catch-up: a leader sends no entries to a follower more than 8 behind, which then
+    never catches up, its applied index still: the stall the liveness check must tell from a
+    slow but steady catch-up."""
+
+    __slots__ = ()
+
+    def _send_append(self, to: int, send_empty: bool = True) -> bool:
+        if self.log.last_index() - self.progress[to].match > 8:
+            return False
+        return super()._send_append(to, send_empty)
+
+
 MUTATIONS: dict[str, type[RaftNode]] = {
     "old-term-commit": OldTermCommit,
     "vote-ignores-log": VoteIgnoresLog,
@@ -91,6 +104,7 @@ MUTATIONS: dict[str, type[RaftNode]] = {
     "rejoin-votes": RejoinVotes,
     "two-changes-in-flight": TwoChangesInFlight,
     "change-before-term-commit": ChangeBeforeTermCommit,
+    "abandons-laggards": AbandonsLaggards,
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 from eventstream.node.ready import ReadyExecutor
 from tests.sim import run
 from tests.sim.mutations import EXECUTOR_MUTATIONS, MUTATIONS
-from tests.sim.simulator import Simulation
+from tests.sim.simulator import DEFAULT_FAULT_TICKS, LIVENESS_CAP_TICKS, Simulation
 from tests.unit.node_on_disk import close_node, open_node
 
 # The fast suite runs this many seeds per cluster size (about a minute on one core);
@@ -39,13 +39,19 @@ LIVENESS_REGRESSION_SEEDS = [
     # A follower far behind that held one far-ahead reordered append kept it, and so rejected
     # every nearer one (RaftNode._hold_early_append now gives up the farthest).
     (3277816824, 3), (3277856382, 3), (2240443412, 5), (2240460404, 5),
+    # One entry per append and one append in flight: a follower hundreds of entries behind
+    # catches up at one entry a round trip, just past LIVENESS_BUDGET_TICKS (a slow catch-up
+    # that advances, not a stall).
+    (3277860704, 3),
 ]
 
 # Membership schedules (Simulation(membership=True)). Seeds that found a bug while the
 # membership changes were built: a restart that forgot the membership of its own snapshot, a
 # leader that removed itself and went down leaving voters that could not elect (a node whose
 # removal is uncommitted may stand), a leader outside the voters serving reads unconfirmed.
-MEMBERSHIP_REGRESSION_SEEDS = [73, 128, 164, 167, 1433, 2601, 2768, 2890, 3911]
+MEMBERSHIP_REGRESSION_SEEDS = [73, 128, 164, 167, 1433, 2601, 2768, 2890, 3911,
+                               # a voter added 190 entries behind, at one entry per round trip
+                               1569301905]
 MEMBERSHIP_CI_SEEDS = 600
 # Seeds on which the simulator catches a leader taking a second membership change while one is
 # uncommitted (mutation two-changes-in-flight), from
@@ -107,6 +113,15 @@ def test_liveness_regressions(seed: int, nodes: int) -> None:
     result = Simulation(seed, nodes=nodes).run()
     assert not _failures([result])
     assert result.commit_ticks <= result.recovery_ticks
+
+
+def test_a_follower_left_behind_is_a_liveness_violation() -> None:
+    """Past the budget, a slow catch-up gets time while it advances (up to LIVENESS_CAP_TICKS);
+    one that stops is caught within CATCH_UP_STALL_ELECTIONS election timeouts, not at the cap."""
+    results = [Simulation(seed, node_class=MUTATIONS["abandons-laggards"]).run() for seed in range(20)]
+    stalls = [v for r in results for v in r.violations if "then the members behind stopped advancing" in v]
+    assert stalls, "\n".join(_failures(results)[:5])
+    assert all(r.ticks < DEFAULT_FAULT_TICKS + LIVENESS_CAP_TICKS for r in results if r.violations)
 
 
 def _fresh_results(what: str, **options: object) -> tuple[int, list]:

@@ -43,6 +43,13 @@ def test_profile_rows_follow_the_seed_table() -> None:
         ({"peers": "2=127.0.0.1:7102"}, "must include this node's own id 1"),
         ({"peers": "1=127.0.0.1:7109"}, "must match"),
         ({"dedup_window": -1}, "dedup_window"),
+        # Found by the decoder fuzz: TOML's inf reached int() and raised OverflowError.
+        ({"id": float("inf")}, "id: inf is not a valid int"),
+        ({"batch_size": 3.7}, "batch_size: 3.7 is not a valid int"),
+        ({"dedup_window": float("nan")}, "dedup_window: nan is not a valid float"),
+        # '²'.isdigit() holds, but int('²') fails: ids and ports are ASCII digits only.
+        ({"peers": "²=127.0.0.1:7101"}, "node id '²' must be a positive integer"),
+        ({"listen": "127.0.0.1:7１01"}, "listen"),
     ],
 )
 def test_bad_values_are_refused_with_the_key_named(overrides: dict, message: str) -> None:
@@ -65,3 +72,17 @@ def test_peer_table_form() -> None:
     assert parse_peers({"1": "127.0.0.1:1", "2": "127.0.0.1:2"}) == {1: "127.0.0.1:1", 2: "127.0.0.1:2"}
     with pytest.raises(ConfigError):
         parse_peers("x=127.0.0.1:1")
+
+
+def test_without_encryption_a_node_listens_on_loopback_only() -> None:
+    for address in ("127.0.0.1:7101", "127.0.0.12:7101", "[::1]:7101", "localhost:7101"):
+        assert load_config(overrides={"listen": address, "peers": f"1={address}"}).listen == address
+    for key in ("listen", "http"):
+        overrides = {key: "10.0.0.1:7101"}
+        if key == "listen":
+            overrides["peers"] = "1=10.0.0.1:7101"
+        with pytest.raises(ConfigError, match=f"{key}: 10.0.0.1 is not a loopback address.*--insecure"):
+            load_config(overrides=overrides)
+        assert getattr(load_config(overrides={**overrides, "insecure": True}), key) == "10.0.0.1:7101"
+    with pytest.raises(ConfigError, match="0.0.0.0 is not a loopback"):
+        load_config(overrides={"listen": "0.0.0.0:7101", "peers": "1=0.0.0.0:7101"})

@@ -113,6 +113,8 @@ def test_ok_answer_counts_duplicates() -> None:
     (Status.INTERNAL, "Refused"),
     (Status.OUT_OF_RANGE, "Refused"),
     (Status.REFUSED, "Refused"),
+    (Status.UNAUTHENTICATED, "Refused"),
+    (Status.PERMISSION_DENIED, "Refused"),
 ])
 def test_error_statuses_are_named_with_their_message(status: Status, name: str) -> None:
     answer = framed(encode_error(status, 5, "127.0.0.1:7102", leader_id=2))

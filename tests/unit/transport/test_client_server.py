@@ -67,7 +67,7 @@ class RecordingService:
         self.calls.append(("request", session.conn.peername, request.request_id, len(self.intake)))
         session.reply(encode_request(Op.STATUS, request.request_id))
 
-    def accepting_appends(self) -> bool:
+    def accepting_appends(self, session: ClientSession) -> bool:
         return self.accepting
 
     def on_appends_queued(self) -> None:

@@ -1,0 +1,110 @@
+"""Client tokens and what they allow (docs/operations.md, "Tokens").
+
+A token is a random secret the operator holds; the replicated config keeps only its SHA-256
+under a name, with its permissions (eventstream/state/config.py, key `tokens`):
+
+    append          APPEND to any queue
+    read            READ any queue;  read:<q>  READ queue q only
+    admin           config (get and update, tokens included), snapshots, membership changes,
+                    the state digest
+
+A connection presents its token once, with AUTH, after its hello. Until the first token is
+created the cluster takes requests without one; from then on every request but AUTH needs a
+token that is still in the config (a revoked one stops working on open connections too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eventstream.transport.client_protocol import Op, Status
+
+TOKEN_PREFIX = "esc_"
+# Requests only an admin token may make (the state digest, a STATUS option, is checked apart).
+ADMIN_OPS = frozenset({Op.CONFIG_UPDATE, Op.CONFIG_GET, Op.SNAPSHOT, Op.MEMBER_CHANGE})
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """What one token allows; `digest` ties it to the config entry it came from."""
+
+    name: str
+    digest: str
+    append: bool
+    read_all: bool
+    read_queues: frozenset[int]
+    admin: bool
+
+    @classmethod
+    def of(cls, name: str, digest: str, allow: list[str]) -> Grants:
+        queues = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("read:"))
+        return cls(name, digest, "append" in allow, "read" in allow, queues, "admin" in allow)
+
+    def may_read(self, queue: int) -> bool:
+        return self.read_all or queue in self.read_queues
+
+
+class ConfigSource(Protocol):
+    config: dict[str, Any]  # the replicated config; replaced as a whole by each update
+
+
+class Authority:
+    """Checks sessions' tokens against the replicated config (`tokens`)."""
+
+    def __init__(self, source: ConfigSource) -> None:
+        self._source = source
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._source.config.get("tokens"))
+
+    def authenticate(self, token: str) -> Grants | None:
+        digest = token_digest(token)
+        for name, entry in self._source.config.get("tokens", {}).items():
+            if hmac.compare_digest(entry["sha256"], digest):
+                return Grants.of(name, digest, entry["allow"])
+        return None
+
+    def valid(self, grants: Grants | None) -> bool:
+        """Whether `grants` still stand: its token has not been revoked or replaced."""
+        if grants is None:
+            return False
+        entry = self._source.config.get("tokens", {}).get(grants.name)
+        return entry is not None and entry["sha256"] == grants.digest
+
+    def may_append(self, grants: Grants | None) -> bool:
+        return not self.enabled or (self.valid(grants) and grants is not None and grants.append)
+
+    def refusal(self, grants: Grants | None, op: Op, queue: int | None = None,
+                digest_asked: bool = False) -> tuple[Status, str] | None:
+        """Why a session holding `grants` may not make this request; None when it may."""
+        if op == Op.AUTH or not self.enabled:
+            return None
+        if grants is None:
+            return Status.UNAUTHENTICATED, "this cluster requires a token: present one with AUTH (--token, ESC_TOKEN)"
+        if not self.valid(grants):
+            return Status.UNAUTHENTICATED, f"token {grants.name!r} was revoked"
+        if op == Op.APPEND and not grants.append:
+            return Status.PERMISSION_DENIED, f"token {grants.name!r} does not allow append"
+        if op == Op.READ and queue is not None and not grants.may_read(queue):
+            return Status.PERMISSION_DENIED, f"token {grants.name!r} does not allow reading queue {queue}"
+        if (op in ADMIN_OPS or digest_asked) and not grants.admin:
+            return Status.PERMISSION_DENIED, f"token {grants.name!r} does not allow {op.name.lower()} (needs admin)"
+        return None
+
+
+def describe(grants: Grants) -> dict[str, Any]:
+    allow = [p for p, on in (("append", grants.append), ("read", grants.read_all), ("admin", grants.admin)) if on]
+    return {"name": grants.name, "allow": allow + [f"read:{q}" for q in sorted(grants.read_queues)]}

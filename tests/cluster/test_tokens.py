@@ -1,0 +1,100 @@
+"""Client tokens on a real cluster (docs/operations.md, "Tokens"): without a token, with a
+revoked one, or with one lacking the permission, a request is refused with its own error and
+changes nothing; the right token appends and reads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from eventstream.client import Client
+from eventstream.errors import PermissionDenied, Unauthenticated
+from tests.cluster.harness import LocalCluster, scrape
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _esc(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = None if token is None else {**os.environ, "ESC_TOKEN": token}
+    return subprocess.run([sys.executable, "-m", "eventstream.cli", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_tokens_refuse_what_they_do_not_allow_and_change_nothing(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, 3, queue_count=4).start()
+    try:
+        cluster.leader(20)
+        where = ",".join(cluster.addresses)
+        with Client(cluster.addresses) as open_client:
+            open_client.append(b"before tokens", event_id="e0", queue=0)
+
+        # The first token must allow admin: otherwise no one could manage tokens.
+        lockout = _esc("token", "create", "--name", "app", "--allow", "append", "--cluster", where)
+        assert lockout.returncode != 0 and "admin" in lockout.stderr.strip().splitlines()[-1]
+        made = _esc("token", "create", "--name", "ops", "--allow", "admin,read", "--cluster", where)
+        assert made.returncode == 0, made.stderr
+        admin = made.stdout.strip()
+        cluster.token = admin
+        writer_token = _esc("token", "create", "--name", "writer", "--allow", "append,read:0", "--cluster", where,
+                            token=admin).stdout.strip()
+        reader_token = _esc("token", "create", "--name", "reader", "--allow", "read:1", "--cluster", where,
+                            token=admin).stdout.strip()
+        assert writer_token.startswith("esc_") and reader_token.startswith("esc_")
+
+        with Client(cluster.addresses, timeout_s=5) as anonymous:
+            with pytest.raises(Unauthenticated, match="requires a token"):
+                anonymous.append(b"no token", event_id="a1", queue=0)
+            with pytest.raises(Unauthenticated):
+                anonymous.read(0, 0)
+        with pytest.raises(Unauthenticated, match="unknown or revoked"), \
+                Client(cluster.addresses, timeout_s=5, token="esc_guessed") as guessed:
+            guessed.append(b"guessed", event_id="g1", queue=0)
+        with Client(cluster.addresses, timeout_s=5, token=reader_token) as reader:
+            with pytest.raises(PermissionDenied, match="does not allow append"):
+                reader.append(b"reader writes", event_id="r1", queue=1)
+            with pytest.raises(PermissionDenied, match="reading queue 0"):
+                reader.read(0, 0)
+            with pytest.raises(PermissionDenied, match="needs admin"):
+                reader.config_update({"queue_count": 8})
+            with pytest.raises(PermissionDenied, match="needs admin"):
+                reader.status(digest=True)
+            assert reader.read(1, 0) == []
+        with Client(cluster.addresses, timeout_s=5, token=writer_token) as writer:
+            result = writer.append(b"allowed", event_id="w1", queue=0)
+            assert [e.payload for e in writer.read(0, 0)] == [b"before tokens", b"allowed"]
+            with pytest.raises(PermissionDenied, match="needs admin"):
+                writer.snapshot()
+            assert result.offset == 1
+            # Revoked while its connection is open: the next request is refused.
+            revoked = _esc("token", "revoke", "writer", "--cluster", where, token=admin)
+            assert revoked.returncode == 0, revoked.stderr
+            with pytest.raises(Unauthenticated, match="revoked"):
+                writer.append(b"after revoke", event_id="w2", queue=0)
+        with pytest.raises(Unauthenticated), Client(cluster.addresses, timeout_s=5, token=writer_token) as again:
+            again.append(b"after revoke", event_id="w3", queue=0)
+
+        # The digest over HTTP needs the admin token too; nothing refused was stored.
+        node = cluster.nodes[1]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{node.http}/status?digest=1", timeout=5)
+        assert refused.value.code == 401
+        statuses = cluster.wait_converged(20)
+        assert len({s["digest"] for s in statuses.values()}) == 1
+        with Client(cluster.addresses, token=admin) as ops:
+            assert [e.event_id for e in ops.read(0, 0)] == [b"e0", b"w1"]
+            assert ops.read(1, 0) == [] and ops.config_get()["queue_count"] == 4
+            assert sorted(ops.config_get()["tokens"]) == ["ops", "reader"]
+        listed = _esc("token", "list", "--cluster", where, token=admin)
+        assert listed.stdout.split() == ["ops", "admin,read", "reader", "read:1"]
+        # Each refusal is counted on the node that answered it.
+        refusals = sum(v for node in cluster.nodes.values() for k, v in scrape(node).items()
+                       if k.startswith("esc_client_errors_total") and ("UNAUTHENTICATED" in k or "PERMISSION" in k))
+        assert refusals >= 9
+    finally:
+        cluster.stop()
