@@ -95,6 +95,8 @@ def _node_options(fn: F) -> F:
         click.option("--auto-promote", is_flag=True, default=None,
                      help="as leader, promote each learner to voter once caught up"),
         click.option("--max-promotion-lag", type=int, help="entries a learner may lag the leader and be promoted"),
+        click.option("--tls-dir", type=click.Path(file_okay=False),
+                     help="certificates from `esc certs init`: TLS on peer, client and HTTP links"),
         click.option("--insecure", is_flag=True, default=None,
                      help="listen beyond loopback without encryption (everything crosses the network in the clear)"),
     ]
@@ -135,8 +137,10 @@ def node(config_path: str | None, profile: str | None, **kwargs: Any) -> None:
 @click.option("--wal-sync/--no-wal-sync", default=None)
 @click.option("--profile", type=click.Choice(sorted(PROFILES)))
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option("--secure", is_flag=True, help="TLS on every link (certificates in DATA_DIR/tls) and an admin token")
 @_one_line_errors
-def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool | None, profile: str | None, log_level: str) -> None:
+def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool | None, profile: str | None,
+          log_level: str, secure: bool) -> None:
     """Run a cluster of N node processes on loopback in the foreground (Ctrl-C stops all).
 
     Restarting on the same --data-dir resumes the same cluster."""
@@ -147,6 +151,13 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
         options["wal_sync"] = wal_sync
     if profile:
         options["profile"] = profile
+    tls_dir = Path(data_dir) / "tls"
+    if secure:
+        from eventstream.tls import CA_FILE, init_certs
+
+        if not (tls_dir / CA_FILE).exists():
+            init_certs(tls_dir, nodes, ["127.0.0.1"])
+        options["tls_dir"] = str(tls_dir)
     cluster = LocalCluster(Path(data_dir), nodes, port=port, http_port=http_port, **options)
     stop = {"requested": False}
 
@@ -159,8 +170,11 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
     click.echo(f"esc local: {nodes} nodes, data in {cluster.root}/node*, logs in {cluster.root}/node*.log")
     for k, n in cluster.nodes.items():
         pid = n.proc.pid if n.proc else "?"
-        click.echo(f"  node {k}: client/peer {n.address}   http://{n.http}/status   pid {pid}")
+        click.echo(f"  node {k}: client/peer {n.address}   {'https' if secure else 'http'}://{n.http}/status   pid {pid}")
     click.echo(f"  --cluster {','.join(cluster.addresses)}")
+    if secure:
+        click.echo(f"  TLS: export ESC_CA={tls_dir / 'ca.pem'}")
+        click.echo(f"  token: {_local_admin_token(cluster, Path(data_dir))}")
     exited: set[int] = set()
     while not stop["requested"] and len(exited) < nodes:
         time.sleep(0.2)
@@ -173,8 +187,32 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
     click.echo("esc local: all nodes stopped")
 
 
+def _local_admin_token(cluster: Any, data_dir: Path) -> str:
+    """An admin token for a secured local cluster: made once (kept in DATA_DIR/tls/admin-token),
+    then the same on every restart."""
+    from eventstream.client import Client
+    from eventstream.node.auth import new_token, token_digest
+
+    kept = data_dir / "tls" / "admin-token"
+    if kept.exists():
+        return f"export ESC_TOKEN={kept.read_text().strip()}"
+    secret = new_token()
+    cluster.leader(30)
+    with Client(cluster.addresses, tls_ca=cluster.tls_ca, timeout_s=30) as c:
+        c.config_update({"tokens": {"local-admin": {"sha256": token_digest(secret), "allow": ["admin", "append", "read"]}}})
+    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return f"export ESC_TOKEN={secret}   (also in {kept})"
+
+
 # ------------------------------------------------------------------------------- clients
 def _cluster_option(fn: F) -> F:
+    fn = click.option(
+        "--ca", envvar="ESC_CA", expose_value=False, metavar="CA_PEM", type=click.Path(dir_okay=False),
+        callback=lambda ctx, param, value: ctx.meta.__setitem__("esc_ca", value),
+        help="the cluster CA's ca.pem: talk TLS and check the nodes' certificates (or ESC_CA)",
+    )(fn)
     fn = click.option(
         "--token", envvar="ESC_TOKEN", expose_value=False, metavar="TOKEN",
         callback=lambda ctx, param, value: ctx.meta.__setitem__("esc_token", value),
@@ -189,8 +227,9 @@ def _cluster_option(fn: F) -> F:
 def _client(cluster: str, timeout: float) -> Any:
     from eventstream.client import Client
 
-    token = click.get_current_context().meta.get("esc_token")
-    return Client(cluster, timeout_s=timeout, attempt_timeout_s=min(3.0, timeout), token=token or None)
+    meta = click.get_current_context().meta
+    return Client(cluster, timeout_s=timeout, attempt_timeout_s=min(3.0, timeout), token=meta.get("esc_token") or None,
+                  tls_ca=meta.get("esc_ca") or None)
 
 
 def _echo_json(value: Any) -> None:
@@ -396,6 +435,27 @@ def member_remove(cluster: str, timeout: float, node: int, force: bool) -> None:
     with _client(cluster, timeout) as c:
         c.remove_member(node, force=force)
     click.echo(f"node {node} removed; stop its process")
+
+
+@main.group()
+def certs() -> None:
+    """Certificates for TLS between nodes and clients (docs/operations.md, "TLS")."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--nodes", type=click.IntRange(1, 1000), required=True, help="node certificates for ids 1..N")
+@click.option("--host", "hosts", multiple=True, help="an address or name the nodes are reached at (repeatable); "
+              "clients do not check it, it is recorded for other tools")
+@_one_line_errors
+def certs_init(directory: str, nodes: int, hosts: tuple[str, ...]) -> None:
+    """Write a cluster CA and one certificate per node into DIRECTORY."""
+    from eventstream.tls import init_certs
+
+    for path in init_certs(directory, nodes, list(hosts)):
+        click.echo(path)
+    click.echo(f"keep {Path(directory) / 'ca.key'} offline once every node has its certificate; give clients "
+               f"{Path(directory) / 'ca.pem'} (--ca)", err=True)
 
 
 @main.group()

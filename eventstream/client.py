@@ -23,6 +23,7 @@ import asyncio
 import itertools
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from eventstream.errors import (
 )
 from eventstream.storage import crc32c
 from eventstream.storage.codec import decode_batch, encode_batch
+from eventstream.tls import client_context
 from eventstream.transport.client_protocol import (
     AppendOk,
     Consistency,
@@ -115,10 +117,12 @@ def parse_address(address: str) -> tuple[str, int]:
 class _Session:
     """One connection to one node, with its in-flight requests."""
 
-    def __init__(self, address: str, frame_bytes_max: int, token: str | None = None) -> None:
+    def __init__(self, address: str, frame_bytes_max: int, token: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.address = address
         self._frame_bytes_max = frame_bytes_max
         self._token = token
+        self._tls = tls
         self._pending: dict[int, asyncio.Future[Response]] = {}
         # Each request's deadline, checked by one sweep timer per session rather than a timer
         # per request: at tens of thousands of requests a second the timers cost more than the
@@ -137,6 +141,8 @@ class _Session:
                 lambda: FramedConnection(crc32c, self._frame_bytes_max, self._on_frames, self._on_close),
                 host,
                 port,
+                ssl=self._tls,
+                server_hostname="" if self._tls is not None else None,
             ),
             timeout_s,
         )
@@ -229,9 +235,11 @@ class AsyncClient:
         backoff_max_s: float = 0.5,
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         token: str | None = None,
+        tls_ca: str | None = None,
     ) -> None:
         """`token` is presented on every connection (docs/operations.md, "Tokens"); None sends
-        none, which a cluster without tokens accepts."""
+        none, which a cluster without tokens accepts. `tls_ca` (the cluster CA's ca.pem) turns
+        on TLS, checking each node's certificate against it."""
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
         if not addresses:
@@ -245,6 +253,7 @@ class AsyncClient:
         self._backoff_max_s = backoff_max_s
         self._frame_bytes_max = frame_bytes_max
         self._token = token
+        self._tls = client_context(tls_ca) if tls_ca is not None else None
         self._target = 0
         self._session: _Session | None = None
         self._connect_lock: asyncio.Lock | None = None
@@ -379,7 +388,7 @@ class AsyncClient:
         asks for the state digest too, which the node computes over all its retained data."""
         body = encode_status_options(digest)
         if address is not None:
-            session = _Session(address, self._frame_bytes_max, self._token)
+            session = _Session(address, self._frame_bytes_max, self._token, self._tls)
             try:
                 await session.open(self.attempt_timeout_s)
                 resp = await session.call(Op.STATUS, body, self.attempt_timeout_s)
@@ -505,7 +514,7 @@ class AsyncClient:
             session = self._session
             if session is not None and session.usable:
                 return session
-            session = _Session(self.addresses[self._target], self._frame_bytes_max, self._token)
+            session = _Session(self.addresses[self._target], self._frame_bytes_max, self._token, self._tls)
             await session.open(timeout_s)
             self._session = session
             return session

@@ -118,13 +118,17 @@ class NodeConfig:
     # Links are not encrypted: without this a node listens (peers, clients, HTTP) on loopback
     # addresses only, so nothing it says crosses a network in the clear by accident.
     insecure: bool = False
+    # A directory from `esc certs init`: peer, client and HTTP links use TLS with the cluster's
+    # CA, and peers must present a certificate naming their id (eventstream/tls.py).
+    tls_dir: str | None = None
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
             raise ConfigError(f"id: must be a positive integer, got {self.id}")
-        _check_exposure("listen", self.listen, self.insecure)
+        exposed_ok = self.insecure or self.tls_dir is not None
+        _check_exposure("listen", self.listen, exposed_ok)
         if self.http is not None:
-            _check_exposure("http", self.http, self.insecure)
+            _check_exposure("http", self.http, exposed_ok)
         if self.join is not None:
             if set(self.peers) - {self.id}:
                 raise ConfigError("join: a joining node learns the members from the cluster; give --join or --peers, "
@@ -186,12 +190,12 @@ def is_loopback(host: str) -> bool:
         return False  # a name other than localhost may resolve anywhere
 
 
-def _check_exposure(key: str, value: str, insecure: bool) -> None:
+def _check_exposure(key: str, value: str, allowed: bool) -> None:
     host, _ = parse_address(key, value)
-    if not insecure and not is_loopback(host):
-        raise ConfigError(f"{key}: {host} is not a loopback address; links are not encrypted, so a node listens "
-                          "beyond loopback only with --insecure (insecure = true): peers' messages, client "
-                          "requests and tokens then cross the network in the clear")
+    if not allowed and not is_loopback(host):
+        raise ConfigError(f"{key}: {host} is not a loopback address; without --tls-dir links are not encrypted, "
+                          "so a node listens beyond loopback only with --insecure (insecure = true): peers' "
+                          "messages, client requests and tokens then cross the network in the clear")
 
 
 def _positive(key: str, value: int, low: int, high: int) -> None:

@@ -13,6 +13,7 @@ import json
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -138,11 +139,13 @@ class NodeProcess:
 
     def status(self, timeout: float = 2.0, digest: bool = False) -> dict[str, Any] | None:
         query = "?digest=1" if digest else ""
-        request = urllib.request.Request(f"http://{self.http}/status{query}")
-        if self.cluster.token:
-            request.add_header("Authorization", f"Bearer {self.cluster.token}")
+        c = self.cluster
+        scheme = "https" if c.tls_dir else "http"
+        request = urllib.request.Request(f"{scheme}://{self.http}/status{query}")
+        if c.token:
+            request.add_header("Authorization", f"Bearer {c.token}")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout, context=c.https_context()) as resp:
                 return json.loads(resp.read())
         except (OSError, ValueError, http.client.HTTPException):
             return None  # not up yet, or not answering: the callers poll
@@ -182,7 +185,20 @@ class LocalCluster:
         self.spare = spare
         self.retired: dict[int, NodeProcess] = {}  # removed from the membership and stopped
         self.token: str | None = None  # an admin token, once the cluster has tokens (the digest needs it)
+        self.tls_dir: Path | None = Path(options["tls_dir"]) if options.get("tls_dir") else None
         self.nodes = {k: NodeProcess(self, k) for k in range(1, size + 1)}
+
+    @property
+    def tls_ca(self) -> str | None:
+        """The CA a client of this cluster checks its nodes against (None without TLS)."""
+        return str(self.tls_dir / "ca.pem") if self.tls_dir else None
+
+    def https_context(self) -> ssl.SSLContext | None:
+        if self.tls_dir is None:
+            return None
+        from eventstream.tls import client_context
+
+        return client_context(self.tls_dir / "ca.pem")
 
     def host_of(self, node_id: int) -> str:
         # Node k on 127.0.0.(10+k): the test process itself talks from 127.0.0.1, which a cut

@@ -43,6 +43,7 @@ from eventstream.state import (
 )
 from eventstream.storage import crc32c
 from eventstream.storage.errors import StorageError
+from eventstream.tls import peer_context, server_context
 from eventstream.transport._append_intake import AppendIntake
 from eventstream.transport.client_protocol import Request, Status
 from eventstream.transport.client_server import (
@@ -95,14 +96,19 @@ class Node:
                                 config.wal_sync, wake)
         self.late = LateEntries(self.seg_log.last_index, config.election_ticks * config.tick_ms / 1000)
         host, _ = parse_address("listen", config.listen)
+        self.tls = server_context(config.tls_dir, config.id) if config.tls_dir else None
         # Whom to link with follows the membership in force (members.py); --peers, or what a
         # join learned, until a change names the members' addresses.
         known = {**(joined.addresses if joined is not None else config.peers), self.id: config.listen}
         self.directory = MemberDirectory(self.id, self.raft, known,
                                          grace_s=2 * config.election_ticks * config.tick_ms / 1000)
         self.directory.refresh(clock.monotonic())
+        # Pool workers write their sockets from native code, in the clear: with TLS the leader
+        # replicates in-process (docs/operations.md, "TLS").
+        use_pool = config.replication == "pool" and self.tls is None
         self.routing = PeerRouting(self.id, self.raft, dict(self.directory.links), host, config.frame_bytes_max,
-                                   config.replication == "pool", self.late, metrics, clock, wake)
+                                   use_pool, self.late, metrics, clock, wake,
+                                   peer_context(config.tls_dir, config.id) if config.tls_dir else None)
         self.clients = ClientServer(self, self.intake)
         self.replies = Replies(self.id, self.directory.addresses, self.raft, metrics)
         self.members = MemberRequests(self.id, self.raft, self.directory, self.replies, self._follow_membership)
@@ -148,7 +154,7 @@ class Node:
     async def serve(self) -> None:
         cfg = self.config
         host, port = parse_address("listen", cfg.listen)
-        self.listen_address = await self.listener.start(host, port)
+        self.listen_address = await self.listener.start(host, port, self.tls)
         peers = self.routing.peers
         self.listener.set_owner(ROLE_PEER, peers)
         # Any node may follow a pool-mode leader, whatever its own mode.
@@ -157,7 +163,7 @@ class Node:
         peers.start()
         if self.http is not None and cfg.http:
             h, p = parse_address("http", cfg.http)
-            self.http_address = await self.http.start(h, p)
+            self.http_address = await self.http.start(h, p, self.tls)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._ready_loop(), name="ready-loop"),
@@ -169,7 +175,10 @@ class Node:
             "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
             self.id, __version__, *self.listen_address, cfg.peers, cfg.data_dir, cfg.wal_sync,
         )
-        if cfg.insecure:
+        if self.tls is not None and cfg.replication == "pool":
+            log.warning("node %d: TLS is on, and the replication pool's workers do not speak it: this node "
+                        "replicates in-process", self.id)
+        if cfg.insecure and self.tls is None:
             log.warning("node %d: --insecure: peer and client links are not encrypted and peers are not "
                         "authenticated; anyone who reaches %s:%d can speak to this node", self.id,
                         *self.listen_address)

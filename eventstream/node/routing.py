@@ -5,6 +5,7 @@ links and the workers' relayed answers."""
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 
 from eventstream.metrics import NodeMetrics
@@ -56,7 +57,7 @@ class PeerRouting:
 
     def __init__(self, node_id: int, raft: RaftNode, peer_addresses: dict[int, tuple[str, int]], local_host: str,
                  frame_bytes_max: int, use_pool: bool, late: LateEntries, metrics: NodeMetrics, clock: Clock,
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], tls: ssl.SSLContext | None = None) -> None:
         self.node_id = node_id
         self.raft = raft
         self.late = late
@@ -64,7 +65,8 @@ class PeerRouting:
         self.clock = clock
         self._wake = wake
         self.peers = PeerNetwork(node_id, peer_addresses, crc32c, frame_bytes_max, self.on_peer_messages,
-                                 self.on_unreachable, local_host=local_host, on_connected=self.on_connected)
+                                 self.on_unreachable, local_host=local_host, on_connected=self.on_connected,
+                                 tls=tls)
         self.pool: ReplicationPool | None = None  # pool mode only
         if use_pool:
             self.pool = ReplicationPool(node_id, peer_addresses, self.peers, self.on_worker_reprobe,

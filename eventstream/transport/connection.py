@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import cast
 
+from eventstream.tls import certified_node
 from eventstream.transport.frames import HEADER, CrcFunction, FrameDecoder, FrameError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ class FramedConnection(asyncio.Protocol):
         self.first_frame_bytes_max: int | None = None
         # False while a stranger's connection is unproven: its owner logs refusals, rate-limited.
         self.log_errors = True
+        # Over TLS: the node id the other side's certificate names (None: no certificate, or
+        # plain TCP); native code must not write the socket, the transport encrypts.
+        self.tls = False
+        self.certified_node: int | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -106,6 +111,10 @@ class FramedConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
         self._round = _flush_round(asyncio.get_running_loop())
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.tls = True
+            self.certified_node = certified_node(ssl_object)
         peer = transport.get_extra_info("peername")
         self.peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         if self._on_open is not None:
@@ -189,6 +198,8 @@ class FramedConnection(asyncio.Protocol):
     def socket_fd(self) -> int:
         """The socket's descriptor, for an owner that writes to it directly; -1 if none."""
         transport = self.transport
+        if self.tls:
+            return -1  # the bytes must pass through the TLS layer
         sock = None if transport is None else transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,8 @@ class HttpStatusServer:
         self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True, ssl=tls)
         bound = self._server.sockets[0].getsockname()
         return bound[0], bound[1]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Protocol
 
@@ -75,9 +76,10 @@ class Listener:
         """Bind a protocol owner; lets the port be bound (and learnt) before the owner exists."""
         self._owners[role] = owner
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True)
+        self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True, ssl=tls,
+                                                ssl_handshake_timeout=HELLO_TIMEOUT_S if tls is not None else None)
         sock = self._server.sockets[0]
         bound = sock.getsockname()
         return bound[0], bound[1]

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class PeerNetwork:
         rng: random.Random | None = None,
         local_host: str | None = None,
         on_connected: Callable[[int], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if node_id in peers:
             raise ValueError(f"peer map must not contain this node's own id {node_id}")
@@ -91,6 +93,9 @@ class PeerNetwork:
         # two addresses (a partition test cuts it with one firewall rule per direction).
         self._local_host = local_host
         self._on_connected = on_connected
+        # With TLS, a peer link carries a certificate of the cluster's CA naming the node at the
+        # other end (eventstream/tls.py): it must be the node the hello names.
+        self._tls = tls
         self._conns: dict[int, FramedConnection] = {}
         self._replication_conns: dict[int, FramedConnection] = {}
         self._dialers: dict[int, asyncio.Task[None]] = {}
@@ -229,6 +234,10 @@ class PeerNetwork:
                 peer_id, conn.peername, hello.target_id, self.node_id,
             )
             return False
+        if self._tls is not None and conn.certified_node != peer_id:
+            log.warning("refusing peer %d from %s: its certificate names %s", peer_id, conn.peername,
+                        f"node {conn.certified_node}" if conn.certified_node is not None else "no node")
+            return False
         if peer_id < self.node_id:
             conn.rebind(self._on_frames, self._on_conn_closed)
             self._install(peer_id, conn)
@@ -302,10 +311,17 @@ class PeerNetwork:
                     host,
                     port,
                     local_addr=(self._local_host, 0) if self._local_host else None,
+                    ssl=self._tls, server_hostname="" if self._tls is not None else None,
                 )
-            except OSError as exc:
+            except (OSError, ssl.SSLError) as exc:
                 log.debug("dial peer %d at %s:%d failed: %s", peer_id, host, port, exc)
             else:
+                if self._tls is not None and conn.certified_node != peer_id:
+                    log.warning("peer %d at %s:%d presents a certificate for %s; not linking", peer_id, host, port,
+                                f"node {conn.certified_node}" if conn.certified_node is not None else "no node")
+                    conn.close("certificate names another node")
+                    await asyncio.sleep(self._backoff.max_s)
+                    continue
                 conn.send(Hello(ROLE_PEER, self.node_id, peer_id).encode())
                 self._install(peer_id, conn)
                 delay = self._backoff.initial_s

@@ -111,7 +111,7 @@ def check_every_ack_stored_once(cluster: LocalCluster, acked: list[bytes], queue
     """Every live node ends on one digest, and each acknowledged id is stored exactly once."""
     statuses = cluster.wait_converged(30)
     assert len({s["digest"] for s in statuses.values()}) == 1
-    with Client(cluster.addresses) as c:
+    with Client(cluster.addresses, token=cluster.token, tls_ca=cluster.tls_ca) as c:
         events = read_all(c, queue_count)
     ids = Counter(e.event_id for e in events)
     twice = [i for i, n in ids.items() if n > 1]

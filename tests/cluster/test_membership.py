@@ -224,6 +224,9 @@ def test_a_joined_node_that_loses_its_disk_rejoins(tmp_path: Path) -> None:
             for i in range(200):
                 c.append(b"before", event_id=f"b{i}")
             node = cluster.nodes[4]
+            # A short log lets the promotion come before node 4 has even started: wait until it
+            # holds the log, so that there is a disk to lose.
+            assert wait_until(lambda: (st := node.status()) is not None and st["applied"] >= 200, 30)
             node.kill()
             shutil.rmtree(node.data_dir)
             for i in range(200):

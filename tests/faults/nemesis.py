@@ -91,8 +91,10 @@ class Writer(threading.Thread):
     retries within the call only."""
 
     def __init__(self, number: int, addresses: list[str], history: History, stop: threading.Event,
-                 seed: int, batch_max: int, timeout_s: float, own_ids: bool = True) -> None:
+                 seed: int, batch_max: int, timeout_s: float, own_ids: bool = True,
+                 tls_ca: str | None = None) -> None:
         super().__init__(name=f"nemesis-writer-{number}", daemon=True)
+        self._tls_ca = tls_ca
         self.number = number
         self._addresses = addresses
         self._history = history
@@ -103,7 +105,7 @@ class Writer(threading.Thread):
         self._own_ids = own_ids
 
     def run(self) -> None:
-        with Client(self._addresses, timeout_s=self._timeout_s, attempt_timeout_s=1.0) as client:
+        with Client(self._addresses, timeout_s=self._timeout_s, attempt_timeout_s=1.0, tls_ca=self._tls_ca) as client:
             k = 0
             call = 0
             while not self._halt.is_set():
@@ -133,15 +135,17 @@ class Reader(threading.Thread):
     """Reads, linearizably, the position of an event acknowledged before the read began; the
     answer must be that event."""
 
-    def __init__(self, addresses: list[str], history: History, stop: threading.Event, seed: int) -> None:
+    def __init__(self, addresses: list[str], history: History, stop: threading.Event, seed: int,
+                 tls_ca: str | None = None) -> None:
         super().__init__(name="nemesis-reader", daemon=True)
+        self._tls_ca = tls_ca
         self._addresses = addresses
         self._history = history
         self._halt = stop
         self._rng = random.Random(seed)
 
     def run(self) -> None:
-        with Client(self._addresses, timeout_s=4.0, attempt_timeout_s=1.0) as client:
+        with Client(self._addresses, timeout_s=4.0, attempt_timeout_s=1.0, tls_ca=self._tls_ca) as client:
             while not self._halt.wait(0.05):
                 with self._history.lock:
                     if not self._history.acks:
@@ -333,7 +337,7 @@ class Nemesis:
         node = cluster.add_node(new)
         self.note(f"node {new} started with --join to replace node {old}")
         try:
-            with Client(cluster.addresses, timeout_s=10.0) as admin:
+            with Client(cluster.addresses, timeout_s=10.0, tls_ca=cluster.tls_ca) as admin:
                 admin.add_member(new, node.address)
                 self.note(f"node {new} added as a learner")
                 deadline = time.monotonic() + 20
@@ -436,7 +440,7 @@ def check_history(cluster: LocalCluster, history: History, queue_count: int) -> 
         problems.append(f"nodes ended on different digests: {digests}")
     stored: Counter[bytes | None] = Counter()
     positions: dict[bytes | None, tuple[int, int]] = {}
-    with Client(cluster.addresses, timeout_s=30.0) as client:
+    with Client(cluster.addresses, timeout_s=30.0, tls_ca=cluster.tls_ca) as client:
         for q in range(queue_count):
             events = client.read_to_end(q)
             if [e.offset for e in events] != list(range(len(events))):

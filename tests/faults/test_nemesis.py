@@ -8,10 +8,12 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from eventstream.local_cluster import LocalCluster
+from eventstream.tls import init_certs
 from tests.cluster.harness import NetNamespace, wait_until
 from tests.faults.nemesis import (
     NODE_OPTIONS,
@@ -29,21 +31,26 @@ pytestmark = pytest.mark.usefixtures("replication_mode")
 QUEUE_COUNT = 16  # the node's default
 
 
-def _run(netns: NetNamespace, tmp_path: Path, nodes: int, seconds: float) -> None:
+def _run(netns: NetNamespace, tmp_path: Path, nodes: int, seconds: float, tls: bool = False) -> None:
     seed = nemesis_seed()
     print(f"nemesis seed {seed} ({SEED_ENV}={seed} replays this schedule)")
     rng = random.Random(seed)
+    options: dict[str, Any] = dict(NODE_OPTIONS)
+    if tls:
+        init_certs(tmp_path / "tls", nodes + 20, [])
+        options["tls_dir"] = str(tmp_path / "tls")
     # Spare ids for the turns that replace a node by a new one.
-    cluster = LocalCluster(tmp_path, nodes, distinct_hosts=True, spare=20, **NODE_OPTIONS).start()
+    cluster = LocalCluster(tmp_path / "nodes", nodes, distinct_hosts=True, spare=20, **options).start()
     nemesis = Nemesis(cluster, netns, rng.randrange(2**32), pool=cluster.options.get("replication") == "pool")
     history = History()
     stop = threading.Event()
     threads: list[threading.Thread] = [
         # Short call timeouts make calls fail mid-fault, so their retries exercise the dedup table.
-        Writer(w, cluster.addresses, history, stop, rng.randrange(2**32), batch_max, timeout_s, own_ids)
+        Writer(w, cluster.addresses, history, stop, rng.randrange(2**32), batch_max, timeout_s, own_ids,
+               cluster.tls_ca)
         for w, (batch_max, timeout_s, own_ids) in enumerate(((1, 1.5, True), (1, 8.0, False), (8, 2.0, True), (40, 8.0, True)))
     ]
-    threads.append(Reader(cluster.addresses, history, stop, rng.randrange(2**32)))
+    threads.append(Reader(cluster.addresses, history, stop, rng.randrange(2**32), cluster.tls_ca))
     problems: list[str] = []
     try:
         cluster.leader(30)

@@ -1,0 +1,83 @@
+"""TLS on a real cluster (docs/operations.md, "TLS"): set up in two commands, clients check the
+nodes against the CA, and a process on the peer port without a certificate of the cluster's CA,
+or with one naming another node, is refused and changes nothing."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from eventstream.client import Client
+from eventstream.errors import Unavailable
+from eventstream.storage import crc32c
+from eventstream.tls import client_context, init_certs, node_files, peer_context
+from eventstream.transport.frames import HEADER
+from eventstream.transport.hello import ROLE_PEER, Hello
+from tests.cluster.harness import LocalCluster, check_every_ack_stored_once
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _frame(body: bytes) -> bytes:
+    return HEADER.pack(len(body), crc32c(body)) + body
+
+
+def _pose_as_peer(address: str, context: ssl.SSLContext, sender: int, target: int) -> bool:
+    """Connect to a node's port over TLS with `context`, send a peer hello as `sender`; whether
+    the node kept the link open (True) or closed it (False)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=None) as tls:
+            tls.sendall(_frame(Hello(ROLE_PEER, sender, target).encode()))
+            tls.settimeout(1.5)
+            try:
+                return tls.recv(1) != b""
+            except TimeoutError:
+                return True  # still open: taken as a peer
+    except (ssl.SSLError, ConnectionError, OSError):
+        return False
+
+
+def test_a_secured_cluster_serves_its_clients_and_refuses_strangers(tmp_path: Path) -> None:
+    tls_dir = tmp_path / "tls"
+    made = subprocess.run([sys.executable, "-m", "eventstream.cli", "certs", "init", str(tls_dir), "--nodes", "3"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert (tls_dir / "ca.pem").is_file() and all(p.is_file() for p in node_files(tls_dir, 3))
+    other_ca = tmp_path / "other"
+    init_certs(other_ca, 3, [])
+    cluster = LocalCluster(tmp_path / "nodes", 3, queue_count=2, tls_dir=str(tls_dir)).start()
+    try:
+        leader = cluster.leader(30)
+        assert cluster.tls_ca is not None
+        with Client(cluster.addresses, tls_ca=cluster.tls_ca) as client:
+            acked = [client.append(b"secret", event_id=f"e{i}", queue=i % 2) for i in range(50)]
+            assert len(acked) == 50 and client.read(0, 0, 5)[0].payload == b"secret"
+        with pytest.raises(Unavailable), Client(cluster.addresses, timeout_s=3) as plain:
+            plain.append(b"no tls", event_id="p1", queue=0)
+        with pytest.raises(Unavailable, match="certificate"), \
+                Client(cluster.addresses, timeout_s=3, tls_ca=str(other_ca / "ca.pem")) as wrong:
+            wrong.append(b"wrong ca", event_id="w1", queue=0)
+
+        terms = {k: n.status()["term"] for k, n in cluster.nodes.items()}  # type: ignore[index]
+        target = cluster.nodes[1].address
+        no_cert = client_context(tls_dir / "ca.pem")
+        assert not _pose_as_peer(target, no_cert, 2, 1)
+        other_cert, other_key = node_files(other_ca, 2)
+        assert not _pose_as_peer(target, client_context(tls_dir / "ca.pem", other_cert, other_key), 2, 1)
+        assert not _pose_as_peer(target, peer_context(tls_dir, 3), 2, 1)  # node 3's certificate, claiming 2
+        time.sleep(0.5)
+        log = cluster.nodes[1].log_text()
+        assert "its certificate names no node" in log and "its certificate names node 3" in log
+        assert cluster.leader(10) == leader
+        assert {k: n.status()["term"] for k, n in cluster.nodes.items()} == terms  # type: ignore[index]
+        check_every_ack_stored_once(cluster, [f"e{i}".encode() for i in range(50)], 2)
+    finally:
+        cluster.stop()
