@@ -236,10 +236,12 @@ class AsyncClient:
         frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
         token: str | None = None,
         tls_ca: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`token` is presented on every connection (docs/operations.md, "Tokens"); None sends
         none, which a cluster without tokens accepts. `tls_ca` (the cluster CA's ca.pem) turns
-        on TLS, checking each node's certificate against it."""
+        on TLS, checking each node's certificate against it; `tls`, a context made already,
+        instead (a joining node's presents its own certificate)."""
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a.strip()]
         if not addresses:
@@ -253,7 +255,7 @@ class AsyncClient:
         self._backoff_max_s = backoff_max_s
         self._frame_bytes_max = frame_bytes_max
         self._token = token
-        self._tls = client_context(tls_ca) if tls_ca is not None else None
+        self._tls = tls if tls is not None else client_context(tls_ca) if tls_ca is not None else None
         self._target = 0
         self._session: _Session | None = None
         self._connect_lock: asyncio.Lock | None = None

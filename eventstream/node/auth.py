@@ -11,6 +11,10 @@ under a name, with its permissions (eventstream/state/config.py, key `tokens`):
 A connection presents its token once, with AUTH, after its hello. Until the first token is
 created the cluster takes requests without one; from then on every request but AUTH needs a
 token that is still in the config (a revoked one stops working on open connections too).
+
+A connection over TLS that presented a node certificate of the cluster's CA (a node joining,
+eventstream/node/join.py) holds no token and may make the requests a node needs before it is a
+member: MEMBERS and STATUS (without the digest).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from eventstream.transport.client_protocol import Op, Status
 TOKEN_PREFIX = "esc_"
 # Requests only an admin token may make (the state digest, a STATUS option, is checked apart).
 ADMIN_OPS = frozenset({Op.CONFIG_UPDATE, Op.CONFIG_GET, Op.SNAPSHOT, Op.MEMBER_CHANGE})
+# What a node's certificate allows without a token (module doc).
+NODE_CERTIFICATE_OPS = frozenset({Op.MEMBERS, Op.STATUS})
 
 
 def new_token() -> str:
@@ -88,9 +94,11 @@ class Authority:
         return not self.enabled or (self.valid(grants) and grants is not None and grants.append)
 
     def refusal(self, grants: Grants | None, op: Op, queue: int | None = None,
-                digest_asked: bool = False) -> tuple[Status, str] | None:
+                digest_asked: bool = False, node_certificate: bool = False) -> tuple[Status, str] | None:
         """Why a session holding `grants` may not make this request; None when it may."""
         if op == Op.AUTH or not self.enabled:
+            return None
+        if grants is None and node_certificate and op in NODE_CERTIFICATE_OPS and not digest_asked:
             return None
         if grants is None:
             return Status.UNAUTHENTICATED, "this cluster requires a token: present one with AUTH (--token, ESC_TOKEN)"

@@ -81,8 +81,12 @@ async def join_cluster(config: NodeConfig, timeout_s: float = JOIN_TIMEOUT_S) ->
     if kept is not None:
         return kept
     from eventstream.client import AsyncClient
+    from eventstream.tls import peer_context
 
-    client = AsyncClient(config.join_addresses, timeout_s=timeout_s, attempt_timeout_s=min(3.0, timeout_s))
+    # Over TLS the node presents its own certificate: that is what lets it ask without a token
+    # (eventstream/node/auth.py).
+    tls = peer_context(config.tls_dir, config.id) if config.tls_dir else None
+    client = AsyncClient(config.join_addresses, timeout_s=timeout_s, attempt_timeout_s=min(3.0, timeout_s), tls=tls)
     try:
         view = await client.members()
     except EscError as exc:

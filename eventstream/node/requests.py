@@ -123,7 +123,8 @@ class ClientRequests:
                 digest = bool(decode_status_options(request.body).get("digest"))
         except ProtocolError:
             pass  # the op's own handler answers the malformed body
-        refusal = self.auth.refusal(self._grants(session), request.op, queue, digest)
+        refusal = self.auth.refusal(self._grants(session), request.op, queue, digest,
+                                    node_certificate=session.conn.certified_node is not None)
         if refusal is None:
             return False
         self.replies.error(session, request.request_id, *refusal)

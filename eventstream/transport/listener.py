@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Protocol
@@ -23,6 +24,7 @@ PENDING_MAX = 1024
 # Refused connections are logged once per source host per this many seconds.
 REFUSAL_LOG_INTERVAL_S = 60.0
 _REFUSAL_HOSTS_MAX = 4096
+ACCEPT_BACKLOG = 1024
 
 
 class RefusalLog:
@@ -71,6 +73,9 @@ class Listener:
         self._pending: dict[FramedConnection, asyncio.TimerHandle | None] = {}
         self.refused = 0
         self.refusals = RefusalLog()
+        self.handshaking = 0  # TLS handshakes under way
+        self._tls_socket: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
 
     def set_owner(self, role: int, owner: ConnectionOwner) -> None:
         """Bind a protocol owner; lets the port be bound (and learnt) before the owner exists."""
@@ -78,16 +83,60 @@ class Listener:
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True, ssl=tls,
-                                                ssl_handshake_timeout=HELLO_TIMEOUT_S if tls is not None else None)
-        sock = self._server.sockets[0]
+        if tls is None:
+            self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True)
+            bound = self._server.sockets[0].getsockname()
+            return bound[0], bound[1]
+        # With TLS the node accepts each socket itself and awaits its handshake: a server made
+        # with ssl= drops a failed handshake without a word, and a refused peer or client must
+        # be logged (once a minute per host, as every other refusal).
+        sock = socket.create_server((host, port), reuse_port=False, backlog=ACCEPT_BACKLOG)
+        sock.setblocking(False)
+        self._tls_socket = sock
+        self._accepting = loop.create_task(self._accept_tls(sock, tls), name="tls-accept")
         bound = sock.getsockname()
         return bound[0], bound[1]
+
+    async def _accept_tls(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                accepted, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, most likely: wait for some to close
+                log.warning("accepting a connection failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            if self.handshaking >= PENDING_MAX:
+                self.refused += 1
+                self.refusals.note(peername, f"{PENDING_MAX} TLS handshakes under way")
+                accepted.close()
+                continue
+            self.handshaking += 1
+            loop.create_task(self._handshake(accepted, peername, tls))
+
+    async def _handshake(self, accepted: socket.socket, peername: str, tls: ssl.SSLContext) -> None:
+        try:
+            # The connection's protocol sees connection_made only once the handshake is done.
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._make_connection, accepted, ssl=tls, ssl_handshake_timeout=HELLO_TIMEOUT_S)
+        except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            self.refused += 1
+            self.refusals.note(peername, f"TLS handshake failed: {_handshake_reason(exc)}")
+            accepted.close()
+        finally:
+            self.handshaking -= 1
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._tls_socket is not None:
+            self._tls_socket.close()
+            self._tls_socket = None
         for conn in list(self._pending):
             self._forget(conn)
             conn.close("listener stopping")
@@ -147,3 +196,16 @@ class Listener:
         if rest and not conn.closed:
             # adopt() rebound the connection; frames that came in the same read go to the owner.
             conn.deliver(rest)
+
+
+def _handshake_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+            return f"the other side does not speak TLS ({reason})"
+        if "CERTIFICATE_VERIFY_FAILED" in reason:
+            return f"its certificate is not of this cluster's CA ({reason})"
+        return reason
+    if isinstance(exc, TimeoutError):
+        return f"not done within {HELLO_TIMEOUT_S:.0f} s"
+    return str(exc) or exc.__class__.__name__

@@ -100,3 +100,8 @@ def test_random_faults_lose_and_duplicate_nothing(netns: NetNamespace, tmp_path:
 @pytest.mark.timeout(900)
 def test_random_faults_on_five_nodes_for_minutes(netns: NetNamespace, tmp_path: Path) -> None:
     _run(netns, tmp_path, nodes=5, seconds=150)
+
+
+@pytest.mark.timeout(240)
+def test_random_faults_with_tls_on(netns: NetNamespace, tmp_path: Path) -> None:
+    _run(netns, tmp_path, nodes=3, seconds=20, tls=True)

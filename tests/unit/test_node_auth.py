@@ -85,3 +85,16 @@ def test_a_malformed_token_entry_is_refused(tokens: Any, message: str) -> None:
 def test_a_config_without_tokens_keeps_its_digest_inputs() -> None:
     """Clusters that never made a token hold no `tokens` key: their state digest is unchanged."""
     assert "tokens" not in default_config()
+
+
+def test_a_node_certificate_allows_what_a_joining_node_asks_and_nothing_else() -> None:
+    source = Config()
+    source.update({"ops": _entry(new_token(), "admin")})
+    authority = Authority(source)
+    assert authority.refusal(None, Op.MEMBERS, node_certificate=True) is None
+    assert authority.refusal(None, Op.STATUS, node_certificate=True) is None
+    assert _status(authority.refusal(None, Op.STATUS, digest_asked=True, node_certificate=True)) \
+        == Status.UNAUTHENTICATED
+    for op in (Op.APPEND, Op.READ, Op.CONFIG_GET, Op.CONFIG_UPDATE, Op.SNAPSHOT, Op.MEMBER_CHANGE):
+        assert _status(authority.refusal(None, op, node_certificate=True)) == Status.UNAUTHENTICATED
+    assert _status(authority.refusal(None, Op.MEMBERS)) == Status.UNAUTHENTICATED
