@@ -33,6 +33,11 @@ PACKAGE_OF = {
     "_load_engine": "esc_bench",
 }
 
+# Native TLS (csrc/tls_link.h) needs OpenSSL's headers; without them the modules that carry it
+# are built without (ESC_NO_TLS) and say so when TLS is asked of them.
+OPENSSL_HEADERS = any(os.path.exists(os.path.join(d, "openssl", "ssl.h"))
+                      for d in ("/usr/include", "/usr/local/include", os.environ.get("OPENSSL_INCLUDE", "/nonexistent")))
+
 # Every header and plain C file: a change to a wire format's header rebuilds each module that
 # may include it, not only those whose .pyx changed.
 NATIVE_DEPENDS = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.c"))
@@ -42,6 +47,8 @@ for pyx in sorted(glob.glob("csrc/_*.pyx")):
     stem = os.path.splitext(os.path.basename(pyx))[0]
     if stem not in PACKAGE_OF:
         sys.exit(f"setup.py: {pyx} names no subsystem: add it to PACKAGE_OF")
+    with open(pyx) as f:
+        with_tls = "csrc/tls_link.c" in f.readline()
     extensions.append(
         Extension(
             f"{PACKAGE_OF[stem]}.{stem}",
@@ -49,7 +56,8 @@ for pyx in sorted(glob.glob("csrc/_*.pyx")):
             include_dirs=["csrc"],
             depends=NATIVE_DEPENDS,
             extra_compile_args=compile_args,
-            define_macros=macros,
+            define_macros=macros + ([] if not with_tls or OPENSSL_HEADERS else [("ESC_NO_TLS", "1")]),
+            libraries=["ssl", "crypto"] if with_tls and OPENSSL_HEADERS else [],
         )
     )
 

@@ -1,4 +1,4 @@
-# distutils: sources = csrc/spsc_ring.c csrc/entry_ring.c csrc/crc32c.c csrc/send_all.c csrc/append_stream.c csrc/worker_cycle.c
+# distutils: sources = csrc/spsc_ring.c csrc/entry_ring.c csrc/crc32c.c csrc/send_all.c csrc/append_stream.c csrc/worker_cycle.c csrc/tls_link.c
 """Python face of the replication pool's shared-memory rings.
 
 SpscRing (csrc/spsc_ring.h has the layout and the memory-ordering argument): one object is one
@@ -15,7 +15,10 @@ their entry bytes straight from the entry ring (no copy into a send buffer), eac
 byte held back until a check after the send proves the kernel copied untorn bytes.
 
 WorkerCycle (csrc/worker_cycle.h): a replication worker's whole cycle (answers in, orders out,
-reports, sleep) run without the GIL until a deadline or until the worker's Python code is needed."""
+reports, sleep) run without the GIL until a deadline or until the worker's Python code is needed.
+
+TlsClient (csrc/tls_link.h): the cluster CA and this node's certificate, for a worker's link to
+its follower over TLS (WorkerCycle.link_tls): the worker then encrypts in C, off the node."""
 
 import os
 
@@ -31,6 +34,11 @@ from append_stream_h cimport (
 )
 
 from byte_views cimport as_byte_view
+from posix.uio cimport iovec
+from tls_link_h cimport (
+    ESC_TLS_ERROR_BYTES, esc_tls, esc_tls_available, esc_tls_ctx, esc_tls_ctx_free, esc_tls_ctx_new, esc_tls_free,
+    esc_tls_handshake, esc_tls_new, esc_tls_peer_node, esc_tls_write_all,
+)
 from worker_cycle_h cimport (
     ESC_LOST_CLOSED, ESC_LOST_FRAME_CRC, ESC_LOST_FRAME_TOO_LONG, ESC_LOST_LAPPED, ESC_LOST_RECV_FAILED,
     ESC_LOST_SEND_FAILED, ESC_ORDER_APPEND, ESC_ORDER_APPEND_BYTES, ESC_ORDER_MESSAGE, ESC_STATUS_CONNECTED,
@@ -307,7 +315,7 @@ cdef class AppendStream:
 
     def reset(self, int fd):
         """Forget whatever is queued (the link was lost) and write to fd from now on."""
-        esc_stream_reset(&self.stream, fd)
+        esc_stream_reset(&self.stream, fd, NULL)
 
     cdef int _queue(self, data, bint framed) except -1:
         cdef const unsigned char[::1] v = as_byte_view(data)
@@ -385,6 +393,32 @@ CYCLE_RECORDS = {
 }
 
 
+class TlsLinkError(OSError):
+    """A link over TLS could not be brought up; the message says why."""
+
+
+TLS_AVAILABLE = bool(esc_tls_available())
+
+
+cdef class TlsClient:
+    """A TLS client context: trust the CA in ca_file, present cert_file/key_file (both or
+    neither). TlsLinkError when a file cannot be used, or the build has no native TLS."""
+    cdef esc_tls_ctx *ctx
+
+    def __cinit__(self, ca_file, cert_file=None, key_file=None):
+        cdef char err[256]
+        ca = os.fsencode(ca_file)
+        cert = os.fsencode(cert_file) if cert_file is not None else None
+        key = os.fsencode(key_file) if key_file is not None else None
+        self.ctx = esc_tls_ctx_new(ca, <const char *>cert if cert is not None else NULL,
+                                   <const char *>key if key is not None else NULL, err, sizeof(err))
+        if self.ctx == NULL:
+            raise TlsLinkError(err.decode(errors="replace"))
+
+    def __dealloc__(self):
+        esc_tls_ctx_free(self.ctx)
+
+
 cdef class WorkerCycle:
     """One replication worker's cycle in C (csrc/worker_cycle.h). The rings stay owned by their
     Python objects, which this keeps alive; the status ring's other records (STATS) may be
@@ -424,7 +458,39 @@ cdef class WorkerCycle:
 
     def link(self, int fd):
         """The link to the follower is up on fd (CONNECTED is reported), or down (-1)."""
-        esc_worker_link(&self.w, fd)
+        esc_worker_link(&self.w, fd, NULL)
+
+    def link_tls(self, int fd, TlsClient client, int64_t peer_id, int timeout_ms, first):
+        """Bring the link up over TLS on fd (connected, non-blocking): the handshake, within
+        timeout_ms; the follower's certificate must name peer_id; then `first` (the hello
+        frame) is sent through it and the cycle reads and writes the link through the session.
+        Raises TlsLinkError with the reason (the caller closes fd)."""
+        cdef const unsigned char[::1] v = as_byte_view(first)
+        cdef iovec iov
+        cdef char err[256]
+        cdef esc_tls *tls = esc_tls_new(client.ctx, fd)
+        cdef int rc
+        cdef int64_t named
+        if tls == NULL:
+            raise MemoryError("no memory for a TLS session")
+        with nogil:
+            rc = esc_tls_handshake(tls, timeout_ms, err, sizeof(err))
+        if rc != 0:
+            esc_tls_free(tls)
+            raise TlsLinkError(err.decode(errors="replace"))
+        named = esc_tls_peer_node(tls)
+        if named != peer_id:
+            esc_tls_free(tls)
+            raise TlsLinkError(f"the certificate at the follower's address names "
+                               f"{'node ' + str(named) if named >= 0 else 'no node'}, not node {peer_id}")
+        iov.iov_base = <void *>&v[0]
+        iov.iov_len = v.shape[0]
+        with nogil:
+            rc = esc_tls_write_all(tls, &iov, 1, timeout_ms)
+        if rc != 0:
+            esc_tls_free(tls)
+            raise TlsLinkError(f"sending the hello failed: {os.strerror(-rc)}")
+        esc_worker_link(&self.w, fd, tls)
 
     def run(self, uint64_t deadline_ns):
         """Cycle until CLOCK_MONOTONIC deadline_ns, an idle sleep, a lost link or a corrupt control

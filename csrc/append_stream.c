@@ -70,9 +70,10 @@ void esc_stream_free(esc_stream *stream)
     stream->local_bytes = 0;
 }
 
-void esc_stream_reset(esc_stream *stream, int fd)
+void esc_stream_reset(esc_stream *stream, int fd, esc_tls *tls)
 {
     stream->fd = fd;
+    stream->tls = tls;
     stream->iovcnt = 0;
     stream->local_used = 0;
 }
@@ -113,7 +114,10 @@ static int send_queued(esc_stream *stream, int flags)
         return 0;
     for (i = 0; i < stream->iovcnt; i++)
         total += stream->iov[i].iov_len;
-    rc = esc_send_all(stream->fd, stream->iov, stream->iovcnt, stream->timeout_ms, flags);
+    if (stream->tls != NULL)
+        rc = esc_tls_write_all(stream->tls, stream->iov, stream->iovcnt, stream->timeout_ms);
+    else
+        rc = esc_send_all(stream->fd, stream->iov, stream->iovcnt, stream->timeout_ms, flags);
     stream->iovcnt = 0;
     stream->local_used = 0;
     stream->sends++;

@@ -33,6 +33,11 @@
  *
  * Cost: one sendmsg per ring-backed frame, plus one to finish the last; the frames' entry bytes
  * are read twice (CRC, then the kernel's copy) instead of three times (copy, CRC, kernel).
+ *
+ * Over TLS (tls set, tls_link.h) the gather list goes to esc_tls_write_all instead of sendmsg:
+ * OpenSSL reads the ring bytes while it encrypts them, during the call, as the kernel does
+ * during sendmsg, so the argument above holds word for word with "the encryption's read" for
+ * "the kernel's copy": a lapped frame is still never completed on the wire.
  */
 #ifndef ESC_APPEND_STREAM_H
 #define ESC_APPEND_STREAM_H
@@ -44,6 +49,7 @@
 #include "entry_ring.h"
 #include "frame_format.h"
 #include "peer_message.h"
+#include "tls_link.h"
 
 #define ESC_STREAM_IOV 1024
 /* queue_append results besides a frame length and ESC_ENTRY_STALE / MISMATCH / NO_ROOM. */
@@ -56,6 +62,7 @@ typedef struct {
 
 typedef struct {
     int fd;
+    esc_tls *tls;         /* NULL: plain TCP (the stream does not own it) */
     int timeout_ms;
     int error;            /* errno of the last failed send */
     int iovcnt;           /* queued, not yet handed to the kernel */
@@ -79,8 +86,9 @@ int64_t esc_append_frame_encode(const esc_entry_ring *ring, const esc_append_hea
 /* local_bytes of local buffer (at least 4 KiB). 0, or -1 when out of memory. */
 int esc_stream_init(esc_stream *stream, int fd, int timeout_ms, size_t local_bytes);
 void esc_stream_free(esc_stream *stream);
-/* Forget whatever is queued (after a lost link) and write to fd from now on. */
-void esc_stream_reset(esc_stream *stream, int fd);
+/* Forget whatever is queued (after a lost link) and write to fd (through tls when not NULL)
+ * from now on. */
+void esc_stream_reset(esc_stream *stream, int fd, esc_tls *tls);
 
 /* Queue head_n bytes of head (at most ESC_FRAME_HEAD_BYTES; 0 for a frame already complete in body),
  * then n bytes of body: copied, or sent from body before returning when they do not fit the

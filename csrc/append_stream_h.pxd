@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from entry_ring_h cimport esc_entry_ring
 from frame_format_h cimport ESC_FRAME_HEAD_BYTES
 from peer_message_h cimport ESC_MESSAGE_HEAD_BYTES
+from tls_link_h cimport esc_tls
 
 
 cdef extern from "append_stream.h" nogil:
@@ -23,7 +24,7 @@ cdef extern from "append_stream.h" nogil:
                                     uint64_t lo, uint64_t hi, uint8_t *out, size_t room)
     int esc_stream_init(esc_stream *stream, int fd, int timeout_ms, size_t local_bytes)
     void esc_stream_free(esc_stream *stream)
-    void esc_stream_reset(esc_stream *stream, int fd)
+    void esc_stream_reset(esc_stream *stream, int fd, esc_tls *tls)
     int esc_stream_queue_frame(esc_stream *stream, const uint8_t *head, size_t head_n, const uint8_t *body, size_t n)
     int esc_stream_queue_message(esc_stream *stream, const uint8_t *body, size_t n)
     int64_t esc_stream_queue_append(esc_stream *stream, const esc_entry_ring *ring, const esc_append_head *head,

@@ -48,13 +48,18 @@ void esc_worker_free(esc_worker *w)
     w->rx = NULL;
     w->pending = NULL;
     esc_stream_free(&w->stream);
+    esc_tls_free(w->tls);
+    w->tls = NULL;
 }
 
-void esc_worker_link(esc_worker *w, int fd)
+void esc_worker_link(esc_worker *w, int fd, esc_tls *tls)
 {
+    if (w->tls != tls)
+        esc_tls_free(w->tls);
     w->fd = fd;
+    w->tls = tls;
     w->rx_used = 0;
-    esc_stream_reset(&w->stream, fd);
+    esc_stream_reset(&w->stream, fd, tls);
     if (fd >= 0)
         w->connected_unreported = 1;
 }
@@ -65,7 +70,7 @@ static int lose(esc_worker *w, int reason, int err, uint64_t a, uint64_t b)
     w->lost_errno = err;
     w->lost_a = a;
     w->lost_b = b;
-    esc_worker_link(w, -1);
+    esc_worker_link(w, -1, NULL);
     return ESC_RUN_LOST;
 }
 
@@ -191,7 +196,17 @@ static int read_answers(esc_worker *w)
 {
     /* Invariant: rx_used < ESC_FRAME_HEAD_BYTES + answer_frame_max (split_frames takes every complete
      * frame), so one read always fits in rx. */
-    ssize_t got = recv(w->fd, w->rx + w->rx_used, ESC_RECV_BYTES, MSG_DONTWAIT);
+    ssize_t got;
+    if (w->tls != NULL) {
+        int events;
+        got = esc_tls_read(w->tls, w->rx + w->rx_used, ESC_RECV_BYTES, &events);
+        if (got == -1)
+            return ESC_RUN_DEADLINE; /* nothing decrypted yet: wait for the socket again */
+        if (got == -2)
+            return lose(w, ESC_LOST_RECV_FAILED, EPROTO, 0, 0);
+    } else {
+        got = recv(w->fd, w->rx + w->rx_used, ESC_RECV_BYTES, MSG_DONTWAIT);
+    }
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return ESC_RUN_DEADLINE;
@@ -436,7 +451,17 @@ int esc_worker_run(esc_worker *w, uint64_t deadline_ns)
         }
         for (i = 0; i < nfds; i++)
             fds[i].revents = 0;
+        /* Bytes the TLS session decrypted already: the socket will not signal them. */
+        if (nfds == 2 && w->tls != NULL && esc_tls_pending(w->tls) > 0) {
+            timeout = 0;
+            slept = 0;
+        }
         ready = poll(fds, (nfds_t)nfds, timeout);
+        if (nfds == 2 && w->tls != NULL && esc_tls_pending(w->tls) > 0) {
+            fds[1].revents |= POLLIN;
+            if (ready <= 0)
+                ready = 1;
+        }
         if (ready < 0 && errno != EINTR)
             ready = 0;
         if (slept) {

@@ -87,7 +87,8 @@ typedef struct {
     esc_ring *control;
     esc_ring *status;
     esc_stream stream;
-    int fd; /* the follower link, -1 when down */
+    int fd;       /* the follower link, -1 when down */
+    esc_tls *tls; /* over TLS: the link's session (the worker's: freed when the link goes) */
 
     uint8_t *rx; /* received bytes not yet split into frames */
     size_t rx_used, rx_cap;
@@ -112,8 +113,9 @@ int esc_worker_init(esc_worker *w, const esc_worker_config *cfg, const esc_entry
                     esc_ring *status);
 void esc_worker_free(esc_worker *w);
 
-/* The link is up on fd (CONNECTED is reported), or down (fd -1: orders are dropped and counted). */
-void esc_worker_link(esc_worker *w, int fd);
+/* The link is up on fd (CONNECTED is reported), or down (fd -1: orders are dropped and counted).
+ * tls: the session over fd, handshake done (the worker owns it from here), or NULL. */
+void esc_worker_link(esc_worker *w, int fd, esc_tls *tls);
 
 /* Cycle until something needs the caller (see above); deadline on CLOCK_MONOTONIC. */
 int esc_worker_run(esc_worker *w, uint64_t deadline_ns);

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint64_t
 from append_stream_h cimport esc_stream
 from entry_ring_h cimport esc_entry_ring
 from spsc_ring_h cimport esc_ring
+from tls_link_h cimport esc_tls
 
 
 cdef extern from "worker_cycle.h" nogil:
@@ -50,6 +51,6 @@ cdef extern from "worker_cycle.h" nogil:
     int esc_worker_init(esc_worker *w, const esc_worker_config *cfg, const esc_entry_ring *entries,
                         esc_ring *control, esc_ring *status)
     void esc_worker_free(esc_worker *w)
-    void esc_worker_link(esc_worker *w, int fd)
+    void esc_worker_link(esc_worker *w, int fd, esc_tls *tls)
     int esc_worker_run(esc_worker *w, uint64_t deadline_ns)
     int esc_worker_feed(esc_worker *w, const uint8_t *data, size_t n)

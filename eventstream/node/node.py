@@ -35,6 +35,7 @@ from eventstream.node.snapshots import Snapshots
 from eventstream.node.status import Health, StatusReporter
 from eventstream.raft.messages import NONE
 from eventstream.raft.node import ProposalError, Role
+from eventstream.replication._spsc_ring import TLS_AVAILABLE as NATIVE_TLS
 from eventstream.state import (
     ApplyStoppedError,
     dedup_cutoffs_us,
@@ -103,12 +104,14 @@ class Node:
         self.directory = MemberDirectory(self.id, self.raft, known,
                                          grace_s=2 * config.election_ticks * config.tick_ms / 1000)
         self.directory.refresh(clock.monotonic())
-        # Pool workers write their sockets from native code, in the clear: with TLS the leader
-        # replicates in-process (docs/operations.md, "TLS").
-        use_pool = config.replication == "pool" and self.tls is None
+        # Pool workers write their sockets from native code, and encrypt there too with TLS on
+        # (csrc/tls_link.h); a build without OpenSSL's headers has no native TLS, and the leader
+        # then replicates in-process (docs/operations.md, "TLS").
+        use_pool = config.replication == "pool" and (self.tls is None or NATIVE_TLS)
         self.routing = PeerRouting(self.id, self.raft, dict(self.directory.links), host, config.frame_bytes_max,
                                    use_pool, self.late, metrics, clock, wake,
-                                   peer_context(config.tls_dir, config.id) if config.tls_dir else None)
+                                   peer_context(config.tls_dir, config.id) if config.tls_dir else None,
+                                   config.tls_dir)
         self.clients = ClientServer(self, self.intake)
         self.replies = Replies(self.id, self.directory.addresses, self.raft, metrics)
         self.members = MemberRequests(self.id, self.raft, self.directory, self.replies, self._follow_membership)
@@ -175,9 +178,9 @@ class Node:
             "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
             self.id, __version__, *self.listen_address, cfg.peers, cfg.data_dir, cfg.wal_sync,
         )
-        if self.tls is not None and cfg.replication == "pool":
-            log.warning("node %d: TLS is on, and the replication pool's workers do not speak it: this node "
-                        "replicates in-process", self.id)
+        if self.tls is not None and cfg.replication == "pool" and not NATIVE_TLS:
+            log.warning("node %d: TLS is on, and this build's replication workers have no native TLS (OpenSSL's "
+                        "headers were missing when it was built): this node replicates in-process", self.id)
         if cfg.insecure and self.tls is None:
             log.warning("node %d: --insecure: peer and client links are not encrypted and peers are not "
                         "authenticated; anyone who reaches %s:%d can speak to this node", self.id,

@@ -57,7 +57,7 @@ class PeerRouting:
 
     def __init__(self, node_id: int, raft: RaftNode, peer_addresses: dict[int, tuple[str, int]], local_host: str,
                  frame_bytes_max: int, use_pool: bool, late: LateEntries, metrics: NodeMetrics, clock: Clock,
-                 wake: Callable[[], None], tls: ssl.SSLContext | None = None) -> None:
+                 wake: Callable[[], None], tls: ssl.SSLContext | None = None, tls_dir: str | None = None) -> None:
         self.node_id = node_id
         self.raft = raft
         self.late = late
@@ -71,7 +71,8 @@ class PeerRouting:
         if use_pool:
             self.pool = ReplicationPool(node_id, peer_addresses, self.peers, self.on_worker_reprobe,
                                         on_responses=self.on_worker_responses, on_dropped=self.on_worker_dropped,
-                                        local_host=local_host, append_bytes_max=raft.config.max_append_bytes)
+                                        local_host=local_host, append_bytes_max=raft.config.max_append_bytes,
+                                        tls_dir=tls_dir)
             metrics.replication_usage = self.pool.usage
             metrics.worker_wake.source = self.pool.wake_counters
         self.inprocess: dict[int, FollowerPipeline] = {pid: InProcessPipeline(pid, self.peers) for pid in peer_addresses}

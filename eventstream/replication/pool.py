@@ -131,7 +131,8 @@ class _Worker:
     """One worker process and the node's ends of its rings and doorbell."""
 
     def __init__(self, node_id: int, peer_id: int, address: tuple[str, int], local_host: str | None,
-                 ring_bytes: int, entries: SharedEntries, node_bell_fd: int, append_bytes_max: int) -> None:
+                 ring_bytes: int, entries: SharedEntries, node_bell_fd: int, append_bytes_max: int,
+                 tls_dir: str | None = None) -> None:
         self.peer_id = peer_id
         control_size = HEADER_BYTES + ring_bytes
         status_size = HEADER_BYTES + STATUS_RING_BYTES
@@ -161,6 +162,8 @@ class _Worker:
             ]
             if local_host:
                 args += ["--local-host", local_host]
+            if tls_dir:
+                args += ["--tls-dir", tls_dir]
             self.proc = subprocess.Popen(args, pass_fds=(entries.fd, control_fd, status_fd, bell_r, node_bell_fd))
         except BaseException:
             os.close(bell_w)
@@ -288,8 +291,10 @@ class ReplicationPool:
                  on_dropped: Callable[[int, int], None] | None = None,
                  local_host: str | None = None, ring_bytes: int = RING_BYTES_DEFAULT,
                  entry_ring_bytes: int = ENTRY_RING_BYTES_DEFAULT,
-                 append_bytes_max: int = APPEND_BYTES_MAX_DEFAULT) -> None:
+                 append_bytes_max: int = APPEND_BYTES_MAX_DEFAULT, tls_dir: str | None = None) -> None:
         self.node_id = node_id
+        # With TLS the workers encrypt their links themselves (csrc/tls_link.h).
+        self._tls_dir = tls_dir
         self.peers = dict(peers)
         self._network = network
         self._on_reprobe = on_reprobe
@@ -460,7 +465,7 @@ class ReplicationPool:
     def _spawn(self, peer_id: int, address: tuple[str, int]) -> _Worker:
         assert self._entries is not None and self._bell is not None
         return _Worker(self.node_id, peer_id, address, self._local_host, self._ring_bytes, self._entries,
-                       self._bell[1], self._append_bytes_max)
+                       self._bell[1], self._append_bytes_max, self._tls_dir)
 
     async def _supervise_loop(self) -> None:
         while True:

@@ -5,7 +5,9 @@ inherited file descriptors: the shared entry ring (the leader's new log entries,
 once for all followers), this follower's control ring (node -> worker orders), its status ring
 (worker -> node reports), the read end of its doorbell pipe and the write end of the node's.
 
-The worker owns one TCP link to its follower (hello role ROLE_REPLICATION). The follower sends
+The worker owns one TCP link to its follower (hello role ROLE_REPLICATION); with --tls-dir it
+is a TLS link, handshake and encryption done in C (csrc/tls_link.h), presenting this node's
+certificate and requiring the follower's to name the follower. The follower sends
 its answers to the leader's replication messages back on this link (transport/peers.py), so
 the worker reads them and relays each as a compact status record, which the node turns back
 into the Message the core would have received in-process.
@@ -73,6 +75,8 @@ from eventstream.replication._spsc_ring import (
     EntryRing,
     RingError,
     SpscRing,
+    TlsClient,
+    TlsLinkError,
     WorkerCycle,
 )
 from eventstream.replication.worker_stats import ORDER_WAIT_BOUNDS_S
@@ -108,6 +112,9 @@ STATUS_RETRY_MS = 2
 SEND_TIMEOUT_S = 5.0
 SEND_TIMEOUT_MS = int(SEND_TIMEOUT_S * 1000)
 DIAL_TIMEOUT_S = 1.0
+DIAL_TIMEOUT_MS = int(DIAL_TIMEOUT_S * 1000)
+# A link that keeps failing its TLS handshake for the same reason is logged this seldom.
+TLS_FAILURE_LOG_S = 60.0
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 1.0
 # Entries one merged AppendEntries may carry (each entry is already a batch of events).
@@ -180,8 +187,10 @@ class WakeCounters:
 class ReplicationWorker:
     def __init__(self, node_id: int, peer_id: int, address: tuple[str, int], local_host: str | None,
                  entries: EntryRing, control: SpscRing, status: SpscRing, doorbell_fd: int, node_bell_fd: int,
-                 append_bytes_max: int) -> None:
+                 append_bytes_max: int, tls: TlsClient | None = None) -> None:
         self.node_id = node_id
+        self.tls = tls
+        self._tls_failure: tuple[str, float] = ("", 0.0)
         self.peer_id = peer_id
         self.address = address
         self.local_host = local_host
@@ -233,24 +242,43 @@ class ReplicationWorker:
 
     # -- the link -----------------------------------------------------------------------------
     def _dial(self, now: float) -> None:
+        sock: socket.socket | None = None
         try:
             sock = socket.create_connection(
                 self.address, timeout=DIAL_TIMEOUT_S,
                 source_address=(self.local_host, 0) if self.local_host else None,
             )
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(SEND_TIMEOUT_S)
             hello = Hello(ROLE_REPLICATION, self.node_id, self.peer_id).encode()
-            sock.sendall(frame_header(len(hello), crc32c(hello)) + hello)
-            # From here on the cycle reads answers without waiting and writes frames with sendmsg.
-            sock.setblocking(False)
-        except OSError:
+            framed = frame_header(len(hello), crc32c(hello)) + hello
+            if self.tls is not None:
+                # The handshake, the follower's identity and the hello, in C: from here on the
+                # cycle reads and writes the link through the session.
+                sock.setblocking(False)
+                self.cycle.link_tls(sock.fileno(), self.tls, self.peer_id, DIAL_TIMEOUT_MS, framed)
+            else:
+                sock.settimeout(SEND_TIMEOUT_S)
+                sock.sendall(framed)
+                # From here on the cycle reads answers without waiting and writes frames with sendmsg.
+                sock.setblocking(False)
+                self.cycle.link(sock.fileno())
+        except OSError as exc:  # TlsLinkError is one
+            if isinstance(exc, TlsLinkError):
+                self._tls_failed(str(exc), now)
+            if sock is not None:
+                sock.close()
             self._next_dial = now + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             return
         self.sock = sock
-        self.cycle.link(sock.fileno())
         self._backoff = BACKOFF_INITIAL_S
+
+    def _tls_failed(self, reason: str, now: float) -> None:
+        last, at = self._tls_failure
+        if reason != last or now - at >= TLS_FAILURE_LOG_S:
+            log.warning("replication worker %d->%d: TLS link to %s:%d refused: %s (logged once a minute)",
+                        self.node_id, self.peer_id, *self.address, reason)
+            self._tls_failure = (reason, now)
 
     def _lost(self, reason: str) -> None:
         """The cycle dropped the link (it is already marked down there): close the socket."""
@@ -284,6 +312,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--append-bytes-max", type=int, required=True)
     p.add_argument("--log-level", default="info")
     p.add_argument("--parent-pid", type=int, default=None)
+    p.add_argument("--tls-dir", default=None)
     return p.parse_args(argv)
 
 
@@ -295,10 +324,16 @@ def main(argv: list[str] | None = None) -> int:
     entries_map = mmap.mmap(args.entries_fd, args.entries_bytes)
     control_map = mmap.mmap(args.control_fd, args.control_bytes)
     status_map = mmap.mmap(args.status_fd, args.status_bytes)
+    tls = None
+    if args.tls_dir:
+        from eventstream.tls import CA_FILE, node_files
+
+        cert, key = node_files(args.tls_dir, args.node_id)
+        tls = TlsClient(os.path.join(args.tls_dir, CA_FILE), str(cert), str(key))
     worker = ReplicationWorker(
         args.node_id, args.peer_id, (args.host, args.port), args.local_host,
         EntryRing.attach(entries_map), SpscRing.attach(control_map), SpscRing.attach(status_map),
-        args.doorbell_fd, args.node_bell_fd, args.append_bytes_max,
+        args.doorbell_fd, args.node_bell_fd, args.append_bytes_max, tls,
     )
     worker.run(args.parent_pid)
     return 0

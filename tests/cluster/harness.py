@@ -34,6 +34,7 @@ class Writers:
         self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement, beside acked
         self.errors: Counter[str] = Counter()
         self._addresses = cluster.addresses
+        self._tls_ca, self._token = cluster.tls_ca, cluster.token
         self._batch = batch
         self._events_max = events_max
         self._attempt_timeout_s = attempt_timeout_s
@@ -62,7 +63,8 @@ class Writers:
             return list(zip(self.acked, self.acked_at, strict=True))
 
     def _run(self, w: int) -> None:
-        with Client(self._addresses, timeout_s=15.0, attempt_timeout_s=self._attempt_timeout_s) as c:
+        with Client(self._addresses, timeout_s=15.0, attempt_timeout_s=self._attempt_timeout_s,
+                    tls_ca=self._tls_ca, token=self._token) as c:
             k = 0
             while not self._stop.is_set():
                 with self._lock:

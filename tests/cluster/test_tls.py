@@ -19,7 +19,7 @@ from eventstream.storage import crc32c
 from eventstream.tls import client_context, init_certs, node_files, peer_context
 from eventstream.transport.frames import HEADER
 from eventstream.transport.hello import ROLE_PEER, Hello
-from tests.cluster.harness import LocalCluster, check_every_ack_stored_once
+from tests.cluster.harness import LocalCluster, Writers, check_every_ack_stored_once, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,6 +60,10 @@ def test_a_secured_cluster_serves_its_clients_and_refuses_strangers(tmp_path: Pa
         with Client(cluster.addresses, tls_ca=cluster.tls_ca) as client:
             acked = [client.append(b"secret", event_id=f"e{i}", queue=i % 2) for i in range(50)]
             assert len(acked) == 50 and client.read(0, 0, 5)[0].payload == b"secret"
+        if cluster.options.get("replication") == "pool":
+            # The leader's workers carried the entries over their own TLS links (csrc/tls_link.h).
+            workers = cluster.nodes[leader].status()["replication_workers"]  # type: ignore[index]
+            assert len(workers) == 2 and all(w["orders"] > 0 and w["answers_relayed"] > 0 for w in workers.values()), workers
         with pytest.raises(Unavailable), Client(cluster.addresses, timeout_s=3) as plain:
             plain.append(b"no tls", event_id="p1", queue=0)
         with pytest.raises(Unavailable, match="certificate"), \
@@ -82,5 +86,35 @@ def test_a_secured_cluster_serves_its_clients_and_refuses_strangers(tmp_path: Pa
         assert cluster.leader(10) == leader
         assert {k: n.status()["term"] for k, n in cluster.nodes.items()} == terms  # type: ignore[index]
         check_every_ack_stored_once(cluster, [f"e{i}".encode() for i in range(50)], 2)
+    finally:
+        cluster.stop()
+
+
+def test_failover_with_tls_on_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL of the leader under load, then a graceful stop of the next one: the failover
+    tests' checks, every link over TLS."""
+    init_certs(tmp_path / "tls", 3, [])
+    cluster = LocalCluster(tmp_path / "nodes", 3, queue_count=4, tls_dir=str(tmp_path / "tls")).start()
+    try:
+        first = cluster.leader(30)
+        with Writers(cluster, count=3) as writers:
+            time.sleep(1.5)
+            cluster.nodes[first].kill()
+            second = cluster.leader(10, exclude=(first,))
+            acked_at_kill = writers.count()
+            time.sleep(1.5)
+            assert writers.count() > acked_at_kill, "clients did not carry on after the failover"
+            cluster.nodes[first].start()
+            commit = cluster.nodes[second].status()["commit"]  # type: ignore[index]
+            assert wait_until(lambda: (cluster.nodes[first].status() or {}).get("applied", 0) >= commit, 30), \
+                "the restarted node did not catch up over TLS"
+            assert cluster.nodes[second].stop() == 0
+            assert "handing leadership to node" in cluster.nodes[second].log_text()
+            cluster.leader(10, exclude=(second,))
+            acked_at_stop = writers.count()
+            time.sleep(1.5)
+            assert writers.count() > acked_at_stop, "clients did not carry on after the hand-over"
+        cluster.nodes[second].start()
+        check_every_ack_stored_once(cluster, writers.acked, 4)
     finally:
         cluster.stop()
