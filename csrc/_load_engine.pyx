@@ -1,4 +1,4 @@
-# distutils: sources = csrc/load_engine.c csrc/crc32c.c
+# distutils: sources = csrc/load_engine.c csrc/crc32c.c csrc/tls_link.c
 """esc-bench's native load engine (csrc/load_engine.h): Python's handle on it.
 
 The boundary is coarse on purpose: Python sets the target and the schedule, calls run() once
@@ -6,6 +6,8 @@ per report interval (the loop runs without the GIL until then), and reads the co
 latency tallies afterwards. Nothing crosses per request. encode_append_request() and
 read_answer() expose the engine's own encoder and answer parser to the differential tests.
 """
+
+import os
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -139,6 +141,24 @@ cdef class LoadEngine:
         """The leader's numeric address; every later connection goes there."""
         if not 0 < port < 65536 or esc_load_set_target(self.engine, ip.encode(), <uint16_t>port) != 0:
             raise ValueError(f"not a numeric IP address and port: {ip!r} {port}")
+
+    def set_tls(self, ca_file):
+        """Every later connection over TLS, the node's certificate checked against ca_file.
+        OSError with the reason when the CA cannot be used or the build has no native TLS."""
+        cdef char err[256]
+        path = os.fsencode(ca_file)
+        if esc_load_set_tls(self.engine, path, err, sizeof(err)) != 0:
+            raise OSError(err.decode(errors="replace"))
+
+    def set_token(self, str token):
+        """Every later connection presents this token (AUTH) before its first request."""
+        data = token.encode()
+        if esc_load_set_token(self.engine, <const uint8_t *><const char *>data, len(data)) != 0:
+            raise MemoryError("no memory for the token")
+
+    def tls_error(self):
+        """Why the last TLS handshake failed; "" when none has."""
+        return esc_load_tls_error(self.engine).decode(errors="replace")
 
     def set_schedule(self, double warmup_end_s, double deadline_s, appends_left):
         """Times on time.monotonic()'s clock; appends_left None for no bound on counted requests."""

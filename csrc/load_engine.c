@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -25,10 +27,12 @@
 /* Keys are "key-" and the decimal index; 20 digits hold any u64. */
 #define KEY_BYTES_MAX (4 + 20)
 
-enum slot_state { SLOT_DISCONNECTED, SLOT_CONNECTING, SLOT_WAITING, SLOT_DONE };
+enum slot_state { SLOT_DISCONNECTED, SLOT_CONNECTING, SLOT_HANDSHAKING, SLOT_WAITING, SLOT_DONE };
 
 typedef struct {
     int fd;
+    esc_tls *tls;     /* over TLS: the connection's session */
+    int auth_pending; /* AUTH was sent and its answer has not come yet */
     int state;
     int counted;   /* the request in flight was sent after the warm-up */
     int want_out;  /* EPOLLOUT is registered: a connect or a partial send is pending */
@@ -67,6 +71,10 @@ struct esc_load_engine {
     int lookup_needed;
     char hint[ESC_LOAD_HINT_BYTES_MAX + 1];
     size_t hint_len;
+    char tls_error[ESC_TLS_ERROR_BYTES]; /* why the last handshake failed ("" if none did) */
+    esc_tls_ctx *tls_ctx; /* NULL: plain TCP */
+    uint8_t *auth;        /* the AUTH request frame, or NULL */
+    size_t auth_len;
     esc_load_figures_t figures;
 };
 
@@ -311,6 +319,9 @@ esc_load_engine_t *esc_load_engine_new(const esc_load_config_t *config)
 static void slot_close(esc_load_engine_t *e, slot_t *s)
 {
     (void)e;
+    esc_tls_free(s->tls);
+    s->tls = NULL;
+    s->auth_pending = 0;
     if (s->fd >= 0)
         close(s->fd); /* also leaves the epoll set: the fd is never duplicated */
     s->fd = -1;
@@ -335,9 +346,49 @@ void esc_load_engine_free(esc_load_engine_t *e)
         close(e->epfd);
     tally_free(&e->figures.warmup);
     tally_free(&e->figures.counted);
+    esc_tls_ctx_free(e->tls_ctx);
+    free(e->auth);
     free(e->ids);
     free(e->payload);
     free(e);
+}
+
+int esc_load_set_tls(esc_load_engine_t *e, const char *ca_file, char *err, size_t err_bytes)
+{
+    esc_tls_ctx *ctx = esc_tls_ctx_new(ca_file, NULL, NULL, err, err_bytes);
+    if (ctx == NULL)
+        return -1;
+    esc_tls_ctx_free(e->tls_ctx);
+    e->tls_ctx = ctx;
+    return 0;
+}
+
+int esc_load_set_token(esc_load_engine_t *e, const uint8_t *token, size_t token_len)
+{
+    size_t body_len = ESC_CLIENT_REQUEST_HEAD_BYTES + token_len;
+    uint8_t *frame = malloc(ESC_FRAME_HEAD_BYTES + body_len);
+    if (frame == NULL)
+        return -1;
+    uint8_t *body = frame + ESC_FRAME_HEAD_BYTES;
+    body[0] = ESC_CLIENT_OP_AUTH;
+    esc_store_u64(body + 1, 0); /* request id 0: no APPEND uses it */
+    memcpy(body + ESC_CLIENT_REQUEST_HEAD_BYTES, token, token_len);
+    esc_frame_store_head(frame, body, (uint32_t)body_len);
+    /* Each slot's first write carries hello, AUTH and a request: make room for the AUTH. */
+    size_t cap = e->out_cap - e->auth_len + ESC_FRAME_HEAD_BYTES + body_len;
+    for (uint32_t i = 0; i < e->config.slots; i++) {
+        uint8_t *grown = realloc(e->slots[i].out, cap);
+        if (grown == NULL) {
+            free(frame);
+            return -1; /* the slots grown so far only have spare room */
+        }
+        e->slots[i].out = grown;
+    }
+    e->out_cap = cap;
+    free(e->auth);
+    e->auth = frame;
+    e->auth_len = ESC_FRAME_HEAD_BYTES + body_len;
+    return 0;
 }
 
 int esc_load_set_target(esc_load_engine_t *e, const char *ip, uint16_t port)
@@ -380,6 +431,8 @@ size_t esc_load_take_hint(esc_load_engine_t *e, const char **hint)
 }
 
 esc_load_figures_t *esc_load_figures(esc_load_engine_t *e) { return &e->figures; }
+
+const char *esc_load_tls_error(const esc_load_engine_t *e) { return e->tls_error; }
 
 static void note_timer(esc_load_engine_t *e, int64_t at_ns)
 {
@@ -425,7 +478,23 @@ static void set_interest(esc_load_engine_t *e, slot_t *s, int want_out, int64_t 
 static void slot_flush(esc_load_engine_t *e, slot_t *s, int64_t now)
 {
     while (s->out_sent < s->out_len) {
-        ssize_t n = send(s->fd, s->out + s->out_sent, s->out_len - s->out_sent, MSG_NOSIGNAL);
+        ssize_t n;
+        if (s->tls != NULL) {
+            int events = 0;
+            n = esc_tls_write(s->tls, s->out + s->out_sent, s->out_len - s->out_sent, &events);
+            if (n == 0) {
+                /* A write that must first read (TLS) waits on EPOLLIN, which is always watched:
+                 * slot_ready then retries it. */
+                set_interest(e, s, events == POLLOUT, now);
+                return;
+            }
+            if (n < 0) {
+                slot_fail(e, s, ESC_LOAD_CLOSED, now);
+                return;
+            }
+        } else {
+            n = send(s->fd, s->out + s->out_sent, s->out_len - s->out_sent, MSG_NOSIGNAL);
+        }
         if (n > 0) {
             s->out_sent += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -509,11 +578,48 @@ static void slot_issue(esc_load_engine_t *e, slot_t *s, int64_t now)
     slot_flush(e, s, now);
 }
 
-static void slot_connected(esc_load_engine_t *e, slot_t *s, int64_t now)
+/* The link is up (and its handshake done, over TLS): hello, AUTH when there is a token, then
+ * the first request, in one write. */
+static void slot_start(esc_load_engine_t *e, slot_t *s, int64_t now)
 {
     s->out_len = esc_load_encode_hello(s->out);
     s->out_sent = 0;
+    if (e->auth != NULL) {
+        memcpy(s->out + s->out_len, e->auth, e->auth_len);
+        s->out_len += e->auth_len;
+        s->auth_pending = 1;
+    }
     slot_issue(e, s, now);
+}
+
+static void slot_handshake(esc_load_engine_t *e, slot_t *s, int64_t now)
+{
+    int events = 0;
+    char err[ESC_TLS_ERROR_BYTES];
+    int rc = esc_tls_handshake_step(s->tls, &events, err, sizeof(err));
+    if (rc > 0) {
+        slot_start(e, s, now);
+    } else if (rc == 0) {
+        set_interest(e, s, events == POLLOUT, now);
+    } else {
+        snprintf(e->tls_error, sizeof(e->tls_error), "%s", err);
+        slot_fail(e, s, ESC_LOAD_CONNECT_FAILED, now);
+    }
+}
+
+static void slot_connected(esc_load_engine_t *e, slot_t *s, int64_t now)
+{
+    if (e->tls_ctx == NULL) {
+        slot_start(e, s, now);
+        return;
+    }
+    s->tls = esc_tls_new(e->tls_ctx, s->fd);
+    if (s->tls == NULL) {
+        slot_fail(e, s, ESC_LOAD_CONNECT_FAILED, now);
+        return;
+    }
+    s->state = SLOT_HANDSHAKING;
+    slot_handshake(e, s, now);
 }
 
 static void slot_connect(esc_load_engine_t *e, slot_t *s, int64_t now)
@@ -583,7 +689,37 @@ static void slot_answered(esc_load_engine_t *e, slot_t *s, const esc_load_answer
     slot_issue(e, s, now);
 }
 
-static void slot_read(esc_load_engine_t *e, slot_t *s, int64_t now)
+/* The AUTH answer leads what a connection with a token reads: take it off the buffer. 0 when it
+ * was OK or has not come whole yet; -1 when the slot failed. */
+static int slot_take_auth(esc_load_engine_t *e, slot_t *s, int64_t now)
+{
+    esc_frame f;
+    int frame = esc_frame_next(s->in, s->in_len, e->answer_body_max, &f);
+    if (frame == ESC_FRAME_NEED_MORE)
+        return 0;
+    if (frame != ESC_FRAME_WHOLE) {
+        slot_fail(e, s, ESC_LOAD_BAD_FRAME, now);
+        return -1;
+    }
+    const uint8_t *body = s->in + ESC_FRAME_HEAD_BYTES;
+    if (f.body_len < ESC_CLIENT_ANSWER_HEAD_BYTES || esc_load_u64(body + 1) != 0) {
+        slot_fail(e, s, ESC_LOAD_BAD_ANSWER, now);
+        return -1;
+    }
+    if (body[0] != ESC_CLIENT_STATUS_OK) {
+        slot_fail(e, s, ESC_LOAD_REFUSED, now); /* Unauthenticated: an unknown or revoked token */
+        return -1;
+    }
+    size_t used = ESC_FRAME_HEAD_BYTES + f.body_len;
+    memmove(s->in, s->in + used, s->in_len - used);
+    s->in_len -= used;
+    s->auth_pending = 0;
+    return 0;
+}
+
+/* Room for one more read in the slot's input buffer, growing it up to the largest answer plus a
+ * chunk; 0, or -1 when the slot failed (out of memory). */
+static int slot_room(esc_load_engine_t *e, slot_t *s, int64_t now)
 {
     if (s->in_cap - s->in_len < RECV_CHUNK_BYTES) {
         size_t cap = s->in_cap * 2;
@@ -594,24 +730,54 @@ static void slot_read(esc_load_engine_t *e, slot_t *s, int64_t now)
             uint8_t *grown = realloc(s->in, cap);
             if (!grown) {
                 slot_fail(e, s, ESC_LOAD_CLOSED, now);
-                return;
+                return -1;
             }
             s->in = grown;
             s->in_cap = cap;
         }
     }
-    ssize_t n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, 0);
-    if (n == 0) {
-        slot_fail(e, s, ESC_LOAD_CLOSED, now);
+    return 0;
+}
+
+static void slot_read(esc_load_engine_t *e, slot_t *s, int64_t now)
+{
+    if (slot_room(e, s, now) != 0)
         return;
-    }
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+    if (s->tls != NULL) {
+        /* A session holds what it decrypted beyond the room given, and epoll will not signal
+         * it again: read until the session has nothing more (a full buffer at its limit is
+         * more than any answer, which the frame check below refuses). */
+        for (;;) {
+            int events = 0;
+            ssize_t n = esc_tls_read(s->tls, s->in + s->in_len, s->in_cap - s->in_len, &events);
+            if (n == 0 || n == -2) {
+                slot_fail(e, s, ESC_LOAD_CLOSED, now);
+                return;
+            }
+            if (n == -1)
+                break;
+            s->in_len += (size_t)n;
+            if (slot_room(e, s, now) != 0)
+                return;
+            if (s->in_len == s->in_cap)
+                break;
+        }
+    } else {
+        ssize_t n = recv(s->fd, s->in + s->in_len, s->in_cap - s->in_len, 0);
+        if (n == 0) {
             slot_fail(e, s, ESC_LOAD_CLOSED, now);
-        return;
+            return;
+        }
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                slot_fail(e, s, ESC_LOAD_CLOSED, now);
+            return;
+        }
+        s->in_len += (size_t)n;
     }
-    s->in_len += (size_t)n;
     esc_frame f;
+    if (s->auth_pending && (slot_take_auth(e, s, now) != 0 || s->auth_pending))
+        return;
     int frame = esc_frame_next(s->in, s->in_len, e->answer_body_max, &f);
     if (frame == ESC_FRAME_NEED_MORE)
         return;
@@ -645,12 +811,16 @@ static void slot_ready(esc_load_engine_t *e, slot_t *s, uint32_t events, int64_t
         slot_connected(e, s, now);
         return;
     }
+    if (s->state == SLOT_HANDSHAKING) {
+        slot_handshake(e, s, now);
+        return;
+    }
     if (s->state != SLOT_WAITING) {
         /* Bytes or a hang-up on a connection with nothing in flight cannot happen: a slot
          * without a request has closed its socket. Kept as a guard, not a path. */
         return;
     }
-    if ((events & EPOLLOUT) && s->out_sent < s->out_len) {
+    if (s->out_sent < s->out_len && ((events & EPOLLOUT) || s->tls != NULL)) {
         slot_flush(e, s, now);
         if (s->state != SLOT_WAITING)
             return;
@@ -666,7 +836,8 @@ static int service_timers(esc_load_engine_t *e, int64_t now)
     int64_t next = INT64_MAX;
     for (uint32_t i = 0; i < e->config.slots; i++) {
         slot_t *s = &e->slots[i];
-        if ((s->state == SLOT_CONNECTING || s->state == SLOT_WAITING) && s->expires_ns <= now)
+        if ((s->state == SLOT_CONNECTING || s->state == SLOT_HANDSHAKING || s->state == SLOT_WAITING) &&
+            s->expires_ns <= now)
             slot_fail(e, s, ESC_LOAD_NO_ANSWER, now);
         if (s->state == SLOT_DISCONNECTED && s->retry_ns <= now && !e->lookup_needed &&
             e->target_len)
@@ -677,7 +848,7 @@ static int service_timers(esc_load_engine_t *e, int64_t now)
                 slot_done(e, s);
             else if (s->retry_ns < next)
                 next = s->retry_ns;
-        } else if (s->state == SLOT_CONNECTING || s->state == SLOT_WAITING) {
+        } else if (s->state == SLOT_CONNECTING || s->state == SLOT_HANDSHAKING || s->state == SLOT_WAITING) {
             if (s->expires_ns < next)
                 next = s->expires_ns;
         }

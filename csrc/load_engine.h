@@ -5,6 +5,10 @@
  * generator's cost per event is a few system calls and a memcpy rather than the Python client's
  * futures and frames (esc_bench/native_worker.py drives it; docs/benchmarks.md).
  *
+ * With a CA set (esc_load_set_tls) each connection is TLS, driven from the same loop: the
+ * handshake is one more connection state, reads and writes go through the session. With a
+ * token set, each connection sends AUTH right after its hello, ahead of its first request.
+ *
  * Wire formats are the node's, byte for byte, from the shared headers: frames in
  * frame_format.h, the hello, requests and answers in client_protocol.h, event batches in
  * batch_codec.h.
@@ -21,6 +25,7 @@
 
 #include "client_protocol.h"
 #include "frame_format.h"
+#include "tls_link.h"
 
 #define ESC_LOAD_EVENT_ID_BYTES 16
 /* Latencies below this many microseconds are counted in an array indexed by the value; slower
@@ -131,6 +136,13 @@ void esc_load_engine_free(esc_load_engine_t *engine);
  * -1 when ip is not one. */
 int esc_load_set_target(esc_load_engine_t *engine, const char *ip, uint16_t port);
 
+/* Every later connection over TLS, the node's certificate checked against ca_file
+ * (tls_link.h). 0, or -1 with the reason in err. */
+int esc_load_set_tls(esc_load_engine_t *engine, const char *ca_file, char *err, size_t err_bytes);
+/* Every later connection presents this token with AUTH after its hello (and counts a refusal
+ * of it as REFUSED). 0, or -1 when out of memory. */
+int esc_load_set_token(esc_load_engine_t *engine, const uint8_t *token, size_t token_len);
+
 /*
  * Requests sent at or after warmup_end_ns are counted; none is sent at or after deadline_ns;
  * at most appends_left counted requests are sent (-1: no bound).
@@ -150,6 +162,9 @@ int esc_load_run(esc_load_engine_t *engine, int64_t until_ns);
 size_t esc_load_take_hint(esc_load_engine_t *engine, const char **hint);
 
 esc_load_figures_t *esc_load_figures(esc_load_engine_t *engine);
+
+/* Why the last TLS handshake failed, "" when none has. */
+const char *esc_load_tls_error(const esc_load_engine_t *engine);
 
 /* Empties a tally (after its counts were read). */
 void esc_load_tally_clear(esc_load_tally_t *tally);

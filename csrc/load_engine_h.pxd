@@ -70,6 +70,9 @@ cdef extern from "load_engine.h" nogil:
     esc_load_engine_t *esc_load_engine_new(const esc_load_config_t *config)
     void esc_load_engine_free(esc_load_engine_t *engine)
     int esc_load_set_target(esc_load_engine_t *engine, const char *ip, uint16_t port)
+    int esc_load_set_tls(esc_load_engine_t *engine, const char *ca_file, char *err, size_t err_bytes)
+    int esc_load_set_token(esc_load_engine_t *engine, const uint8_t *token, size_t token_len)
+    const char *esc_load_tls_error(const esc_load_engine_t *engine)
     void esc_load_set_schedule(esc_load_engine_t *engine, int64_t warmup_end_ns, int64_t deadline_ns,
                                int64_t appends_left)
     int esc_load_run(esc_load_engine_t *engine, int64_t until_ns)

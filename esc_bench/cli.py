@@ -13,6 +13,7 @@ non-zero exit: 2 for a bad parameter, 1 for a run that could not be carried out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -61,6 +62,7 @@ class Target:
     local: int | None
     wal_sync: bool | None
     replication: str | None
+    secure: bool = False
 
 
 def validate(target: Target, clients: int, concurrency: int, batch_size: int, payload_bytes: int,
@@ -165,6 +167,11 @@ class _OneLineErrors(click.Group):
               "(send, wait for the answer, send the next), so --clients 2 --concurrency 32 "
               "--batch-size 1 is 64 single-event clients; closed loop, appends only "
               "(no --rate, no --read-ratio)")
+@click.option("--ca", "tls_ca", envvar="ESC_CA", type=click.Path(dir_okay=False, exists=True),
+              help="the cluster CA's ca.pem: connect over TLS (or ESC_CA)")
+@click.option("--token", envvar="ESC_TOKEN", help="the client token of a cluster with tokens (or ESC_TOKEN)")
+@click.option("--secure", is_flag=True,
+              help="--local only: TLS on every link and a token on every connection, as `esc local --secure`")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure here")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="PNG of throughput over time and the latency distribution (needs matplotlib)")
@@ -173,8 +180,8 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
          replication: str | None, clients: int, concurrency: int, batch_size: int,
          payload_bytes: int, keys: int, ids: bool, read_ratio: float, duration: float | None,
          events: int | None, warmup: float, rate: float | None, time_limit: float, timeout: float,
-         report_interval: float, seed: int, engine: str, json_path: str | None,
-         plot_path: str | None) -> None:
+         report_interval: float, seed: int, engine: str, tls_ca: str | None, token: str | None, secure: bool,
+         json_path: str | None, plot_path: str | None) -> None:
     """EventStreamCore load generator: drive a cluster and report throughput, latency and CPU.
 
     Subcommands: compare (two --json reports), storage (SegmentLog append benchmark)."""
@@ -182,7 +189,7 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
         if cluster is not None or local is not None:
             _fail(f"--cluster/--local run a load; they do not go with '{ctx.invoked_subcommand}'", EXIT_USAGE)
         return
-    target = Target(cluster, local, wal_sync, replication)
+    target = Target(cluster, local, wal_sync, replication, secure)
     if duration is None and events is None:
         duration = 10.0
     try:
@@ -193,6 +200,10 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
             _parse_cluster(target.cluster)
         if target.replication is not None:
             _check_node_has_replication_flag()
+        if secure and local is None:
+            raise ParamError("--secure starts a secured local cluster: it needs --local (with --cluster, give --ca and --token)")
+        if secure and (tls_ca or token):
+            raise ParamError("--secure makes its own CA and token; --ca and --token are for --cluster")
     except ParamError as exc:
         _fail(str(exc), EXIT_USAGE)
     if plot_path is not None:
@@ -203,7 +214,7 @@ def main(ctx: click.Context, cluster: str | None, local: int | None, wal_sync: b
 
     params = LoadParams(clients, concurrency, batch_size, payload_bytes, keys, ids, read_ratio,
                         duration, events, warmup, rate, time_limit, timeout, report_interval, seed,
-                        engine)
+                        engine, tls_ca, token)
     try:
         report = _run(target, params)
     except (LoadError, ParamError) as exc:
@@ -252,7 +263,7 @@ def _run(target: Target, params: Any) -> dict[str, Any]:
     if target.local is None:
         assert target.cluster is not None
         addresses = _parse_cluster(target.cluster)
-        _check_reachable(addresses)
+        _check_reachable(addresses, params.tls_ca, params.token)
         outcome = run_load(params, addresses, local_listener_pids(addresses), _show_progress)
         _end_progress()
         return build_report(outcome, {"description": f"cluster {','.join(addresses)}",
@@ -265,13 +276,20 @@ def _run(target: Target, params: Any) -> dict[str, Any]:
     if target.replication is not None:
         options["replication"] = target.replication
     with tempfile.TemporaryDirectory(prefix="esc-bench-") as root:
-        cluster = LocalCluster(Path(root), target.local, **options)
+        if target.secure:
+            from eventstream.tls import init_certs
+
+            init_certs(Path(root) / "tls", target.local, ["127.0.0.1"])
+            options["tls_dir"] = str(Path(root) / "tls")
+        cluster = LocalCluster(Path(root) / "nodes", target.local, **options)
         cluster.start()
         try:
             try:
                 cluster.leader(timeout=LEADER_WAIT_S)
             except TimeoutError:
                 raise ParamError(_why_no_leader(cluster)) from None
+            if target.secure:
+                params = dataclasses.replace(params, tls_ca=cluster.tls_ca, token=cluster.create_token("esc-bench"))
             pids = {str(k): n.proc.pid for k, n in cluster.nodes.items() if n.proc is not None}
             click.echo(f"local cluster of {target.local} nodes up (wal_sync "
                        f"{'node default' if target.wal_sync is None else ('on' if target.wal_sync else 'off')})",
@@ -280,9 +298,12 @@ def _run(target: Target, params: Any) -> dict[str, Any]:
             _end_progress()
         finally:
             cluster.stop()
-    description = f"local {target.local} nodes, wal_sync {'default' if target.wal_sync is None else ('on' if target.wal_sync else 'off')}"
+    description = (f"local {target.local} nodes, wal_sync "
+                   f"{'default' if target.wal_sync is None else ('on' if target.wal_sync else 'off')}"
+                   f"{', TLS and a token' if target.secure else ''}")
     return build_report(outcome, {"description": description, "local_nodes": target.local,
-                                  "wal_sync": target.wal_sync, "replication": target.replication})
+                                  "wal_sync": target.wal_sync, "replication": target.replication,
+                                  "secure": target.secure})
 
 
 def _parse_cluster(value: str) -> list[str]:
@@ -300,11 +321,11 @@ def _parse_cluster(value: str) -> list[str]:
     return addresses
 
 
-def _check_reachable(addresses: list[str]) -> None:
+def _check_reachable(addresses: list[str], tls_ca: str | None, token: str | None) -> None:
     from eventstream.client import Client
     from eventstream.errors import EscError
 
-    with Client(addresses, timeout_s=3.0, attempt_timeout_s=1.0) as client:
+    with Client(addresses, timeout_s=3.0, attempt_timeout_s=1.0, tls_ca=tls_ca, token=token) as client:
         try:
             client.status()
         except EscError as exc:

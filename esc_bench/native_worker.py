@@ -85,6 +85,10 @@ class _NativeWorker:
             params.concurrency, params.batch_size, random.Random(spec.seed).randbytes(params.payload_bytes),
             params.keys, rng.randrange(params.keys), params.ids, params.request_timeout_s,
         )
+        if params.tls_ca is not None:
+            self.engine.set_tls(params.tls_ca)  # OSError naming the CA file, or a build without native TLS
+        if params.token is not None:
+            self.engine.set_token(params.token)
         self.total = latency.new_histogram()
         self.interval = latency.new_histogram()
         self.target: str | None = None
@@ -178,7 +182,8 @@ class _NativeWorker:
     def _leader_from_status(self) -> str | None:
         if self._status_client is None:
             self._status_client = Client(list(self.spec.addresses), timeout_s=LOOKUP_TIMEOUT_S,
-                                         attempt_timeout_s=LOOKUP_TIMEOUT_S / 2)
+                                         attempt_timeout_s=LOOKUP_TIMEOUT_S / 2, tls_ca=self.spec.params.tls_ca,
+                                         token=self.spec.params.token)
         named: str | None = None
         for address in self.spec.addresses:
             try:

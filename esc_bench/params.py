@@ -25,3 +25,6 @@ class LoadParams:
     # "client": worker.py (AsyncClient, `concurrency` requests in flight on one connection);
     # "native": native_worker.py (`concurrency` connections, one request at a time on each).
     engine: str = "client"
+    # TLS (the cluster CA's ca.pem) and the client token, for a secured cluster; None: off.
+    tls_ca: str | None = None
+    token: str | None = None

@@ -89,8 +89,10 @@ def worker_specs(params: LoadParams, addresses: list[str]) -> list[WorkerSpec]:
 class LeaderWatch:
     """Polls every node's status on a thread; a leader change is a new (term, leader) pair."""
 
-    def __init__(self, addresses: list[str], usage: NodeUsage) -> None:
+    def __init__(self, addresses: list[str], usage: NodeUsage, tls_ca: str | None = None,
+                 token: str | None = None) -> None:
         self._addresses = addresses
+        self._tls_ca, self._token = tls_ca, token
         self._usage = usage
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="esc-bench-leader-watch", daemon=True)
@@ -104,7 +106,8 @@ class LeaderWatch:
         self._thread.join(STATUS_POLL_S * 5)
 
     def _run(self) -> None:
-        client = Client(self._addresses, timeout_s=STATUS_POLL_S, attempt_timeout_s=STATUS_POLL_S / 2)
+        client = Client(self._addresses, timeout_s=STATUS_POLL_S, attempt_timeout_s=STATUS_POLL_S / 2,
+                        tls_ca=self._tls_ca, token=self._token)
         try:
             while not self._stop.is_set():
                 self._poll(client)
@@ -143,7 +146,7 @@ def run_load(params: LoadParams, addresses: list[str], node_pids: dict[str, int]
     try:
         _wait_ready(reports, len(processes))
         usage = NodeUsage(node_pids)
-        watch = LeaderWatch(addresses, usage)
+        watch = LeaderWatch(addresses, usage, params.tls_ca, params.token)
         watch.start()
         start = time.monotonic() + START_DELAY_S
         start_at.value = start

@@ -154,7 +154,8 @@ class _Worker:
 
     async def run(self, go: multiprocessing.synchronize.Event, start_at: Any) -> None:
         spec = self.spec
-        client = AsyncClient(list(spec.addresses), timeout_s=spec.params.request_timeout_s)
+        client = AsyncClient(list(spec.addresses), timeout_s=spec.params.request_timeout_s,
+                             tls_ca=spec.params.tls_ca, token=spec.params.token)
         self.reports.put(("ready", spec.index))
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, go.wait, START_WAIT_S):

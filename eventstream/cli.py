@@ -190,16 +190,10 @@ def local(nodes: int, data_dir: str, port: int, http_port: int, wal_sync: bool |
 def _local_admin_token(cluster: Any, data_dir: Path) -> str:
     """An admin token for a secured local cluster: made once (kept in DATA_DIR/tls/admin-token),
     then the same on every restart."""
-    from eventstream.client import Client
-    from eventstream.node.auth import new_token, token_digest
-
     kept = data_dir / "tls" / "admin-token"
     if kept.exists():
         return f"export ESC_TOKEN={kept.read_text().strip()}"
-    secret = new_token()
-    cluster.leader(30)
-    with Client(cluster.addresses, tls_ca=cluster.tls_ca, timeout_s=30) as c:
-        c.config_update({"tokens": {"local-admin": {"sha256": token_digest(secret), "allow": ["admin", "append", "read"]}}})
+    secret = cluster.create_token("local-admin")
     fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(secret + "\n")

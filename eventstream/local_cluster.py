@@ -193,6 +193,20 @@ class LocalCluster:
         """The CA a client of this cluster checks its nodes against (None without TLS)."""
         return str(self.tls_dir / "ca.pem") if self.tls_dir else None
 
+    def create_token(self, name: str, allow: tuple[str, ...] = ("admin", "append", "read")) -> str:
+        """Create a client token on the running cluster and return its secret (the cluster keeps
+        only its SHA-256); the first token of a cluster must allow admin."""
+        from eventstream.client import Client
+        from eventstream.node.auth import new_token, token_digest
+
+        secret = new_token()
+        self.leader(30)
+        with Client(self.addresses, tls_ca=self.tls_ca, token=self.token, timeout_s=30) as c:
+            c.config_update({"tokens": {name: {"sha256": token_digest(secret), "allow": list(allow)}}})
+        if self.token is None and "admin" in allow:
+            self.token = secret  # from now on the cluster's own status calls need one
+        return secret
+
     def https_context(self) -> ssl.SSLContext | None:
         if self.tls_dir is None:
             return None
