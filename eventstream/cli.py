@@ -452,6 +452,21 @@ def certs_init(directory: str, nodes: int, hosts: tuple[str, ...]) -> None:
                f"{Path(directory) / 'ca.pem'} (--ca)", err=True)
 
 
+@certs.command("issue")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--node", "node_id", type=click.IntRange(1, 2**63 - 1), required=True,
+              help="the node id the certificate names")
+@click.option("--host", "hosts", multiple=True, help="an address or name the node is reached at (repeatable)")
+@_one_line_errors
+def certs_issue(directory: str, node_id: int, hosts: tuple[str, ...]) -> None:
+    """A new certificate for one node from the CA in DIRECTORY (needs its ca.key): to rotate a
+    node's certificate, or for a node joining with a new id. Restart the node to use it."""
+    from eventstream.tls import issue_cert
+
+    for path in issue_cert(directory, node_id, list(hosts)):
+        click.echo(path)
+
+
 @main.group()
 def token() -> None:
     """Create, list and revoke client tokens (docs/operations.md, "Tokens")."""

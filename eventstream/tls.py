@@ -122,27 +122,55 @@ def init_certs(directory: str | Path, nodes: int, hosts: list[str]) -> list[Path
     )
     written = [_write(base / CA_FILE, ca_cert.public_bytes(serialization.Encoding.PEM)),
                _write(base / CA_KEY_FILE, _key_pem(ca_key), secret=True)]
+    for node_id in range(1, nodes + 1):
+        written += _issue(base, ca_cert, ca_key, node_id, hosts)
+    return written
+
+
+def issue_cert(directory: str | Path, node_id: int, hosts: list[str]) -> list[Path]:
+    """A new certificate and key for node `node_id`, signed by the CA in `directory` (its
+    ca.key is needed), written over any the node had: to rotate one, or for a new id."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    base = Path(directory)
+    _require(base / CA_FILE, base / CA_KEY_FILE)
+    try:
+        ca_cert = x509.load_pem_x509_certificate((base / CA_FILE).read_bytes())
+        ca_key = serialization.load_pem_private_key((base / CA_KEY_FILE).read_bytes(), password=None)
+    except (ValueError, TypeError, OSError) as exc:
+        raise TlsError(f"certs: cannot load the CA in {base}: {exc}") from None
+    return _issue(base, ca_cert, ca_key, node_id, hosts)
+
+
+def _issue(base: Path, ca_cert: Any, ca_key: Any, node_id: int, hosts: list[str]) -> list[Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
     for host in hosts:
         try:
             alt.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             alt.append(x509.DNSName(host))
-    for node_id in range(1, nodes + 1):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"esc-node-{node_id}")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        cert_path, key_path = node_files(base, node_id)
-        written.append(_write(cert_path, cert.public_bytes(serialization.Encoding.PEM)))
-        written.append(_write(key_path, _key_pem(key), secret=True))
-    return written
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"esc-node-{node_id}")]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=CERT_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = node_files(base, node_id)
+    # The key first: a node restarted between the two writes finds a mismatched pair and says so
+    # (TlsError at start) rather than running with the old key under a new certificate.
+    return [_write(key_path, _key_pem(key), secret=True),
+            _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))]
 
 
 def _key_pem(key: Any) -> bytes:

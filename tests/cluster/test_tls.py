@@ -91,8 +91,8 @@ def test_a_secured_cluster_serves_its_clients_and_refuses_strangers(tmp_path: Pa
 
 
 def test_failover_with_tls_on_loses_nothing(tmp_path: Path) -> None:
-    """SIGKILL of the leader under load, then a graceful stop of the next one: the failover
-    tests' checks, every link over TLS."""
+    """SIGKILL of the leader under load, its certificate rotated while it is down, then a
+    graceful stop of the next leader: the failover tests' checks, every link over TLS."""
     init_certs(tmp_path / "tls", 3, [])
     cluster = LocalCluster(tmp_path / "nodes", 3, queue_count=4, tls_dir=str(tmp_path / "tls")).start()
     try:
@@ -104,6 +104,13 @@ def test_failover_with_tls_on_loses_nothing(tmp_path: Path) -> None:
             acked_at_kill = writers.count()
             time.sleep(1.5)
             assert writers.count() > acked_at_kill, "clients did not carry on after the failover"
+            # Rotate the stopped node's certificate (docs/operations.md, "TLS"): it comes back
+            # with the new one and its peers take it, the CA being the same.
+            cert = node_files(tmp_path / "tls", first)[0]
+            old_cert = cert.read_bytes()
+            issued = subprocess.run([sys.executable, "-m", "eventstream.cli", "certs", "issue", str(tmp_path / "tls"),
+                                     "--node", str(first)], capture_output=True, text=True, timeout=60)
+            assert issued.returncode == 0 and cert.read_bytes() != old_cert, issued.stderr
             cluster.nodes[first].start()
             commit = cluster.nodes[second].status()["commit"]  # type: ignore[index]
             assert wait_until(lambda: (cluster.nodes[first].status() or {}).get("applied", 0) >= commit, 30), \

@@ -46,6 +46,9 @@ from eventstream.transport.http_status import route_request
 from eventstream.transport.peer_codec import PeerCodecError, decode_message, encode_message
 
 EXAMPLES = int(os.environ.get("ESC_FUZZ_EXAMPLES", "200"))
+# A long fuzz takes its time: the slowest decoder here (a WAL segment written, damaged and
+# reopened) costs up to ~12 ms an input, so the per-test bound grows with the count.
+pytestmark = pytest.mark.timeout(300 + int(EXAMPLES * 0.02))
 FUZZ = settings(max_examples=EXAMPLES, deadline=5000, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 

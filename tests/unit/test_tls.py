@@ -12,6 +12,7 @@ from eventstream.tls import (
     certified_node,
     client_context,
     init_certs,
+    issue_cert,
     node_files,
     peer_context,
     server_context,
@@ -51,3 +52,32 @@ def test_the_node_a_certificate_names() -> None:
     assert certified_node(_Peer({"subject": ((("commonName", "esc-node-7"),),)})) == 7
     assert certified_node(_Peer({"subject": ((("commonName", "esc-node-x"),),)})) is None
     assert certified_node(_Peer({"subject": ((("organizationName", "esc-node-7"),),)})) is None
+
+
+def test_issue_replaces_one_node_certificate_from_the_same_ca(tmp_path: Path) -> None:
+    init_certs(tmp_path, 2, [])
+    cert, key = node_files(tmp_path, 2)
+    old = cert.read_bytes(), key.read_bytes()
+    assert {p.name for p in issue_cert(tmp_path, 2, ["127.0.0.1"])} == {"node-2.pem", "node-2.key"}
+    assert (cert.read_bytes(), key.read_bytes()) != old and key.stat().st_mode & 0o077 == 0
+    issue_cert(tmp_path, 9, [])  # a new id: a node that will join
+    # Each new pair loads, and a handshake with it is accepted by a peer of the same CA.
+    for node_id in (2, 9):
+        server = server_context(tmp_path, node_id)
+        client = peer_context(tmp_path, 1)
+        a, b = ssl.MemoryBIO(), ssl.MemoryBIO()
+        c, d = ssl.MemoryBIO(), ssl.MemoryBIO()
+        s_obj = server.wrap_bio(a, d, server_side=True)
+        c_obj = client.wrap_bio(c, b, server_hostname=None)
+        for _ in range(6):
+            for obj in (c_obj, s_obj):
+                try:
+                    obj.do_handshake()
+                except ssl.SSLWantReadError:
+                    pass
+            a.write(b.read())
+            c.write(d.read())
+        assert certified_node(c_obj) == node_id and certified_node(s_obj) == 1
+    (tmp_path / "ca.key").unlink()
+    with pytest.raises(TlsError, match="ca.key is missing"):
+        issue_cert(tmp_path, 2, [])
