@@ -1,4 +1,4 @@
-# distutils: sources = csrc/crc32c.c
+# distutils: sources = csrc/crc32c.c csrc/murmur3.c
 """The node's APPEND hot path in native code: requests checked, queued and answered in bulk.
 
 A leader under many single-event clients handles one APPEND request and one answer per event;
@@ -33,6 +33,10 @@ from state_commands_h cimport ESC_COMMAND_SET_EVENT_AT, ESC_SET_EVENT_AT_HEAD_BY
 
 from eventstream.transport.frames import FrameError
 
+
+cdef extern from "murmur3.h" nogil:
+    uint32_t esc_murmur3_32(const uint8_t *data, size_t len, uint32_t seed)
+
 cdef extern from "<fcntl.h>" nogil:
     int fcntl(int fd, int cmd, ...)
     enum:
@@ -51,11 +55,20 @@ cdef extern from "<sys/socket.h>" nogil:
 REFUSED_INVALID = 1        # malformed batch or queue out of range; the message says which
 REFUSED_NOT_ACCEPTING = 2  # this node does not take appends now (not leader, transfer)
 REFUSED_OVERLOADED = 3     # the proposal queue is past its byte limit
+REFUSED_QUEUE_DENIED = 4   # the connection's token may not append to a queue an event goes to
 
 include "append_checks.pxi"
 include "append_connections.pxi"
 include "append_entries.pxi"
 include "append_answers.pxi"
+
+
+cdef bint _denied(const uint8_t *body, size_t length, const Slot *s, uint32_t queue_count,
+                  int64_t *denied) noexcept nogil:
+    """Whether the APPEND at body has an event bound for a queue the slot may not append to."""
+    denied[0] = _first_queue_not_in(body + ESC_CLIENT_REQUEST_HEAD_BYTES, length - ESC_CLIENT_REQUEST_HEAD_BYTES,
+                                    s.append_queues, s.append_queue_count, queue_count)
+    return denied[0] >= 0
 
 
 cdef class AppendIntake:
@@ -157,6 +170,24 @@ cdef class AppendIntake:
         """Bytes of an incomplete frame (or of requests not yet read) held for this connection."""
         return _connections_get(&self._conns, slot).inbound.length
 
+    def set_append_queues(self, Py_ssize_t slot, queues):
+        """Limit the connection's APPENDs to these queues (its token's `append:<q>`
+        permissions); None lifts the limit. An APPEND with an event bound elsewhere is refused
+        whole (REFUSED_QUEUE_DENIED)."""
+        cdef Slot *s = _connections_get(&self._conns, slot)
+        cdef list ordered = sorted(set(queues)) if queues is not None else []
+        cdef uint32_t *table = NULL
+        cdef Py_ssize_t i
+        if queues is not None:
+            table = <uint32_t *>realloc(NULL, max(1, len(ordered)) * sizeof(uint32_t))
+            if table == NULL:
+                raise MemoryError()
+            for i in range(len(ordered)):
+                table[i] = ordered[i]
+        free(s.append_queues)
+        s.append_queues = table
+        s.append_queue_count = len(ordered)
+
     def set_backlogged(self, Py_ssize_t slot, bint backlogged):
         _connections_get(&self._conns, slot).backlogged = backlogged
 
@@ -224,12 +255,16 @@ cdef class AppendIntake:
                           bint accepting) except -1:
         cdef uint64_t request_id = esc_load_u64(body + 1)
         cdef BatchCheck c
+        cdef int64_t denied = -1
         _check_batch(body + ESC_CLIENT_REQUEST_HEAD_BYTES, length - ESC_CLIENT_REQUEST_HEAD_BYTES, &c)
         message = _refusal_text(&c, self.queue_count)
         if message is not None:
             self.refusals.append((slot, request_id, REFUSED_INVALID, message))
         elif not accepting:
             self.refusals.append((slot, request_id, REFUSED_NOT_ACCEPTING, None))
+        elif s.append_queues != NULL and _denied(body, length, s, self.queue_count, &denied):
+            self.refusals.append((slot, request_id, REFUSED_QUEUE_DENIED,
+                                  f"this connection's token does not allow appending to queue {denied}"))
         elif self._entry.bytes > self.pending_bytes_max:
             self.refusals.append((slot, request_id, REFUSED_OVERLOADED, None))
         else:

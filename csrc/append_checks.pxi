@@ -41,6 +41,35 @@ cdef void _check_batch(const uint8_t *batch, size_t length, BatchCheck *c) noexc
         c.status = BATCH_BYTES_LEFT
 
 
+cdef int64_t _first_queue_not_in(const uint8_t *batch, size_t length, const uint32_t *allowed, Py_ssize_t n,
+                                 uint32_t queue_count) noexcept nogil:
+    """The first queue an event of this (checked) batch goes to that `allowed` (ascending)
+    does not hold, or -1 when every one is allowed. An event without a queue goes where the
+    state machine will put it: mmh3(key) mod queue_count (csrc/state_apply.pxi)."""
+    cdef esc_event_t ev
+    cdef size_t offset = ESC_BATCH_HEADER_BYTES, next_offset
+    cdef uint32_t k, count = esc_load_u32(batch + 4), q
+    cdef Py_ssize_t lo, hi, mid
+    for k in range(count):
+        if esc_batch_read_event(batch, length, offset, &ev, &next_offset) != ESC_BATCH_OK:
+            return -1  # cannot happen: the batch was checked; the apply refuses it anyway
+        if ev.flags & ESC_EVENT_HAS_QUEUE:
+            q = ev.queue
+        else:
+            q = esc_murmur3_32(ev.key if ev.key != NULL else <const uint8_t *>b"", ev.key_len, 0) % queue_count
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if allowed[mid] < q:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == n or allowed[lo] != q:
+            return q
+        offset = next_offset
+    return -1
+
+
 cdef str _refusal_text(const BatchCheck *c, uint32_t queue_count):
     """The client's error message for a refused batch, or None when it may be queued."""
     if c.status == BATCH_BYTES_LEFT:

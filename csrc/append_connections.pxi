@@ -50,6 +50,9 @@ cdef struct Slot:
     uint64_t requests
     Buffer inbound   # at most one incomplete frame, or what follows a request handed to Python
     Buffer outbound  # whole answer frames not yet written
+    # The queues this connection's token may append to, ascending; NULL: any queue.
+    uint32_t *append_queues
+    Py_ssize_t append_queue_count
 
 
 cdef struct Connections:
@@ -112,6 +115,8 @@ cdef uint32_t _connections_open(Connections *t, int fd) except? 0xFFFFFFFF:
     s.inbound.length = s.inbound.capacity = 0
     s.outbound.data = NULL
     s.outbound.length = s.outbound.capacity = 0
+    s.append_queues = NULL
+    s.append_queue_count = 0
     return index
 
 
@@ -136,6 +141,9 @@ cdef void _connections_close(Connections *t, uint32_t slot) noexcept nogil:
     cdef Slot *s = &t.slots[slot]
     _release(&s.inbound)
     _release(&s.outbound)
+    free(s.append_queues)
+    s.append_queues = NULL
+    s.append_queue_count = 0
     s.open = False
     s.gen += 1
     if s.fd >= 0:

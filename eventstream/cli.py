@@ -476,7 +476,8 @@ def token() -> None:
 @_cluster_option
 @click.option("--name", required=True, help="what the token is for; 1-64 of letters, digits, '_', '.', '-'")
 @click.option("--allow", required=True, metavar="PERMS",
-              help="comma-separated: append, read, read:<queue>, admin (the first token must allow admin)")
+              help="comma-separated: append, append:<queue>, read, read:<queue>, admin (the first token must "
+                   "allow admin)")
 @_one_line_errors
 def token_create(cluster: str, timeout: float, name: str, allow: str) -> None:
     """Create a token and print it once: the cluster keeps only its SHA-256."""

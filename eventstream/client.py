@@ -516,10 +516,23 @@ class AsyncClient:
             session = self._session
             if session is not None and session.usable:
                 return session
-            session = _Session(self.addresses[self._target], self._frame_bytes_max, self._token, self._tls)
-            await session.open(timeout_s)
-            self._session = session
-            return session
+            refused: Unauthenticated | None = None
+            # A token just created is known to the leader first: a follower that has not
+            # applied it yet refuses it, so a refused token is tried at every node before the
+            # refusal stands.
+            for step in range(len(self.addresses) if self._token is not None else 1):
+                target = (self._target + step) % len(self.addresses)
+                session = _Session(self.addresses[target], self._frame_bytes_max, self._token, self._tls)
+                try:
+                    await session.open(timeout_s)
+                except Unauthenticated as exc:
+                    refused = refused or exc
+                    continue
+                self._target = target
+                self._session = session
+                return session
+            assert refused is not None
+            raise refused
 
     def _drop_session(self) -> None:
         if self._session is not None:

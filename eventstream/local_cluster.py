@@ -200,8 +200,10 @@ class LocalCluster:
         from eventstream.node.auth import new_token, token_digest
 
         secret = new_token()
-        self.leader(30)
-        with Client(self.addresses, tls_ca=self.tls_ca, token=self.token, timeout_s=30) as c:
+        leader = self.nodes[self.leader(30)].address
+        # The leader first: it has applied every token made so far, a follower may lag behind.
+        with Client([leader] + [a for a in self.addresses if a != leader], tls_ca=self.tls_ca, token=self.token,
+                    timeout_s=30) as c:
             c.config_update({"tokens": {name: {"sha256": token_digest(secret), "allow": list(allow)}}})
         if self.token is None and "admin" in allow:
             self.token = secret  # from now on the cluster's own status calls need one

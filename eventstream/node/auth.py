@@ -3,7 +3,8 @@
 A token is a random secret the operator holds; the replicated config keeps only its SHA-256
 under a name, with its permissions (eventstream/state/config.py, key `tokens`):
 
-    append          APPEND to any queue
+    append          APPEND to any queue;  append:<q>  APPEND to queue q only (every event of a
+                    request must go to an allowed queue: its explicit one, or where its key routes)
     read            READ any queue;  read:<q>  READ queue q only
     admin           config (get and update, tokens included), snapshots, membership changes,
                     the state digest
@@ -48,15 +49,22 @@ class Grants:
 
     name: str
     digest: str
-    append: bool
+    append: bool  # to any queue
+    append_queues: frozenset[int]
     read_all: bool
     read_queues: frozenset[int]
     admin: bool
 
     @classmethod
     def of(cls, name: str, digest: str, allow: list[str]) -> Grants:
-        queues = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("read:"))
-        return cls(name, digest, "append" in allow, "read" in allow, queues, "admin" in allow)
+        reads = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("read:"))
+        appends = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("append:"))
+        return cls(name, digest, "append" in allow, appends, "read" in allow, reads, "admin" in allow)
+
+    @property
+    def append_limit(self) -> frozenset[int] | None:
+        """The only queues this token may append to; None: any."""
+        return None if self.append else self.append_queues
 
     def may_read(self, queue: int) -> bool:
         return self.read_all or queue in self.read_queues
@@ -91,7 +99,8 @@ class Authority:
         return entry is not None and entry["sha256"] == grants.digest
 
     def may_append(self, grants: Grants | None) -> bool:
-        return not self.enabled or (self.valid(grants) and grants is not None and grants.append)
+        return not self.enabled or (self.valid(grants) and grants is not None
+                                    and (grants.append or bool(grants.append_queues)))
 
     def refusal(self, grants: Grants | None, op: Op, queue: int | None = None,
                 digest_asked: bool = False, node_certificate: bool = False) -> tuple[Status, str] | None:
@@ -104,7 +113,7 @@ class Authority:
             return Status.UNAUTHENTICATED, "this cluster requires a token: present one with AUTH (--token, ESC_TOKEN)"
         if not self.valid(grants):
             return Status.UNAUTHENTICATED, f"token {grants.name!r} was revoked"
-        if op == Op.APPEND and not grants.append:
+        if op == Op.APPEND and not (grants.append or grants.append_queues):
             return Status.PERMISSION_DENIED, f"token {grants.name!r} does not allow append"
         if op == Op.READ and queue is not None and not grants.may_read(queue):
             return Status.PERMISSION_DENIED, f"token {grants.name!r} does not allow reading queue {queue}"
@@ -115,4 +124,5 @@ class Authority:
 
 def describe(grants: Grants) -> dict[str, Any]:
     allow = [p for p, on in (("append", grants.append), ("read", grants.read_all), ("admin", grants.admin)) if on]
-    return {"name": grants.name, "allow": allow + [f"read:{q}" for q in sorted(grants.read_queues)]}
+    return {"name": grants.name, "allow": allow + [f"append:{q}" for q in sorted(grants.append_queues)]
+            + [f"read:{q}" for q in sorted(grants.read_queues)]}

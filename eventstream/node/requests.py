@@ -30,6 +30,7 @@ from eventstream.transport._append_intake import (
     REFUSED_INVALID,
     REFUSED_NOT_ACCEPTING,
     REFUSED_OVERLOADED,
+    REFUSED_QUEUE_DENIED,
     AppendIntake,
 )
 from eventstream.transport.client_protocol import (
@@ -111,6 +112,7 @@ class ClientRequests:
             self.replies.error(session, request.request_id, Status.UNAUTHENTICATED, "unknown or revoked token")
             return
         session.grants = grants
+        self.intake.set_append_queues(session.slot, grants.append_limit)
         session.reply(encode_response(Status.OK, request.request_id, encode_json(describe(grants))))
 
     def _refused_by_token(self, session: ClientSession, request: Request) -> bool:
@@ -161,6 +163,8 @@ class ClientRequests:
         for session, request_id, code, message in refusals:
             if code == REFUSED_INVALID:
                 self.replies.error(session, request_id, Status.INVALID_ARGUMENT, message or "bad append")
+            elif code == REFUSED_QUEUE_DENIED:
+                self.replies.error(session, request_id, Status.PERMISSION_DENIED, message or "queue not allowed")
             elif code == REFUSED_OVERLOADED:
                 self.replies.error(session, request_id, Status.OVERLOADED, "leader's proposal queue is full; back off")
             else:

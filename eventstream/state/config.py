@@ -25,7 +25,7 @@ Keys (units last, docs/conventions.md §14):
   batch_size             events per Raft entry the leader's batcher aims for.
   snapshot_threshold     applied entries between snapshots.
   tokens                 client tokens by name: {"<name>": {"sha256": hex digest of the token,
-                         "allow": ["append", "read" or "read:<queue>", "admin"]}}; a name set
+                         "allow": ["append" or "append:<queue>", "read" or "read:<queue>", "admin"]}}; a name set
                          to null is revoked. Absent until the first token is created; while
                          absent or empty, clients need no token (docs/operations.md, "Tokens").
 """
@@ -130,9 +130,10 @@ def _check_permission(name: str, permission: Any) -> str:
         if permission in TOKEN_PERMISSIONS:
             return permission
         kind, _, queue = permission.partition(":")
-        if kind == "read" and (queue.isascii() and queue.isdigit()) and int(queue) < QUEUE_COUNT_MAX:
-            return f"read:{int(queue)}"
-    raise ConfigError(f"tokens[{name}].allow: {permission!r} is not one of append, read, read:<queue>, admin")
+        if kind in ("read", "append") and (queue.isascii() and queue.isdigit()) and int(queue) < QUEUE_COUNT_MAX:
+            return f"{kind}:{int(queue)}"
+    raise ConfigError(f"tokens[{name}].allow: {permission!r} is not one of append, append:<queue>, read, "
+                      "read:<queue>, admin")
 
 
 def _check_tokens(value: Any) -> dict[str, dict[str, Any] | None]:

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import mmh3
 import pytest
 
 from eventstream.client import Client
@@ -96,5 +97,34 @@ def test_tokens_refuse_what_they_do_not_allow_and_change_nothing(tmp_path: Path)
         refusals = sum(v for node in cluster.nodes.values() for k, v in scrape(node).items()
                        if k.startswith("esc_client_errors_total") and ("UNAUTHENTICATED" in k or "PERMISSION" in k))
         assert refusals >= 9
+    finally:
+        cluster.stop()
+
+
+def test_a_token_for_one_queue_appends_there_only(tmp_path: Path) -> None:
+    """`append:<q>`: each event must go to q, by its explicit queue or by where its key routes
+    (mmh3(key) mod queue_count); a request with any event bound elsewhere is refused whole."""
+    queues = 4
+    cluster = LocalCluster(tmp_path, 3, queue_count=queues).start()
+    try:
+        cluster.create_token("ops")
+        billing = cluster.create_token("billing", ("append:2", "read:2"))
+        keys = [f"k{i}".encode() for i in range(40)]
+        to_two = next(k for k in keys if mmh3.hash(k, signed=False) % queues == 2)
+        elsewhere = next(k for k in keys if mmh3.hash(k, signed=False) % queues != 2)
+        with Client(cluster.addresses, timeout_s=5, token=billing) as client:
+            client.append(b"explicit", event_id="b1", queue=2)
+            client.append(b"by key", event_id="b2", key=to_two)
+            with pytest.raises(PermissionDenied, match="queue 1"):
+                client.append(b"other queue", event_id="b3", queue=1)
+            with pytest.raises(PermissionDenied, match="appending to queue"):
+                client.append(b"key elsewhere", event_id="b4", key=elsewhere)
+            with pytest.raises(PermissionDenied, match="queue 3"):
+                client.append_batch([{"payload": b"ok part", "event_id": "b5", "queue": 2},
+                                     {"payload": b"bad part", "event_id": "b6", "queue": 3}])
+            assert [e.event_id for e in client.read(2, 0)] == [b"b1", b"b2"]
+        with Client(cluster.addresses, token=cluster.token) as ops:
+            assert [len(ops.read(q, 0)) for q in range(queues)] == [0, 0, 2, 0]
+            assert sorted(ops.config_get()["tokens"]["billing"]["allow"]) == ["append:2", "read:2"]
     finally:
         cluster.stop()

@@ -11,6 +11,7 @@ import random
 import socket
 from array import array
 
+import mmh3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from eventstream.transport._append_intake import (
     REFUSED_INVALID,
     REFUSED_NOT_ACCEPTING,
     REFUSED_OVERLOADED,
+    REFUSED_QUEUE_DENIED,
     AppendIntake,
     EntryWaiters,
 )
@@ -331,3 +333,28 @@ def test_a_slot_writes_through_its_own_descriptor_until_it_is_closed() -> None:
     it.close_slot(slot)
     assert right.recv(100) == b""  # the socket closed with the slot's own descriptor
     right.close()
+
+
+def test_a_slot_limited_to_some_queues_takes_appends_bound_there_only() -> None:
+    """The queue an event goes to: its explicit one, else mmh3(key) mod queue_count, as the
+    state machine routes it; a request with one event elsewhere is refused whole."""
+    it = intake()
+    slot, _ = it.open_slot(-1)
+    it.set_append_queues(slot, [2, 0])
+    keys = [f"key-{i}".encode() for i in range(64)]
+    routed = {q: next(k for k in keys if mmh3.hash(k, signed=False) % 4 == q) for q in range(4)}
+
+    def keyed(request_id: int, *keys_of: bytes, queue: int | None = None) -> bytes:
+        rows = [(f"k{request_id}-{i}".encode(), k, queue, 1000, b"p") for i, k in enumerate(keys_of)]
+        return frame(encode_request(Op.APPEND, request_id, encode_batch(rows)))
+
+    stream = (append(1, queue=2) + append(2, queue=1) + keyed(3, routed[0], routed[2])
+              + keyed(4, routed[0], routed[3]) + keyed(5, routed[3], queue=0))
+    assert it.feed(slot, stream, 1.0, True) is None
+    refusals = it.take_refusals()
+    assert [(r[1], r[2]) for r in refusals] == [(2, REFUSED_QUEUE_DENIED), (4, REFUSED_QUEUE_DENIED)]
+    assert refusals[0][3] == "this connection's token does not allow appending to queue 1"
+    assert refusals[1][3] == "this connection's token does not allow appending to queue 3"
+    assert len(it) == 3  # 1, 3 and 5 (an explicit queue wins over where the key routes)
+    it.set_append_queues(slot, None)
+    assert it.feed(slot, append(6, queue=1), 1.0, True) is None and it.take_refusals() == [] and len(it) == 4
