@@ -3,6 +3,7 @@ every link, a token on every connection) beside the same load without, alternate
 both sides share the machine's moods.
 
     python tools/tls_cost.py [--rounds 2] [--duration 6] [--replication pool|inprocess]
+                             [--shape batch|single|both]
 
 Shapes: batches of 1000 events (2 clients x 8 in flight) and 64 single-event clients (2 x 32),
 both with the native load engine and wal_sync on. Prints one table row per shape and side:
@@ -45,12 +46,14 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, choices=range(1, 6))
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--replication", choices=["pool", "inprocess"], default=None)
+    p.add_argument("--shape", choices=["batch", "single", "both"], default="both")
     args = p.parse_args()
     if not 1 <= args.duration <= 20:
         p.error("--duration must be 1..20 s")
     runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, shape in SHAPES.items():
+        chosen = {"batch": list(SHAPES)[:1], "single": list(SHAPES)[1:], "both": list(SHAPES)}[args.shape]
+        for name, shape in ((n, SHAPES[n]) for n in chosen):
             for r in range(args.rounds):
                 for secure in (False, True):
                     report = _run(shape, secure, args.duration, args.replication, Path(tmp) / f"{r}-{secure}.json")
