@@ -73,7 +73,7 @@ class Listener:
         self._pending: dict[FramedConnection, asyncio.TimerHandle | None] = {}
         self.refused = 0
         self.refusals = RefusalLog()
-        self.handshaking = 0  # TLS handshakes under way
+        self._handshakes: dict[asyncio.Task[None], str] = {}  # under way, oldest first -> peer
         self._tls_socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
 
@@ -107,13 +107,16 @@ class Listener:
                 await asyncio.sleep(0.1)
                 continue
             peername = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-            if self.handshaking >= PENDING_MAX:
+            if len(self._handshakes) >= PENDING_MAX:
+                # As with hellos: make room by dropping the handshake under way longest (a real
+                # peer or client finishes in a few round trips), so a flood cannot lock them out.
+                oldest, oldest_peer = next(iter(self._handshakes.items()))
+                del self._handshakes[oldest]
+                oldest.cancel()
                 self.refused += 1
-                self.refusals.note(peername, f"{PENDING_MAX} TLS handshakes under way")
-                accepted.close()
-                continue
-            self.handshaking += 1
-            loop.create_task(self._handshake(accepted, peername, tls))
+                self.refusals.note(oldest_peer, f"{PENDING_MAX} TLS handshakes under way; this one the longest")
+            task = loop.create_task(self._handshake(accepted, peername, tls))
+            self._handshakes[task] = peername
 
     async def _handshake(self, accepted: socket.socket, peername: str, tls: ssl.SSLContext) -> None:
         try:
@@ -124,8 +127,17 @@ class Listener:
             self.refused += 1
             self.refusals.note(peername, f"TLS handshake failed: {_handshake_reason(exc)}")
             accepted.close()
+        except asyncio.CancelledError:  # evicted by a newer one, or the listener stopping
+            accepted.close()
         finally:
-            self.handshaking -= 1
+            task = asyncio.current_task()
+            if task is not None:
+                self._handshakes.pop(task, None)
+
+    @property
+    def handshaking(self) -> int:
+        """TLS handshakes under way."""
+        return len(self._handshakes)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -134,6 +146,8 @@ class Listener:
         if self._accepting is not None:
             self._accepting.cancel()
             self._accepting = None
+        for task in list(self._handshakes):
+            task.cancel()
         if self._tls_socket is not None:
             self._tls_socket.close()
             self._tls_socket = None

@@ -18,7 +18,8 @@ from eventstream.errors import EscError
 from eventstream.storage import crc32c
 from eventstream.transport.frames import HEADER
 from eventstream.transport.hello import ROLE_CLIENT, Hello
-from tests.cluster.harness import local_cluster, read_all
+from eventstream.tls import init_certs
+from tests.cluster.harness import LocalCluster, local_cluster, read_all
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,15 +36,16 @@ def _frame(body: bytes) -> bytes:
 class Appender(threading.Thread):
     """A real client appending one event at a time until stopped; counts its answers."""
 
-    def __init__(self, addresses: list[str]) -> None:
+    def __init__(self, addresses: list[str], tls_ca: str | None = None) -> None:
         super().__init__()
         self.addresses = addresses
+        self.tls_ca = tls_ca
         self.acked: list[bytes] = []
         self.failed = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with Client(self.addresses, timeout_s=10.0) as c:
+        with Client(self.addresses, timeout_s=10.0, tls_ca=self.tls_ca) as c:
             k = 0
             while not self.stop.is_set():
                 event_id = f"real-{k}".encode()
@@ -126,3 +128,54 @@ def test_strangers_neither_stop_the_node_nor_grow_its_memory(tmp_path: Path) -> 
         refusals = [line for line in node.log_text().splitlines() if "refused a connection" in line]
         assert 1 <= len(refusals) <= 5, refusals[:10]
         assert "Traceback" not in node.log_text()
+
+
+def test_strangers_on_a_tls_port_cannot_lock_clients_out(tmp_path: Path) -> None:
+    """1,200 connections that never start their handshake (more than the 1,024 that may be
+    under way: the oldest make room) and 500 that speak no TLS: a new client still connects and
+    appends meanwhile, the failures are logged once a minute, memory stays within the bound
+    (each handshake under way holds a TLS session: about 50 KiB)."""
+    init_certs(tmp_path / "tls", 1, [])
+    cluster = LocalCluster(tmp_path / "nodes", 1, queue_count=1, tls_dir=str(tmp_path / "tls")).start()
+    sockets: list[socket.socket] = []
+    appender = Appender(cluster.addresses, cluster.tls_ca)
+    try:
+        cluster.leader(20)
+        node = cluster.nodes[1]
+        host, port = node.address.rsplit(":", 1)
+        target = (host, int(port))
+        assert node.proc is not None
+        proc = psutil.Process(node.proc.pid)
+        appender.start()
+        assert _acked_during(appender, 1.0) > 0
+        baseline = proc.memory_info().rss
+        for _ in range(1200):
+            sockets.append(socket.create_connection(target))
+        for _ in range(500):
+            with socket.create_connection(target) as plain:
+                plain.sendall(_frame(Hello(ROLE_CLIENT).encode()))
+        # A client that connects now, behind all of them, is served.
+        started = time.monotonic()
+        with Client(cluster.addresses, timeout_s=10.0, tls_ca=cluster.tls_ca) as late:
+            late.append(b"late", event_id="late-1")
+        late_s = time.monotonic() - started
+        during = _acked_during(appender, 1.0)
+        grown = proc.memory_info().rss - baseline
+        for sock in sockets:
+            sock.close()
+        time.sleep(0.5)
+        appender.stop.set()
+        appender.join(15)
+        log = node.log_text()
+        print(f"late client served in {late_s:.2f} s; {during} appends in the second after; RSS +{grown >> 20} MiB")
+        assert during > 0 and late_s < 5.0
+        assert grown <= HOSTILE_RSS_GROWTH_MAX, f"RSS grew {grown:,} bytes"
+        # The first refusal logged from the host names its reason; the rest are counted.
+        assert "TLS handshakes under way; this one the longest" in log or "does not speak TLS" in log
+        # Once a minute per host: the 1,700 refusals from 127.0.0.1 are a line or two, not 1,700.
+        assert log.count("refused a connection from 127.0.0.1") <= 3, log.count("refused a connection")
+    finally:
+        appender.stop.set()
+        for sock in sockets:
+            sock.close()
+        cluster.stop()
