@@ -16,9 +16,9 @@ import pytest
 from eventstream.client import Client
 from eventstream.errors import EscError
 from eventstream.storage import crc32c
+from eventstream.tls import init_certs
 from eventstream.transport.frames import HEADER
 from eventstream.transport.hello import ROLE_CLIENT, Hello
-from eventstream.tls import init_certs
 from tests.cluster.harness import LocalCluster, local_cluster, read_all
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,6 +57,15 @@ class Appender(threading.Thread):
                     self.failed += 1  # retried with the same id
 
 
+def _target_and_process(cluster: LocalCluster) -> tuple[tuple[str, int], psutil.Process]:
+    """The one node's (host, port) and its process, once it leads."""
+    cluster.leader(20)
+    node = cluster.nodes[1]
+    host, port = node.address.rsplit(":", 1)
+    assert node.proc is not None
+    return (host, int(port)), psutil.Process(node.proc.pid)
+
+
 def _acked_during(appender: Appender, seconds: float) -> int:
     before = len(appender.acked)
     time.sleep(seconds)
@@ -65,12 +74,8 @@ def _acked_during(appender: Appender, seconds: float) -> int:
 
 def test_strangers_neither_stop_the_node_nor_grow_its_memory(tmp_path: Path) -> None:
     with local_cluster(tmp_path, 1, queue_count=1) as cluster:
-        cluster.leader(20)
+        target, proc = _target_and_process(cluster)
         node = cluster.nodes[1]
-        host, port = node.address.rsplit(":", 1)
-        target = (host, int(port))
-        assert node.proc is not None
-        proc = psutil.Process(node.proc.pid)
         appender = Appender(cluster.addresses)
         appender.start()
         served: dict[str, int] = {}
@@ -140,12 +145,8 @@ def test_strangers_on_a_tls_port_cannot_lock_clients_out(tmp_path: Path) -> None
     sockets: list[socket.socket] = []
     appender = Appender(cluster.addresses, cluster.tls_ca)
     try:
-        cluster.leader(20)
+        target, proc = _target_and_process(cluster)
         node = cluster.nodes[1]
-        host, port = node.address.rsplit(":", 1)
-        target = (host, int(port))
-        assert node.proc is not None
-        proc = psutil.Process(node.proc.pid)
         appender.start()
         assert _acked_during(appender, 1.0) > 0
         baseline = proc.memory_info().rss
