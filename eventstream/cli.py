@@ -97,6 +97,8 @@ def _node_options(fn: F) -> F:
         click.option("--max-promotion-lag", type=int, help="entries a learner may lag the leader and be promoted"),
         click.option("--tls-dir", type=click.Path(file_okay=False),
                      help="certificates from `esc certs init`: TLS on peer, client and HTTP links"),
+        click.option("--http-allow", metavar="NETS",
+                     help="networks (10.0.0.0/24,...) that may read /status and /metrics without a token"),
         click.option("--insecure", is_flag=True, default=None,
                      help="listen beyond loopback without encryption (everything crosses the network in the clear)"),
     ]

@@ -121,6 +121,16 @@ class NodeConfig:
     # A directory from `esc certs init`: peer, client and HTTP links use TLS with the cluster's
     # CA, and peers must present a certificate naming their id (eventstream/tls.py).
     tls_dir: str | None = None
+    # Networks (a.b.c.d/n or one address, comma-separated) whose hosts may read the HTTP
+    # endpoint (/status, /metrics) without a token: a scraper's address. Unset: any host may;
+    # others then need an admin token (Authorization: Bearer).
+    http_allow: str | None = None
+
+    @property
+    def http_allow_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+        if self.http_allow is None:
+            return None
+        return [ipaddress.ip_network(n.strip(), strict=False) for n in self.http_allow.split(",") if n.strip()]
 
     def validate(self) -> NodeConfig:
         if self.id < 1:
@@ -168,6 +178,13 @@ class NodeConfig:
         _positive("frame_bytes_max", self.frame_bytes_max, 64 * 1024, 1 << 31)
         if self.replication not in REPLICATION_MODES:
             raise ConfigError(f"replication: must be one of {', '.join(REPLICATION_MODES)}, got {self.replication!r}")
+        if self.http_allow is not None:
+            try:
+                if not self.http_allow_networks:
+                    raise ValueError("no network")
+            except ValueError:
+                raise ConfigError(f"http_allow: {self.http_allow!r} is not a comma-separated list of networks "
+                                  "(10.0.0.0/24) or addresses") from None
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: must be debug, info, warning or error, got {self.log_level!r}")
         return self

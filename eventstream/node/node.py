@@ -130,7 +130,8 @@ class Node:
         self.executor = ReadyExecutor(self.raft, self.node_log, self.routing, self.applier,
                                       sync_writes=config.wal_sync)
         self.listener = Listener(crc32c, config.frame_bytes_max)
-        self.http = (HttpStatusServer(self.answer_status, metrics.render, self.requests.may_see_digest)
+        self.http = (HttpStatusServer(self.answer_status, metrics.render, self.requests.may_see_digest,
+                                      config.http_allow_networks, self.requests.is_admin_token)
                      if config.http else None)
         self._role = Role.FOLLOWER
         self._leader = NONE

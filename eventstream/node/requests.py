@@ -139,6 +139,11 @@ class ClientRequests:
         grants = self.auth.authenticate(token) if token else None
         return grants is not None and grants.admin
 
+    def is_admin_token(self, token: str) -> bool:
+        """Whether `token` is a valid admin token (False while the cluster has no tokens)."""
+        grants = self.auth.authenticate(token) if self.auth.enabled else None
+        return grants is not None and grants.admin
+
     @staticmethod
     def _grants(session: ClientSession) -> Grants | None:
         grants = session.grants

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import ssl
@@ -22,13 +23,18 @@ log = logging.getLogger(__name__)
 HEADER_BYTES_MAX = 8192
 READ_TIMEOUT_S = 5.0
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 class HttpStatusServer:
     def __init__(self, status: Callable[[bool], Awaitable[dict[str, Any]]], metrics: Callable[[], bytes],
-                 may_see_digest: Callable[[str | None], bool] = lambda token: True) -> None:
+                 may_see_digest: Callable[[str | None], bool] = lambda token: True,
+                 allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None = None,
+                 is_admin: Callable[[str], bool] = lambda token: False) -> None:
         self._may_see_digest = may_see_digest
+        self._is_admin = is_admin
+        # None: any host may read; else hosts of these networks, and others holding an admin token.
+        self._allowed = allowed
         self._status = status
         self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
@@ -51,7 +57,11 @@ class HttpStatusServer:
                 await self._respond(writer, 400, "text/plain", b"bad request\n")
                 return
             route = route_request(head)
-            if route.target == "status" and route.digest and not self._may_see_digest(route.token):
+            if route.target is not None and not self._host_allowed(writer, route.token):
+                await self._respond(writer, 403, "text/plain",
+                                    b"this address may not read the endpoint (http_allow); or present an admin "
+                                    b"token: Authorization: Bearer <token>\n")
+            elif route.target == "status" and route.digest and not self._may_see_digest(route.token):
                 await self._respond(writer, 401, "text/plain",
                                     b"the state digest needs an admin token: Authorization: Bearer <token>\n")
             elif route.target == "status":
@@ -69,6 +79,18 @@ class HttpStatusServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _host_allowed(self, writer: asyncio.StreamWriter, token: str | None) -> bool:
+        if self._allowed is None:
+            return True
+        peer = writer.get_extra_info("peername")
+        try:
+            host = ipaddress.ip_address(peer[0]) if isinstance(peer, tuple) else None
+        except ValueError:
+            host = None
+        if host is not None and any(host in network for network in self._allowed):
+            return True
+        return token is not None and self._is_admin(token)
 
     @staticmethod
     async def _respond(writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes) -> None:
@@ -107,7 +129,7 @@ def route_request(head: bytes) -> Route:
         except ValueError as exc:
             return Route(None, code=400, message=str(exc))
     if target == b"/metrics":
-        return Route("metrics")
+        return Route("metrics", token=_bearer(head))
     return Route(None, code=404, message="try /status or /metrics")
 
 

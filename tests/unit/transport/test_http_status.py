@@ -47,3 +47,34 @@ def test_status_metrics_and_errors() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_http_allow_admits_its_networks_and_admin_tokens_only() -> None:
+    import ipaddress
+
+    async def main() -> None:
+        async def status(digest: bool) -> dict[str, object]:
+            return {"id": 1}
+
+        def server_for(networks: str) -> HttpStatusServer:
+            return HttpStatusServer(status, NodeMetrics(1).render, lambda token: True,
+                                    [ipaddress.ip_network(n) for n in networks.split(",")],
+                                    is_admin=lambda token: token == "esc_admin")
+
+        outside, inside = server_for("10.9.0.0/16"), server_for("10.9.0.0/16,127.0.0.0/8")
+        _, out_port = await outside.start("127.0.0.1", 0)
+        _, in_port = await inside.start("127.0.0.1", 0)
+        try:
+            for path in (b"/status", b"/metrics"):
+                code, body = await fetch(out_port, b"GET " + path + b" HTTP/1.1\r\n\r\n")
+                assert code == 403 and b"http_allow" in body
+                code, _ = await fetch(out_port, b"GET " + path + b" HTTP/1.1\r\nAuthorization: Bearer esc_other\r\n\r\n")
+                assert code == 403
+                code, _ = await fetch(out_port, b"GET " + path + b" HTTP/1.1\r\nAuthorization: Bearer esc_admin\r\n\r\n")
+                assert code == 200
+                assert (await fetch(in_port, b"GET " + path + b" HTTP/1.1\r\n\r\n"))[0] == 200
+        finally:
+            await outside.stop()
+            await inside.stop()
+
+    asyncio.run(main())
