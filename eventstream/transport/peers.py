@@ -23,20 +23,18 @@ import contextlib
 import logging
 import random
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from eventstream.transport.connection import WRITE_BUFFER_HIGH_BYTES, FramedConnection
 from eventstream.transport.frames import CrcFunction, FrameError
 from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION, Hello
+from eventstream.transport.listener import RefusalLog
 from eventstream.transport.peer_codec import is_replication_answer
 
 log = logging.getLogger(__name__)
 
 
-# A node whose peer hellos are refused is logged at most this often.
-REFUSED_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(slots=True)
@@ -105,7 +103,7 @@ class PeerNetwork:
         self.stats: dict[int, PeerStats] = {pid: PeerStats() for pid in peers}
         self._stopping = False
         self._started = False
-        self._refused_logged: dict[int, float] = {}  # node id -> when its refusal was last logged
+        self.refusals = RefusalLog()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,39 +212,35 @@ class PeerNetwork:
 
     # -- receiving --------------------------------------------------------------------------
     def adopt(self, conn: FramedConnection, hello: Hello) -> bool:
-        """Take over an accepted connection whose hello says it is a peer. False = refused."""
+        """Take over an accepted connection whose hello says it is a peer (or a leader's
+        replication worker). False = refused; refusals are logged once a minute per host
+        (a removed member, or one not added yet, redials at every backoff step)."""
+        refusal = self._refusal(conn, hello)
+        if refusal is not None:
+            self.refusals.note(conn.peername, refusal)
+            return False
+        if hello.role == ROLE_REPLICATION:
+            self._adopt_replication(hello.sender_id, conn)
+            return True
+        conn.rebind(self._on_frames, self._on_conn_closed)
+        self._install(hello.sender_id, conn)
+        return True
+
+    def _refusal(self, conn: FramedConnection, hello: Hello) -> str | None:
         peer_id = hello.sender_id
-        if hello.role == ROLE_REPLICATION and peer_id in self.peers and hello.target_id == self.node_id:
-            self._adopt_replication(peer_id, conn)
-            return True
-        if hello.role != ROLE_PEER or peer_id not in self.peers:
-            # A removed member, or one not added yet, redials at every backoff step: say so
-            # once a minute per node, not once per attempt.
-            now = time.monotonic()
-            if now - self._refused_logged.get(peer_id, -REFUSED_LOG_INTERVAL_S) >= REFUSED_LOG_INTERVAL_S:
-                self._refused_logged[peer_id] = now
-                log.warning("refusing peer hello from %s: node id %d is not a member this node links with "
-                            "(logged once a minute)", conn.peername, peer_id)
-            return False
+        what = "replication link" if hello.role == ROLE_REPLICATION else "peer"
+        if hello.role not in (ROLE_PEER, ROLE_REPLICATION) or peer_id not in self.peers:
+            return f"{what} hello from node {peer_id}, which is not a member this node links with"
         if hello.target_id != self.node_id:
-            log.warning(
-                "refusing peer %d from %s: it dialled node %d but this is node %d",
-                peer_id, conn.peername, hello.target_id, self.node_id,
-            )
-            return False
+            return f"{what} {peer_id} dialled node {hello.target_id} but this is node {self.node_id}"
+        # Over TLS a replication link is held to the same proof as a peer link: it carries the
+        # leader's appends.
         if self._tls is not None and conn.certified_node != peer_id:
-            log.warning("refusing peer %d from %s: its certificate names %s", peer_id, conn.peername,
-                        f"node {conn.certified_node}" if conn.certified_node is not None else "no node")
-            return False
-        if peer_id < self.node_id:
-            conn.rebind(self._on_frames, self._on_conn_closed)
-            self._install(peer_id, conn)
-            return True
-        log.warning(
-            "refusing peer %d from %s: the lower id dials, and %d > %d",
-            peer_id, conn.peername, peer_id, self.node_id,
-        )
-        return False
+            named = f"node {conn.certified_node}" if conn.certified_node is not None else "no node"
+            return f"{what} {peer_id}: its certificate names {named}"
+        if hello.role == ROLE_PEER and peer_id > self.node_id:
+            return f"peer {peer_id}: the lower id dials, and {peer_id} > {self.node_id}"
+        return None
 
     def _adopt_replication(self, peer_id: int, conn: FramedConnection) -> None:
         # Either side may hold this link (it is the leader's, whatever the ids), and a restarted

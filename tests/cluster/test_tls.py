@@ -18,7 +18,7 @@ from eventstream.errors import Unavailable
 from eventstream.storage import crc32c
 from eventstream.tls import client_context, init_certs, node_files, peer_context
 from eventstream.transport.frames import HEADER
-from eventstream.transport.hello import ROLE_PEER, Hello
+from eventstream.transport.hello import ROLE_PEER, ROLE_REPLICATION, Hello
 from tests.cluster.harness import LocalCluster, Writers, check_every_ack_stored_once, wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,14 +28,14 @@ def _frame(body: bytes) -> bytes:
     return HEADER.pack(len(body), crc32c(body)) + body
 
 
-def _pose_as_peer(address: str, context: ssl.SSLContext, sender: int, target: int) -> bool:
-    """Connect to a node's port over TLS with `context`, send a peer hello as `sender`; whether
-    the node kept the link open (True) or closed it (False)."""
+def _pose_as_peer(address: str, context: ssl.SSLContext, sender: int, target: int, role: int = ROLE_PEER) -> bool:
+    """Connect to a node's port over TLS with `context`, send a peer (or replication) hello as
+    `sender`; whether the node kept the link open (True) or closed it (False)."""
     host, port = address.rsplit(":", 1)
     try:
         with socket.create_connection((host, int(port)), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname=None) as tls:
-            tls.sendall(_frame(Hello(ROLE_PEER, sender, target).encode()))
+            tls.sendall(_frame(Hello(role, sender, target).encode()))
             tls.settimeout(1.5)
             try:
                 return tls.recv(1) != b""
@@ -77,9 +77,13 @@ def test_a_secured_cluster_serves_its_clients_and_refuses_strangers(tmp_path: Pa
         other_cert, other_key = node_files(other_ca, 2)
         assert not _pose_as_peer(target, client_context(tls_dir / "ca.pem", other_cert, other_key), 2, 1)
         assert not _pose_as_peer(target, peer_context(tls_dir, 3), 2, 1)  # node 3's certificate, claiming 2
+        # A replication link carries a leader's appends: the same proof is asked of it.
+        assert not _pose_as_peer(target, no_cert, 2, 1, ROLE_REPLICATION)
+        assert not _pose_as_peer(target, peer_context(tls_dir, 3), 2, 1, ROLE_REPLICATION)
         time.sleep(0.5)
         log = cluster.nodes[1].log_text()
-        assert "its certificate names no node" in log and "its certificate names node 3" in log
+        # Logged once a minute per host: the first refusal names its reason, the rest are counted.
+        assert log.count("its certificate names no node") == 1 and "its certificate names node 3" not in log
         # The client in the clear and the one of another CA failed the handshake: logged, once
         # a minute per host (both came from 127.0.0.1).
         assert log.count("TLS handshake failed") == 1, log
