@@ -1,4 +1,4 @@
-# distutils: sources = csrc/crc32c.c csrc/murmur3.c
+# distutils: sources = csrc/crc32c.c csrc/murmur3.c csrc/tls_link.c
 """The node's APPEND hot path in native code: requests checked, queued and answered in bulk.
 
 A leader under many single-event clients handles one APPEND request and one answer per event;
@@ -18,8 +18,10 @@ csrc/state_commands.h (the entry it builds); the Python encoders in eventstream/
 the reference the tests compare these with.
 """
 
+import os
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport EAGAIN, EINTR, errno
+from libc.errno cimport EAGAIN, EINTR, ENOMEM, EPIPE, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove
@@ -29,6 +31,11 @@ from byte_order_h cimport esc_load_u32, esc_load_u64, esc_store_u32, esc_store_u
 from byte_views cimport as_byte_view
 from client_protocol_h cimport *
 from frame_format_h cimport *
+from tls_link_h cimport (
+    esc_tls, esc_tls_ctx, esc_tls_ctx_free, esc_tls_error_text, esc_tls_free, esc_tls_handshake_step,
+    esc_tls_mem_feed, esc_tls_mem_outgoing, esc_tls_mem_take, esc_tls_new_server, esc_tls_peer_node, esc_tls_read,
+    esc_tls_server_ctx_new, esc_tls_write,
+)
 from state_commands_h cimport ESC_COMMAND_SET_EVENT_AT, ESC_SET_EVENT_AT_HEAD_BYTES
 
 from eventstream.transport.frames import FrameError
@@ -60,6 +67,7 @@ REFUSED_QUEUE_DENIED = 4   # the connection's token may not append to a queue an
 include "append_checks.pxi"
 include "append_connections.pxi"
 include "append_entries.pxi"
+include "append_tls.pxi"
 include "append_answers.pxi"
 
 
@@ -95,6 +103,7 @@ cdef class AppendIntake:
     cdef public uint32_t queue_count
     # (slot, request_id, REFUSED_*, message) of APPENDs refused at intake, oldest first.
     cdef readonly list refusals
+    cdef dict _sessions  # slot -> TlsServerSession of a native TLS connection
 
     def __cinit__(self, uint64_t frame_bytes_max, int64_t in_flight_max, uint64_t pending_bytes_max,
                   latency_bounds, uint32_t queue_count=1):
@@ -109,6 +118,7 @@ cdef class AppendIntake:
         self.pending_bytes_max = pending_bytes_max
         self.queue_count = queue_count
         self.refusals = []
+        self._sessions = {}
         self._latency.n = len(bounds)
         self._latency.bounds = <double *>realloc(NULL, (len(bounds) + 1) * sizeof(double))
         self._latency.counts = <uint64_t *>realloc(NULL, (len(bounds) + 1) * sizeof(uint64_t))
@@ -151,6 +161,7 @@ cdef class AppendIntake:
         """Forget a connection; answers still owed to it are dropped when they come."""
         _connections_get(&self._conns, slot)
         _connections_close(&self._conns, <uint32_t>slot)
+        self._sessions.pop(slot, None)
 
     def in_flight(self, Py_ssize_t slot):
         """Requests taken from this connection and not yet answered."""
@@ -187,6 +198,13 @@ cdef class AppendIntake:
         free(s.append_queues)
         s.append_queues = table
         s.append_queue_count = len(ordered)
+
+    def set_tls(self, Py_ssize_t slot, TlsServerSession session):
+        """The connection speaks native TLS: its answers are encrypted with `session` (kept
+        alive here until the slot closes) before the flush writes them."""
+        cdef Slot *s = _connections_get(&self._conns, slot)
+        s.tls = session.tls
+        self._sessions[slot] = session
 
     def set_backlogged(self, Py_ssize_t slot, bint backlogged):
         _connections_get(&self._conns, slot).backlogged = backlogged
@@ -378,8 +396,9 @@ cdef class AppendIntake:
 
     def flush(self):
         """Write every queued answer: one send() per connection with the GIL released.
-        Returns [(slot, bytes)] of what must go through the connection's transport instead
-        (the socket's buffer was full, the connection has no fd, or is backlogged)."""
+        Returns [(slot, bytes, records)] of what must go through the connection's transport
+        instead (the socket's buffer was full, the connection has no fd, or is backlogged);
+        records: bytes a native TLS session already encrypted."""
         return _flush_output(&self._conns)
 
     def take_output(self, Py_ssize_t slot):

@@ -137,9 +137,12 @@ cdef int _queue_error(Connections *t, uint32_t index, Slot *s, uint8_t status, u
 
 cdef list _flush_output(Connections *t):
     """Write every dirty connection's outbound buffer: one send() each, the GIL released.
-    Returns [(slot, bytes)] of what must go through the connection's transport instead (the
-    socket's buffer was full, the connection has no fd, or is backlogged)."""
+    Returns [(slot, bytes, records)] of what must go through the connection's transport
+    instead (the socket's buffer was full, the connection has no fd, or is backlogged):
+    answers, or with records True (native TLS) records already encrypted, to be written as
+    they are."""
     cdef Py_ssize_t i, count = t.dirty_count
+    cdef uint8_t chunk[65536]
     cdef Slot *s
     cdef size_t sent
     cdef ssize_t n
@@ -149,6 +152,11 @@ cdef list _flush_output(Connections *t):
         for i in range(count):
             s = &t.slots[t.dirty[i]]
             if not s.open or s.backlogged or s.fd < 0 or s.outbound.length == 0:
+                continue
+            if s.tls != NULL:
+                if _tls_flush(s, chunk, sizeof(chunk)) != 0:
+                    s.outbound.length = 0  # the peer is gone, or the session broke: as below
+                    s.outbound_records = False
                 continue
             sent = 0
             error = 0
@@ -174,8 +182,9 @@ cdef list _flush_output(Connections *t):
         s.dirty = False
         if s.open and s.outbound.length:
             rest.append((t.dirty[i], PyBytes_FromStringAndSize(<const char *>s.outbound.data,
-                                                               s.outbound.length)))
+                                                               s.outbound.length), s.outbound_records))
             s.outbound.length = 0
+            s.outbound_records = False
     t.dirty_count = 0
     return rest
 

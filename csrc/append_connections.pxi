@@ -53,6 +53,10 @@ cdef struct Slot:
     # The queues this connection's token may append to, ascending; NULL: any queue.
     uint32_t *append_queues
     Py_ssize_t append_queue_count
+    # Over native TLS: the connection's session (owned by its TlsServerSession) and whether
+    # outbound holds records already encrypted (the socket was full) rather than answers.
+    esc_tls *tls
+    bint outbound_records
 
 
 cdef struct Connections:
@@ -117,6 +121,8 @@ cdef uint32_t _connections_open(Connections *t, int fd) except? 0xFFFFFFFF:
     s.outbound.length = s.outbound.capacity = 0
     s.append_queues = NULL
     s.append_queue_count = 0
+    s.tls = NULL
+    s.outbound_records = False
     return index
 
 
@@ -144,6 +150,8 @@ cdef void _connections_close(Connections *t, uint32_t slot) noexcept nogil:
     free(s.append_queues)
     s.append_queues = NULL
     s.append_queue_count = 0
+    s.tls = NULL
+    s.outbound_records = False
     s.open = False
     s.gen += 1
     if s.fd >= 0:

@@ -55,6 +55,17 @@ int esc_tls_write_all(esc_tls *tls, const struct iovec *iov, int iovcnt, int tim
     (void)tls; (void)iov; (void)iovcnt; (void)timeout_ms;
     return -EPIPE;
 }
+esc_tls_ctx *esc_tls_server_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
+                                    size_t err_bytes)
+{
+    return esc_tls_ctx_new(ca_file, cert_file, key_file, err, err_bytes);
+}
+esc_tls *esc_tls_new_server(esc_tls_ctx *ctx) { (void)ctx; return NULL; }
+int esc_tls_mem_feed(esc_tls *tls, const void *data, size_t n) { (void)tls; (void)data; (void)n; return -1; }
+size_t esc_tls_mem_outgoing(const esc_tls *tls) { (void)tls; return 0; }
+size_t esc_tls_mem_take(esc_tls *tls, void *out, size_t n) { (void)tls; (void)out; (void)n; return 0; }
+int esc_tls_handshake_done(const esc_tls *tls) { (void)tls; return 0; }
+void esc_tls_error_text(esc_tls *tls, char *err, size_t err_bytes) { (void)tls; snprintf(err, err_bytes, "no native TLS"); }
 
 #else
 
@@ -180,7 +191,7 @@ int esc_tls_handshake_step(esc_tls *tls, int *events, char *err, size_t err_byte
     if (rc == 0)
         return 0;
     if (SSL_get_verify_result(tls->ssl) != X509_V_OK) {
-        snprintf(err, err_bytes, "the node's certificate is not of this cluster's CA: %s",
+        snprintf(err, err_bytes, "the certificate is not of this cluster's CA: %s",
                  X509_verify_cert_error_string(SSL_get_verify_result(tls->ssl)));
         ERR_clear_error();
     } else {
@@ -310,6 +321,99 @@ int esc_tls_write_all(esc_tls *tls, const struct iovec *iov, int iovcnt, int tim
         }
     }
     return used ? write_fully(tls, tls->record, used, timeout_ms) : 0;
+}
+
+esc_tls_ctx *esc_tls_server_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
+                                    size_t err_bytes)
+{
+    esc_tls_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        snprintf(err, err_bytes, "out of memory");
+        return NULL;
+    }
+    ctx->ssl_ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx->ssl_ctx == NULL) {
+        openssl_reason("cannot make a TLS context", err, err_bytes);
+        free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx->ssl_ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx->ssl_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* A certificate is asked for and checked when given; none given is the client's right. */
+    SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
+    if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, ca_file, NULL) != 1) {
+        openssl_reason(ca_file, err, err_bytes);
+        esc_tls_ctx_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx->ssl_ctx, cert_file) != 1) {
+        openssl_reason(cert_file, err, err_bytes);
+        esc_tls_ctx_free(ctx);
+        return NULL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx->ssl_ctx, key_file, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx->ssl_ctx) != 1) {
+        openssl_reason(key_file, err, err_bytes);
+        esc_tls_ctx_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+esc_tls *esc_tls_new_server(esc_tls_ctx *ctx)
+{
+    esc_tls *tls = malloc(sizeof(*tls));
+    BIO *in, *out;
+    if (tls == NULL)
+        return NULL;
+    tls->ssl = SSL_new(ctx->ssl_ctx);
+    in = BIO_new(BIO_s_mem());
+    out = BIO_new(BIO_s_mem());
+    if (tls->ssl == NULL || in == NULL || out == NULL) {
+        SSL_free(tls->ssl);
+        BIO_free(in);
+        BIO_free(out);
+        free(tls);
+        ERR_clear_error();
+        return NULL;
+    }
+    /* An empty input buffer reads as "retry later", not as the end of the stream. */
+    BIO_set_mem_eof_return(in, -1);
+    SSL_set_bio(tls->ssl, in, out);
+    SSL_set_accept_state(tls->ssl);
+    return tls;
+}
+
+int esc_tls_mem_feed(esc_tls *tls, const void *data, size_t n)
+{
+    size_t written = 0;
+    if (n == 0)
+        return 0;
+    return BIO_write_ex(SSL_get_rbio(tls->ssl), data, n, &written) == 1 && written == n ? 0 : -1;
+}
+
+size_t esc_tls_mem_outgoing(const esc_tls *tls) { return (size_t)BIO_ctrl_pending(SSL_get_wbio(tls->ssl)); }
+
+size_t esc_tls_mem_take(esc_tls *tls, void *out, size_t n)
+{
+    size_t got = 0;
+    if (n == 0 || BIO_read_ex(SSL_get_wbio(tls->ssl), out, n, &got) != 1)
+        return 0;
+    return got;
+}
+
+int esc_tls_handshake_done(const esc_tls *tls) { return SSL_is_init_finished(tls->ssl); }
+
+void esc_tls_error_text(esc_tls *tls, char *err, size_t err_bytes)
+{
+    long verify = SSL_get_verify_result(tls->ssl);
+    if (verify != X509_V_OK) {
+        snprintf(err, err_bytes, "its certificate is not of this cluster's CA (%s)",
+                 X509_verify_cert_error_string(verify));
+        ERR_clear_error();
+        return;
+    }
+    openssl_reason("TLS failed", err, err_bytes);
 }
 
 #endif /* ESC_NO_TLS */

@@ -60,4 +60,25 @@ size_t esc_tls_pending(const esc_tls *tls);
  * most timeout_ms per wait: 0, or -errno (-ETIMEDOUT, -EPIPE for a failed link). */
 int esc_tls_write_all(esc_tls *tls, const struct iovec *iov, int iovcnt, int timeout_ms);
 
+/* -- the server side, over memory buffers ------------------------------------------------- *
+ * The node's listen port: the event loop reads the socket and hands the bytes in
+ * (esc_tls_mem_feed); what the session has to send waits in its outgoing buffer
+ * (esc_tls_mem_take) for whoever writes the socket: the event loop, or the native answer path.
+ * Reads and writes of plaintext are esc_tls_read / esc_tls_write on the same session; a read
+ * that finds no whole record returns -1 (feed more), a write never waits. */
+
+/* A server context: this node's certificate; a client's certificate is checked against the CA
+ * when one is presented (peers must, clients need not). */
+esc_tls_ctx *esc_tls_server_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
+                                    size_t err_bytes);
+esc_tls *esc_tls_new_server(esc_tls_ctx *ctx);
+/* 0, or -1 when out of memory. */
+int esc_tls_mem_feed(esc_tls *tls, const void *data, size_t n);
+size_t esc_tls_mem_outgoing(const esc_tls *tls);
+/* Move up to n outgoing bytes to out; the count. */
+size_t esc_tls_mem_take(esc_tls *tls, void *out, size_t n);
+int esc_tls_handshake_done(const esc_tls *tls);
+/* Why the session failed, for a log line (after a handshake step or read returned an error). */
+void esc_tls_error_text(esc_tls *tls, char *err, size_t err_bytes);
+
 #endif /* ESC_TLS_LINK_H */

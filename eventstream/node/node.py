@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from eventstream import __version__
@@ -44,8 +45,8 @@ from eventstream.state import (
 )
 from eventstream.storage import crc32c
 from eventstream.storage.errors import StorageError
-from eventstream.tls import peer_context, server_context
-from eventstream.transport._append_intake import AppendIntake
+from eventstream.tls import CA_FILE, node_files, peer_context, server_context
+from eventstream.transport._append_intake import AppendIntake, TlsServer
 from eventstream.transport.client_protocol import Request, Status
 from eventstream.transport.client_server import (
     IN_FLIGHT_PER_CONNECTION_MAX,
@@ -158,7 +159,12 @@ class Node:
     async def serve(self) -> None:
         cfg = self.config
         host, port = parse_address("listen", cfg.listen)
-        self.listen_address = await self.listener.start(host, port, self.tls)
+        native_tls = None
+        if self.tls is not None and NATIVE_TLS and cfg.tls_dir is not None:
+            # The port's TLS in C: client answers are encrypted by the intake, not the loop.
+            cert, key = node_files(cfg.tls_dir, cfg.id)
+            native_tls = TlsServer(str(Path(cfg.tls_dir) / CA_FILE), str(cert), str(key))
+        self.listen_address = await self.listener.start(host, port, self.tls, native_tls)
         peers = self.routing.peers
         self.listener.set_owner(ROLE_PEER, peers)
         # Any node may follow a pool-mode leader, whatever its own mode.

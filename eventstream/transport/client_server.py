@@ -106,6 +106,8 @@ class ClientServer:
         if hello.role != ROLE_CLIENT:
             return False
         slot, gen = self.intake.open_slot(conn.socket_fd())
+        if conn.tls_session is not None:
+            self.intake.set_tls(slot, conn.tls_session)  # answers encrypted natively
         session = ClientSession(self, conn, slot, gen)
         conn.tag = session
         conn.take_raw(self._on_data, self._on_close)
@@ -226,9 +228,12 @@ class ClientServer:
                         intake.set_backlogged(slot, False)
         if not intake.dirty_count:
             return
-        for slot, data in intake.flush():
+        for slot, data, records in intake.flush():
             session = self._by_slot[slot]
-            session.conn.write_now(data)
+            if records:
+                session.conn.write_records(data)
+            else:
+                session.conn.write_now(data)
             if session.conn.write_buffer_bytes:
                 intake.set_backlogged(slot, True)
                 backlogged.add(slot)

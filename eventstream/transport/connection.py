@@ -10,9 +10,10 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from eventstream.tls import certified_node
+from eventstream.transport._append_intake import TlsSessionError
 from eventstream.transport.frames import HEADER, CrcFunction, FrameDecoder, FrameError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,11 @@ class FramedConnection(asyncio.Protocol):
         # plain TCP); native code must not write the socket, the transport encrypts.
         self.tls = False
         self.certified_node: int | None = None
+        # Native TLS (the listen port, csrc/append_tls.pxi): the session every byte in and out
+        # passes through; the transport then carries records. None: plain, or the loop's TLS.
+        self.tls_session: Any = None
+        # Told why a native TLS session failed (the listener logs it as a refusal).
+        self.on_tls_failed: Callable[[FramedConnection, str], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,6 +127,34 @@ class FramedConnection(asyncio.Protocol):
             self._on_open(self)
 
     def data_received(self, data: bytes) -> None:
+        session = self.tls_session
+        if session is not None:
+            try:
+                data, outgoing = session.feed(data)
+            except TlsSessionError as exc:
+                if len(exc.args) > 1 and exc.args[1] and self.transport is not None:
+                    self.transport.write(exc.args[1])  # the alert that tells the other side why
+                if not self.tls and self.on_tls_failed is not None:
+                    self.on_tls_failed(self, str(exc.args[0]))
+                elif self.log_errors:
+                    log.warning("closing connection from %s: TLS: %s", self.peername, exc.args[0])
+                self.close(f"TLS: {exc.args[0]}")
+                return
+            if outgoing and self.transport is not None:
+                self.transport.write(outgoing)
+            if not self.tls and session.handshake_done:
+                self.tls = True
+                self.certified_node = session.peer_node()
+            if session.closed_by_peer:
+                if data:
+                    self._take(data)
+                self.close("closed by the other side")
+                return
+            if not data:
+                return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
         on_data = self._on_data
         if on_data is not None:
             if self._raw_pending:
@@ -198,14 +232,20 @@ class FramedConnection(asyncio.Protocol):
     def socket_fd(self) -> int:
         """The socket's descriptor, for an owner that writes to it directly; -1 if none."""
         transport = self.transport
-        if self.tls:
-            return -1  # the bytes must pass through the TLS layer
+        if self.tls and self.tls_session is None:
+            return -1  # the bytes must pass through the loop's TLS layer
         sock = None if transport is None else transport.get_extra_info("socket")
         return -1 if sock is None else int(sock.fileno())
 
     def write_now(self, data: bytes) -> None:
         """Write bytes already framed through the transport (which buffers what the socket
         does not take)."""
+        transport = self.transport
+        if not self.closed and transport is not None and not transport.is_closing():
+            transport.write(data if self.tls_session is None else self.tls_session.encrypt(data))
+
+    def write_records(self, data: bytes) -> None:
+        """Write bytes the connection's native TLS session already encrypted."""
         transport = self.transport
         if not self.closed and transport is not None and not transport.is_closing():
             transport.write(data)
@@ -231,7 +271,10 @@ class FramedConnection(asyncio.Protocol):
                 raise FrameError(f"frame body of {length} bytes exceeds the limit of {limit}")
             parts.append(HEADER.pack(length, crc(body)))
             parts.append(body)
-        transport.writelines(parts)
+        if self.tls_session is not None:
+            transport.write(self.tls_session.encrypt(b"".join(parts)))
+        else:
+            transport.writelines(parts)
         self.frames_out += len(bodies)
         return True
 
@@ -279,7 +322,8 @@ class FramedConnection(asyncio.Protocol):
         if not self.closed and transport is not None and not transport.is_closing():
             # One joined buffer: uvloop's writelines() costs about twice as much for many
             # small frames.
-            transport.write(b"".join(soon))
+            data = b"".join(soon)
+            transport.write(data if self.tls_session is None else self.tls_session.encrypt(data))
 
     @property
     def write_buffer_bytes(self) -> int:

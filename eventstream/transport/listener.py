@@ -7,8 +7,9 @@ import logging
 import socket
 import ssl
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
+from eventstream.transport._append_intake import TlsServerSession
 from eventstream.transport.connection import FramedConnection
 from eventstream.transport.frames import CrcFunction
 from eventstream.transport.hello import HELLO_BYTES, ROLE_CLIENT, ROLE_PEER, Hello, HelloError
@@ -75,14 +76,24 @@ class Listener:
         self.refusals = RefusalLog()
         self._handshakes: dict[asyncio.Task[None], str] = {}  # under way, oldest first -> peer
         self._tls_socket: socket.socket | None = None
+        self._native_tls: Any = None
         self._accepting: asyncio.Task[None] | None = None
 
     def set_owner(self, role: int, owner: ConnectionOwner) -> None:
         """Bind a protocol owner; lets the port be bound (and learnt) before the owner exists."""
         self._owners[role] = owner
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None,
+                    native_tls: Any = None) -> tuple[str, int]:
+        """Listen on host:port: in the clear; over TLS from native code (native_tls, a
+        TlsServer: the handshake and every record in C, client answers encrypted by the
+        intake); or over the loop's TLS (tls) where the build has no native TLS."""
         loop = asyncio.get_running_loop()
+        if native_tls is not None:
+            self._native_tls = native_tls
+            self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True)
+            bound = self._server.sockets[0].getsockname()
+            return bound[0], bound[1]
         if tls is None:
             self._server = await loop.create_server(self._make_connection, host, port, reuse_address=True)
             bound = self._server.sockets[0].getsockname()
@@ -159,8 +170,17 @@ class Listener:
         conn = FramedConnection(self._crc, self._frame_bytes_max, self._on_first_frames, self._on_pending_closed,
                                 on_open=self._on_open)
         conn.first_frame_bytes_max = HELLO_BYTES
+        if self._native_tls is not None:
+            # The handshake runs inside the hello's time and counts as owing the hello.
+            conn.tls_session = TlsServerSession(self._native_tls)
+            conn.on_tls_failed = self._tls_failed
         conn.log_errors = False  # a stranger until its hello is taken: refusals are rate-limited
         return conn
+
+    def _tls_failed(self, conn: FramedConnection, reason: str) -> None:
+        self.refused += 1
+        self.refusals.note(conn.peername, f"TLS handshake failed: {_native_reason(reason)}")
+        self._forget(conn)
 
     def _on_open(self, conn: FramedConnection) -> None:
         if len(self._pending) >= PENDING_MAX:
@@ -223,3 +243,12 @@ def _handshake_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"not done within {HELLO_TIMEOUT_S:.0f} s"
     return str(exc) or exc.__class__.__name__
+
+
+def _native_reason(reason: str) -> str:
+    """OpenSSL's words for the usual failures, in the words of _handshake_reason."""
+    reason = reason.removeprefix("TLS handshake failed: ")
+    words = reason.rpartition("::")[2] or reason  # "error:0A00010B:SSL routines::wrong version number"
+    if words in ("wrong version number", "http request", "unknown protocol"):
+        return f"the other side does not speak TLS ({words})"
+    return words

@@ -214,7 +214,7 @@ def test_answers_are_the_python_encoder_s_frames_and_skip_closed_connections() -
     refused, duplicates = it.answer(waiters, 77, st_, queues, offsets, REFUSED, DUPLICATE, 1.0005)
     assert refused == [(a, gen_a, 11, REFUSED[3])] and duplicates == 1
     assert it.dirty_count == 1
-    out = dict(it.flush())
+    out = {slot_: data for slot_, data, _ in it.flush()}
     assert set(out) == {a}  # nothing for the closed connection, nor the one that took its slot
     expected = encode_response(Status.OK, 10, encode_append_ok(77, queues[0:2], offsets[0:2], b"\x00\x01"))
     assert out[a] == frame(expected)
@@ -255,7 +255,7 @@ def test_fail_and_reply_frame_like_the_python_encoders_in_queue_order() -> None:
     assert it.reply(slot, gen, encode_response(Status.OK, 99, b"{}"))
     assert it.fail(it.drain(), Status.NOT_LEADER, b"ask node 2", 2) == 2
     assert not it.reply(slot, gen + 1, b"stale")
-    out = answers(dict(it.flush())[slot])
+    out = answers({s_: data for s_, data, _ in it.flush()}[slot])
     assert [r.request_id for r in out] == [99, 1, 2]
     assert out[1].status == Status.NOT_LEADER and decode_error(out[1].body).leader_id == 2
     assert bytes(iter_frames(frame(encode_error(Status.NOT_LEADER, 2, "ask node 2", 2)), crc32c, 100).__next__()) \
@@ -292,7 +292,7 @@ def test_flush_writes_each_socket_once_and_hands_back_what_it_did_not_take() -> 
         assert it.reply(small, small_gen, big)
         rest = it.flush()
         assert right.recv(100) == frame(b"hello")
-        assert [s for s, _ in rest] == [small]
+        assert [s for s, _, records in rest if not records] == [small]
         written = b""
         while True:
             try:
@@ -302,7 +302,7 @@ def test_flush_writes_each_socket_once_and_hands_back_what_it_did_not_take() -> 
         assert written + rest[0][1] == frame(big)  # in order, nothing lost or repeated
         it.set_backlogged(slot, True)
         assert it.reply(slot, gen, b"later")
-        assert it.flush() == [(slot, frame(b"later"))]  # a backlogged connection writes through Python
+        assert it.flush() == [(slot, frame(b"later"), False)]  # a backlogged connection writes through Python
     finally:
         for s in (left, right, small_left, small_right):
             s.close()

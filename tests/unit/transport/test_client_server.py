@@ -38,6 +38,7 @@ class FakeConn:
         self.on_data: Any = None
         self.on_close: Any = None
         self.write_buffer_bytes = 0
+        self.tls_session: Any = None
 
     def take_raw(self, on_data: Any, on_close: Any) -> None:
         self.on_data, self.on_close = on_data, on_close
