@@ -94,15 +94,17 @@ static void openssl_reason(const char *what, char *err, size_t err_bytes)
     snprintf(err, err_bytes, "%s: %s", what, reason);
 }
 
-esc_tls_ctx *esc_tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
-                             size_t err_bytes)
+/* A context of `method` that trusts ca_file and, when both are given, presents cert_file and
+ * key_file; the peer's certificate is checked when it presents one (see the callers). */
+static esc_tls_ctx *make_ctx(const SSL_METHOD *method, const char *ca_file, const char *cert_file,
+                             const char *key_file, char *err, size_t err_bytes)
 {
     esc_tls_ctx *ctx = calloc(1, sizeof(*ctx));
     if (ctx == NULL) {
         snprintf(err, err_bytes, "out of memory");
         return NULL;
     }
-    ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
+    ctx->ssl_ctx = SSL_CTX_new(method);
     if (ctx->ssl_ctx == NULL) {
         openssl_reason("cannot make a TLS context", err, err_bytes);
         free(ctx);
@@ -131,6 +133,13 @@ esc_tls_ctx *esc_tls_ctx_new(const char *ca_file, const char *cert_file, const c
         }
     }
     return ctx;
+}
+
+esc_tls_ctx *esc_tls_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
+                             size_t err_bytes)
+{
+    /* A client requires the server's certificate: the handshake fails without one of the CA. */
+    return make_ctx(TLS_client_method(), ca_file, cert_file, key_file, err, err_bytes);
 }
 
 void esc_tls_ctx_free(esc_tls_ctx *ctx)
@@ -326,38 +335,13 @@ int esc_tls_write_all(esc_tls *tls, const struct iovec *iov, int iovcnt, int tim
 esc_tls_ctx *esc_tls_server_ctx_new(const char *ca_file, const char *cert_file, const char *key_file, char *err,
                                     size_t err_bytes)
 {
-    esc_tls_ctx *ctx = calloc(1, sizeof(*ctx));
-    if (ctx == NULL) {
-        snprintf(err, err_bytes, "out of memory");
+    /* A server asks for a certificate and checks one when given; none given is a client's
+     * right (SSL_VERIFY_PEER without FAIL_IF_NO_PEER_CERT). */
+    if (cert_file == NULL || key_file == NULL) {
+        snprintf(err, err_bytes, "a server needs its certificate and key");
         return NULL;
     }
-    ctx->ssl_ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx->ssl_ctx == NULL) {
-        openssl_reason("cannot make a TLS context", err, err_bytes);
-        free(ctx);
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx->ssl_ctx, TLS1_2_VERSION);
-    SSL_CTX_set_mode(ctx->ssl_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    /* A certificate is asked for and checked when given; none given is the client's right. */
-    SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, NULL);
-    if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, ca_file, NULL) != 1) {
-        openssl_reason(ca_file, err, err_bytes);
-        esc_tls_ctx_free(ctx);
-        return NULL;
-    }
-    if (SSL_CTX_use_certificate_chain_file(ctx->ssl_ctx, cert_file) != 1) {
-        openssl_reason(cert_file, err, err_bytes);
-        esc_tls_ctx_free(ctx);
-        return NULL;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx->ssl_ctx, key_file, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx->ssl_ctx) != 1) {
-        openssl_reason(key_file, err, err_bytes);
-        esc_tls_ctx_free(ctx);
-        return NULL;
-    }
-    return ctx;
+    return make_ctx(TLS_server_method(), ca_file, cert_file, key_file, err, err_bytes);
 }
 
 esc_tls *esc_tls_new_server(esc_tls_ctx *ctx)
