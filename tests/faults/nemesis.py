@@ -316,7 +316,10 @@ class Nemesis:
             if kind in ("lose_disk", "damage"):
                 # A second node losing its data while one still catches up would be a second
                 # failure, past what the cluster tolerates: it would rightly stop electing.
-                rejoining = [j for j, n in nodes.items() if n.alive and (st := n.status(0.5)) is not None and st["rejoining"]]
+                # A node that does not answer may be one still opening or repairing its data
+                # (seed 3613388233: node 3 restarted with --repair, silent for 0.5 s, and node
+                # 1 then lost its disk): it counts as catching up.
+                rejoining = [j for j, n in nodes.items() if n.alive and ((st := n.status(2.0)) is None or st["rejoining"])]
                 if rejoining:
                     self.note(f"{kind} skipped: node {rejoining[0]} is still catching up")
                     return
