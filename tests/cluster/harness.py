@@ -100,7 +100,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 def scrape(node: NodeProcess) -> dict[str, float]:
     """A node's /metrics as {series: value}, labels kept in the series name."""
-    with urllib.request.urlopen(f"http://{node.http}/metrics", timeout=5) as resp:
+    scheme = "https" if node.cluster.tls_dir else "http"
+    with urllib.request.urlopen(f"{scheme}://{node.http}/metrics", timeout=5, context=node.cluster.https_context()) as resp:
         lines = resp.read().decode().splitlines()
     return {name: float(value) for name, value in (line.rsplit(" ", 1) for line in lines if line and not line.startswith("#"))}
 

@@ -4,31 +4,43 @@ changes nothing; the right token appends and reads."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import mmh3
 import pytest
 
 from eventstream.client import Client
+from eventstream.client import Client as ClientOf
 from eventstream.errors import PermissionDenied, Unauthenticated
+from eventstream.tls import init_certs
 from tests.cluster.harness import LocalCluster, scrape
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _esc(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = None if token is None else {**os.environ, "ESC_TOKEN": token}
+def _esc_cli(*args: str, token: str | None = None, ca: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **({"ESC_TOKEN": token} if token else {}), **({"ESC_CA": ca} if ca else {})}
     return subprocess.run([sys.executable, "-m", "eventstream.cli", *args], capture_output=True, text=True,
                           timeout=60, env=env)
 
 
-def test_tokens_refuse_what_they_do_not_allow_and_change_nothing(tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path, 3, queue_count=4).start()
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+def test_tokens_refuse_what_they_do_not_allow_and_change_nothing(tmp_path: Path, secure: bool) -> None:
+    """On a cluster with tokens, and on a secured one (TLS on every link as well)."""
+    options: dict[str, Any] = {}
+    if secure:
+        init_certs(tmp_path / "tls", 3, ["127.0.0.1"])
+        options["tls_dir"] = str(tmp_path / "tls")
+    cluster = LocalCluster(tmp_path / "nodes", 3, queue_count=4, **options).start()
+    Client = functools.partial(ClientOf, tls_ca=cluster.tls_ca)  # noqa: N806 - stands in for the class
+    _esc = functools.partial(_esc_cli, ca=cluster.tls_ca)
     try:
         cluster.leader(20)
         where = ",".join(cluster.addresses)
@@ -83,7 +95,8 @@ def test_tokens_refuse_what_they_do_not_allow_and_change_nothing(tmp_path: Path)
         # The digest over HTTP needs the admin token too; nothing refused was stored.
         node = cluster.nodes[1]
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"http://{node.http}/status?digest=1", timeout=5)
+            urllib.request.urlopen(f"{'https' if secure else 'http'}://{node.http}/status?digest=1", timeout=5,
+                                   context=cluster.https_context())
         assert refused.value.code == 401
         statuses = cluster.wait_converged(20)
         assert len({s["digest"] for s in statuses.values()}) == 1
