@@ -59,6 +59,7 @@ cdef extern from "dedup_table.h":
     int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue,
                          int64_t offset, int64_t first_seen_us,
                          const esc_dedup_entry **existing) nogil
+    void esc_dedup_prefetch(const esc_dedup_table *t, uint64_t h1) nogil
     uint64_t esc_dedup_expire(esc_dedup_table *t, int64_t cutoff_us) nogil
     uint64_t esc_dedup_bytes(const esc_dedup_table *t) nogil
 

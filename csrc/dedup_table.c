@@ -92,31 +92,21 @@ const esc_dedup_entry *esc_dedup_find(const esc_dedup_table *t, uint64_t h1, uin
     }
 }
 
-int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
-                     int64_t first_seen_us, const esc_dedup_entry **existing) {
-    const esc_dedup_entry *found = esc_dedup_find(t, h1, h2);
-    if (found != NULL) {
-        if (existing != NULL) *existing = found;
-        return ESC_DEDUP_PRESENT;
-    }
-    uint64_t count = t->tail - t->head;
-    if (count >= t->ids_max) return ESC_DEDUP_FULL;
-    if ((count + 1) * 4 > t->slot_count * 3) {
-        uint64_t want = t->slot_count == 0 ? 1024 : t->slot_count * 2;
-        if (want > ESC_DEDUP_SLOTS_MAX || slots_resize(t, want) != 0) return ESC_DEDUP_NO_MEMORY;
-    }
+/* Appends an entry for seq t->tail to the chunks; 0, or -1 when out of memory. */
+static int entry_append(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
+                        int64_t first_seen_us) {
     if (t->chunk_used == 0) t->chunk_first = t->tail >> ESC_DEDUP_CHUNK_SHIFT;
     size_t chunk = (size_t)((t->tail >> ESC_DEDUP_CHUNK_SHIFT) - t->chunk_first);
     if (chunk == t->chunk_used) {
         if (t->chunk_used == t->chunk_capacity) {
             size_t cap = t->chunk_capacity == 0 ? 16 : t->chunk_capacity * 2;
             esc_dedup_entry **grown = realloc(t->chunks, cap * sizeof(*grown));
-            if (grown == NULL) return ESC_DEDUP_NO_MEMORY;
+            if (grown == NULL) return -1;
             t->chunks = grown;
             t->chunk_capacity = cap;
         }
         esc_dedup_entry *fresh = chunk_new();
-        if (fresh == NULL) return ESC_DEDUP_NO_MEMORY;
+        if (fresh == NULL) return -1;
         t->chunks[t->chunk_used++] = fresh;
     }
     esc_dedup_entry *e = entry_at_seq(t, t->tail);
@@ -125,9 +115,39 @@ int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue
     e->offset = offset;
     e->first_seen_us = first_seen_us;
     e->queue = queue;
-    uint64_t mask = t->slot_count - 1;
-    uint64_t i = h1 & mask;
-    while (t->slots[i] != 0) i = (i + 1) & mask;
+    return 0;
+}
+
+int esc_dedup_insert(esc_dedup_table *t, uint64_t h1, uint64_t h2, int32_t queue, int64_t offset,
+                     int64_t first_seen_us, const esc_dedup_entry **existing) {
+    /* One probe finds the id or the empty slot a new id takes (linear probing puts it at the
+     * first empty slot of its run): the slot's cache line is fetched once per id. */
+    uint64_t i = 0;
+    if (t->slot_count != 0) {
+        uint64_t mask = t->slot_count - 1;
+        uint64_t want = slot_make(h1, 0) >> 32;
+        for (i = h1 & mask;; i = (i + 1) & mask) {
+            uint64_t s = t->slots[i];
+            if (s == 0) break;
+            if ((s >> 32) != want) continue;
+            const esc_dedup_entry *e = entry_at_seq(t, slot_seq(t, s));
+            if (e->h1 == h1 && e->h2 == h2) {
+                if (existing != NULL) *existing = e;
+                return ESC_DEDUP_PRESENT;
+            }
+        }
+    }
+    uint64_t count = t->tail - t->head;
+    if (count >= t->ids_max) return ESC_DEDUP_FULL;
+    if ((count + 1) * 4 > t->slot_count * 3) {
+        uint64_t want = t->slot_count == 0 ? 1024 : t->slot_count * 2;
+        if (want > ESC_DEDUP_SLOTS_MAX || slots_resize(t, want) != 0) return ESC_DEDUP_NO_MEMORY;
+        /* The probe's slot belonged to the old table. */
+        uint64_t mask = t->slot_count - 1;
+        for (i = h1 & mask; t->slots[i] != 0; i = (i + 1) & mask) {
+        }
+    }
+    if (entry_append(t, h1, h2, queue, offset, first_seen_us) != 0) return ESC_DEDUP_NO_MEMORY;
     t->slots[i] = slot_make(h1, t->tail);
     t->tail++;
     return ESC_DEDUP_INSERTED;

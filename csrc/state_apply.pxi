@@ -50,6 +50,10 @@ def apply_set_event(const uint8_t[::1] batch, uint32_t queue_count, DedupTable d
         free(starts); free(q_count); free(q_bytes); free(q_ts)
 
 
+# The route of an event whose explicit queue does not exist (queue ids are below queue_count).
+cdef uint32_t ROUTE_BAD_QUEUE = 0xFFFFFFFF
+
+
 cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
                              const uint32_t *starts, uint32_t queue_count, DedupTable dedup,
                              int64_t[::1] next_offsets, uint32_t *q_count, uint64_t *q_bytes,
@@ -71,21 +75,37 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
     cdef const esc_dedup_entry *existing = NULL
     cdef uint64_t stored = 0, total_bytes = 0
 
+    # Two passes: the first routes and hashes every event and asks for each id's slot in the
+    # dedup table ahead (a table of millions of ids misses the cache on nearly every probe, and
+    # the misses of one batch then overlap); the second checks-and-adds in order, so the
+    # outcome is exactly that of one pass.
+    cdef uint32_t *routes = <uint32_t *>malloc((<size_t>count + 1) * sizeof(uint32_t))
+    cdef uint64_t *hashes = <uint64_t *>malloc((<size_t>count + 1) * 2 * sizeof(uint64_t))
+    if routes == NULL or hashes == NULL:
+        free(routes); free(hashes)
+        raise MemoryError()
     with nogil:
         for i in range(count):
             esc_batch_read_event(buf, length, starts[i], &ev, &next_pos)
             if ev.flags & ESC_EVENT_HAS_QUEUE:
-                if ev.queue >= queue_count:
-                    statuses[i] = ST_BAD_QUEUE
-                    queues[i] = -1
-                    offsets[i] = -1
-                    continue
-                q = ev.queue
+                routes[i] = ev.queue if ev.queue < queue_count else ROUTE_BAD_QUEUE
             else:
-                q = esc_murmur3_32(ev.key if ev.key != NULL else <const uint8_t *>b"",
-                                   ev.key_len, 0) % queue_count
+                routes[i] = esc_murmur3_32(ev.key if ev.key != NULL else <const uint8_t *>b"",
+                                           ev.key_len, 0) % queue_count
+            if ev.flags & ESC_EVENT_HAS_ID and routes[i] != ROUTE_BAD_QUEUE:
+                esc_murmur3_128(ev.event_id, ev.id_len, 0, &hashes[2 * i], &hashes[2 * i + 1])
+                dedup.prefetch(ev.flags & ESC_EVENT_ID_GENERATED, hashes[2 * i])
+        for i in range(count):
+            esc_batch_read_event(buf, length, starts[i], &ev, &next_pos)
+            q = routes[i]
+            if q == ROUTE_BAD_QUEUE:
+                statuses[i] = ST_BAD_QUEUE
+                queues[i] = -1
+                offsets[i] = -1
+                continue
             if ev.flags & ESC_EVENT_HAS_ID:
-                esc_murmur3_128(ev.event_id, ev.id_len, 0, &h1, &h2)
+                h1 = hashes[2 * i]
+                h2 = hashes[2 * i + 1]
                 rc = dedup.insert(ev.flags & ESC_EVENT_ID_GENERATED, h1, h2, <int32_t>q,
                                   next_offsets[q], seen_us if seen_given else ev.timestamp_us,
                                   &existing)
@@ -116,6 +136,8 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             q_bytes[q] += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
             stored += 1
             total_bytes += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
+    free(routes)
+    free(hashes)
     if out_of_memory:
         # Ids before this one are already added: the state is no longer trustworthy.
         raise MemoryError("dedup table could not grow while applying SET_EVENT")

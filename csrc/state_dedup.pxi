@@ -119,6 +119,9 @@ cdef class DedupTable:
         t.ids_max = self.cap - others if self.cap > others else 0
         return esc_dedup_insert(t, h1, h2, queue, offset, first_seen_us, existing)
 
+    cdef inline void prefetch(self, bint generated, uint64_t h1) noexcept nogil:
+        esc_dedup_prefetch(&self.generated if generated else &self.table, h1)
+
     def add(self, const uint8_t[::1] event_id, int32_t queue, int64_t offset,
             int64_t first_seen_us, bint generated=False):
         """Check-and-add: None when the id is new (now remembered), else the original

@@ -14,6 +14,10 @@ import psutil
 
 from eventstream.client import parse_address
 
+# A label that starts with this measures only the process's main thread (the thread whose id is
+# the pid: for a node, the event loop that runs Raft, the log and the clients), not the process.
+MAIN_THREAD_LABEL = "main-thread-"
+
 
 @dataclass(slots=True)
 class NodeFigures:
@@ -42,7 +46,7 @@ class NodeUsage:
 
     def begin(self) -> None:
         for label, process in self._processes.items():
-            cpu = _cpu_s(process)
+            cpu = _cpu_s(process, label)
             if cpu is not None:
                 self._cpu_begin[label] = cpu
         self.sample()
@@ -60,7 +64,7 @@ class NodeUsage:
         rows = []
         for label, pid in self._pids.items():
             process = self._processes.get(label)
-            cpu_now = _cpu_s(process) if process is not None else None
+            cpu_now = _cpu_s(process, label) if process is not None else None
             begin = self._cpu_begin.get(label)
             cpu = None if cpu_now is None or begin is None else round(cpu_now - begin, 3)
             peak = _peak_rss_bytes(pid)
@@ -71,8 +75,13 @@ class NodeUsage:
         return rows
 
 
-def _cpu_s(process: psutil.Process) -> float | None:
+def _cpu_s(process: psutil.Process, label: str = "") -> float | None:
     try:
+        if label.startswith(MAIN_THREAD_LABEL):
+            for thread in process.threads():
+                if thread.id == process.pid:
+                    return float(thread.user_time + thread.system_time)
+            return None
         times = process.cpu_times()
     except psutil.Error:
         return None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esc_bench.latency import summary_ms
+from esc_bench.node_usage import MAIN_THREAD_LABEL
 from esc_bench.params import LoadParams
 from esc_bench.run import run_load
 from eventstream.local_cluster import LocalCluster
@@ -55,6 +56,10 @@ class ModeFigures:
     # order to the worker taking it) and their missed wake-ups in total.
     order_wait_ms_p99: float = 0.0
     missed_wakeups: int = 0
+    # The leader's main thread alone (its event loop: Raft, log, apply, clients and, in
+    # inprocess mode, sending to every follower): the thread that bounds a leader on a machine
+    # of its own, which the pool exists to relieve.
+    leader_main_thread_cpu_s: float = 0.0
 
 
 def _wait_for_workers(cluster: LocalCluster, leader_id: int, nodes: int) -> dict[str, int]:
@@ -81,6 +86,7 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
     try:
         leader_id = cluster.leader(timeout=20.0)
         pids = {str(k): n.proc.pid for k, n in cluster.nodes.items() if n.proc is not None}
+        pids[MAIN_THREAD_LABEL + str(leader_id)] = pids[str(leader_id)]
         if mode == "pool":
             pids |= _wait_for_workers(cluster, leader_id, nodes)
         params = LoadParams(clients, concurrency, batch_size, payload_bytes, keys=1000, ids=True, read_ratio=0.0,
@@ -105,10 +111,12 @@ def measure_mode(root: Path, mode: str, nodes: int, batch_size: int, wal_sync: b
         float(latency["p50"] or "nan"), float(latency["p99"] or "nan"),
         round(cpu.get(str(leader_id), 0.0), 3),
         round(sum(v for k, v in cpu.items() if k.startswith(WORKER_LABEL)), 3),
-        round(sum(v for k, v in cpu.items() if k != str(leader_id) and not k.startswith(WORKER_LABEL)), 3),
+        round(sum(v for k, v in cpu.items()
+                  if k != str(leader_id) and not k.startswith((WORKER_LABEL, MAIN_THREAD_LABEL))), 3),
         outcome.leader_changes_seen,
         max((w["order_wait_ms_p99"] for w in workers.values()), default=0.0),
         sum(w["missed_wakeups"] for w in workers.values()),
+        round(cpu.get(MAIN_THREAD_LABEL + str(leader_id), 0.0), 3),
     )
 
 
@@ -137,6 +145,8 @@ def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
         # CPU per event is steadier than CPU per second when the load itself swings.
         counted = [r for r in mine if r.events] or mine
         out[mode]["leader_us_per_event"] = statistics.median(r.leader_cpu_s / max(r.events, 1) * 1e6 for r in counted)
+        out[mode]["main_thread_us_per_event"] = statistics.median(
+            r.leader_main_thread_cpu_s / max(r.events, 1) * 1e6 for r in counted)
         out[mode]["workers_us_per_event"] = statistics.median(r.workers_cpu_s / max(r.events, 1) * 1e6 for r in counted)
         # Every node process and worker: what one event costs the machine, which decides
         # throughput once the cores are all busy.
@@ -147,20 +157,21 @@ def medians(rows: list[ModeFigures]) -> dict[str, dict[str, float]]:
 
 HEADER = (f"{'nodes':>5} {'batch':>5} {'wal_sync':>8} {'mode':>9} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'leader cpu':>10} {'workers cpu':>11} {'followers cpu':>13} {'errors':>6} {'wait p99 ms':>11} "
-          f"{'missed':>6}")
+          f"{'missed':>6} {'main thr':>8}")
 
 SUMMARY_HEADER = (
     "| nodes | batch | wal_sync | events/s inprocess | events/s pool | pool / inprocess | p99 ms inprocess "
     "| p99 ms pool | leader us/event inprocess | leader us/event pool | workers us/event | control plane share (pool) "
-    "| cluster us/event inprocess | cluster us/event pool |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| cluster us/event inprocess | cluster us/event pool | leader main thread us/event inprocess "
+    "| leader main thread us/event pool | main thread pool / inprocess |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def row(f: ModeFigures) -> str:
     return (f"{f.nodes:>5} {f.batch_size:>5} {'on' if f.wal_sync else 'off':>8} {f.mode:>9} {f.events_per_s:>10,.0f} "
             f"{f.p50_ms:>8.2f} {f.p99_ms:>8.2f} {f.leader_cpu_s:>10.2f} {f.workers_cpu_s:>11.2f} "
-            f"{f.followers_cpu_s:>13.2f} {f.errors:>6} {f.order_wait_ms_p99:>11.2f} {f.missed_wakeups:>6}")
+            f"{f.followers_cpu_s:>13.2f} {f.errors:>6} {f.order_wait_ms_p99:>11.2f} {f.missed_wakeups:>6} {f.leader_main_thread_cpu_s:>8.2f}")
 
 
 def summary_row(nodes: int, batch: int, sync: str, m: dict[str, dict[str, float]]) -> str:
@@ -173,7 +184,9 @@ def summary_row(nodes: int, batch: int, sync: str, m: dict[str, dict[str, float]
     return (f"| {nodes} | {batch} | {sync} | {i['events_per_s']:,.0f} | {p['events_per_s']:,.0f} | {ratio:.2f} "
             f"| {i['p99_ms']:.1f} | {p['p99_ms']:.1f} | {i['leader_us_per_event']:.2f} "
             f"| {p['leader_us_per_event']:.2f} | {p['workers_us_per_event']:.2f} | {share:.0%} "
-            f"| {i['cluster_us_per_event']:.2f} | {p['cluster_us_per_event']:.2f} |")
+            f"| {i['cluster_us_per_event']:.2f} | {p['cluster_us_per_event']:.2f} "
+            f"| {i['main_thread_us_per_event']:.2f} | {p['main_thread_us_per_event']:.2f} "
+            f"| {p['main_thread_us_per_event'] / i['main_thread_us_per_event'] if i['main_thread_us_per_event'] else float('nan'):.2f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
