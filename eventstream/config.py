@@ -22,15 +22,29 @@ PROFILES: dict[str, dict[str, Any]] = {
     "logging": {"wal_sync": False, "batch_size": 1000},
 }
 
-REPLICATION_MODES = ("inprocess", "pool")
+REPLICATION_MODES = ("auto", "inprocess", "pool")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset
+    narrows), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_replication_mode(cores: int | None = None) -> str:
-    """"pool" when this process may run on more than one core: the workers then have a core
-    to take the socket work to. With one core they would only add context switches."""
+    """What replication = "auto" becomes: "pool" when this process may run on more than one
+    core (the workers then have a core to take the per-follower work to: encoding, CRC,
+    encryption, sockets), "inprocess" on one core, where workers would only add context
+    switches. Several nodes sharing a machine's cores is for whoever starts them to judge
+    (`esc local` picks inprocess when it starts more nodes than there are cores)."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
     return "pool" if cores > 1 else "inprocess"
+
+
+def replication_in_effect(setting: str, cores: int | None = None) -> str:
+    """The mode a node runs with the `replication` setting: "auto" decided here, once at start."""
+    return default_replication_mode(cores) if setting == "auto" else setting
 
 
 class ConfigError(ValueError):
@@ -96,9 +110,10 @@ class NodeConfig:
     max_uncommitted_bytes: int = 256 * 1024 * 1024
     frame_bytes_max: int = 64 * 1024 * 1024
     log_level: str = "info"
-    # Who moves a leader's messages to its followers: "inprocess" (the node's own thread) or
-    # "pool" (one worker process per follower, eventstream/replication/pool.py).
-    replication: str = field(default_factory=lambda: default_replication_mode())
+    # Who moves a leader's messages to its followers: "inprocess" (the node's own thread),
+    # "pool" (one worker process per follower, eventstream/replication/pool.py), or "auto":
+    # pool when the node may use more than one core (replication_in_effect).
+    replication: str = "auto"
     # This node's data dir was lost (a replaced disk) and it starts empty into a cluster that
     # has a log: it votes again only once caught up (RaftConfig.rejoining). No effect on a
     # data dir that holds a log.

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from eventstream.config import usable_cores
+
 
 def ephemeral_port_range() -> tuple[int, int]:
     """The range the kernel picks outgoing source ports from (Linux; a common default elsewhere)."""
@@ -172,6 +174,10 @@ class LocalCluster:
         self.size = size
         self.distinct_hosts = distinct_hosts
         self.options = {"log_level": "info", **self.default_options, **options}
+        if self.options.get("replication", "auto") == "auto" and size > usable_cores():
+            # Every node would start a worker per follower on cores the other nodes already
+            # need: on a shared machine the pool only adds context switches.
+            self.options["replication"] = "inprocess"
         if distinct_hosts:
             self.port = port or 7101
             self.http_port = http_port or 8101

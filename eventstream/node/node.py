@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eventstream import __version__
-from eventstream.config import NodeConfig, parse_address
+from eventstream.config import NodeConfig, parse_address, replication_in_effect
 from eventstream.metrics import LATENCY_BUCKETS_S, NodeMetrics
 from eventstream.node.answers import AppendAnswers, Replies
 from eventstream.node.apply import NodeApplier
@@ -108,7 +108,8 @@ class Node:
         # Pool workers write their sockets from native code, and encrypt there too with TLS on
         # (csrc/tls_link.h); a build without OpenSSL's headers has no native TLS, and the leader
         # then replicates in-process (docs/operations.md, "TLS").
-        use_pool = config.replication == "pool" and (self.tls is None or NATIVE_TLS)
+        self.replication = replication_in_effect(config.replication)
+        use_pool = self.replication == "pool" and (self.tls is None or NATIVE_TLS)
         self.routing = PeerRouting(self.id, self.raft, dict(self.directory.links), host, config.frame_bytes_max,
                                    use_pool, self.late, metrics, clock, wake,
                                    peer_context(config.tls_dir, config.id) if config.tls_dir else None,
@@ -185,7 +186,7 @@ class Node:
             "node %d (esc %s) listening on %s:%d, peers %s, data %s, wal_sync=%s",
             self.id, __version__, *self.listen_address, cfg.peers, cfg.data_dir, cfg.wal_sync,
         )
-        if self.tls is not None and cfg.replication == "pool" and not NATIVE_TLS:
+        if self.tls is not None and self.replication == "pool" and not NATIVE_TLS:
             log.warning("node %d: TLS is on, and this build's replication workers have no native TLS (OpenSSL's "
                         "headers were missing when it was built): this node replicates in-process", self.id)
         if cfg.insecure and self.tls is None:

@@ -147,7 +147,8 @@ class StatusReporter:
                            "addresses": {str(n): self.replies.peers.get(n) for n in st.membership.members}},
             "last_snapshot": self.snapshots.last_index,
             "pipelines": {str(pid): dataclasses.asdict(p.stats) for pid, p in self.routing.pipelines.items()},
-            "replication": config.replication,
+            "replication": "pool" if pool is not None else "inprocess",
+            "replication_setting": config.replication,
             "replication_workers": ({str(peer): dataclasses.asdict(u) for peer, u in pool.usage().items()}
                                     if pool is not None else {}),
             "wal_sync": config.wal_sync,
