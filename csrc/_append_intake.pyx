@@ -21,6 +21,12 @@ the reference the tests compare these with.
 import os
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+cdef extern from "Python.h":
+    # Grows or shrinks a bytes object nobody else holds yet (refcount 1), in place when it can.
+    int _PyBytes_Resize(PyObject **bytes, Py_ssize_t size) except -1
+
 from libc.errno cimport EAGAIN, EINTR, ENOMEM, EPIPE, errno
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc

@@ -57,7 +57,7 @@ cdef class TlsServerSession:
         cdef char err[256]
         cdef int events = 0, rc
         cdef ssize_t n
-        cdef bytearray plain
+        cdef PyObject *plain = NULL
         cdef size_t room, have = 0
         if view.shape[0] and esc_tls_mem_feed(self.tls, &view[0], view.shape[0]) != 0:
             raise MemoryError("no memory for received TLS bytes")
@@ -68,24 +68,35 @@ cdef class TlsServerSession:
             if rc == 0:
                 return b"", self._outgoing()
             self.handshake_done = True
+        # The plaintext is read straight into the bytes object returned (shrunk to its size at
+        # the end), so each read's bytes are copied once after decryption, not twice.
         room = <size_t>view.shape[0] + 16384
-        plain = bytearray(room)
-        while True:
-            if room - have < 16384:
-                plain.extend(bytes(room))
-                room *= 2
-            n = esc_tls_read(self.tls, <uint8_t *>(<char *>plain) + have, room - have, &events)
-            if n > 0:
-                have += <size_t>n
-                continue
-            if n == -1:
-                break
-            if n == 0:
-                self.closed_by_peer = True
-                break
-            esc_tls_error_text(self.tls, err, sizeof(err))
-            raise TlsSessionError(err.decode(errors="replace"), self._outgoing())
-        return bytes(plain[:have]), self._outgoing()
+        plain_obj = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>room)
+        plain = <PyObject *>plain_obj
+        Py_INCREF(plain_obj)  # the reference _PyBytes_Resize may replace
+        plain_obj = None
+        try:
+            while True:
+                if room - have < 16384:
+                    room *= 2
+                    _PyBytes_Resize(&plain, <Py_ssize_t>room)
+                n = esc_tls_read(self.tls, <uint8_t *>PyBytes_AS_STRING(<object>plain) + have, room - have,
+                                 &events)
+                if n > 0:
+                    have += <size_t>n
+                    continue
+                if n == -1:
+                    break
+                if n == 0:
+                    self.closed_by_peer = True
+                    break
+                esc_tls_error_text(self.tls, err, sizeof(err))
+                raise TlsSessionError(err.decode(errors="replace"), self._outgoing())
+            _PyBytes_Resize(&plain, <Py_ssize_t>have)
+            result = <object>plain
+        finally:
+            Py_XDECREF(plain)
+        return result, self._outgoing()
 
     def encrypt(self, data):
         """The records carrying `data`, to write to the socket after everything before."""

@@ -171,9 +171,13 @@ def test_strangers_on_a_tls_port_cannot_lock_clients_out(tmp_path: Path) -> None
         print(f"late client served in {late_s:.2f} s; {during} appends in the second after; RSS +{grown >> 20} MiB")
         assert during > 0 and late_s < 5.0
         assert grown <= HOSTILE_RSS_GROWTH_MAX, f"RSS grew {grown:,} bytes"
-        # The first refusal logged from the host names its reason; the rest are counted.
+        # The first refusal logged from the host names its reason; the rest are counted. Which
+        # reason comes first depends on the machine's pace: when the 1,200 connects take longer
+        # than the hello's 5 s (a slow accept queue), the oldest time out before any is evicted.
+        refusals = [line for line in log.splitlines() if "refused a connection" in line]
         assert any(reason in log for reason in ("owed their hello; this one the longest",
-                                                "TLS handshakes under way; this one the longest", "does not speak TLS"))
+                                                "TLS handshakes under way; this one the longest", "does not speak TLS",
+                                                "no hello within 5 s")), refusals
         # Once a minute per host: the 1,700 refusals from 127.0.0.1 are a line or two, not 1,700.
         assert log.count("refused a connection from 127.0.0.1") <= 3, log.count("refused a connection")
     finally:
