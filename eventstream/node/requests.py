@@ -104,9 +104,13 @@ class ClientRequests:
 
     def _on_auth(self, session: ClientSession, request: Request) -> None:
         if not self.auth.enabled:  # no token exists yet: every request is taken
+            # This node may lag behind the cluster's first token: keep what was presented so
+            # the session's grants are known once the token reaches this node's state.
+            session.presented_token = bytes(request.body).decode(errors="replace")
             session.reply(encode_response(Status.OK, request.request_id, encode_json({"name": None, "allow": []})))
             return
         grants = self.auth.authenticate(bytes(request.body).decode(errors="replace"))
+        session.presented_token = None
         if grants is None:
             session.grants = None
             self.replies.error(session, request.request_id, Status.UNAUTHENTICATED, "unknown or revoked token")
@@ -144,10 +148,19 @@ class ClientRequests:
         grants = self.auth.authenticate(token) if self.auth.enabled else None
         return grants is not None and grants.admin
 
-    @staticmethod
-    def _grants(session: ClientSession) -> Grants | None:
+    def _grants(self, session: ClientSession) -> Grants | None:
         grants = session.grants
-        return grants if isinstance(grants, Grants) else None
+        if isinstance(grants, Grants):
+            return grants
+        token = session.presented_token
+        if token is not None and self.auth.enabled:
+            session.presented_token = None
+            found = self.auth.authenticate(token)
+            if found is not None:
+                session.grants = found
+                self.intake.set_append_queues(session.slot, found.append_limit)
+            return found
+        return None
 
     def _leader_check(self, session: ClientSession, request_id: int) -> bool:
         raft = self.raft

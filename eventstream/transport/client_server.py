@@ -59,7 +59,7 @@ class ClientService(Protocol):
 class ClientSession:
     """One client connection: a slot of the intake. reply() may be called once per request."""
 
-    __slots__ = ("conn", "slot", "gen", "open", "grants", "_server")
+    __slots__ = ("conn", "slot", "gen", "open", "grants", "presented_token", "_server")
 
     def __init__(self, server: ClientServer, conn: FramedConnection, slot: int, gen: int) -> None:
         self._server = server
@@ -68,6 +68,8 @@ class ClientSession:
         self.gen = gen
         self.open = True
         self.grants: object = None  # what the token this connection presented allows (node/auth.py)
+        # A token presented while the node knew no tokens, checked once tokens exist here.
+        self.presented_token: str | None = None
 
     def reply(self, body: bytes) -> None:
         server = self._server

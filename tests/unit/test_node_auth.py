@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from eventstream.node.auth import Authority, new_token, token_digest
+from eventstream.node.auth import Authority, Grants, new_token, token_digest
+from eventstream.node.requests import ClientRequests
 from eventstream.state.config import ConfigError, default_config, merge_config, validate_config
-from eventstream.transport.client_protocol import Op, Status
+from eventstream.transport.client_protocol import Op, Request, Status
 
 
 class Config:
@@ -98,3 +99,60 @@ def test_a_node_certificate_allows_what_a_joining_node_asks_and_nothing_else() -
     for op in (Op.APPEND, Op.READ, Op.CONFIG_GET, Op.CONFIG_UPDATE, Op.SNAPSHOT, Op.MEMBER_CHANGE):
         assert _status(authority.refusal(None, op, node_certificate=True)) == Status.UNAUTHENTICATED
     assert _status(authority.refusal(None, Op.MEMBERS)) == Status.UNAUTHENTICATED
+
+
+class _Intake:
+    def __init__(self) -> None:
+        self.limits: dict[int, object] = {}
+
+    def set_append_queues(self, slot: int, limit: object) -> None:
+        self.limits[slot] = limit
+
+
+class _Replies:
+    def __init__(self) -> None:
+        self.errors: list[tuple[Status, str]] = []
+
+    def error(self, session: object, request_id: int, status: Status, message: str, leader_id: int = 0) -> None:
+        self.errors.append((status, message))
+
+
+class _Conn:
+    certified_node = None
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.grants: object = None
+        self.presented_token: str | None = None
+        self.slot, self.conn = 3, _Conn()
+        self.replies: list[bytes] = []
+
+    def reply(self, body: bytes) -> None:
+        self.replies.append(body)
+
+
+def _requests(source: Config) -> tuple[ClientRequests, _Intake, _Replies]:
+    intake, replies = _Intake(), _Replies()
+    unused = cast(Any, None)
+    requests = ClientRequests(unused, unused, cast(Any, source), cast(Any, intake), unused, cast(Any, replies),
+                              unused, unused, unused, unused, unused, unused, lambda: None)
+    return requests, intake, replies
+
+
+def test_a_token_presented_before_this_node_knew_any_counts_once_the_tokens_arrive() -> None:
+    """A follower can lag behind the cluster's first token: a session that authenticated while
+    the node had none keeps its token and is judged by it once the tokens reach this node."""
+    source = Config()
+    requests, intake, replies = _requests(source)
+    billing, stranger = new_token(), new_token()
+    early, unknown = _Session(), _Session()
+    requests.on_request(cast(Any, early), Request(Op.AUTH, 1, billing.encode()))
+    requests.on_request(cast(Any, unknown), Request(Op.AUTH, 1, stranger.encode()))
+    assert len(early.replies) == 1 and not replies.errors  # nothing to check against yet
+    source.update({"ops": _entry(new_token(), "admin"), "billing": _entry(billing, "append:2", "read:2")})
+    requests.on_request(cast(Any, early), Request(Op.CONFIG_GET, 2, b""))
+    assert replies.errors == [(Status.PERMISSION_DENIED, "token 'billing' does not allow config_get (needs admin)")]
+    assert isinstance(early.grants, Grants) and early.grants.name == "billing" and 3 in intake.limits
+    requests.on_request(cast(Any, unknown), Request(Op.CONFIG_GET, 2, b""))
+    assert replies.errors[1][0] == Status.UNAUTHENTICATED and unknown.grants is None
