@@ -79,10 +79,13 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
     # dedup table ahead (a table of millions of ids misses the cache on nearly every probe, and
     # the misses of one batch then overlap); the second checks-and-adds in order, so the
     # outcome is exactly that of one pass.
+    # Pass 1 keeps what pass 2 needs of each header (flags, timestamp), so no event is parsed twice.
     cdef uint32_t *routes = <uint32_t *>malloc((<size_t>count + 1) * sizeof(uint32_t))
     cdef uint64_t *hashes = <uint64_t *>malloc((<size_t>count + 1) * 2 * sizeof(uint64_t))
-    if routes == NULL or hashes == NULL:
-        free(routes); free(hashes)
+    cdef int64_t *stamps = <int64_t *>malloc((<size_t>count + 1) * sizeof(int64_t))
+    cdef uint8_t *has_id = <uint8_t *>malloc(<size_t>count + 1)
+    if routes == NULL or hashes == NULL or stamps == NULL or has_id == NULL:
+        free(routes); free(hashes); free(stamps); free(has_id)
         raise MemoryError()
     with nogil:
         for i in range(count):
@@ -92,22 +95,25 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             else:
                 routes[i] = esc_murmur3_32(ev.key if ev.key != NULL else <const uint8_t *>b"",
                                            ev.key_len, 0) % queue_count
+            stamps[i] = ev.timestamp_us
+            # 0: no id; 1: a client's id; 2: an id the leader generated (its own dedup class).
+            has_id[i] = 0
             if ev.flags & ESC_EVENT_HAS_ID and routes[i] != ROUTE_BAD_QUEUE:
+                has_id[i] = 2 if ev.flags & ESC_EVENT_ID_GENERATED else 1
                 esc_murmur3_128(ev.event_id, ev.id_len, 0, &hashes[2 * i], &hashes[2 * i + 1])
-                dedup.prefetch(ev.flags & ESC_EVENT_ID_GENERATED, hashes[2 * i])
+                dedup.prefetch(has_id[i] == 2, hashes[2 * i])
         for i in range(count):
-            esc_batch_read_event(buf, length, starts[i], &ev, &next_pos)
             q = routes[i]
             if q == ROUTE_BAD_QUEUE:
                 statuses[i] = ST_BAD_QUEUE
                 queues[i] = -1
                 offsets[i] = -1
                 continue
-            if ev.flags & ESC_EVENT_HAS_ID:
+            if has_id[i]:
                 h1 = hashes[2 * i]
                 h2 = hashes[2 * i + 1]
-                rc = dedup.insert(ev.flags & ESC_EVENT_ID_GENERATED, h1, h2, <int32_t>q,
-                                  next_offsets[q], seen_us if seen_given else ev.timestamp_us,
+                rc = dedup.insert(has_id[i] == 2, h1, h2, <int32_t>q,
+                                  next_offsets[q], seen_us if seen_given else stamps[i],
                                   &existing)
                 if rc == ESC_DEDUP_PRESENT:
                     statuses[i] = ST_DUPLICATE
@@ -129,7 +135,7 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             # Age retention judges segments by their newest event; an event stamped past the
             # leader's clock (a client clock ahead, a unit slip) counts as stamped then, or it
             # would age out every segment before it.
-            ts = seen_us if seen_given and ev.timestamp_us > seen_us else ev.timestamp_us
+            ts = seen_us if seen_given and stamps[i] > seen_us else stamps[i]
             if q_count[q] == 0 or ts > q_ts[q]:
                 q_ts[q] = ts
             q_count[q] += 1
@@ -138,6 +144,8 @@ cdef object _apply_validated(const uint8_t *buf, size_t length, uint32_t count,
             total_bytes += ESC_WAL_HEADER_BYTES + (starts[i + 1] - starts[i])
     free(routes)
     free(hashes)
+    free(stamps)
+    free(has_id)
     if out_of_memory:
         # Ids before this one are already added: the state is no longer trustworthy.
         raise MemoryError("dedup table could not grow while applying SET_EVENT")
