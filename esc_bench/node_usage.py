@@ -1,12 +1,17 @@
 """CPU seconds and peak RSS of the cluster's node processes, read with psutil.
 
 CPU is counted over the measurement window only (begin() at the end of warm-up, end() after
-the last answer), so CPU per event is not diluted by start-up and warm-up work.
+the last answer), so CPU per event is not diluted by start-up and warm-up work. Over the same
+window, from /proc: each node's context switches summed over its live threads (voluntary ones
+are a thread sleeping and being woken: a wake-up; involuntary ones are preemption by a thread
+wanting the core). System calls are not counted here: /proc/PID/io counts file reads and writes
+only, not socket sends (`perf stat -e raw_syscalls:sys_enter -p PID` counts them all).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -26,6 +31,34 @@ class NodeFigures:
     cpu_s: float | None
     peak_rss_bytes: int | None
     alive: bool
+    wakeups: int | None = None
+    preemptions: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class _Counters:
+    wakeups: int
+    preemptions: int
+
+
+def _counters(pid: int) -> _Counters | None:
+    """Voluntary and involuntary switches summed over pid's threads, or None where /proc cannot
+    say (another OS, the process gone)."""
+    voluntary = involuntary = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as status:
+                    for line in status:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+            except FileNotFoundError:
+                continue  # a thread that ended between the listing and the read
+    except (OSError, ValueError, IndexError):
+        return None
+    return _Counters(voluntary, involuntary)
 
 
 class NodeUsage:
@@ -38,6 +71,7 @@ class NodeUsage:
                 continue
         self._pids = dict(pids)
         self._cpu_begin: dict[str, float] = {}
+        self._counters_begin: dict[str, _Counters] = {}
         self._rss_peak: dict[str, int] = {}
 
     @property
@@ -49,6 +83,9 @@ class NodeUsage:
             cpu = _cpu_s(process, label)
             if cpu is not None:
                 self._cpu_begin[label] = cpu
+            counters = _counters(process.pid)
+            if counters is not None:
+                self._counters_begin[label] = counters
         self.sample()
 
     def sample(self) -> None:
@@ -71,7 +108,12 @@ class NodeUsage:
             if peak is None:
                 peak = self._rss_peak.get(label)
             alive = process is not None and process.is_running()
-            rows.append(NodeFigures(label, pid, cpu, peak, alive))
+            row = NodeFigures(label, pid, cpu, peak, alive)
+            before, after = self._counters_begin.get(label), _counters(pid) if alive else None
+            if before is not None and after is not None:
+                row.wakeups = after.wakeups - before.wakeups
+                row.preemptions = after.preemptions - before.preemptions
+            rows.append(row)
         return rows
 
 

@@ -59,9 +59,19 @@ def build_report(outcome: LoadOutcome, target: dict[str, Any]) -> dict[str, Any]
         "nodes": [dataclasses.asdict(n) for n in outcome.nodes],
         "node_cpu_s": node_cpu_s,
         "cpu_us_per_event": round(node_cpu_s * 1e6 / events, 3) if node_cpu_s is not None and events else None,
+        **{f"{name}_per_event": _per_event(outcome.nodes, name, events)
+           for name in ("wakeups", "preemptions")},
         "loadgen_cpu_s": round(sum(w["cpu_s"] for w in workers), 3),
         "timeline": outcome.timeline,
     }
+
+
+def _per_event(nodes: list[Any], name: str, events: int) -> float | None:
+    """A /proc counter summed over the nodes, per acknowledged event; None if any node lacks it."""
+    values = [getattr(n, name) for n in nodes]
+    if not values or None in values or not events:
+        return None
+    return round(sum(values) / events, 3)
 
 
 def versions() -> dict[str, str]:
@@ -118,6 +128,10 @@ def render_table(report: dict[str, Any]) -> str:
     cpu_per_event = report["cpu_us_per_event"]
     lines.append(f"{'CPU us per event (nodes)':<28}{'-' if cpu_per_event is None else f'{cpu_per_event:,.2f}':>16}"
                  + ("" if report["nodes"] else "   (no node process on this machine)"))
+    per_event = [(label, report.get(f"{name}_per_event")) for label, name in (
+        ("wake-ups per event (nodes)", "wakeups"), ("preemptions per event (nodes)", "preemptions"))]
+    if any(value is not None for _, value in per_event):
+        lines += [f"{label:<28}{'-' if value is None else f'{value:,.3f}':>16}" for label, value in per_event]
     lines.append(f"{'load generator CPU s':<28}{report['loadgen_cpu_s']:>16.2f}")
     return "\n".join(lines)
 

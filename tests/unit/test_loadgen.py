@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import socket
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -180,6 +181,31 @@ def test_node_usage_reads_cpu_and_peak_rss_of_a_process() -> None:
     assert row.peak_rss_bytes is not None and row.peak_rss_bytes > 1 << 20
 
 
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task"), reason="needs Linux /proc task status")
+def test_node_usage_counts_wake_ups_over_all_threads() -> None:
+    usage = NodeUsage({"self": os.getpid()})
+    usage.begin()
+    wake = threading.Event()
+    done = threading.Event()
+
+    def sleeper() -> None:  # each wait is a sleep and each set() wakes it: one switch per turn
+        for _ in range(50):
+            wake.wait()
+            wake.clear()
+            done.set()
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    for _ in range(50):
+        done.clear()
+        wake.set()
+        done.wait()
+    [row] = usage.end()
+    thread.join()
+    assert row.wakeups is not None and row.wakeups >= 50
+    assert row.preemptions is not None and row.preemptions >= 0
+
+
 def test_listener_pids_finds_this_process_and_skips_what_does_not_listen() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -202,7 +228,8 @@ def outcome(events_per_worker: int = 1000, window_s: float = 2.0) -> LoadOutcome
         latency=latency.merged([worker["latency"], worker["latency"]]),  # type: ignore[list-item]
         read_latency=latency.new_histogram(),
         timeline=[{"t_s": 1.0, "warmup": True, "events_per_s": 900.0, "p99_ms": 40.0, "errors": 0}],
-        nodes=[NodeFigures("1", 11, 0.25, 50 << 20, True), NodeFigures("2", 12, 0.75, 60 << 20, True)],
+        nodes=[NodeFigures("1", 11, 0.25, 50 << 20, True, wakeups=400, preemptions=10),
+               NodeFigures("2", 12, 0.75, 60 << 20, True, wakeups=600, preemptions=20)],
         leader_changes_seen=1,
     )
 
@@ -216,11 +243,13 @@ def test_report_has_the_keys_the_issue_names_with_derived_figures() -> None:
     assert report["mb_per_s"] == 0.1
     assert report["errors"] == {"Overloaded": 1, "Timeout": 3}
     assert report["cpu_us_per_event"] == 500.0  # 1.0 node CPU second / 2000 events
+    assert report["wakeups_per_event"] == 0.5 and report["preemptions_per_event"] == 0.015
     assert report["params"]["batch_size"] == 100 and report["params"]["target"]["description"]
     assert report["versions"]["eventstream"] and report["versions"]["hdrhistogram"]
     json.dumps(report)  # every value is plain JSON
     table = render_table(report)
     assert "1,000" in table and "Timeout 3" in table and "500.00" in table
+    assert "wake-ups per event (nodes)" in table and "0.500" in table
 
 
 def test_cpu_per_event_is_absent_when_a_node_could_not_be_read() -> None:
@@ -228,6 +257,9 @@ def test_cpu_per_event_is_absent_when_a_node_could_not_be_read() -> None:
     o.nodes[1].cpu_s = None
     report = build_report(o, {"description": "x"})
     assert report["node_cpu_s"] is None and report["cpu_us_per_event"] is None
+    o.nodes[1].wakeups = None
+    report = build_report(o, {"description": "x"})
+    assert report["wakeups_per_event"] is None and report["preemptions_per_event"] == 0.015
 
 
 def test_compare_names_direction_and_fails_beyond_tolerance(tmp_path: Path) -> None:
