@@ -11,7 +11,8 @@ under a name, with its permissions (eventstream/state/config.py, key `tokens`):
 
 A connection presents its token once, with AUTH, after its hello. Until the first token is
 created the cluster takes requests without one; from then on every request but AUTH needs a
-token that is still in the config (a revoked one stops working on open connections too).
+token that is still in the config (a revoked one stops working on open connections too, and a
+change to a token's permissions holds for its open connections from their next request).
 
 A connection over TLS that presented a node certificate of the cluster's CA (a node joining,
 eventstream/node/join.py) holds no token and may make the requests a node needs before it is a
@@ -54,12 +55,14 @@ class Grants:
     read_all: bool
     read_queues: frozenset[int]
     admin: bool
+    allow: tuple[str, ...] = ()  # as the config entry listed it, to see when it changes
 
     @classmethod
     def of(cls, name: str, digest: str, allow: list[str]) -> Grants:
         reads = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("read:"))
         appends = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("append:"))
-        return cls(name, digest, "append" in allow, appends, "read" in allow, reads, "admin" in allow)
+        return cls(name, digest, "append" in allow, appends, "read" in allow, reads, "admin" in allow,
+                   tuple(allow))
 
     @property
     def append_limit(self) -> frozenset[int] | None:
@@ -90,6 +93,14 @@ class Authority:
             if hmac.compare_digest(entry["sha256"], digest):
                 return Grants.of(name, digest, entry["allow"])
         return None
+
+    def current(self, grants: Grants) -> Grants:
+        """`grants` as its token's config entry stands now: the same object while the entry's
+        permissions are unchanged (or it was revoked or replaced: valid() says so)."""
+        entry = self._source.config.get("tokens", {}).get(grants.name)
+        if entry is None or entry["sha256"] != grants.digest or tuple(entry["allow"]) == grants.allow:
+            return grants
+        return Grants.of(grants.name, grants.digest, entry["allow"])
 
     def valid(self, grants: Grants | None) -> bool:
         """Whether `grants` still stand: its token has not been revoked or replaced."""

@@ -149,9 +149,21 @@ class ClientRequests:
         return grants is not None and grants.admin
 
     def _grants(self, session: ClientSession) -> Grants | None:
+        """The session's grants as the config stands now (the native intake's queue limit kept
+        in step): tokens can be created, narrowed, widened or all removed while it is open."""
         grants = session.grants
         if isinstance(grants, Grants):
-            return grants
+            if not self.auth.enabled:  # every token removed: the cluster takes any request again
+                session.grants = None
+                if grants.append_limit is not None:
+                    self.intake.set_append_queues(session.slot, None)
+                return None
+            fresh = self.auth.current(grants)
+            if fresh is not grants:
+                session.grants = fresh
+                if fresh.append_limit != grants.append_limit:
+                    self.intake.set_append_queues(session.slot, fresh.append_limit)
+            return fresh
         token = session.presented_token
         if token is not None and self.auth.enabled:
             session.presented_token = None

@@ -8,6 +8,8 @@ import pytest
 
 from eventstream.node.auth import Authority, Grants, new_token, token_digest
 from eventstream.node.requests import ClientRequests
+from eventstream.raft.messages import NONE
+from eventstream.raft.node import Role
 from eventstream.state.config import ConfigError, default_config, merge_config, validate_config
 from eventstream.transport.client_protocol import Op, Request, Status
 
@@ -132,10 +134,15 @@ class _Session:
         self.replies.append(body)
 
 
+class _Leader:
+    role = Role.LEADER
+    lead_transferee = NONE
+
+
 def _requests(source: Config) -> tuple[ClientRequests, _Intake, _Replies]:
     intake, replies = _Intake(), _Replies()
     unused = cast(Any, None)
-    requests = ClientRequests(unused, unused, cast(Any, source), cast(Any, intake), unused, cast(Any, replies),
+    requests = ClientRequests(unused, cast(Any, _Leader()), cast(Any, source), cast(Any, intake), unused, cast(Any, replies),
                               unused, unused, unused, unused, unused, unused, lambda: None)
     return requests, intake, replies
 
@@ -156,3 +163,28 @@ def test_a_token_presented_before_this_node_knew_any_counts_once_the_tokens_arri
     assert isinstance(early.grants, Grants) and early.grants.name == "billing" and 3 in intake.limits
     requests.on_request(cast(Any, unknown), Request(Op.CONFIG_GET, 2, b""))
     assert replies.errors[1][0] == Status.UNAUTHENTICATED and unknown.grants is None
+
+
+def test_a_change_to_a_token_holds_for_its_open_sessions_from_their_next_request() -> None:
+    source = Config()
+    requests, intake, replies = _requests(source)
+    admin, billing = new_token(), new_token()
+    source.update({"ops": _entry(admin, "admin"), "billing": _entry(billing, "append:2", "read:2")})
+    session = _Session()
+    requests.on_request(cast(Any, session), Request(Op.AUTH, 1, billing.encode()))
+    assert intake.limits[3] == frozenset({2}) and not replies.errors
+    source.update({"billing": _entry(billing, "append", "read:2")})  # widened: any queue
+    assert requests.accepting_appends(cast(Any, session))  # what the client server asks per read
+    assert intake.limits[3] is None
+    source.update({"billing": _entry(billing, "read:2")})  # narrowed: no append at all
+    requests.on_request(cast(Any, session), Request(Op.CONFIG_GET, 2, b""))
+    assert replies.errors[-1][0] == Status.PERMISSION_DENIED
+    assert isinstance(session.grants, Grants) and not session.grants.append
+    source.update({"billing": _entry(billing, "append:1")})
+    requests.on_request(cast(Any, session), Request(Op.CONFIG_GET, 3, b""))
+    assert intake.limits[3] == frozenset({1})
+    source.update({"ops": None, "billing": None})  # no tokens left: the cluster is open again
+    requests.on_request(cast(Any, session), Request(Op.CONFIG_GET, 4, b""))
+    assert len(replies.errors) == 2  # taken
+    assert requests.accepting_appends(cast(Any, session))
+    assert intake.limits[3] is None and session.grants is None
