@@ -1221,6 +1221,12 @@ class RaftNode:
                     pr.become_probe()
                 self._send_append(to)
             return
+        if m.index > self.log.last_index():
+            # An answer about entries this leader does not hold: never one it sent in this term
+            # (that needs a node whose unsynced tail was lost, wal_sync off, answering about a
+            # log it wrote before). Taking it would set a match past the log and fail the
+            # commit check; dropping it leaves the follower to the next probe.
+            return
         was_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return

@@ -146,6 +146,20 @@ def test_stale_term_messages_are_ignored() -> None:
     assert node.vote == NONE
 
 
+def test_an_answer_beyond_the_leaders_log_is_dropped() -> None:
+    """A follower cannot truthfully hold more of this term's entries than its leader sent; such
+    an answer (a node that lost an unsynced tail answering about its old log) changes nothing."""
+    cluster = Cluster((1, 2, 3))
+    cluster.elect(1)
+    leader = cluster.node(1)
+    last, committed = leader.log.last_index(), leader.log.committed
+    leader.step(Message(MT.APPEND_RESPONSE, 1, 2, leader.term, index=last + 5))
+    assert leader.progress[2].match <= last and leader.log.committed == committed
+    index = leader.propose(b"after")
+    cluster.stabilize()
+    assert leader.log.committed == index and cluster.hosts[2].applied == index
+
+
 def test_higher_term_turns_leader_into_follower() -> None:
     """§5.1: "If one server's current term is smaller than the other's, then it updates its
     current term to the larger value. If a candidate or leader discovers that its term is out of
