@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,14 +56,15 @@ class Grants:
     read_all: bool
     read_queues: frozenset[int]
     admin: bool
-    allow: tuple[str, ...] = ()  # as the config entry listed it, to see when it changes
+    # The config entry's own list, compared with the entry on each request to see a change
+    # (a list compare of a few strings, no copy: this runs for every read of a session).
+    allow: Sequence[str] = ()
 
     @classmethod
     def of(cls, name: str, digest: str, allow: list[str]) -> Grants:
         reads = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("read:"))
         appends = frozenset(int(p.partition(":")[2]) for p in allow if p.startswith("append:"))
-        return cls(name, digest, "append" in allow, appends, "read" in allow, reads, "admin" in allow,
-                   tuple(allow))
+        return cls(name, digest, "append" in allow, appends, "read" in allow, reads, "admin" in allow, allow)
 
     @property
     def append_limit(self) -> frozenset[int] | None:
@@ -98,7 +100,7 @@ class Authority:
         """`grants` as its token's config entry stands now: the same object while the entry's
         permissions are unchanged (or it was revoked or replaced: valid() says so)."""
         entry = self._source.config.get("tokens", {}).get(grants.name)
-        if entry is None or entry["sha256"] != grants.digest or tuple(entry["allow"]) == grants.allow:
+        if entry is None or entry["sha256"] != grants.digest or entry["allow"] == grants.allow:
             return grants
         return Grants.of(grants.name, grants.digest, entry["allow"])
 

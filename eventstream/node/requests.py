@@ -103,13 +103,14 @@ class ClientRequests:
             self.replies.error(session, request.request_id, Status.INVALID_ARGUMENT, f"unsupported op {op}")
 
     def _on_auth(self, session: ClientSession, request: Request) -> None:
+        token = bytes(request.body).decode(errors="replace")
         if not self.auth.enabled:  # no token exists yet: every request is taken
             # This node may lag behind the cluster's first token: keep what was presented so
             # the session's grants are known once the token reaches this node's state.
-            session.presented_token = bytes(request.body).decode(errors="replace")
+            session.presented_token = token
             session.reply(encode_response(Status.OK, request.request_id, encode_json({"name": None, "allow": []})))
             return
-        grants = self.auth.authenticate(bytes(request.body).decode(errors="replace"))
+        grants = self.auth.authenticate(token)
         session.presented_token = None
         if grants is None:
             session.grants = None
